@@ -1,0 +1,31 @@
+# The two commands a fresh clone needs: `make demo` and `make test`. Both create .venv and
+# install the project on first use (needs only python3 and make); re-runs skip the install.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
+
+.PHONY: demo test test-slow lint benchmark clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/llmjax train --config=configs/demo.py --workdir=runs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/shakespeare_char.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,3 @@
+from llmjax.cli import run
+
+run()

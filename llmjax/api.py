@@ -1,0 +1,103 @@
+"""The Python API: `llmjax.load(workdir)` -> Run, for notebooks and scripts (the CLI uses it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from llmjax import configs
+from llmjax.data.tokenizers import Tokenizer, load_tokenizer
+from llmjax.decoding import sampling
+from llmjax.train import checkpoint
+from llmjax.train import state as state_lib
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run: resolved config, tokenizer, and the NNX model with restored parameters."""
+
+    config: ml_collections.ConfigDict
+    tokenizer: Tokenizer
+    model: nnx.Module
+    step: int
+
+    def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded [<bos>] + tokens [B, L] and segment ids (1 = token, 0 = padding)."""
+        ids = [np.concatenate([[self.tokenizer.bos_id], self.tokenizer.encode_array(t)])
+               for t in texts]
+        length = max(len(x) for x in ids)
+        if length > self.config.model.max_len:
+            raise ValueError(f"a text is {length} tokens long, over model.max_len="
+                             f"{self.config.model.max_len}")
+        tokens = np.zeros((len(ids), length), np.int32)
+        segments = np.zeros((len(ids), length), np.int32)
+        for i, x in enumerate(ids):
+            tokens[i, : len(x)], segments[i, : len(x)] = x, 1
+        return tokens, segments
+
+    def hidden_states(self, texts: Sequence[str]) -> np.ndarray:
+        """[batch, length, emb_dim]; position 0 is <bos>, padding positions are zero."""
+        tokens, segments = self._batch(texts)
+        h = self.model.hidden_states(jnp.asarray(tokens), segment_ids=jnp.asarray(segments))
+        return np.asarray(h, np.float32) * segments[..., None]
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """LM logits [batch, length, vocab] (position i predicts token i + 1)."""
+        tokens, segments = self._batch(texts)
+        return np.asarray(self.model(jnp.asarray(tokens), segment_ids=jnp.asarray(segments)))
+
+    def generate(self, prompt: str, max_new_tokens: int | None = None,
+                 temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> str:
+        """The continuation of `prompt` (stops at <eos>); defaults from config.generate."""
+        g = self.config.generate
+        pick = lambda v, d: d if v is None else v  # noqa: E731
+        max_new = pick(max_new_tokens, g.max_new_tokens)
+        ids = np.concatenate([[self.tokenizer.bos_id], self.tokenizer.encode_array(prompt)])
+        ids = ids[-max(self.config.model.max_len - max_new, 1):]  # keep the end of a long prompt
+        total = min(len(ids) + max_new, self.config.model.max_len)
+        max_new = total - len(ids)
+        if max_new <= 0:
+            return ""
+        graphdef, params = nnx.split(self.model)
+        new = _generate(graphdef, params, jnp.asarray(ids[None]), total, max_new,
+                        jax.random.PRNGKey(pick(seed, g.seed)), float(pick(temperature,
+                        g.temperature)), int(pick(top_k, g.top_k)), float(pick(top_p, g.top_p)),
+                        self.tokenizer.eos_id)
+        return self.tokenizer.decode(np.asarray(new[0]).tolist())
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7, 8, 9))
+def _generate(graphdef, params, prompt, cache_len, max_new, rng, temperature, top_k, top_p,
+              eos_id):
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(prompt.shape[0], cache_len)
+    return sampling.sample(model.decode, prompt, jnp.ones_like(prompt), cache, rng,
+                           max_new_tokens=max_new, eos_id=eos_id, temperature=temperature,
+                           top_k=top_k, top_p=top_p)
+
+
+def load(path: str | epath.Path, step: int | None = None,
+         config: ml_collections.ConfigDict | None = None) -> Run:
+    """A run from its workdir: config.json, tokenizer/ and the checkpoint at `step` (latest by
+    default). `config` replaces the saved config (e.g. with command-line overrides)."""
+    workdir = epath.Path(path)
+    if config is None:
+        config_file = workdir / "config.json"
+        if not config_file.exists():
+            raise FileNotFoundError(f"{config_file} does not exist: pass the workdir of a run "
+                                    "written by `llmjax train`")
+        config = configs.from_json(config_file.read_text())
+    tokenizer = load_tokenizer(workdir / "tokenizer")
+    graphdef, params = nnx.split(state_lib.build_model(config))
+    params, step = checkpoint.restore_params(workdir, jax.eval_shape(lambda: params), step)
+    model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
+    return Run(config=config, tokenizer=tokenizer, model=model, step=step)

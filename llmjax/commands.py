@@ -1,0 +1,54 @@
+"""What each CLI command does, given parsed flags (kept apart from flag parsing in cli.py)."""
+
+from __future__ import annotations
+
+import json
+
+from absl import flags, logging
+from etils import epath
+
+from llmjax.train.writer import MetricWriter
+
+
+def train(FLAGS: flags.FlagValues) -> None:
+    from llmjax.train.loop import train_and_evaluate
+
+    if FLAGS.config is None:
+        raise ValueError("train needs --config=configs/FILE.py")
+    train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step)
+
+
+def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
+    from flax import nnx
+
+    from llmjax import api
+    from llmjax.data import pipeline
+    from llmjax.evaluation.evaluator import evaluate
+    from llmjax.objectives import get_objective
+    from llmjax.train.parallel import Parallel
+
+    config = FLAGS.config
+    run = api.load(FLAGS.workdir, FLAGS.step, config)
+    objective = get_objective(config.objective)
+    source, default_split = pipeline.eval_source_and_split(config)
+    split = FLAGS.split or default_split
+    batches = pipeline.eval_batches(config, run.tokenizer, objective, source, split)
+    graphdef, params = nnx.split(run.model)
+    parallel = Parallel("single", graphdef, objective, None, None)
+    metrics = evaluate(parallel, params, batches)
+    prefix = "eval" if split == default_split else split
+    row = {f"{prefix}/{k}": v for k, v in metrics.items()}
+    MetricWriter(epath.Path(FLAGS.workdir)).write(run.step, row)
+    logging.info("evaluated step %d on %s (%s)", run.step, source, split)
+    print(json.dumps({"step": run.step, **row}, indent=2))
+
+
+def generate(FLAGS: flags.FlagValues) -> None:
+    from llmjax import api
+
+    if FLAGS.prompt is None:
+        raise ValueError("generate needs --prompt=TEXT")
+    run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
+    text = run.generate(FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k,
+                        FLAGS.top_p, FLAGS.seed)
+    print(FLAGS.prompt + text)

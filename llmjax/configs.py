@@ -1,0 +1,246 @@
+"""The one base config, config-file argument parsing, validation and (de)serialisation.
+
+Every experiment config in configs/ starts from `base_config()`, so every key a run can have is
+defined (with its type) here, and the command line can override any of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+OBJECTIVES_BY_ARCH = {
+    "decoder": ("causal_lm",),
+    "encoder": ("mlm", "nsp", "mlm_nsp", "classification"),
+    "encoder_decoder": ("span_corruption", "seq2seq"),
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says what, where and how to fix it."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a run can have, with its default. `placeholder(T)` keys default to None."""
+    c = ml_collections.ConfigDict()
+    c.objective = "causal_lm"
+    c.seed = 0
+    c.batch_size = 32  # global, over all devices and hosts
+    c.seq_len = 128
+    c.target_seq_len = 32  # seq2seq / span-corruption targets
+    c.num_train_steps = 1000
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.eval_steps = config_dict.placeholder(int)  # None: the whole eval split
+    c.checkpoint_every_steps = 500
+    c.max_checkpoints_to_keep = 3
+    c.async_checkpointing = True
+    c.peak_flops_per_device = config_dict.placeholder(float)  # None: datasheet, or measured on CPU
+    c.progress_bar = True
+
+    c.model = m = ml_collections.ConfigDict()
+    m.arch = "decoder"
+    m.num_layers = 2
+    m.num_encoder_layers = config_dict.placeholder(int)
+    m.num_decoder_layers = config_dict.placeholder(int)
+    m.num_heads = 4
+    m.head_dim = config_dict.placeholder(int)  # None: emb_dim // num_heads
+    m.emb_dim = 128
+    m.mlp_dim = 512
+    m.max_len = 512
+    m.vocab_size = config_dict.placeholder(int)  # None: the tokenizer's size
+    m.dropout_rate = 0.0
+    m.attention_dropout_rate = 0.0
+    m.dtype = "float32"  # compute dtype
+    m.param_dtype = "float32"
+    m.position_embedding = "learned"  # learned | sinusoidal | rotary | none
+    m.rotary_base = 10000.0
+    m.norm = "layernorm"  # layernorm | rmsnorm
+    m.norm_position = "pre"  # pre | post
+    m.norm_epsilon = 1e-5
+    m.activation = "gelu"  # gelu | relu | silu
+    m.gated_mlp = False
+    m.use_bias = True
+    m.tie_embeddings = True
+
+    c.data = d = ml_collections.ConfigDict()
+    d.source = "generated"
+    d.eval_source = config_dict.placeholder(str)  # None: the train source's eval split
+    d.train_split = "train"
+    d.eval_split = config_dict.placeholder(str)  # None: 'validation' (a separate text: file: 'all')
+    d.text_column = "text"
+    d.text_pair_column = config_dict.placeholder(str)
+    d.label_column = "label"
+    d.validation_fraction = 0.1  # text: sources keep this last fraction of characters for eval
+    d.tfds_data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    d.tokenizer_sample_chars = 20_000_000  # how much training text a tokenizer is trained on
+    d.prefetch_batches = 2
+    # `generated` source: a seeded order-k Markov language over an alphabet of letters.
+    d.generated = g = ml_collections.ConfigDict()
+    g.seed = 1234
+    g.alphabet_size = 12
+    g.order = 2
+    g.concentration = 0.3  # Dirichlet concentration of the transition rows: lower = more peaked
+    g.end_probability = 0.01  # chance that a document ends after each character
+    g.train_documents = 4000
+    g.eval_documents = 200
+
+    c.tokenizer = t = ml_collections.ConfigDict()
+    t.kind = "char"  # char | byte | bpe | wordpiece | sentencepiece
+    t.vocab_size = 1024  # target size when training a bpe/wordpiece/sentencepiece vocabulary
+    t.path = config_dict.placeholder(str)  # a saved tokenizer directory (or HF tokenizer.json)
+    t.lowercase = False
+
+    c.init = i = ml_collections.ConfigDict()
+    i.workdir = config_dict.placeholder(str)
+    i.hf_path = config_dict.placeholder(str)
+    i.step = config_dict.placeholder(int)  # None: the latest checkpoint of init.workdir
+
+    c.optimizer = o = ml_collections.ConfigDict()
+    o.learning_rate = 1e-3
+    o.end_learning_rate = 1e-4
+    o.schedule = "cosine"  # cosine | linear | constant
+    o.warmup_steps = 100
+    o.decay_steps = config_dict.placeholder(int)  # None: num_train_steps
+    o.b1 = 0.9
+    o.b2 = 0.99
+    o.eps = 1e-8
+    o.weight_decay = 0.1
+    o.grad_clip_norm = 1.0  # 0 disables clipping
+    o.accumulation_steps = 1
+
+    c.parallel = p = ml_collections.ConfigDict()
+    p.mode = "single"  # single | pmap | mesh
+    p.mesh = ml_collections.ConfigDict()
+    p.mesh.data = -1
+    p.mesh.fsdp = 1
+    p.mesh.tensor = 1
+
+    c.generate = gen = ml_collections.ConfigDict()
+    gen.max_new_tokens = 100
+    gen.temperature = 1.0
+    gen.top_k = 0
+    gen.top_p = 1.0
+    gen.seed = 0
+    return c
+
+
+def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Parses a config file's `k=v,k=v` argument against `defaults` (which fixes keys and types)."""
+    values = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise ConfigError(
+                f"config argument {item!r}: expected one of {sorted(defaults)} as key=value"
+            )
+        kind = type(defaults[key])
+        values[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return values
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yields ('a.b.c', value) for every leaf key."""
+    for key in sorted(config.keys()):
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def nearest_keys(key: str, config: ml_collections.ConfigDict | None = None) -> list[str]:
+    """The valid keys closest to a misspelt `key`."""
+    keys = [k for k, _ in flatten(config or base_config())]
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    if not close:  # same last component in another section, e.g. `lr` vs `optimizer.learning_rate`
+        last = key.rsplit(".", 1)[-1]
+        close = [k for k in keys if last in k.rsplit(".", 1)[-1]][:3]
+    return close
+
+
+def unknown_key_message(key: str) -> str:
+    near = nearest_keys(key)
+    hint = f"; did you mean {' or '.join(near)}?" if near else "; see README's config reference"
+    return f"unknown config key '{key}'{hint}"
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """A saved run config, re-typed through base_config() so the command line can override it."""
+    config = base_config()
+    _update(config, json.loads(text), "")
+    return config
+
+
+def _update(config: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+        if key not in config:
+            raise ConfigError(f"saved config has {unknown_key_message(prefix + key)}")
+        if isinstance(config[key], ml_collections.ConfigDict):
+            _update(config[key], value, f"{prefix}{key}.")
+        else:
+            config[key] = value
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+    """Every key of `config` must be one of base_config()'s (catches typos in config files)."""
+    valid = {k for k, _ in flatten(base_config())}
+    for key, _ in flatten(config):
+        if key not in valid:
+            raise ConfigError(unknown_key_message(key))
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> None:
+    """Raises ConfigError for contradictions, before anything is compiled or written."""
+    check_keys(config)
+    m, o = config.model, config.optimizer
+    _check(m.arch in OBJECTIVES_BY_ARCH, f"model.arch={m.arch!r}: use one of "
+           f"{sorted(OBJECTIVES_BY_ARCH)}")
+    _check(config.objective in OBJECTIVES_BY_ARCH[m.arch],
+           f"objective={config.objective!r} does not fit model.arch={m.arch!r}: use one of "
+           f"{OBJECTIVES_BY_ARCH[m.arch]}")
+    _check(config.seq_len <= m.max_len,
+           f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}: "
+           "raise model.max_len or lower seq_len")
+    _check(m.emb_dim % m.num_heads == 0 or m.head_dim is not None,
+           f"model.emb_dim={m.emb_dim} is not divisible by model.num_heads={m.num_heads}: "
+           "set model.head_dim or change one of them")
+    per_step = num_data_shards * o.accumulation_steps
+    _check(config.batch_size % per_step == 0,
+           f"batch_size={config.batch_size} is not divisible by data-parallel size "
+           f"{num_data_shards} x optimizer.accumulation_steps {o.accumulation_steps}: "
+           f"use a multiple of {per_step}")
+    for key in ("num_train_steps", "log_every_steps", "eval_every_steps",
+                "checkpoint_every_steps", "batch_size", "seq_len"):
+        _check(config[key] > 0, f"{key}={config[key]} must be positive")
+    _check(o.schedule in ("cosine", "linear", "constant"),
+           f"optimizer.schedule={o.schedule!r}: use cosine, linear or constant")
+    _check(o.warmup_steps <= config.num_train_steps,
+           f"optimizer.warmup_steps={o.warmup_steps} exceeds num_train_steps="
+           f"{config.num_train_steps}")
+    _check(config.parallel.mode in ("single", "pmap"),
+           f"parallel.mode={config.parallel.mode!r}: this version supports single and pmap")
+    _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "none"),
+           f"model.position_embedding={m.position_embedding!r}: use learned, sinusoidal, "
+           "rotary or none")
+    _check(m.norm in ("layernorm", "rmsnorm"), f"model.norm={m.norm!r}: use layernorm or rmsnorm")
+    _check(m.norm_position in ("pre", "post"),
+           f"model.norm_position={m.norm_position!r}: use pre or post")
+    _check(not (config.init.workdir and config.init.hf_path),
+           "init.workdir and init.hf_path are both set: choose one source to fine-tune from")
+    _check(config.tokenizer.kind in ("char", "byte", "bpe"),
+           f"tokenizer.kind={config.tokenizer.kind!r}: this version supports char, byte and bpe")

@@ -1,0 +1,1 @@
+"""Data: sources (TFDS), tokenizers, packing, and the batch pipeline."""

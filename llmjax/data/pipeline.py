@@ -1,0 +1,127 @@
+"""From config to batches: the tokenizer, the training iterator (grain, checkpointable) and
+the eval batches.
+
+Each host reads only its shard, tokenizes it, lets the objective make examples, and batches
+`batch_size / process_count` of them per step. The same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from llmjax.data import sources
+from llmjax.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from llmjax.objectives import Objective
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class HostShard:
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def current(cls) -> HostShard:
+        return cls(jax.process_index(), jax.process_count())
+
+
+def eval_source_and_split(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """Where evaluation reads from: `data.eval_source` (default: the train source) and
+    `data.eval_split` (default 'validation'; a separate `text:` eval source is read whole)."""
+    source = config.data.eval_source or config.data.source
+    split = config.data.eval_split
+    if split is None:
+        separate_text = source.startswith("text:") and source != config.data.source
+        split = "all" if separate_text else "validation"
+    return source, split
+
+
+def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tuple[Tokenizer, str]:
+    """(tokenizer, where it came from): the run's own saved one, else the fine-tuning source's,
+    else `tokenizer.path`, else a new one trained on the start of the training split."""
+    candidates = []
+    if workdir:
+        candidates.append(epath.Path(workdir) / "tokenizer")
+    if config.init.workdir:
+        candidates.append(epath.Path(config.init.workdir) / "tokenizer")
+    for directory in candidates:
+        if (directory / "tokenizer_config.json").exists():
+            return load_tokenizer(directory), str(directory)
+    if config.init.workdir:
+        raise FileNotFoundError(f"init.workdir={config.init.workdir} has no tokenizer/ directory;"
+                                " point it at the workdir of a finished llmjax run")
+    if config.tokenizer.path:
+        return load_tokenizer(config.tokenizer.path), config.tokenizer.path
+    records = sources.open_split(config.data.source, config.data.train_split, config)
+    sample = sources.read_documents(records, config.data.text_column,
+                                    limit_chars=config.data.tokenizer_sample_chars)
+    tokenizer = train_tokenizer(config.tokenizer.kind, sample, config.tokenizer.vocab_size,
+                                config.tokenizer.lowercase)
+    return tokenizer, f"trained on {sum(map(len, sample)):,} characters of {config.data.source}"
+
+
+def load_examples(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective: Objective,
+                  source: str, split: str, *, train: bool, shard: HostShard
+                  ) -> dict[str, np.ndarray]:
+    """This host's examples of `split`, as arrays with a leading example axis."""
+    records = sources.open_split(source, split, config)
+    (r_index, r_count), (w_index, w_count) = sources.shard_plan(len(records), shard.index,
+                                                                shard.count)
+    docs = sources.read_documents(records, config.data.text_column, r_index, r_count)
+    examples = objective.make_examples(tokenizer.encode_batch(docs), config.seq_len, train=train)
+    n = len(next(iter(examples.values())))
+    lo, hi = n * w_index // w_count, n * (w_index + 1) // w_count
+    return {k: v[lo:hi] for k, v in examples.items()}
+
+
+def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective: Objective,
+                  shard: HostShard | None = None) -> grain.IterDataset:
+    """Endless, reshuffled-each-epoch batches of `batch_size / process_count` examples."""
+    shard = shard or HostShard.current()
+    examples = load_examples(config, tokenizer, objective, config.data.source,
+                             config.data.train_split, train=True, shard=shard)
+    per_host = config.batch_size // shard.count
+    n = len(examples["inputs"])
+    if n < per_host:
+        raise ValueError(f"the training split gives {n} examples of seq_len={config.seq_len} on "
+                         f"this host, fewer than one batch of {per_host}: use more data, a "
+                         "smaller batch_size or a smaller seq_len")
+    ds = (grain.MapDataset.range(n).shuffle(seed=config.seed).repeat(None)
+          .batch(per_host, drop_remainder=True)
+          .map(lambda idx: {k: v[idx] for k, v in examples.items()}))
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
+                                                prefetch_buffer_size=config.data.prefetch_batches))
+
+
+def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective: Objective,
+                 source: str | None = None, split: str | None = None,
+                 shard: HostShard | None = None) -> list[Batch]:
+    """Every eval example once, in per-host batches; the last batch is filled with weight-0
+    examples. All hosts get the same number of batches."""
+    shard = shard or HostShard.current()
+    default_source, default_split = eval_source_and_split(config)
+    examples = load_examples(config, tokenizer, objective, source or default_source,
+                             split or default_split, train=False, shard=shard)
+    per_host = config.batch_size // shard.count
+    n = len(examples["inputs"])
+    num_batches = -(-n // per_host)
+    if shard.count > 1:
+        from jax.experimental import multihost_utils
+
+        num_batches = int(np.max(multihost_utils.process_allgather(np.int32(num_batches))))
+    if config.eval_steps:
+        num_batches = min(num_batches, config.eval_steps)
+    pad = objective.padding_example(config.seq_len)
+    total = num_batches * per_host
+    if total > n:
+        examples = {k: np.concatenate([v, np.repeat(pad[k][None], total - n, axis=0)])
+                    for k, v in examples.items()}
+    return [{k: v[i * per_host:(i + 1) * per_host] for k, v in examples.items()}
+            for i in range(num_batches)]

@@ -1,0 +1,104 @@
+"""Data sources -> documents. Every source is read as a TFDS dataset (ArrayRecord, random access,
+no TensorFlow): `generated`, `tfds:NAME[/CONFIG][:VERSION]` from the catalog, `text:GLOB` files.
+
+A document is one string; records that carry a `document` field (local files, generated text)
+are chunks of one, joined back here. Each host reads only its shard of the records.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+from llmjax.data.text_builder import DataError, prepare_local_text
+
+# Below this many records per host, records are long texts (tiny_shakespeare has one record
+# per split): every host reads them all and shards the token windows instead.
+MIN_RECORDS_PER_SHARD = 64
+
+
+def _data_dir(config: ml_collections.ConfigDict) -> str | None:
+    return config.data.tfds_data_dir or os.environ.get("TFDS_DATA_DIR")
+
+
+def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequence[dict]:
+    """A random-access sequence of record dicts for `split` of source `spec`."""
+    tfds.disable_progress_bar()
+    kind, _, arg = spec.partition(":")
+    data_dir = _data_dir(config)
+    if kind == "generated":
+        from llmjax.data.generated import GeneratedMarkov
+
+        builder = GeneratedMarkov(generated=config.data.generated, data_dir=data_dir)
+        builder.download_and_prepare(file_format="array_record")
+    elif kind == "text":
+        builder = prepare_local_text(arg, config.data.validation_fraction, data_dir,
+                                     what="data source")
+    elif kind == "tfds":
+        _import_catalog_modules(arg)
+        try:
+            builder = tfds.builder(arg, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError as e:
+            raise DataError(f"data source 'tfds:{arg}': {str(e).splitlines()[0]}") from None
+        if not builder.is_prepared():
+            builder.download_and_prepare(file_format="array_record")
+    else:
+        raise DataError(f"data source {spec!r}: use generated, tfds:NAME[/CONFIG], text:GLOB")
+    if split not in builder.info.splits:
+        raise DataError(f"data source {spec!r} has no split {split!r}; it has "
+                        f"{sorted(builder.info.splits)} (set data.train_split / data.eval_split)")
+    return builder.as_data_source(split=split)
+
+
+def _import_catalog_modules(name: str) -> None:
+    """Some catalog builders live in modules tfds does not import eagerly."""
+    family = name.split("/")[0].split(":")[0]
+    modules = {"glue": "tensorflow_datasets.text.glue",
+               "wmt14_translate": "tensorflow_datasets.translate.wmt14",
+               "wikipedia": "tensorflow_datasets.text.wikipedia"}
+    if family in modules:
+        __import__(modules[family])
+
+
+def _as_text(value) -> str:
+    # Real ArrayRecord data gives bytes, tfds.testing.mock_data gives str.
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_documents(records: Sequence[dict], text_column: str, shard_index: int = 0,
+                   shard_count: int = 1, limit_chars: int | None = None) -> list[str]:
+    """This shard's documents (a contiguous block of records), chunks joined per document.
+
+    `limit_chars` stops once that much text is read (a tokenizer's training sample).
+    """
+    n = len(records)
+    if n == 0:
+        raise DataError("the data split is empty; point data.source at non-empty data")
+    lo, hi = n * shard_index // shard_count, n * (shard_index + 1) // shard_count
+    docs: list[str] = []
+    last_doc, chars = None, 0
+    for i in range(lo, hi):
+        record = records[i]
+        if text_column not in record:
+            raise DataError(f"records have no column {text_column!r}; they have "
+                            f"{sorted(record)} (set data.text_column)")
+        text = _as_text(record[text_column])
+        doc = record.get("document")
+        if doc is not None and doc == last_doc:
+            docs[-1] += text
+        else:
+            docs.append(text)
+        last_doc, chars = doc, chars + len(text)
+        if limit_chars is not None and chars >= limit_chars:
+            break
+    return docs
+
+
+def shard_plan(num_records: int, shard_index: int, shard_count: int) -> tuple[tuple, tuple]:
+    """(record shard, window shard): which (index, count) slice of each this host takes."""
+    if shard_count == 1 or num_records >= MIN_RECORDS_PER_SHARD * shard_count:
+        return (shard_index, shard_count), (0, 1)
+    return (0, 1), (shard_index, shard_count)

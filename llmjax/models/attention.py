@@ -1,0 +1,69 @@
+"""Multi-head scaled dot-product attention with boolean masks and an optional KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmjax.models.config import ModelConfig
+from llmjax.models.layers import Dense, apply_rotary, dropout
+
+Array = jax.Array
+
+
+def make_attention_mask(query_segments_BxQ: Array, key_segments_BxK: Array, *,
+                        causal: bool, query_offset: Array | int = 0) -> Array:
+    """Boolean mask [B, 1, Q, K]: same segment, key not padding (segment 0), and key <= query
+    when causal. `query_offset` is the key index of query 0 (decoding with a cache)."""
+    mask = (query_segments_BxQ[:, :, None] == key_segments_BxK[:, None, :])
+    mask &= key_segments_BxK[:, None, :] != 0
+    if causal:
+        q = jnp.arange(query_segments_BxQ.shape[1])[:, None] + query_offset
+        k = jnp.arange(key_segments_BxK.shape[1])[None, :]
+        mask &= (k <= q)[None]
+    return mask[:, None]
+
+
+class MultiHeadAttention(nnx.Module):
+    """Self- or cross-attention; rotary positions are applied to queries and keys when enabled."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, k = cfg.emb_dim, cfg.num_heads, cfg.head_dim
+        self.cfg = cfg
+        self.query = Dense("...d,dhk->...hk", (d, h, k), cfg, rngs=rngs)
+        self.key = Dense("...d,dhk->...hk", (d, h, k), cfg, rngs=rngs)
+        self.value = Dense("...d,dhk->...hk", (d, h, k), cfg, rngs=rngs)
+        out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+        self.out = Dense("...hk,hkd->...d", (h, k, d), cfg, rngs=rngs, std=out_std)
+
+    def __call__(self, x_BxQxD: Array, mask_Bx1xQxK: Array, *, positions_BxQ: Array | None = None,
+                 kv_BxKxD: Array | None = None, kv_positions_BxK: Array | None = None,
+                 cache: dict | None = None, cache_index: Array | None = None,
+                 rng: Array | None = None) -> tuple[Array, dict | None]:
+        """Returns (output [B, Q, D], updated cache). With a cache {'k','v': [B, S, H, K]}, the
+        new keys/values are written at `cache_index` and the mask covers all S slots."""
+        cfg = self.cfg
+        kv = x_BxQxD if kv_BxKxD is None else kv_BxKxD
+        q, k, v = self.query(x_BxQxD), self.key(kv), self.value(kv)
+        if cfg.position_embedding == "rotary" and positions_BxQ is not None:
+            q = apply_rotary(q, positions_BxQ, cfg.rotary_base)
+            kp = positions_BxQ if kv_positions_BxK is None else kv_positions_BxK
+            k = apply_rotary(k, kp, cfg.rotary_base)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
+                                                    cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
+                                                    cache_index, axis=1)
+            cache = {"k": k, "v": v}
+        q = q * (cfg.head_dim ** -0.5)
+        logits = jnp.einsum("bqhk,bshk->bhqs", q, k.astype(q.dtype),
+                            preferred_element_type=jnp.float32)
+        # A finite minimum, not -inf: fully masked rows (padding queries) stay NaN-free.
+        logits = jnp.where(mask_Bx1xQxK, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+        probs = dropout(probs, cfg.attention_dropout_rate, rng)
+        out = jnp.einsum("bhqs,bshk->bqhk", probs, v.astype(q.dtype))
+        return self.out(out), cache

@@ -1,0 +1,50 @@
+"""The model's hyperparameters as a frozen dataclass (hashable, so it can be a static jit arg)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    num_layers: int = 2
+    num_heads: int = 4
+    head_dim: int = 32
+    emb_dim: int = 128
+    mlp_dim: int = 512
+    max_len: int = 512
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    position_embedding: str = "learned"
+    rotary_base: float = 10000.0
+    norm: str = "layernorm"
+    norm_position: str = "pre"
+    norm_epsilon: float = 1e-5
+    activation: str = "gelu"
+    gated_mlp: bool = False
+    use_bias: bool = True
+    tie_embeddings: bool = True
+    causal: bool = True
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    @classmethod
+    def from_config(cls, model: ml_collections.ConfigDict, **overrides) -> ModelConfig:
+        """From `config.model` (whose vocab_size must be resolved)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: model[k] for k in model.keys() if k in fields and model[k] is not None}
+        values.setdefault("head_dim", model.emb_dim // model.num_heads)
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,116 @@
+"""Decoder-only (GPT-style) causal language model with a KV cache for decoding."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmjax.models.attention import make_attention_mask
+from llmjax.models.blocks import TransformerBlock
+from llmjax.models.config import ModelConfig
+from llmjax.models.layers import Dense, Embed, Norm, dropout, fold, sinusoidal
+
+Array = jax.Array
+
+
+class Decoder(nnx.Module):
+    """tokens [B, L] -> logits [B, L, V]; causal self-attention within each packed segment."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)
+        if cfg.position_embedding == "learned":
+            self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
+        self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position == "pre" else None
+        if not cfg.tie_embeddings:
+            self.lm_head = Dense("...d,dv->...v", (cfg.emb_dim, cfg.vocab_size), cfg, rngs=rngs,
+                                 use_bias=False)
+
+    def _embed(self, tokens_BxL: Array, positions_BxL: Array, rng: Array | None) -> Array:
+        x = self.embed(tokens_BxL)
+        if self.cfg.position_embedding == "learned":
+            x = x + self.position_embed(positions_BxL)
+        elif self.cfg.position_embedding == "sinusoidal":
+            x = x + sinusoidal(positions_BxL, self.cfg.emb_dim).astype(x.dtype)
+        return dropout(x, self.cfg.dropout_rate, rng)
+
+    def _final(self, x_BxLxD: Array) -> Array:
+        return x_BxLxD if self.final_norm is None else self.final_norm(x_BxLxD)
+
+    def _logits(self, x_BxLxD: Array) -> Array:
+        """Output projection of final hidden states -> logits [B, L, V] in float32."""
+        if self.cfg.tie_embeddings:
+            return self.embed.attend(x_BxLxD)
+        return self.lm_head(x_BxLxD).astype(jnp.float32)
+
+    def hidden_states(self, tokens_BxL: Array, *, positions: Array | None = None,
+                      segment_ids: Array | None = None, rng: Array | None = None) -> Array:
+        """Last layer's output [B, L, D] (after the final norm for pre-norm models)."""
+        seg = jnp.ones_like(tokens_BxL) if segment_ids is None else segment_ids
+        pos = _default_positions(seg) if positions is None else positions
+        mask = make_attention_mask(seg, seg, causal=self.cfg.causal)
+        x = self._embed(tokens_BxL, pos, fold(rng, 0))
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x, mask, pos, rng=fold(rng, i + 1))
+        return self._final(x)
+
+    def __call__(self, tokens_BxL: Array, *, positions: Array | None = None,
+                 segment_ids: Array | None = None, rng: Array | None = None) -> Array:
+        """Logits [B, L, V] in float32. segment_ids: packed documents 1, 2, ...; 0 = padding."""
+        return self._logits(self.hidden_states(tokens_BxL, positions=positions,
+                                               segment_ids=segment_ids, rng=rng))
+
+    def init_cache(self, batch_size: int, max_len: int | None = None) -> dict:
+        """An empty KV cache for `decode`: per-layer keys/values [B, S, H, K] and bookkeeping."""
+        cfg = self.cfg
+        s = max_len or cfg.max_len
+        shape = (batch_size, s, cfg.num_heads, cfg.head_dim)
+        return {
+            "layers": [{"k": jnp.zeros(shape, cfg.compute_dtype),
+                        "v": jnp.zeros(shape, cfg.compute_dtype)} for _ in self.layers],
+            "index": jnp.zeros((), jnp.int32),  # slots written so far
+            "key_valid": jnp.zeros((batch_size, s), jnp.int32),  # 1 where a slot holds a token
+            "next_position": jnp.zeros((batch_size,), jnp.int32),
+        }
+
+    def decode(self, tokens_BxT: Array, cache: dict, valid_BxT: Array | None = None
+               ) -> tuple[Array, dict]:
+        """Appends T tokens to the cache and returns their logits [B, T, V]. `valid` marks real
+        tokens (0 for left padding of shorter prompts); positions count valid tokens only."""
+        valid = jnp.ones_like(tokens_BxT) if valid_BxT is None else valid_BxT.astype(jnp.int32)
+        index = cache["index"]
+        positions = cache["next_position"][:, None] + jnp.cumsum(valid, axis=1) - 1
+        positions = jnp.maximum(positions, 0)
+        key_valid = jax.lax.dynamic_update_slice_in_dim(cache["key_valid"], valid, index, axis=1)
+        # Valid queries see valid keys up to themselves; padding queries see only themselves
+        # (their outputs are never used), which keeps every softmax row non-empty.
+        q_seg = jnp.where(valid == 1, 1, 2)
+        k_seg = jnp.where(key_valid == 1, 1, 2)
+        slot = jnp.arange(key_valid.shape[1])
+        is_new = (slot >= index) & (slot < index + tokens_BxT.shape[1])
+        k_seg = jnp.where((k_seg == 2) & ~is_new[None], 0, k_seg)
+        mask = make_attention_mask(q_seg, k_seg, causal=True, query_offset=index)
+        x = self._embed(tokens_BxT, positions, None)
+        new_layers = []
+        for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
+            x, layer_cache = layer(x, mask, positions, cache=layer_cache, cache_index=index)
+            new_layers.append(layer_cache)
+        logits = self._logits(self._final(x))
+        return logits, {
+            "layers": new_layers,
+            "index": index + tokens_BxT.shape[1],
+            "key_valid": key_valid,
+            "next_position": cache["next_position"] + valid.sum(axis=1),
+        }
+
+
+def _default_positions(segment_ids_BxL: Array) -> Array:
+    """0, 1, 2, ... restarting at every segment boundary (packed documents)."""
+    length = segment_ids_BxL.shape[1]
+    idx = jnp.arange(length)[None, :]
+    starts = jnp.concatenate([jnp.ones_like(segment_ids_BxL[:, :1], bool),
+                              segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1]], axis=1)
+    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - start_idx

@@ -1,0 +1,140 @@
+"""Shared Transformer layers: dense, norms, feed-forward, embeddings, positions, dropout.
+
+Weights are stored in `param_dtype` and cast to the compute dtype at use; matmuls accumulate in
+float32 (`preferred_element_type`), norms and softmax run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmjax.models.config import ModelConfig
+
+Array = jax.Array
+_INIT_STD = 0.02  # GPT-2 / BERT initialisation
+
+
+def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+    """Inverted dropout; the identity when `rng` is None (evaluation) or rate is 0."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def fold(rng: Array | None, *data: int) -> Array | None:
+    """Derives an independent dropout key per call site; None stays None."""
+    for d in data:
+        rng = None if rng is None else jax.random.fold_in(rng, d)
+    return rng
+
+
+class Dense(nnx.Module):
+    """y = einsum(spec, x, kernel) + bias, e.g. spec '...d,dhk->...hk' for a head projection."""
+
+    def __init__(self, spec: str, kernel_shape: tuple[int, ...], cfg: ModelConfig, *,
+                 rngs: nnx.Rngs, std: float = _INIT_STD, use_bias: bool | None = None):
+        self.spec = spec
+        self.dtype = cfg.compute_dtype
+        init = jax.random.normal(rngs.params(), kernel_shape, jnp.float32) * std
+        self.kernel = nnx.Param(init.astype(cfg.weight_dtype))
+        out_shape = kernel_shape[len(spec.split("->")[0].split(",")[0].lstrip(".")):]
+        use_bias = cfg.use_bias if use_bias is None else use_bias
+        self.bias = nnx.Param(jnp.zeros(out_shape, cfg.weight_dtype)) if use_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        y = jnp.einsum(self.spec, x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Norm(nnx.Module):
+    """LayerNorm (scale, optional bias) or RMSNorm (scale only), computed in float32."""
+
+    def __init__(self, dim: int, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+        del rngs
+        self.kind, self.eps, self.dtype = cfg.norm, cfg.norm_epsilon, cfg.compute_dtype
+        self.scale = nnx.Param(jnp.ones((dim,), cfg.weight_dtype))
+        has_bias = cfg.norm == "layernorm" and cfg.use_bias
+        self.bias = nnx.Param(jnp.zeros((dim,), cfg.weight_dtype)) if has_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        x = x.astype(jnp.float32)
+        if self.kind == "layernorm":
+            x = x - x.mean(-1, keepdims=True)
+        y = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
+        y = y * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+class FeedForward(nnx.Module):
+    """D -> F -> D with an activation; gated (GEGLU/SwiGLU) when cfg.gated_mlp."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.emb_dim, cfg.mlp_dim
+        self.activation = ACTIVATIONS[cfg.activation]
+        self.wi = Dense("...d,df->...f", (d, f), cfg, rngs=rngs)
+        self.wg = Dense("...d,df->...f", (d, f), cfg, rngs=rngs) if cfg.gated_mlp else None
+        out_std = _INIT_STD / math.sqrt(2 * cfg.num_layers)  # GPT-2: scale residual writes
+        self.wo = Dense("...f,fd->...d", (f, d), cfg, rngs=rngs, std=out_std)
+        self.dropout_rate = cfg.dropout_rate
+
+    def __call__(self, x_BxLxD: Array, rng: Array | None = None) -> Array:
+        h = self.activation(self.wi(x_BxLxD))
+        if self.wg is not None:
+            h = h * self.wg(x_BxLxD)
+        return self.wo(dropout(h, self.dropout_rate, rng))
+
+
+class Embed(nnx.Module):
+    """Token embedding table [V, D]; `attend` reuses it as the tied output projection."""
+
+    def __init__(self, num: int, dim: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        init = jax.random.normal(rngs.params(), (num, dim), jnp.float32) * _INIT_STD
+        self.embedding = nnx.Param(init.astype(cfg.weight_dtype))
+        self.dtype = cfg.compute_dtype
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x_BxLxD: Array) -> Array:
+        """Logits [B, L, V] in float32."""
+        return jnp.einsum("...d,vd->...v", x_BxLxD, self.embedding[...].astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+def sinusoidal(positions_BxL: Array, dim: int) -> Array:
+    """Transformer sinusoidal position encodings [B, L, dim] (sin on even, cos on odd channels)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+    angles = positions_BxL[..., None].astype(jnp.float32) * freqs
+    enc = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*angles.shape[:-1], -1)
+    return jnp.pad(enc, [(0, 0)] * (enc.ndim - 1) + [(0, dim - 2 * half)])
+
+
+def apply_rotary(x_BxLxHxK: Array, positions_BxL: Array, base: float) -> Array:
+    """Rotary position embedding (RoPE, rotate-half convention) on the last axis."""
+    half = x_BxLxHxK.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions_BxL[..., None, None].astype(jnp.float32) * inv_freq  # [B, L, 1, half]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    x = x_BxLxHxK.astype(jnp.float32)
+    x1, x2 = x[..., :half], x[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxHxK.dtype)

@@ -1,0 +1,52 @@
+"""The Objective protocol, and how metric sums become metrics.
+
+An objective turns tokenized documents into examples and computes a loss. Losses and metrics are
+returned as (weighted sum, weight count) pairs so that devices and accumulation steps reduce them
+exactly: psum(sum) / psum(count), never a mean of means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MetricSums = dict[str, tuple[jax.Array, jax.Array]]  # name -> (weighted sum, weight count)
+
+
+class Objective(Protocol):
+    name: str
+
+    def make_examples(self, token_docs: Sequence[np.ndarray], seq_len: int, *, train: bool
+                      ) -> dict[str, np.ndarray]:
+        """Examples as arrays with a leading example axis."""
+
+    def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
+        """One example that contributes nothing (weights 0), to fill the last eval batch."""
+
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
+             ) -> tuple[jax.Array, MetricSums]:
+        """(summed loss to differentiate, metric sums; 'loss' is one of them)."""
+
+
+def finalize(sums: dict[str, tuple]) -> dict[str, float]:
+    """Metric values from reduced (sum, count) pairs; adds perplexity where there is a loss."""
+    out = {name: float(s) / max(float(c), 1e-9) for name, (s, c) in sums.items()}
+    if "loss" in out:
+        out["perplexity"] = float(np.exp(min(out["loss"], 50.0)))
+    return out
+
+
+def add_sums(a: MetricSums, b: MetricSums) -> MetricSums:
+    return jax.tree.map(jnp.add, a, b)
+
+
+def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+    """Per-token -log p(target) [B, L], computed in float32."""
+    logits = logits_BxLxV.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+    return log_z - target_logit

@@ -1,0 +1,34 @@
+"""Causal language modelling: predict each token from the ones before it in its document."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from llmjax.data import packing
+from llmjax.objectives.base import MetricSums, cross_entropy
+
+
+class CausalLM:
+    name = "causal_lm"
+
+    def make_examples(self, token_docs: Sequence[np.ndarray], seq_len: int, *, train: bool
+                      ) -> dict[str, np.ndarray]:
+        tokens, doc_ids = packing.token_stream(token_docs)
+        return packing.windows(tokens, doc_ids, seq_len, keep_partial=not train)
+
+    def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
+        zeros = np.zeros((seq_len,), np.int32)
+        return {"inputs": zeros, "targets": zeros, "segment_ids": zeros,
+                "weights": np.zeros((seq_len,), np.float32)}
+
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
+             ) -> tuple[jax.Array, MetricSums]:
+        logits = model(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
+        weights = batch["weights"]
+        loss_sum = (cross_entropy(logits, batch["targets"]) * weights).sum()
+        correct = (logits.argmax(-1) == batch["targets"]) * weights
+        count = weights.sum()
+        return loss_sum, {"loss": (loss_sum, count), "token_accuracy": (correct.sum(), count)}

@@ -1,0 +1,113 @@
+"""Checkpoints through one orbax CheckpointManager: the train state (StandardSave) and the grain
+data-iterator state (grain's own handler, one file per process), saved together per step.
+
+Layout: WORKDIR/checkpoints/<step>/{state,data}. Saves are async; `max_to_keep` prunes old ones.
+`restore_params` reads only the parameters of another run (fine-tuning).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
+    """WORKDIR/checkpoints as an absolute path (orbax requires one; gs:// paths already are)."""
+    path = epath.Path(workdir)
+    if "://" not in os.fspath(path):
+        path = epath.Path(os.path.abspath(os.fspath(path)))
+    return path / "checkpoints"
+
+
+class Checkpointer:
+    def __init__(self, workdir: str | epath.Path, max_to_keep: int = 3,
+                 async_save: bool = True):
+        self.directory = checkpoint_dir(workdir)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler()})
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, host_state: Any, data_iterator: Any | None, *,
+             force: bool = False) -> bool:
+        items = {"state": ocp.args.StandardSave(host_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
+        """The state at `step` (shaped like `abstract_state`); sets the iterator's position."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+class ShapeMismatchError(ValueError):
+    """A checkpoint whose parameters do not fit the configured model."""
+
+
+def restore_params(workdir: str | epath.Path, abstract_params: Any, step: int | None = None
+                   ) -> tuple[Any, int]:
+    """Only the parameters of the run in `workdir` (latest step unless given), checked against
+    `abstract_params`' shapes. Returns (params, step)."""
+    directory = checkpoint_dir(workdir)
+    manager = ocp.CheckpointManager(directory, item_handlers={
+        "state": ocp.PyTreeCheckpointHandler()})
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}: init.workdir must be the workdir "
+                                "of a run that saved at least one checkpoint")
+    saved = manager.item_metadata(step)["state"]["params"]
+    _check_shapes(saved, abstract_params, directory / str(step))
+    target = {"params": abstract_params}
+    restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray,
+                                                          dtype=x.dtype), target)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True)))
+    manager.close()
+    return restored["state"]["params"], step
+
+
+def _path_name(path: tuple) -> str:
+    """'layers/0/mlp/wi/kernel' for a pytree path, whatever its key types."""
+    parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return "/".join(p for p in parts if p != "value")
+
+
+def _check_shapes(saved: Any, expected: Any, where: epath.Path) -> None:
+    saved_flat = {_path_name(k): v.shape
+                  for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    problems = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
+        key = _path_name(path)
+        if key not in saved_flat:
+            problems.append(f"{key} is missing")
+        elif tuple(saved_flat[key]) != tuple(leaf.shape):
+            problems.append(f"{key} has shape {tuple(saved_flat[key])}, the model wants "
+                            f"{tuple(leaf.shape)}")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if
+                                           len(problems) > 5 else "")
+        raise ShapeMismatchError(f"checkpoint {where} does not fit the configured model: {shown}."
+                                 " Use the same model.* settings as the run that wrote it.")

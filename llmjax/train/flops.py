@@ -1,0 +1,51 @@
+"""Model FLOPs per token and the peak they are compared with (MFU).
+
+Training FLOPs per token = 6 * N + 12 * layers * heads * head_dim * seq_len (PaLM appendix B, as
+in nanoGPT and MaxText): 6N for the forward and backward matmuls with the N non-position-
+embedding parameters, plus the attention score and value matmuls over the whole context.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from llmjax.models.config import ModelConfig
+
+# Dense bfloat16 datasheet peaks (FLOP/s per device), by jax device_kind.
+DATASHEET_PEAKS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+}
+
+
+def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:
+    position_params = cfg.max_len * cfg.emb_dim if cfg.position_embedding == "learned" else 0
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+    return 6.0 * (num_params - position_params) + attention
+
+
+def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of a large jitted matmul in `dtype` on the default device."""
+    x = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(x).block_until_ready()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        matmul(x).block_until_ready()
+        n += 1
+    return 2.0 * size**3 * n / (time.perf_counter() - start)
+
+
+def peak_flops_per_device(dtype: str, configured: float | None = None) -> tuple[float, str]:
+    """(peak FLOP/s, where it came from): configured, datasheet, or measured here."""
+    if configured:
+        return configured, "config"
+    kind = jax.devices()[0].device_kind
+    if kind in DATASHEET_PEAKS:
+        return DATASHEET_PEAKS[kind], f"datasheet {kind}"
+    return measure_matmul_peak(dtype), f"measured {dtype} matmul on {kind}"

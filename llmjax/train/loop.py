@@ -1,0 +1,264 @@
+"""train_and_evaluate: the plain Python training loop and its periodic actions
+(log, eval, checkpoint, stop) — what `llmjax train` runs."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+from flax import nnx
+
+from llmjax import configs
+from llmjax.data import pipeline
+from llmjax.evaluation.evaluator import evaluate
+from llmjax.objectives import get_objective
+from llmjax.train import checkpoint, flops, optim
+from llmjax.train import state as state_lib
+from llmjax.train.parallel import Parallel
+from llmjax.train.writer import MetricWriter
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/Inf; nothing after the last good checkpoint is saved."""
+
+
+def prepare_workdir(workdir: epath.Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise configs.ConfigError(f"workdir {workdir} is not writable ({e.strerror or e}); "
+                                  "choose another --workdir") from None
+
+
+def resolve_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
+    if config.model.vocab_size is None:
+        config.model.vocab_size = vocab_size
+    elif config.model.vocab_size < vocab_size:
+        raise configs.ConfigError(
+            f"the tokenizer has {vocab_size} tokens but model.vocab_size={config.model.vocab_size}"
+            ": raise model.vocab_size or leave it unset to use the tokenizer's size")
+
+
+def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.State:
+    """Fresh parameters, or those of `init.workdir` (fine-tuning)."""
+    if not config.init.workdir:
+        return params
+    if config.init.hf_path:
+        raise configs.ConfigError("init.hf_path is not supported yet; use init.workdir")
+    abstract = jax.eval_shape(lambda: params)
+    restored, step = checkpoint.restore_params(config.init.workdir, abstract, config.init.step)
+    logging.info("initialised parameters from %s step %d", config.init.workdir, step)
+    return restored
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT -> finish the step, checkpoint, exit cleanly (jax gives a single process
+    no preemption notice)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+    """Train metrics over a log interval: loss and accuracy weighted by their token counts."""
+    host = jax.device_get(pending)
+    weights = np.array([float(m["weight"]) for m in host])
+    out = {}
+    for key in host[0]:
+        if key == "weight":
+            continue
+        values = np.array([float(m[key]) for m in host])
+        if key in ("learning_rate",):
+            out[key] = values[-1]
+        elif key == "grad_norm":
+            out[key] = float(values.mean())
+        else:
+            out[key] = float((values * weights).sum() / max(weights.sum(), 1e-9))
+    return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.Path, *,
+                       stop_at_step: int | None = None) -> dict[str, Any]:
+    """Trains per `config` in `workdir` (resuming from its latest checkpoint) and returns the
+    last eval metrics ({'eval/loss': ..., ...})."""
+    config = ml_collections.ConfigDict(config.to_dict(), type_safe=True)  # own, unlocked copy
+    workdir = epath.Path(workdir)
+    mode = config.parallel.mode
+    shards = jax.process_count() * Parallel.num_data_shards(mode)
+    configs.validate(config, num_data_shards=shards)
+    prepare_workdir(workdir)
+    objective = get_objective(config.objective)
+
+    tokenizer, origin = pipeline.get_tokenizer(config, str(workdir))
+    logging.info("tokenizer: %s, %d tokens (%s)", tokenizer.kind, tokenizer.vocab_size, origin)
+    resolve_vocab(config, tokenizer.vocab_size)
+    is_primary = jax.process_index() == 0
+    if is_primary:
+        if not (workdir / "tokenizer" / "tokenizer_config.json").exists():
+            tokenizer.save(workdir / "tokenizer")
+        (workdir / "config.json").write_text(configs.to_json(config))
+
+    train_iter = iter(pipeline.train_dataset(config, tokenizer, objective))
+    eval_data = pipeline.eval_batches(config, tokenizer, objective)
+    floor = _best_achievable_loss(config, tokenizer, eval_data)
+
+    graphdef, params = nnx.split(state_lib.build_model(config))
+    num_params = state_lib.count_params(params)
+    optimizer, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints_to_keep,
+                                   config.async_checkpointing)
+    start = ckpt.latest_step()
+    if start is None:
+        host_state = state_lib.init_state(initial_params(config, params), optimizer, config.seed)
+        start = 0
+    else:
+        abstract = jax.eval_shape(lambda: state_lib.init_state(params, optimizer, config.seed))
+        host_state = ckpt.restore(start, abstract, train_iter)
+        logging.info("resumed from %s at step %d", ckpt.directory, start)
+
+    parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
+                        config.optimizer.accumulation_steps)
+    state = parallel.to_device(host_state)
+    del host_state
+    writer = MetricWriter(workdir)
+    writer.truncate_after(start)
+    cfg = state_lib.model_config(config)
+    tokens_per_step = config.batch_size * config.seq_len
+    flops_per_step = flops.flops_per_token(cfg, num_params, config.seq_len) * tokens_per_step
+    peak, peak_origin = flops.peak_flops_per_device(config.model.dtype,
+                                                    config.peak_flops_per_device)
+    peak_total = peak * jax.device_count() if mode != "single" else peak
+    logging.info("model: %s, %s parameters; %s training FLOPs/step; peak %.3g FLOP/s (%s)",
+                 config.model.arch, f"{num_params:,}", f"{flops_per_step:.3g}", peak_total,
+                 peak_origin)
+
+    last_step = config.num_train_steps if stop_at_step is None else min(
+        stop_at_step, config.num_train_steps)
+    eval_metrics: dict[str, Any] = {}
+    last_saved = start if start else None
+    pending: list[dict] = []
+    progress = _progress(config, start, is_primary)
+    step = start
+    interval_start, interval_steps = time.perf_counter(), 0
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        _check_finite(pending, step, last_saved, ckpt)
+        ckpt.save(step, parallel.to_host(state), train_iter, force=True)
+        last_saved = step
+
+    with _StopSignal() as stop:
+        while step < last_step:
+            batch = next(train_iter)
+            state, metrics = parallel.train_step(state, batch)
+            pending.append(parallel.unreplicate_metrics(metrics))
+            step += 1
+            interval_steps += 1
+            if step == start + 1:  # the first step includes compilation: time it apart
+                jax.block_until_ready(state)
+                logging.info("first step (compile + run) took %.1f s",
+                             time.perf_counter() - interval_start)
+                interval_start, interval_steps = time.perf_counter(), 0
+            is_last = step == last_step
+            if step % config.log_every_steps == 0 or is_last:
+                _check_finite(pending, step, last_saved, ckpt)
+                train = _mean_metrics(pending)
+                pending = []
+                elapsed = time.perf_counter() - interval_start
+                if interval_steps:
+                    train["tokens_per_sec"] = tokens_per_step * interval_steps / elapsed
+                    train["mfu"] = flops_per_step * interval_steps / elapsed / peak_total
+                writer.write(step, {f"train/{k}": v for k, v in train.items()})
+                progress.set_postfix(loss=f"{train['loss']:.4f}", refresh=False)
+                interval_start, interval_steps = time.perf_counter(), 0
+            if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+                eval_metrics = {f"eval/{k}": v for k, v in
+                                evaluate(parallel, parallel.params(state), eval_data).items()}
+                if floor is not None:
+                    eval_metrics["eval/best_achievable_loss"] = floor
+                writer.write(step, eval_metrics)
+                logging.info("step %d: %s", step, _format(eval_metrics))
+                interval_start, interval_steps = time.perf_counter(), 0
+            if step % config.checkpoint_every_steps == 0 or is_last or stop.received:
+                save(step)
+            progress.update(1)
+            if stop.received:
+                logging.warning("received signal %d: saved a checkpoint at step %d in %s; run "
+                                "the same command to resume", stop.received, step, ckpt.directory)
+                break
+    progress.close()
+    ckpt.wait()
+    ckpt.close()
+    if is_primary:
+        writer.plot()
+    writer.close()
+    if step >= config.num_train_steps:
+        logging.info("finished %d steps in %s", step, workdir)
+    elif stop_at_step is not None and step == stop_at_step:
+        logging.info("stopped at step %d (--stop_at_step); run train again to continue", step)
+    return eval_metrics
+
+
+def _check_finite(pending: list[dict], step: int, last_saved: int | None,
+                  ckpt: checkpoint.Checkpointer) -> None:
+    for m in jax.device_get(pending):
+        loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
+                     if last_saved is not None else "no checkpoint was saved")
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss}) or gradient norm ({grad_norm}) by step {step};"
+                f" {where} (this state was not saved). Lower optimizer.learning_rate, raise "
+                "optimizer.warmup_steps or set optimizer.grad_clip_norm.")
+
+
+def _best_achievable_loss(config, tokenizer, eval_data) -> float | None:
+    """For the `generated` source with a character-level tokenizer: the Bayes floor."""
+    source, _ = pipeline.eval_source_and_split(config)
+    if source != "generated" or tokenizer.kind not in ("char", "byte"):
+        return None
+    from llmjax.data import sources
+    from llmjax.data.generated import best_achievable_loss
+
+    train_docs = sources.read_documents(
+        sources.open_split("generated", config.data.train_split, config), "text")
+    floor = best_achievable_loss(config.data.generated, tokenizer, eval_data, train_docs)
+    logging.info("best achievable eval loss on this data: %.4f nats/token", floor)
+    return floor
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+
+
+def _progress(config: ml_collections.ConfigDict, start: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=config.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
+                disable=not (enabled and config.progress_bar), mininterval=1.0)

@@ -1,0 +1,42 @@
+"""The optimizer from config: warmup + cosine/linear/constant schedule, global-norm clipping and
+AdamW without weight decay on 1-D parameters (biases, norm scales)."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(o: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
+    """Linear warmup 0 -> learning_rate over warmup_steps, then decay to end_learning_rate at
+    decay_steps (default num_train_steps), constant afterwards."""
+    decay_steps = o.decay_steps or num_train_steps
+    peak, end = o.learning_rate, o.end_learning_rate
+    if o.schedule == "constant":
+        end = peak
+    remaining = max(decay_steps - o.warmup_steps, 1)
+    if o.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, remaining, alpha=end / peak if peak else 0.0)
+    else:
+        decay = optax.linear_schedule(peak, end, remaining)
+    if o.warmup_steps == 0:
+        return decay
+    warmup = optax.linear_schedule(0.0, peak, o.warmup_steps)
+    return optax.join_schedules([warmup, decay], [o.warmup_steps])
+
+
+def weight_decay_mask(params):
+    """True for parameters that decay: matrices and embeddings, not biases or norm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(o: ml_collections.ConfigDict, num_train_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(o, num_train_steps)
+    parts = []
+    if o.grad_clip_norm and o.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
+    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
+                             weight_decay=o.weight_decay, mask=weight_decay_mask))
+    return optax.chain(*parts), schedule

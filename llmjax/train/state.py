@@ -1,0 +1,45 @@
+"""Model construction and the train state: a plain pytree (dict) of step, params, opt_state, rng.
+
+The NNX module is split once into (graphdef, params); everything jitted is a pure function of
+the params pytree, merged back into a module inside the trace.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from llmjax.models import MODELS, ModelConfig
+
+TrainState = dict  # {"step": int32[], "params": nnx.State, "opt_state": ..., "rng": uint32[2]}
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    return ModelConfig.from_config(config.model)
+
+
+def build_model(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Module:
+    """A freshly initialised model of `config.model` (vocab_size must be resolved)."""
+    cls = MODELS[config.model.arch]
+    seed = config.seed if seed is None else seed
+    return cls(model_config(config), rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, params as ShapeDtypeStructs) without allocating anything."""
+    model = nnx.eval_shape(lambda: build_model(config))
+    return nnx.split(model)
+
+
+def init_state(params: nnx.State, optimizer: optax.GradientTransformation, seed: int
+               ) -> TrainState:
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": optimizer.init(params),
+            "rng": jax.random.PRNGKey(seed + 1)}  # dropout stream, distinct from init
+
+
+def count_params(params: nnx.State) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))

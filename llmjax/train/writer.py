@@ -1,0 +1,88 @@
+"""Run outputs, written by process 0 only: metrics.jsonl, TensorBoard event files (tensorboardX;
+flax.metrics.tensorboard would import TensorFlow) and plots/loss.png."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+from etils import epath
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str | epath.Path) -> list[dict]:
+    path = epath.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricWriter:
+    def __init__(self, workdir: str | epath.Path, enabled: bool | None = None):
+        self.workdir = epath.Path(workdir)
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._tb = None
+
+    def _tensorboard(self):
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir=str(self.workdir), flush_secs=30)
+        return self._tb
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows past `step` (logged by a run that stopped before its next checkpoint), so a
+        resumed run does not write them twice."""
+        if not self.enabled:
+            return
+        rows = read_metrics(self.workdir)
+        kept = [r for r in rows if r["step"] <= step]
+        if len(kept) != len(rows):
+            (self.workdir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        """One row {"step": step, "split/metric": value, ...}."""
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in sorted(metrics.items())}}
+        with (self.workdir / METRICS_FILE).open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        tb = self._tensorboard()
+        for key, value in metrics.items():
+            if math.isfinite(float(value)):
+                tb.add_scalar(key, float(value), int(step))
+
+    def plot(self) -> epath.Path | None:
+        """plots/loss.png: train and eval loss against step."""
+        if not self.enabled:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = read_metrics(self.workdir)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in ("train/loss", "eval/loss", "eval/best_achievable_loss"):
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                style = "--" if "best" in key else "-"
+                ax.plot(*zip(*points, strict=True), style, label=key,
+                        marker="o" if key == "eval/loss" else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(self.workdir.name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        out = self.workdir / "plots" / "loss.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("wb") as f:
+            fig.savefig(f, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        return out
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
