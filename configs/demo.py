@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
     c.model.mlp_dim = 256
     c.model.max_len = 128
     c.model.use_bias = False
+    c.model.position_embedding = "rotary"  # learns the previous-characters lookup fast
     c.seq_len = 128
     c.batch_size = 16
     c.num_train_steps = 1500

@@ -7,13 +7,14 @@ error), then calls library functions. eval/generate/predict read the run's confi
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from llmjax.log_filter import quiet_library_logs
 
 COMMANDS = ("train", "eval", "generate")  # predict and convert arrive with issues 3 and 7
 WORKDIR_CONFIG = os.path.join(os.path.dirname(__file__), "workdir_config.py")
@@ -57,16 +58,21 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
     argv = _argv_with_workdir_config(argv)
     try:
-        return FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError,
-            configs.ConfigError, FileNotFoundError) as e:
+        remaining = FLAGS(argv)
+        if FLAGS.config is not None:  # config files load lazily: surface their errors here
+            FLAGS.config.keys()
+        return remaining
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
         base = dict(configs.flatten(configs.base_config()))
         for arg in argv:
             m = re.match(r"--config\.([\w.]+)", arg)
             if m and m.group(1) not in base:
                 _fail(configs.unknown_key_message(m.group(1)))
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        _fail(f"invalid flags: {message}")
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        message = lines[-1] if lines else type(e).__name__
+        # "llmjax.configs.ConfigError: msg" / "[Errno 2] msg" -> "msg"
+        message = re.sub(r"^(\[Errno \d+\] |[\w.]+(Error|Exception): )+", "", message)
+        _fail(message)
 
 
 def _fail(message: str) -> None:
@@ -84,7 +90,7 @@ def main(argv: list[str]) -> None:
         _fail(f"unexpected arguments {argv[2:]}: flags take the form --name=value")
     if not FLAGS.workdir and command != "convert":
         _fail(f"{command} needs --workdir=DIR")
-    _quiet_libraries()
+    quiet_library_logs()
     try:
         from llmjax import commands
 
@@ -98,21 +104,6 @@ def main(argv: list[str]) -> None:
         if isinstance(e, DataError | ShapeMismatchError | FileNotFoundError):
             _fail(str(e))
         raise
-
-
-class _OwnInfoOnly(std_logging.Filter):
-    """INFO lines from llmjax itself; libraries (orbax logs every save step) only WARNING+."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        if f"{os.sep}llmjax{os.sep}" in record.pathname:
-            return True
-        return record.levelno >= std_logging.WARNING and \
-            "Using custom data configuration" not in record.getMessage()
-
-
-def _quiet_libraries() -> None:
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_OwnInfoOnly())
 
 
 def run() -> None:

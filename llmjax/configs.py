@@ -72,10 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.source = "generated"
     d.eval_source = config_dict.placeholder(str)  # None: the train source's eval split
     d.train_split = "train"
-    d.eval_split = config_dict.placeholder(str)  # None: 'validation' (a separate text: file: 'all')
+    d.eval_split = config_dict.placeholder(str)  # None: 'validation' (separate text: source: 'all')
     d.text_column = "text"
     d.text_pair_column = config_dict.placeholder(str)
     d.label_column = "label"
+    d.train_window_stride = 1  # causal LM: training windows start every N tokens (0 = seq_len)
     d.validation_fraction = 0.1  # text: sources keep this last fraction of characters for eval
     d.tfds_data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
     d.tokenizer_sample_chars = 20_000_000  # how much training text a tokenizer is trained on
@@ -229,9 +230,6 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
         _check(config[key] > 0, f"{key}={config[key]} must be positive")
     _check(o.schedule in ("cosine", "linear", "constant"),
            f"optimizer.schedule={o.schedule!r}: use cosine, linear or constant")
-    _check(o.warmup_steps <= config.num_train_steps,
-           f"optimizer.warmup_steps={o.warmup_steps} exceeds num_train_steps="
-           f"{config.num_train_steps}")
     _check(config.parallel.mode in ("single", "pmap"),
            f"parallel.mode={config.parallel.mode!r}: this version supports single and pmap")
     _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "none"),

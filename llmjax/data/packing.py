@@ -1,9 +1,11 @@
 """Packing: documents -> one token stream -> fixed-length windows with segment ids.
 
-Each document becomes [<bos>, tokens..., <eos>]; documents are concatenated and the stream is cut
-into windows of L + 1 tokens with stride L, so every token is a target exactly once. Inside a
-window, segment ids number the documents 1, 2, ... (attention never crosses them) and 0 marks
-padding; a target is weighted only when it belongs to the same document as its input.
+Each document becomes [<bos>, tokens..., <eos>]; documents are concatenated into one stream and
+windows of L + 1 tokens are cut from it (inputs = the first L, targets = the last L). Evaluation
+uses stride L, so every token is a target exactly once; training uses a smaller stride (1 =
+nanoGPT's random offsets) so that each epoch sees the text at every alignment. Inside a window,
+segment ids number the documents 1, 2, ... (attention never crosses them) and 0 marks padding;
+a target is weighted only when it belongs to the same document as its input.
 """
 
 from __future__ import annotations
@@ -26,29 +28,45 @@ def token_stream(token_docs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(pieces), np.concatenate(doc_ids)
 
 
-def windows(tokens: np.ndarray, doc_ids: np.ndarray, length: int, *, keep_partial: bool
-            ) -> dict[str, np.ndarray]:
-    """Causal-LM examples [num_windows, length]: inputs, targets, segment_ids, weights.
+class Windows:
+    """Causal-LM examples cut lazily from a token stream: `windows[indices]` gathers a batch
+    {inputs, targets, segment_ids, weights} [len(indices), length]. Window i starts at
+    (lo + i) * stride; `keep_partial` pads the stream so the last, shorter window is included."""
 
-    `keep_partial` pads the last, shorter window (evaluation covers every token); training
-    drops it.
-    """
-    n = len(tokens) - 1  # number of (input, target) pairs
-    count = n // length + (1 if keep_partial and n % length else 0)
-    if count == 0:
-        raise ValueError(f"{len(tokens)} tokens are too few for one window of {length + 1}")
-    padded = count * length + 1
-    tok = np.full(padded, PAD_ID, np.int32)
-    doc = np.full(padded, -1, np.int32)
-    tok[: min(padded, len(tokens))] = tokens[:padded]
-    doc[: min(padded, len(doc_ids))] = doc_ids[:padded]
-    starts = np.arange(count)[:, None] * length
-    idx = starts + np.arange(length + 1)[None, :]
-    win_tok, win_doc = tok[idx], doc[idx]
-    inputs, targets = win_tok[:, :-1], win_tok[:, 1:]
-    in_doc, tgt_doc = win_doc[:, :-1], win_doc[:, 1:]
-    # Documents are numbered consecutively in the stream, so this renumbers them 1, 2, ...
-    segment_ids = np.where(in_doc >= 0, in_doc - in_doc[:, :1] + 1, 0).astype(np.int32)
-    weights = ((in_doc == tgt_doc) & (in_doc >= 0)).astype(np.float32)
-    return {"inputs": inputs, "targets": targets, "segment_ids": segment_ids,
-            "weights": weights}
+    def __init__(self, tokens: np.ndarray, doc_ids: np.ndarray, length: int, stride: int,
+                 keep_partial: bool, lo: int = 0, hi: int | None = None):
+        self.length, self.stride = length, stride
+        pairs = len(tokens) - 1  # (input, target) pairs
+        count = max(pairs - length, -1) // stride + 1 if pairs >= length else 0
+        if keep_partial and pairs > 0 and (count == 0 or (count - 1) * stride + length < pairs):
+            count += 1
+        if count == 0:
+            raise ValueError(f"{len(tokens)} tokens are too few for one window of {length + 1}")
+        needed = (count - 1) * stride + length + 1
+        self.tokens = np.full(max(needed, len(tokens)), PAD_ID, np.int32)
+        self.doc_ids = np.full(len(self.tokens), -1, np.int32)
+        self.tokens[: len(tokens)], self.doc_ids[: len(doc_ids)] = tokens, doc_ids
+        self.count, self.lo = count, lo
+        self.hi = count if hi is None else hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def shard(self, index: int, count: int) -> Windows:
+        """The index-th of `count` contiguous, disjoint blocks of windows."""
+        n = len(self)
+        sub = Windows.__new__(Windows)
+        sub.__dict__.update(self.__dict__)
+        sub.lo, sub.hi = self.lo + n * index // count, self.lo + n * (index + 1) // count
+        return sub
+
+    def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        starts = (self.lo + np.asarray(indices, np.int64)) * self.stride
+        idx = starts[:, None] + np.arange(self.length + 1)[None, :]
+        win_tok, win_doc = self.tokens[idx], self.doc_ids[idx]
+        in_doc, tgt_doc = win_doc[:, :-1], win_doc[:, 1:]
+        # Documents are numbered consecutively in the stream, so this renumbers them 1, 2, ...
+        segment_ids = np.where(in_doc >= 0, in_doc - in_doc[:, :1] + 1, 0).astype(np.int32)
+        weights = ((in_doc == tgt_doc) & (in_doc >= 0)).astype(np.float32)
+        return {"inputs": win_tok[:, :-1], "targets": win_tok[:, 1:],
+                "segment_ids": segment_ids, "weights": weights}

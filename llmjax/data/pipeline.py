@@ -18,6 +18,7 @@ from etils import epath
 from llmjax.data import sources
 from llmjax.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from llmjax.objectives import Objective
+from llmjax.objectives.base import Examples
 
 Batch = dict[str, np.ndarray]
 
@@ -34,7 +35,8 @@ class HostShard:
 
 def eval_source_and_split(config: ml_collections.ConfigDict) -> tuple[str, str]:
     """Where evaluation reads from: `data.eval_source` (default: the train source) and
-    `data.eval_split` (default 'validation'; a separate `text:` eval source is read whole)."""
+    `data.eval_split` (default 'validation'; a separate `text:` eval source is read whole, as
+    tfds's 'all' split). Splits take tfds syntax: 'train[:10%]', 'train+validation', 'all'."""
     source = config.data.eval_source or config.data.source
     split = config.data.eval_split
     if split is None:
@@ -68,17 +70,14 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tup
 
 
 def load_examples(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective: Objective,
-                  source: str, split: str, *, train: bool, shard: HostShard
-                  ) -> dict[str, np.ndarray]:
-    """This host's examples of `split`, as arrays with a leading example axis."""
+                  source: str, split: str, *, train: bool, shard: HostShard) -> Examples:
+    """This host's examples of `split`."""
     records = sources.open_split(source, split, config)
     (r_index, r_count), (w_index, w_count) = sources.shard_plan(len(records), shard.index,
                                                                 shard.count)
     docs = sources.read_documents(records, config.data.text_column, r_index, r_count)
-    examples = objective.make_examples(tokenizer.encode_batch(docs), config.seq_len, train=train)
-    n = len(next(iter(examples.values())))
-    lo, hi = n * w_index // w_count, n * (w_index + 1) // w_count
-    return {k: v[lo:hi] for k, v in examples.items()}
+    examples = objective.make_examples(tokenizer.encode_batch(docs), config, train=train)
+    return examples.shard(w_index, w_count) if w_count > 1 else examples
 
 
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective: Objective,
@@ -88,14 +87,13 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objec
     examples = load_examples(config, tokenizer, objective, config.data.source,
                              config.data.train_split, train=True, shard=shard)
     per_host = config.batch_size // shard.count
-    n = len(examples["inputs"])
+    n = len(examples)
     if n < per_host:
         raise ValueError(f"the training split gives {n} examples of seq_len={config.seq_len} on "
                          f"this host, fewer than one batch of {per_host}: use more data, a "
                          "smaller batch_size or a smaller seq_len")
     ds = (grain.MapDataset.range(n).shuffle(seed=config.seed).repeat(None)
-          .batch(per_host, drop_remainder=True)
-          .map(lambda idx: {k: v[idx] for k, v in examples.items()}))
+          .batch(per_host, drop_remainder=True).map(examples.__getitem__))
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
                                                 prefetch_buffer_size=config.data.prefetch_batches))
 
@@ -110,7 +108,7 @@ def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, object
     examples = load_examples(config, tokenizer, objective, source or default_source,
                              split or default_split, train=False, shard=shard)
     per_host = config.batch_size // shard.count
-    n = len(examples["inputs"])
+    n = len(examples)
     num_batches = -(-n // per_host)
     if shard.count > 1:
         from jax.experimental import multihost_utils
@@ -119,9 +117,14 @@ def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, object
     if config.eval_steps:
         num_batches = min(num_batches, config.eval_steps)
     pad = objective.padding_example(config.seq_len)
-    total = num_batches * per_host
-    if total > n:
-        examples = {k: np.concatenate([v, np.repeat(pad[k][None], total - n, axis=0)])
-                    for k, v in examples.items()}
-    return [{k: v[i * per_host:(i + 1) * per_host] for k, v in examples.items()}
-            for i in range(num_batches)]
+    batches = []
+    for i in range(num_batches):
+        indices = np.arange(i * per_host, min((i + 1) * per_host, n))
+        batch = examples[indices] if len(indices) else {
+            k: np.zeros((0, *v.shape), v.dtype) for k, v in pad.items()}
+        missing = per_host - len(indices)
+        if missing:
+            batch = {k: np.concatenate([v, np.repeat(pad[k][None], missing, axis=0)])
+                     for k, v in batch.items()}
+        batches.append(batch)
+    return batches

@@ -2,7 +2,8 @@
 
 The builder's config name is a hash of the files' paths and contents (and the validation
 fraction), so editing a file prepares a fresh copy instead of silently reusing an old one.
-Splits: `train` (the first 1 - f of the characters), `validation` (the last f), `all`.
+Splits: `train` (the first 1 - f of the characters) and `validation` (the last f); tfds's
+`train+validation` (or `all`) reads everything.
 Records are chunks of whole lines (<= CHUNK_CHARS) tagged with their file (= document) index,
 so a split's records joined per document give back its text exactly.
 """
@@ -17,7 +18,6 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 CHUNK_CHARS = 4096
-SPLITS = ("train", "validation", "all")
 
 
 class DataError(ValueError):
@@ -99,8 +99,7 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
                 validation.append((doc, text[max(cut - lo, 0):]))
             start = hi
         return {"train": self._generate_examples(train),
-                "validation": self._generate_examples(validation),
-                "all": self._generate_examples(list(enumerate(texts)))}
+                "validation": self._generate_examples(validation)}
 
     def _generate_examples(self, documents):
         key = 0

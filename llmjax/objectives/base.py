@@ -12,17 +12,30 @@ from typing import Protocol
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 MetricSums = dict[str, tuple[jax.Array, jax.Array]]  # name -> (weighted sum, weight count)
 
 
+class Examples(Protocol):
+    """An objective's examples for one split on one host, gathered a batch at a time."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """A batch: arrays with leading axis len(indices)."""
+
+    def shard(self, index: int, count: int) -> Examples:
+        """The index-th of `count` disjoint, contiguous blocks."""
+
+
 class Objective(Protocol):
     name: str
 
-    def make_examples(self, token_docs: Sequence[np.ndarray], seq_len: int, *, train: bool
-                      ) -> dict[str, np.ndarray]:
-        """Examples as arrays with a leading example axis."""
+    def make_examples(self, token_docs: Sequence[np.ndarray],
+                      config: ml_collections.ConfigDict, *, train: bool) -> Examples:
+        """Examples from tokenized documents (training or evaluation layout)."""
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         """One example that contributes nothing (weights 0), to fill the last eval batch."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from llmjax.data import packing
@@ -14,10 +15,13 @@ from llmjax.objectives.base import MetricSums, cross_entropy
 class CausalLM:
     name = "causal_lm"
 
-    def make_examples(self, token_docs: Sequence[np.ndarray], seq_len: int, *, train: bool
-                      ) -> dict[str, np.ndarray]:
+    def make_examples(self, token_docs: Sequence[np.ndarray],
+                      config: ml_collections.ConfigDict, *, train: bool) -> packing.Windows:
         tokens, doc_ids = packing.token_stream(token_docs)
-        return packing.windows(tokens, doc_ids, seq_len, keep_partial=not train)
+        stride = config.seq_len
+        if train and config.data.train_window_stride:
+            stride = config.data.train_window_stride
+        return packing.Windows(tokens, doc_ids, config.seq_len, stride, keep_partial=not train)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         zeros = np.zeros((seq_len,), np.int32)

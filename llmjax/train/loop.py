@@ -49,6 +49,22 @@ def resolve_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
             ": raise model.vocab_size or leave it unset to use the tokenizer's size")
 
 
+def check_resume_compatible(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+    """A workdir with checkpoints resumes only with the model it was trained with."""
+    saved_file = workdir / "config.json"
+    if not saved_file.exists() or not (workdir / "checkpoints").exists():
+        return
+    saved = configs.from_json(saved_file.read_text())
+    changed = [f"model.{k}: {saved.model[k]!r} -> {v!r}" for k, v in config.model.items()
+               if saved.model[k] != v]
+    if changed or saved.objective != config.objective:
+        changed += [f"objective: {saved.objective!r} -> {config.objective!r}"] * (
+            saved.objective != config.objective)
+        raise configs.ConfigError(
+            f"{workdir} holds checkpoints of another model ({'; '.join(changed)}): use a new "
+            "--workdir, or the original settings to resume")
+
+
 def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.State:
     """Fresh parameters, or those of `init.workdir` (fine-tuning)."""
     if not config.init.workdir:
@@ -119,6 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     logging.info("tokenizer: %s, %d tokens (%s)", tokenizer.kind, tokenizer.vocab_size, origin)
     resolve_vocab(config, tokenizer.vocab_size)
     is_primary = jax.process_index() == 0
+    check_resume_compatible(config, workdir)
     if is_primary:
         if not (workdir / "tokenizer" / "tokenizer_config.json").exists():
             tokenizer.save(workdir / "tokenizer")
@@ -196,6 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                     train["mfu"] = flops_per_step * interval_steps / elapsed / peak_total
                 writer.write(step, {f"train/{k}": v for k, v in train.items()})
                 progress.set_postfix(loss=f"{train['loss']:.4f}", refresh=False)
+                if progress.disable:
+                    logging.info("step %d: %s", step, _format(train))
                 interval_start, interval_steps = time.perf_counter(), 0
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
                 eval_metrics = {f"eval/{k}": v for k, v in

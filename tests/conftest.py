@@ -1,0 +1,51 @@
+"""Test setup: 8 fake CPU devices (set before jax is imported), a private TFDS data dir, and
+tiny configs."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tfds_data_dir(tmp_path_factory):
+    os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(**overrides):
+    """A seconds-long causal-LM run on a small `generated` corpus; overrides as 'a.b': v."""
+    from llmjax import configs
+
+    c = configs.base_config()
+    c.model.num_layers, c.model.num_heads, c.model.emb_dim = 2, 2, 32
+    c.model.mlp_dim, c.model.max_len = 64, 64
+    c.seq_len, c.batch_size = 32, 8
+    c.num_train_steps, c.log_every_steps = 20, 5
+    c.eval_every_steps = c.checkpoint_every_steps = 10
+    c.optimizer.warmup_steps, c.optimizer.learning_rate = 5, 3e-3
+    c.data.generated.train_documents, c.data.generated.eval_documents = 300, 20
+    c.progress_bar = False
+    c.async_checkpointing = False
+    c.peak_flops_per_device = 1e12
+    for key, value in overrides.items():
+        node = c
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def shared_file(*parts: str) -> pathlib.Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test reads ../shared/data, which only the "
+                    "project's own checkouts have")
+    return path

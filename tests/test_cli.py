@@ -1,0 +1,101 @@
+"""The `llmjax` command as a user runs it: train, eval, generate, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_config
+
+import llmjax
+from llmjax.train.loop import train_and_evaluate
+from llmjax.train.writer import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def llmjax_cli(*args, check=True):
+    env = {**os.environ, "XLA_FLAGS": ""}  # one device, as a user would run it
+    out = subprocess.run([sys.executable, "-m", "llmjax", *args], capture_output=True,
+                         text=True, cwd=ROOT, env=env, timeout=300)
+    if check and out.returncode != 0:
+        raise AssertionError(f"llmjax {args} failed:\n{out.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    train_and_evaluate(tiny_config(), workdir)
+    return workdir
+
+
+def test_unknown_config_key_is_one_line_with_the_nearest_keys(tmp_path):
+    out = llmjax_cli("train", "--config=configs/demo.py", f"--workdir={tmp_path}",
+                     "--config.optimizer.learning_rte=0.1", check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "llmjax: error: unknown config key 'optimizer.learning_rte'; did you mean "
+        "optimizer.learning_rate or ")
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_bad_value_and_missing_data_are_clear_errors(tmp_path):
+    out = llmjax_cli("train", "--config=configs/demo.py", f"--workdir={tmp_path}",
+                     "--config.batch_size=lots", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "batch_size" in out.stderr.splitlines()[-1]
+    out = llmjax_cli("train", "--config=configs/demo.py", f"--workdir={tmp_path}",
+                     f"--config.data.source=text:{tmp_path}/missing/*.txt", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"llmjax: error: data source: '{tmp_path}/missing/*.txt' matches no file; check the "
+        "path (globs such as data/*.txt are allowed)")
+
+
+def test_config_argument_selects_variants():
+    from configs import gpt  # noqa: PLC0415
+
+    c = gpt.get_config("size=small,tokenizer=bpe")
+    assert c.model.num_layers == 6 and c.tokenizer.kind == "bpe"
+    with pytest.raises(ValueError, match="expected one of"):
+        gpt.get_config("sise=small")
+
+
+def test_eval_command_reproduces_the_training_eval_and_records_it(trained):
+    before = [r for r in read_metrics(trained) if "eval/loss" in r][-1]
+    out = llmjax_cli("eval", f"--workdir={trained}")
+    printed = json.loads(out.stdout)
+    assert printed["step"] == 20
+    assert printed["eval/loss"] == pytest.approx(before["eval/loss"], abs=1e-5)
+    assert read_metrics(trained)[-1]["eval/loss"] == printed["eval/loss"]
+    out = llmjax_cli("eval", f"--workdir={trained}", "--split=train[:10%]", "--step=10")
+    printed = json.loads(out.stdout)
+    assert printed["step"] == 10 and "train[:10%]/loss" in printed
+
+
+def test_generate_is_reproducible_and_greedy_follows_the_logits(trained):
+    args = ["generate", f"--workdir={trained}", "--prompt=abc", "--max_new_tokens=12"]
+    first = llmjax_cli(*args, "--seed=3").stdout
+    assert first == llmjax_cli(*args, "--seed=3").stdout
+    assert first.startswith("abc")
+    run = llmjax.load(trained)
+    greedy = run.generate("abc", max_new_tokens=5, temperature=0.0)
+    expected = ""
+    for _ in range(5):
+        logits = run.logits(["abc" + expected])[0, -1]
+        token = int(logits.argmax())
+        if token == run.tokenizer.eos_id:
+            break
+        expected += run.tokenizer.decode([token])
+    assert greedy == expected
+
+
+def test_python_api_shapes(trained):
+    run = llmjax.load(trained)
+    h = run.hidden_states(["abc", "abcdef"])
+    assert h.shape == (2, 7, 32) and (h[0, 4:] == 0).all()
+    assert run.logits(["ab"]).shape == (1, 3, run.config.model.vocab_size)
+    assert run.config.model.vocab_size == run.tokenizer.vocab_size

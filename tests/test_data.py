@@ -1,0 +1,159 @@
+"""Tokenizers, packing, sources (generated / text files / TFDS catalog via mock_data), batches."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import shared_file, tiny_config
+
+from llmjax.data import packing, pipeline, sources
+from llmjax.data.generated import MarkovLanguage
+from llmjax.data.text_builder import DataError
+from llmjax.data.tokenizers import (
+    BOS_ID,
+    EOS_ID,
+    UNK_ID,
+    ByteTokenizer,
+    CharTokenizer,
+    load_tokenizer,
+    train_tokenizer,
+)
+from llmjax.objectives import get_objective
+
+TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler — ü\n"
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_tokenizers_round_trip_and_reload(kind, tmp_path):
+    tok = train_tokenizer(kind, [TEXT] * 20, vocab_size=300)
+    ids = tok.encode(TEXT)
+    assert tok.decode(ids) == TEXT
+    assert min(ids) >= 4, "ids 0..3 are reserved for special tokens"
+    tok.save(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert again.encode(TEXT) == ids and again.vocab_size == tok.vocab_size
+
+
+def test_char_tokenizer_maps_unseen_characters_to_unk():
+    tok = CharTokenizer.train(["abc"])
+    assert tok.encode("abz") == [4, 5, UNK_ID]
+    assert tok.vocab_size == 7
+
+
+def test_byte_tokenizer_needs_no_training():
+    assert ByteTokenizer().encode("é") == [0xC3 + 4, 0xA9 + 4]
+
+
+def test_windows_cover_every_token_once_and_never_predict_across_documents():
+    docs = [np.array([10, 11, 12]), np.array([20, 21]), np.array([30, 31, 32, 33])]
+    tokens, doc_ids = packing.token_stream(docs)
+    assert tokens.tolist() == [BOS_ID, 10, 11, 12, EOS_ID, BOS_ID, 20, 21, EOS_ID,
+                               BOS_ID, 30, 31, 32, 33, EOS_ID]
+    windows = packing.Windows(tokens, doc_ids, 4, 4, keep_partial=True)
+    ex = windows[np.arange(len(windows))]
+    targets = ex["targets"][(ex["segment_ids"] > 0) & (ex["targets"] != 0)]
+    assert sorted(targets.tolist()) == sorted(tokens[1:].tolist())
+    # the only unweighted real targets are the <bos> that follow an <eos>
+    real = (ex["segment_ids"] > 0) & (ex["targets"] != 0)
+    unweighted = ex["targets"][(ex["weights"] == 0) & real]
+    assert unweighted.tolist() == [BOS_ID, BOS_ID]
+    assert ex["segment_ids"][1].tolist() == [1, 2, 2, 2]  # inputs [eos | bos, 20, 21]
+    assert len(packing.Windows(tokens, doc_ids, 4, 4, keep_partial=False)) == 3
+    assert len(ex["inputs"]) == 4
+    every_offset = packing.Windows(tokens, doc_ids, 4, 1, keep_partial=False)
+    assert len(every_offset) == len(tokens) - 4
+    assert every_offset[np.array([3])]["inputs"].tolist() == [[12, EOS_ID, BOS_ID, 20]]
+    halves = [every_offset.shard(i, 2) for i in range(2)]
+    assert [len(h) for h in halves] == [5, 6]
+    np.testing.assert_array_equal(halves[1][np.array([0])]["inputs"],
+                                  every_offset[np.array([5])]["inputs"])
+
+
+def test_text_source_splits_characters_and_joins_documents(tmp_path):
+    (tmp_path / "a.txt").write_text("first line\nsecond line\n" * 50)
+    (tmp_path / "b.txt").write_text("another file\n" * 30)
+    c = tiny_config(**{"data.source": f"text:{tmp_path}/*.txt"})
+    train = sources.read_documents(sources.open_split(c.data.source, "train", c), "text")
+    val = sources.read_documents(sources.open_split(c.data.source, "validation", c), "text")
+    everything = (tmp_path / "a.txt").read_text() + (tmp_path / "b.txt").read_text()
+    cut = int(len(everything) * 0.9)
+    assert "".join(train) == everything[:cut] and "".join(val) == everything[cut:]
+    assert len(train) == 2 and len(val) == 1  # documents are files
+    # a changed file is prepared again, not silently reused
+    (tmp_path / "b.txt").write_text("changed\n" * 30)
+    val = sources.read_documents(sources.open_split(c.data.source, "validation", c), "text")
+    assert "changed" in "".join(val)
+
+
+def test_text_source_errors_name_the_problem(tmp_path):
+    c = tiny_config()
+    with pytest.raises(DataError, match="matches no file"):
+        sources.open_split(f"text:{tmp_path}/nothing*.txt", "train", c)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.txt: bytes at offset 3 are not UTF-8"):
+        sources.open_split(f"text:{tmp_path}/latin1.txt", "train", c)
+    (tmp_path / "ok.txt").write_text("hello\n")
+    with pytest.raises(DataError, match="has no split 'test'"):
+        sources.open_split(f"text:{tmp_path}/ok.txt", "test", c)
+
+
+def test_catalog_dataset_through_tfds_mock_data():
+    c = tiny_config(**{"data.source": "tfds:lm1b", "tokenizer.kind": "byte"})
+    with tfds.testing.mock_data(num_examples=64):
+        tok, _ = pipeline.get_tokenizer(c, None)
+        batch = next(iter(pipeline.train_dataset(c, tok, get_objective("causal_lm"))))
+        evals = pipeline.eval_batches(c, tok, get_objective("causal_lm"), split="test")
+    assert batch["inputs"].shape == (8, 32) and batch["weights"].sum() > 0
+    assert len(evals) >= 1
+
+
+def test_tiny_shakespeare_catalog_name_resolves_with_mock_data():
+    c = tiny_config(**{"data.source": "tfds:tiny_shakespeare"})
+    with tfds.testing.mock_data(num_examples=3):
+        records = sources.open_split(c.data.source, "train", c)
+        docs = sources.read_documents(records, "text")
+    assert len(docs) == 3 and all(isinstance(d, str) for d in docs)
+
+
+def test_same_seed_same_batches_and_hosts_read_disjoint_shards():
+    c = tiny_config()
+    tok, _ = pipeline.get_tokenizer(c, None)
+    obj = get_objective("causal_lm")
+
+    def first_batches(seed, shard=None):
+        c.seed = seed
+        it = iter(pipeline.train_dataset(c, tok, obj, shard or pipeline.HostShard()))
+        return [next(it)["inputs"] for _ in range(3)]
+
+    np.testing.assert_array_equal(first_batches(0), first_batches(0))
+    assert not np.array_equal(first_batches(0)[0], first_batches(1)[0])
+    records = sources.open_split("generated", "train", c)
+    halves = [sources.read_documents(records, "text", i, 2) for i in range(2)]
+    assert halves[0] + halves[1] == sources.read_documents(records, "text")
+    assert len(halves[0]) == len(halves[1]) == 150
+    shards = [pipeline.load_examples(c, tok, obj, "generated", "train", train=True,
+                                     shard=pipeline.HostShard(i, 2)) for i in range(2)]
+    rows = [{r.tobytes() for r in s[np.arange(len(s))]["inputs"]} for s in shards]
+    assert not rows[0] & rows[1]
+
+
+def test_eval_batches_pad_with_weightless_examples():
+    c = tiny_config(**{"batch_size": 7})
+    tok, _ = pipeline.get_tokenizer(c, None)
+    batches = pipeline.eval_batches(c, tok, get_objective("causal_lm"))
+    assert all(b["inputs"].shape == (7, 32) for b in batches)
+    assert batches[-1]["weights"].sum() < batches[0]["weights"].sum()
+
+
+def test_markov_language_is_deterministic_and_has_documents():
+    g = tiny_config().data.generated
+    a = MarkovLanguage(g).documents(50, g.seed, 0)
+    assert a == MarkovLanguage(g).documents(50, g.seed, 0)
+    assert 30 < np.mean([len(d) for d in a]) < 300
+    assert set("".join(a)) <= set("abcdefghijkl")
+
+
+def test_tiny_shakespeare_file_reads_exactly(tmp_path):
+    path = shared_file("tinyshakespeare", "input.txt")
+    c = tiny_config(**{"data.source": f"text:{path}"})
+    train = "".join(sources.read_documents(sources.open_split(c.data.source, "train", c), "text"))
+    assert len(train) == 1_003_854  # nanoGPT's 90% split

@@ -1,0 +1,127 @@
+"""Decoder properties: causality, padding and packing isolation, KV cache == full forward."""
+
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llmjax.models import Decoder, ModelConfig
+from llmjax.models.attention import make_attention_mask
+from llmjax.models.decoder import _default_positions
+
+
+def make(**kw):
+    defaults = dict(vocab_size=40, num_layers=2, num_heads=2, head_dim=8, emb_dim=16,
+                    mlp_dim=32, max_len=32)
+    cfg = ModelConfig(**{**defaults, **kw})
+    return Decoder(cfg, rngs=nnx.Rngs(0))
+
+
+def tokens(shape, seed=0):
+    return jnp.asarray(np.random.RandomState(seed).randint(4, 40, shape), jnp.int32)
+
+
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_gradient_of_logits_wrt_later_inputs_is_zero(position):
+    model = make(position_embedding=position)
+    toks = tokens((1, 10))
+    original = Decoder._embed
+
+    def logits_at(delta, t):
+        with mock.patch.object(Decoder, "_embed",
+                               lambda self, *a: original(self, *a) + delta):
+            return model(toks)[0, t].sum()
+
+    delta = jnp.zeros((1, 10, 16))
+    for t in (0, 4, 8):
+        grad = jax.grad(logits_at)(delta, t)
+        norms = jnp.abs(grad[0]).sum(-1)
+        assert jnp.all(norms[t + 1:] == 0), f"position {t} depends on later inputs"
+        assert jnp.all(norms[: t + 1] > 0), "earlier inputs must matter"
+
+
+def test_padding_does_not_change_real_positions():
+    model = make()
+    toks = tokens((1, 7))
+    alone = model(toks)
+    padded = jnp.concatenate([toks, jnp.zeros((1, 5), jnp.int32)], axis=1)
+    seg = jnp.array([[1] * 7 + [0] * 5])
+    np.testing.assert_allclose(model(padded, segment_ids=seg)[:, :7], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rotary"])
+def test_packed_documents_do_not_attend_to_each_other(position):
+    model = make(position_embedding=position)
+    a, b = tokens((1, 6), 1), tokens((1, 9), 2)
+    packed = jnp.concatenate([a, b], axis=1)
+    seg = jnp.array([[1] * 6 + [2] * 9])
+    out = model(packed, segment_ids=seg)
+    np.testing.assert_allclose(out[:, :6], model(a), atol=1e-5)
+    np.testing.assert_allclose(out[:, 6:], model(b), atol=1e-5)
+
+
+def test_default_positions_restart_per_segment():
+    seg = jnp.array([[1, 1, 1, 2, 2, 0, 0]])
+    np.testing.assert_array_equal(_default_positions(seg), [[0, 1, 2, 0, 1, 0, 1]])
+
+
+def test_attention_mask_blocks_padding_and_future():
+    seg = jnp.array([[1, 1, 0]])
+    mask = make_attention_mask(seg, seg, causal=True)[0, 0]
+    np.testing.assert_array_equal(mask, [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("kw", [
+    dict(position_embedding="learned"),
+    dict(position_embedding="sinusoidal", norm="rmsnorm", gated_mlp=True),
+    dict(position_embedding="rotary", use_bias=False, tie_embeddings=False),
+    dict(position_embedding="learned", norm_position="post"),
+])
+def test_kv_cache_decoding_equals_full_forward(kw):
+    model = make(**kw)
+    toks = tokens((2, 12))
+    full = model(toks)
+    cache = model.init_cache(2, 16)
+    first, cache = model.decode(toks[:, :5], cache)
+    steps = [first]
+    for t in range(5, 12):
+        logits, cache = model.decode(toks[:, t:t + 1], cache)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_kv_cache_with_left_padded_prompts():
+    model = make(position_embedding="rotary")
+    short, long = tokens((1, 3), 3), tokens((1, 6), 4)
+    prompts = jnp.concatenate([jnp.concatenate([jnp.zeros((1, 3), jnp.int32), short], 1), long])
+    valid = jnp.array([[0, 0, 0, 1, 1, 1], [1] * 6])
+    cache = model.init_cache(2, 10)
+    logits, cache = model.decode(prompts, cache, valid)
+    np.testing.assert_allclose(logits[0, 3:], model(short)[0], atol=1e-5)
+    np.testing.assert_allclose(logits[1], model(long)[0], atol=1e-5)
+    nxt = tokens((2, 1), 5)
+    step, _ = model.decode(nxt, cache)
+    np.testing.assert_allclose(step[0, 0], model(jnp.concatenate([short, nxt[:1]], 1))[0, -1],
+                               atol=1e-5)
+
+
+def test_options_change_the_parameter_set():
+    def names(model):
+        return {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model))}
+
+    base = names(make())
+    assert not any("bias" in n for n in names(make(use_bias=False)))
+    assert any("lm_head" in n for n in names(make(tie_embeddings=False)))
+    assert not any("lm_head" in n for n in base)
+    assert any("wg" in n for n in names(make(gated_mlp=True)))
+    assert not any("position_embed" in n for n in names(make(position_embedding="rotary")))
+
+
+def test_dropout_is_active_only_with_an_rng():
+    model = make(dropout_rate=0.5)
+    toks = tokens((1, 8))
+    np.testing.assert_allclose(model(toks), model(toks))
+    assert not np.allclose(model(toks, rng=jax.random.PRNGKey(0)), model(toks))
