@@ -33,11 +33,11 @@ class MultiHeadAttention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h, k = cfg.emb_dim, cfg.num_heads, cfg.head_dim
         self.cfg = cfg
-        self.query = Dense("...d,dhk->...hk", (d, h, k), cfg, rngs=rngs)
-        self.key = Dense("...d,dhk->...hk", (d, h, k), cfg, rngs=rngs)
-        self.value = Dense("...d,dhk->...hk", (d, h, k), cfg, rngs=rngs)
+        self.query = Dense((d,), (h, k), cfg, rngs=rngs)
+        self.key = Dense((d,), (h, k), cfg, rngs=rngs)
+        self.value = Dense((d,), (h, k), cfg, rngs=rngs)
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
-        self.out = Dense("...hk,hkd->...d", (h, k, d), cfg, rngs=rngs, std=out_std)
+        self.out = Dense((h, k), (d,), cfg, rngs=rngs, std=out_std)
 
     def __call__(self, x_BxQxD: Array, mask_Bx1xQxK: Array, *, positions_BxQ: Array | None = None,
                  kv_BxKxD: Array | None = None, kv_positions_BxK: Array | None = None,

@@ -25,7 +25,7 @@ class Decoder(nnx.Module):
         self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position == "pre" else None
         if not cfg.tie_embeddings:
-            self.lm_head = Dense("...d,dv->...v", (cfg.emb_dim, cfg.vocab_size), cfg, rngs=rngs,
+            self.lm_head = Dense((cfg.emb_dim,), (cfg.vocab_size,), cfg, rngs=rngs,
                                  use_bias=False)
 
     def _embed(self, tokens_BxL: Array, positions_BxL: Array, rng: Array | None) -> Array:
