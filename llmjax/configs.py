@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer = t = ml_collections.ConfigDict()
     t.kind = "char"  # char | byte | bpe | wordpiece | sentencepiece
     t.vocab_size = 1024  # target size when training a bpe/wordpiece/sentencepiece vocabulary
-    t.path = config_dict.placeholder(str)  # a saved tokenizer directory (or HF tokenizer.json)
+    t.path = config_dict.placeholder(str)  # a tokenizer directory written by llmjax
     t.lowercase = False
 
     c.init = i = ml_collections.ConfigDict()

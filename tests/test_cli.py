@@ -99,3 +99,32 @@ def test_python_api_shapes(trained):
     assert h.shape == (2, 7, 32) and (h[0, 4:] == 0).all()
     assert run.logits(["ab"]).shape == (1, 3, run.config.model.vocab_size)
     assert run.config.model.vocab_size == run.tokenizer.vocab_size
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_continues(tmp_path):
+    import signal
+    import time
+
+    from llmjax import configs
+
+    c = tiny_config(**{"num_train_steps": 100000, "checkpoint_every_steps": 100000,
+                       "log_every_steps": 1, "eval_every_steps": 100000})
+    config_file = tmp_path / "cfg.py"
+    config_file.write_text("from llmjax import configs\n\ndef get_config():\n"
+                           f"    return configs.from_json({configs.to_json(c)!r})\n")
+    workdir = tmp_path / "run"
+    env = {**os.environ, "XLA_FLAGS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "llmjax", "train", f"--config={config_file}",
+                             f"--workdir={workdir}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_metrics(workdir)) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    assert len(saved) == 1 and saved[0] >= 3
+    assert f"saved a checkpoint at step {saved[0]}" in err
+    logged = max(r["step"] for r in read_metrics(workdir))
+    assert logged == saved[0]  # the step it stopped at was finished and logged

@@ -73,7 +73,7 @@ def restore_params(workdir: str | epath.Path, abstract_params: Any, step: int | 
     `abstract_params`' shapes. Returns (params, step)."""
     directory = checkpoint_dir(workdir)
     manager = ocp.CheckpointManager(directory, item_handlers={
-        "state": ocp.PyTreeCheckpointHandler()})
+        "state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}: init.workdir must be the workdir "
