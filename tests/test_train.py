@@ -176,3 +176,12 @@ def test_resuming_with_another_model_is_refused_before_anything_is_written(tmp_p
     with pytest.raises(ConfigError, match=r"model.emb_dim: 32 -> 48"):
         train_and_evaluate(c, tmp_path)
     assert (tmp_path / "config.json").read_text() == saved
+
+
+def test_an_objective_not_yet_built_is_a_clear_error(tmp_path):
+    from llmjax.configs import ConfigError
+
+    c = tiny_config(**{"model.arch": "encoder", "objective": "mlm"})
+    with pytest.raises(ConfigError, match="objective='mlm' is not available in this version"):
+        train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,11 @@ OBJECTIVES = {
 
 
 def get_objective(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        from llmjax.configs import ConfigError
+
+        raise ConfigError(f"objective={name!r} is not available in this version; use one of "
+                          f"{sorted(OBJECTIVES)}")
     return OBJECTIVES[name]()
 
 

@@ -128,8 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     mode = config.parallel.mode
     shards = jax.process_count() * Parallel.num_data_shards(mode)
     configs.validate(config, num_data_shards=shards)
-    prepare_workdir(workdir)
     objective = get_objective(config.objective)
+    prepare_workdir(workdir)
 
     tokenizer, origin = pipeline.get_tokenizer(config, str(workdir))
     logging.info("tokenizer: %s, %d tokens (%s)", tokenizer.kind, tokenizer.vocab_size, origin)

@@ -1,0 +1,57 @@
+"""Bidirectional (BERT-style) encoder: token, position and token-type embeddings, a stack of
+non-causal Transformer blocks. Heads (MLM, NSP, classification) live in heads.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmjax.models.attention import make_attention_mask
+from llmjax.models.blocks import TransformerBlock
+from llmjax.models.config import ModelConfig
+from llmjax.models.decoder import _default_positions
+from llmjax.models.layers import Embed, Norm, dropout, fold, sinusoidal
+
+Array = jax.Array
+
+
+class Encoder(nnx.Module):
+    """tokens [B, L] (+ token types [B, L]) -> hidden states [B, L, D]; every token attends to
+    every non-padding token of its segment (segment 0 = padding)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, num_token_types: int = 2):
+        cfg = dataclasses.replace(cfg, causal=False)
+        self.cfg = cfg
+        self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)
+        if cfg.position_embedding == "learned":
+            self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
+        self.token_type_embed = Embed(num_token_types, cfg.emb_dim, cfg, rngs=rngs)
+        # BERT (post-norm) normalises the summed embeddings; pre-norm stacks end with a norm.
+        post = cfg.norm_position == "post"
+        self.embed_norm = Norm(cfg.emb_dim, cfg) if post else None
+        self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = None if post else Norm(cfg.emb_dim, cfg)
+
+    def __call__(self, tokens_BxL: Array, *, token_types: Array | None = None,
+                 segment_ids: Array | None = None, positions: Array | None = None,
+                 rng: Array | None = None) -> Array:
+        """Hidden states [B, L, D] of the last layer (after the final norm when pre-norm)."""
+        cfg = self.cfg
+        seg = (tokens_BxL != 0).astype(jnp.int32) if segment_ids is None else segment_ids
+        pos = _default_positions(seg) if positions is None else positions
+        types = jnp.zeros_like(tokens_BxL) if token_types is None else token_types
+        x = self.embed(tokens_BxL) + self.token_type_embed(types)
+        if cfg.position_embedding == "learned":
+            x = x + self.position_embed(pos)
+        elif cfg.position_embedding == "sinusoidal":
+            x = x + sinusoidal(pos, cfg.emb_dim).astype(x.dtype)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x = dropout(x, cfg.dropout_rate, fold(rng, 0))
+        mask = make_attention_mask(seg, seg, causal=False)
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x, mask, pos, rng=fold(rng, i + 1))
+        return x if self.final_norm is None else self.final_norm(x)
