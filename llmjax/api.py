@@ -58,6 +58,9 @@ class Run:
                  temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None) -> str:
         """The continuation of `prompt` (stops at <eos>); defaults from config.generate."""
+        if not hasattr(self.model, "decode"):
+            raise ValueError(f"generate needs a model that decodes; this run's model.arch is "
+                             f"{self.config.model.arch!r}")
         g = self.config.generate
         pick = lambda v, d: d if v is None else v  # noqa: E731
         max_new = pick(max_new_tokens, g.max_new_tokens)

@@ -27,7 +27,7 @@ def test_tokenizers_round_trip_and_reload(kind, tmp_path):
     tok = train_tokenizer(kind, [TEXT] * 20, vocab_size=300)
     ids = tok.encode(TEXT)
     assert tok.decode(ids) == TEXT
-    assert min(ids) >= 4, "ids 0..3 are reserved for special tokens"
+    assert min(ids) >= 5, "ids 0..4 are reserved for special tokens"
     tok.save(tmp_path / "tok")
     again = load_tokenizer(tmp_path / "tok")
     assert again.encode(TEXT) == ids and again.vocab_size == tok.vocab_size
@@ -35,12 +35,12 @@ def test_tokenizers_round_trip_and_reload(kind, tmp_path):
 
 def test_char_tokenizer_maps_unseen_characters_to_unk():
     tok = CharTokenizer.train(["abc"])
-    assert tok.encode("abz") == [4, 5, UNK_ID]
-    assert tok.vocab_size == 7
+    assert tok.encode("abz") == [5, 6, UNK_ID]
+    assert tok.vocab_size == 8
 
 
 def test_byte_tokenizer_needs_no_training():
-    assert ByteTokenizer().encode("é") == [0xC3 + 4, 0xA9 + 4]
+    assert ByteTokenizer().encode("é") == [0xC3 + 5, 0xA9 + 5]
 
 
 def test_windows_cover_every_token_once_and_never_predict_across_documents():

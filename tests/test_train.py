@@ -137,7 +137,7 @@ def test_outputs_tensorboard_png_config_and_metric_names(tmp_path):
     assert _event_steps(tmp_path, "eval/loss") == [10, 20]
     png = (tmp_path / "plots/loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert '"vocab_size": 16' in (tmp_path / "config.json").read_text()
+    assert '"vocab_size": 17' in (tmp_path / "config.json").read_text()  # 12 letters + 5
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -181,7 +181,7 @@ def test_resuming_with_another_model_is_refused_before_anything_is_written(tmp_p
 def test_an_objective_not_yet_built_is_a_clear_error(tmp_path):
     from llmjax.configs import ConfigError
 
-    c = tiny_config(**{"model.arch": "encoder", "objective": "mlm"})
-    with pytest.raises(ConfigError, match="objective='mlm' is not available in this version"):
+    c = tiny_config(**{"model.arch": "encoder", "objective": "nsp"})
+    with pytest.raises(ConfigError, match="objective='nsp' is not available in this version"):
         train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()

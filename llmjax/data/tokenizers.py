@@ -1,6 +1,7 @@
 """Tokenizers: char and byte (exact, numpy-fast) and byte-level BPE (HF `tokenizers`).
 
-Every tokenizer reserves ids 0..3 for <pad>, <bos>, <eos>, <unk>, is trained on training text
+Every tokenizer reserves ids 0..4 for <pad>, <bos>, <eos>, <unk>, <mask> (<bos>/<eos> double as
+BERT's [CLS]/[SEP]), is trained on training text
 when no vocabulary is given, and saves to / loads from a directory (WORKDIR/tokenizer).
 """
 
@@ -12,8 +13,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from etils import epath
 
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>")
+PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID = range(5)
 _CONFIG_FILE = "tokenizer_config.json"
 
 
@@ -21,7 +22,7 @@ class Tokenizer:
     """Common interface; subclasses implement _encode_array, decode, vocab_size, _save."""
 
     kind = ""
-    pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+    pad_id, bos_id, eos_id, unk_id, mask_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID
 
     def __init__(self, lowercase: bool = False):
         self.lowercase = lowercase
@@ -99,7 +100,7 @@ class CharTokenizer(Tokenizer):
 
 
 class ByteTokenizer(Tokenizer):
-    """UTF-8 bytes, id = byte + 4; needs no training and never produces <unk>."""
+    """UTF-8 bytes, id = byte + 5; needs no training and never produces <unk>."""
 
     kind = "byte"
 

@@ -55,3 +55,46 @@ class Encoder(nnx.Module):
         for i, layer in enumerate(self.layers):
             x, _ = layer(x, mask, pos, rng=fold(rng, i + 1))
         return x if self.final_norm is None else self.final_norm(x)
+
+
+class EncoderWithHeads(nnx.Module):
+    """An Encoder plus the heads an objective asks for: 'mlm' (tied to the input embeddings),
+    'nsp' (2-way on the pooled [CLS]) and 'classifier' (num_classes-way on the pooled [CLS])."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, heads: tuple[str, ...] = ("mlm",),
+                 num_classes: int = 2):
+        from llmjax.models.heads import ClassifierHead, MLMHead, Pooler
+
+        unknown = set(heads) - {"mlm", "nsp", "classifier"}
+        if unknown:
+            raise ValueError(f"unknown encoder heads {sorted(unknown)}")
+        self.heads = tuple(heads)
+        self.encoder = Encoder(cfg, rngs=rngs)
+        self.mlm_head = MLMHead(cfg, rngs=rngs) if "mlm" in heads else None
+        pooled = "nsp" in heads or "classifier" in heads
+        self.pooler = Pooler(cfg, rngs=rngs) if pooled else None
+        self.nsp_head = ClassifierHead(cfg, 2, rngs=rngs) if "nsp" in heads else None
+        self.classifier = (ClassifierHead(cfg, num_classes, rngs=rngs)
+                           if "classifier" in heads else None)
+
+    def hidden_states(self, tokens_BxL: Array, **kwargs) -> Array:
+        """[B, L, D]; kwargs: token_types, segment_ids, positions, rng (see Encoder)."""
+        return self.encoder(tokens_BxL, **kwargs)
+
+    def mlm_logits(self, hidden_BxLxD: Array) -> Array:
+        return self.mlm_head(hidden_BxLxD, self.encoder.embed)
+
+    def nsp_logits(self, hidden_BxLxD: Array, rng: Array | None = None) -> Array:
+        return self.nsp_head(self.pooler(hidden_BxLxD), rng)
+
+    def class_logits(self, hidden_BxLxD: Array, rng: Array | None = None) -> Array:
+        return self.classifier(self.pooler(hidden_BxLxD), rng)
+
+    def __call__(self, tokens_BxL: Array, **kwargs) -> Array:
+        """The primary head's logits: MLM [B, L, V] if present, else classes [B, C]."""
+        hidden = self.hidden_states(tokens_BxL, **kwargs)
+        if self.mlm_head is not None:
+            return self.mlm_logits(hidden)
+        if self.classifier is not None:
+            return self.class_logits(hidden)
+        return self.nsp_logits(hidden)

@@ -2,9 +2,11 @@
 
 from llmjax.objectives.base import Objective, finalize
 from llmjax.objectives.causal_lm import CausalLM
+from llmjax.objectives.mlm import MaskedLM
 
 OBJECTIVES = {
     "causal_lm": CausalLM,
+    "mlm": MaskedLM,
 }
 
 

@@ -33,12 +33,19 @@ class Examples(Protocol):
 class Objective(Protocol):
     name: str
 
+    def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
+        """Extra constructor arguments of the model class (e.g. which heads it needs)."""
+
     def make_examples(self, token_docs: Sequence[np.ndarray],
                       config: ml_collections.ConfigDict, *, train: bool) -> Examples:
         """Examples from tokenized documents (training or evaluation layout)."""
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         """One example that contributes nothing (weights 0), to fill the last eval batch."""
+
+    # Optional: `corrupt(batch, rng: np.random.Generator) -> batch`, the random part of an
+    # example (e.g. MLM masking), drawn afresh for every training batch of every epoch and
+    # with a fixed seed for evaluation.
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
              ) -> tuple[jax.Array, MetricSums]:

@@ -15,6 +15,9 @@ from llmjax.objectives.base import MetricSums, cross_entropy
 class CausalLM:
     name = "causal_lm"
 
+    def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
+        return {}
+
     def make_examples(self, token_docs: Sequence[np.ndarray],
                       config: ml_collections.ConfigDict, *, train: bool) -> packing.Windows:
         tokens, doc_ids = packing.token_stream(token_docs)
@@ -36,3 +39,16 @@ class CausalLM:
         correct = (logits.argmax(-1) == batch["targets"]) * weights
         count = weights.sum()
         return loss_sum, {"loss": (loss_sum, count), "token_accuracy": (correct.sum(), count)}
+
+    def loss_floor(self, config: ml_collections.ConfigDict, tokenizer,
+                   eval_batches: list[dict[str, np.ndarray]]) -> float | None:
+        """The Bayes-optimal eval loss, for the `generated` source with a char/byte tokenizer."""
+        from llmjax.data import pipeline, sources
+        from llmjax.data.generated import best_achievable_loss
+
+        source, _ = pipeline.eval_source_and_split(config)
+        if source != "generated" or tokenizer.kind not in ("char", "byte"):
+            return None
+        train_docs = sources.read_documents(
+            sources.open_split("generated", config.data.train_split, config), "text")
+        return best_achievable_loss(config.data.generated, tokenizer, eval_batches, train_docs)

@@ -143,7 +143,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
     train_iter = iter(pipeline.train_dataset(config, tokenizer, objective))
     eval_data = pipeline.eval_batches(config, tokenizer, objective)
-    floor = _best_achievable_loss(config, tokenizer, eval_data)
+    floor = None
+    if hasattr(objective, "loss_floor"):  # known only for some data (the generated language)
+        floor = objective.loss_floor(config, tokenizer, eval_data)
+        if floor is not None:
+            logging.info("best achievable eval loss on this data: %.4f nats/token", floor)
 
     graphdef, params = nnx.split(state_lib.build_model(config))
     num_params = state_lib.count_params(params)
@@ -255,21 +259,6 @@ def _check_finite(pending: list[dict], step: int, last_saved: int | None,
                 f"non-finite training loss ({loss}) or gradient norm ({grad_norm}) by step {step};"
                 f" {where} (this state was not saved). Lower optimizer.learning_rate, raise "
                 "optimizer.warmup_steps or set optimizer.grad_clip_norm.")
-
-
-def _best_achievable_loss(config, tokenizer, eval_data) -> float | None:
-    """For the `generated` source with a character-level tokenizer: the Bayes floor."""
-    source, _ = pipeline.eval_source_and_split(config)
-    if source != "generated" or tokenizer.kind not in ("char", "byte"):
-        return None
-    from llmjax.data import sources
-    from llmjax.data.generated import best_achievable_loss
-
-    train_docs = sources.read_documents(
-        sources.open_split("generated", config.data.train_split, config), "text")
-    floor = best_achievable_loss(config.data.generated, tokenizer, eval_data, train_docs)
-    logging.info("best achievable eval loss on this data: %.4f nats/token", floor)
-    return floor
 
 
 def _format(metrics: dict[str, float]) -> str:

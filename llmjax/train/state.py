@@ -22,10 +22,14 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
 
 
 def build_model(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Module:
-    """A freshly initialised model of `config.model` (vocab_size must be resolved)."""
+    """A freshly initialised model of `config.model` (vocab_size must be resolved), with the
+    heads `config.objective` needs."""
+    from llmjax.objectives import get_objective
+
     cls = MODELS[config.model.arch]
     seed = config.seed if seed is None else seed
-    return cls(model_config(config), rngs=nnx.Rngs(params=seed))
+    kwargs = get_objective(config.objective).model_kwargs(config)
+    return cls(model_config(config), rngs=nnx.Rngs(params=seed), **kwargs)
 
 
 def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:

@@ -1,0 +1,61 @@
+"""Masked-LM pretraining of the encoder, end to end on the generated language."""
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+import llmjax
+from llmjax.data import pipeline
+from llmjax.data.tokenizers import MASK_ID, SPECIALS
+from llmjax.objectives import get_objective
+from llmjax.train.loop import train_and_evaluate
+from llmjax.train.writer import read_metrics
+
+
+def mlm_config(**overrides):
+    return tiny_config(**{"model.arch": "encoder", "objective": "mlm",
+                          "model.norm_position": "post", "model.position_embedding": "rotary",
+                          **overrides})
+
+
+def test_masks_are_dynamic_and_touch_only_real_tokens():
+    c = mlm_config(**{"seq_len": 64, "data.generated.train_documents": 30})
+    tok, _ = pipeline.get_tokenizer(c, None)
+    c.model.vocab_size = tok.vocab_size
+    obj = get_objective("mlm")
+    it = iter(pipeline.train_dataset(c, tok, obj))
+    masks: dict[bytes, set[bytes]] = {}
+    for _ in range(30):  # several epochs of this small split
+        b = next(it)
+        w = b["weights"].astype(bool)
+        assert not w[b["segment_ids"] == 0].any() and not w[b["tokens"] < len(SPECIALS)].any()
+        assert (b["inputs"][~w] == b["tokens"][~w]).all()
+        assert (b["targets"] == b["tokens"]).all()
+        assert (b["inputs"][w] == MASK_ID).mean() > 0.5
+        for row_tokens, row_w in zip(b["tokens"], w, strict=True):
+            masks.setdefault(row_tokens.tobytes(), set()).add(row_w.tobytes())
+    assert any(len(m) > 1 for m in masks.values()), "a window seen again gets a new mask"
+    e1 = pipeline.eval_batches(c, tok, obj)
+    e2 = pipeline.eval_batches(c, tok, obj)
+    np.testing.assert_array_equal(e1[0]["weights"], e2[0]["weights"])  # eval masks are fixed
+
+
+def test_mlm_pretraining_learns_from_both_sides(tmp_path):
+    """~25 s. Measured: eval/mlm_accuracy 0.29 after 600 steps, majority-letter baseline 0.10."""
+    c = mlm_config(**{"num_train_steps": 600, "eval_every_steps": 600, "log_every_steps": 200,
+                      "checkpoint_every_steps": 600, "batch_size": 16, "seq_len": 64,
+                      "model.emb_dim": 64, "model.mlp_dim": 256,
+                      "optimizer.learning_rate": 1e-3, "data.generated.train_documents": 1000,
+                      "data.generated.eval_documents": 100})
+    metrics = train_and_evaluate(c, tmp_path)
+    run = llmjax.load(tmp_path)
+    batches = pipeline.eval_batches(run.config, run.tokenizer, get_objective("mlm"))
+    targets = np.concatenate([b["targets"][b["weights"] > 0] for b in batches])
+    majority = np.bincount(targets).max() / len(targets)
+    assert metrics["eval/mlm_accuracy"] > 2 * majority
+    assert set(read_metrics(tmp_path)[-1]) == {"step", "eval/loss", "eval/perplexity",
+                                               "eval/mlm_accuracy"}
+    assert run.hidden_states(["abc", "ab"]).shape == (2, 4, 64)
+    assert run.logits(["abc"]).shape == (1, 4, run.config.model.vocab_size)
+    with pytest.raises(ValueError, match="model.arch is 'encoder'"):
+        run.generate("abc")
