@@ -14,6 +14,7 @@ from etils import epath
 from flax import nnx
 
 from llmjax import configs
+from llmjax.configs import ConfigError
 from llmjax.data.tokenizers import Tokenizer, load_tokenizer
 from llmjax.decoding import sampling
 from llmjax.train import checkpoint
@@ -54,12 +55,27 @@ class Run:
         tokens, segments = self._batch(texts)
         return np.asarray(self.model(jnp.asarray(tokens), segment_ids=jnp.asarray(segments)))
 
+    def predict(self, text: str, text_pair: str | None = None) -> tuple[str, dict[str, float]]:
+        """A classification run's (label, {label: probability})."""
+        if self.config.objective != "classification":
+            raise ConfigError(f"predict needs a classification run; this run's objective is "
+                             f"{self.config.objective!r}")
+        from llmjax.objectives.classification import encode_pair, label_names
+
+        tokens, types = encode_pair(self.tokenizer, text, text_pair, self.config.seq_len)
+        hidden = self.model.hidden_states(jnp.asarray(tokens[None]),
+                                          token_types=jnp.asarray(types[None]),
+                                          segment_ids=jnp.ones((1, len(tokens)), jnp.int32))
+        probs = np.asarray(jax.nn.softmax(self.model.class_logits(hidden)[0]), np.float64)
+        names = label_names(self.config)
+        return names[int(probs.argmax())], dict(zip(names, probs.tolist(), strict=True))
+
     def generate(self, prompt: str, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None) -> str:
         """The continuation of `prompt` (stops at <eos>); defaults from config.generate."""
         if not hasattr(self.model, "decode"):
-            raise ValueError(f"generate needs a model that decodes; this run's model.arch is "
+            raise ConfigError(f"generate needs a model that decodes; this run's model.arch is "
                              f"{self.config.model.arch!r}")
         g = self.config.generate
         pick = lambda v, d: d if v is None else v  # noqa: E731
@@ -101,6 +117,6 @@ def load(path: str | epath.Path, step: int | None = None,
         config = configs.from_json(config_file.read_text())
     tokenizer = load_tokenizer(workdir / "tokenizer")
     graphdef, params = nnx.split(state_lib.build_model(config))
-    params, step = checkpoint.restore_params(workdir, jax.eval_shape(lambda: params), step)
+    params, step = checkpoint.restore_params(workdir, params, step)
     model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
     return Run(config=config, tokenizer=tokenizer, model=model, step=step)

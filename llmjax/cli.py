@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from llmjax.log_filter import quiet_library_logs
 
-COMMANDS = ("train", "eval", "generate")  # predict and convert arrive with issues 3 and 7
+COMMANDS = ("train", "eval", "generate", "predict")  # convert arrives with issue 7
 WORKDIR_CONFIG = os.path.join(os.path.dirname(__file__), "workdir_config.py")
 
 FLAGS = flags.FLAGS
@@ -33,6 +33,8 @@ flags.DEFINE_integer("top_k", None, "generate: keep the k most likely tokens (0 
 flags.DEFINE_float("top_p", None, "generate: nucleus sampling mass (1 = all).")
 flags.DEFINE_integer("beam_size", None, "generate: beam search width (encoder-decoder).")
 flags.DEFINE_integer("seed", None, "generate: sampling seed.")
+flags.DEFINE_string("text", None, "predict: the text to classify.")
+flags.DEFINE_string("text_pair", None, "predict: the second text of a pair task.")
 
 
 def _argv_with_workdir_config(argv: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ import json
 from absl import flags, logging
 from etils import epath
 
+from llmjax.configs import ConfigError
 from llmjax.train.writer import MetricWriter
 
 
@@ -14,7 +15,7 @@ def train(FLAGS: flags.FlagValues) -> None:
     from llmjax.train.loop import train_and_evaluate
 
     if FLAGS.config is None:
-        raise ValueError("train needs --config=configs/FILE.py")
+        raise ConfigError("train needs --config=configs/FILE.py")
     train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_at_step=FLAGS.stop_at_step)
 
 
@@ -47,8 +48,18 @@ def generate(FLAGS: flags.FlagValues) -> None:
     from llmjax import api
 
     if FLAGS.prompt is None:
-        raise ValueError("generate needs --prompt=TEXT")
+        raise ConfigError("generate needs --prompt=TEXT")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
     text = run.generate(FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k,
                         FLAGS.top_p, FLAGS.seed)
     print(FLAGS.prompt + text)
+
+
+def predict(FLAGS: flags.FlagValues) -> None:
+    from llmjax import api
+
+    if FLAGS.text is None:
+        raise ConfigError("predict needs --text=TEXT (and --text_pair=TEXT for pair tasks)")
+    run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
+    label, probabilities = run.predict(FLAGS.text, FLAGS.text_pair)
+    print(json.dumps({"label": label, "probabilities": probabilities}, indent=2))

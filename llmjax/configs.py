@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.mlp_dim = 512
     m.max_len = 512
     m.vocab_size = config_dict.placeholder(int)  # None: the tokenizer's size
+    m.num_classes = config_dict.placeholder(int)  # classification: None = size of data.labels
     m.dropout_rate = 0.0
     m.attention_dropout_rate = 0.0
     m.dtype = "float32"  # compute dtype
@@ -76,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.text_column = "text"
     d.text_pair_column = config_dict.placeholder(str)
     d.label_column = "label"
+    d.labels = config_dict.placeholder(str)  # classification: "neg,pos"; None = from train split
     d.train_window_stride = 1  # causal LM: training windows start every N tokens (0 = seq_len)
     d.validation_fraction = 0.1  # text: sources keep this last fraction of characters for eval
     d.tfds_data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets

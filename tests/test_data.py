@@ -127,7 +127,8 @@ def test_same_seed_same_batches_and_hosts_read_disjoint_shards():
     np.testing.assert_array_equal(first_batches(0), first_batches(0))
     assert not np.array_equal(first_batches(0)[0], first_batches(1)[0])
     records = sources.open_split("generated", "train", c)
-    halves = [sources.read_documents(records, "text", i, 2) for i in range(2)]
+    halves = [sources.read_documents(sources.shard_records(records, i, 2), "text")
+              for i in range(2)]
     assert halves[0] + halves[1] == sources.read_documents(records, "text")
     assert len(halves[0]) == len(halves[1]) == 150
     shards = [pipeline.load_examples(c, tok, obj, "generated", "train", train=True,

@@ -5,6 +5,7 @@ import pytest
 from conftest import tiny_config
 
 import llmjax
+from llmjax.configs import ConfigError
 from llmjax.data import pipeline
 from llmjax.data.tokenizers import MASK_ID, SPECIALS
 from llmjax.objectives import get_objective
@@ -57,5 +58,5 @@ def test_mlm_pretraining_learns_from_both_sides(tmp_path):
                                                "eval/mlm_accuracy"}
     assert run.hidden_states(["abc", "ab"]).shape == (2, 4, 64)
     assert run.logits(["abc"]).shape == (1, 4, run.config.model.vocab_size)
-    with pytest.raises(ValueError, match="model.arch is 'encoder'"):
+    with pytest.raises(ConfigError, match="model.arch is 'encoder'"):
         run.generate("abc")

@@ -35,13 +35,13 @@ class HostShard:
 
 def eval_source_and_split(config: ml_collections.ConfigDict) -> tuple[str, str]:
     """Where evaluation reads from: `data.eval_source` (default: the train source) and
-    `data.eval_split` (default 'validation'; a separate `text:` eval source is read whole, as
+    `data.eval_split` (default 'validation'; a separate text:/tsv: eval source is read whole, as
     tfds's 'all' split). Splits take tfds syntax: 'train[:10%]', 'train+validation', 'all'."""
     source = config.data.eval_source or config.data.source
     split = config.data.eval_split
     if split is None:
-        separate_text = source.startswith("text:") and source != config.data.source
-        split = "all" if separate_text else "validation"
+        separate_file = source.split(":")[0] in ("text", "tsv") and source != config.data.source
+        split = "all" if separate_file else "validation"
     return source, split
 
 
@@ -61,6 +61,8 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tup
                                 " point it at the workdir of a finished llmjax run")
     if config.tokenizer.path:
         return load_tokenizer(config.tokenizer.path), config.tokenizer.path
+    if config.tokenizer.kind == "byte":  # nothing to learn
+        return train_tokenizer("byte", [], 0, config.tokenizer.lowercase), "bytes"
     records = sources.open_split(config.data.source, config.data.train_split, config)
     sample = sources.read_documents(records, config.data.text_column,
                                     limit_chars=config.data.tokenizer_sample_chars)
@@ -75,8 +77,8 @@ def load_examples(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objec
     records = sources.open_split(source, split, config)
     (r_index, r_count), (w_index, w_count) = sources.shard_plan(len(records), shard.index,
                                                                 shard.count)
-    docs = sources.read_documents(records, config.data.text_column, r_index, r_count)
-    examples = objective.make_examples(tokenizer.encode_batch(docs), config, train=train)
+    mine = sources.shard_records(records, r_index, r_count)
+    examples = objective.make_examples(mine, tokenizer, config, train=train)
     return examples.shard(w_index, w_count) if w_count > 1 else examples
 
 

@@ -1,5 +1,6 @@
-"""Data sources -> documents. Every source is read as a TFDS dataset (ArrayRecord, random access,
-no TensorFlow): `generated`, `tfds:NAME[/CONFIG][:VERSION]` from the catalog, `text:GLOB` files.
+"""Data sources -> records and documents. Every source is read as a TFDS dataset (ArrayRecord,
+random access, no TensorFlow): `generated`, `tfds:NAME[/CONFIG]` from the catalog, and local
+`text:GLOB` and `tsv:GLOB` files.
 
 A document is one string; records that carry a `document` field (local files, generated text)
 are chunks of one, joined back here. Each host reads only its shard of the records.
@@ -37,6 +38,11 @@ def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequ
     elif kind == "text":
         builder = prepare_local_text(arg, config.data.validation_fraction, data_dir,
                                      what="data source")
+    elif kind == "tsv":
+        from llmjax.data.tsv_builder import prepare_local_tsv
+
+        builder = prepare_local_tsv(arg, config.data.validation_fraction, data_dir,
+                                    what="data source")
     elif kind == "tfds":
         _import_catalog_modules(arg)
         try:
@@ -46,7 +52,8 @@ def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequ
         if not builder.is_prepared():
             builder.download_and_prepare(file_format="array_record")
     else:
-        raise DataError(f"data source {spec!r}: use generated, tfds:NAME[/CONFIG], text:GLOB")
+        raise DataError(f"data source {spec!r}: use generated, tfds:NAME[/CONFIG], text:GLOB "
+                        "or tsv:GLOB")
     names = [part.split("[")[0].strip() for part in split.split("+")]
     known = builder.info.splits  # empty under tfds.testing.mock_data: nothing to check
     if known and split != "all" and any(name not in known for name in names):
@@ -70,24 +77,45 @@ def _as_text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def read_documents(records: Sequence[dict], text_column: str, shard_index: int = 0,
-                   shard_count: int = 1, limit_chars: int | None = None) -> list[str]:
-    """This shard's documents (a contiguous block of records), chunks joined per document.
+class RecordSlice(Sequence):
+    """A contiguous block of a random-access source: this host's records."""
 
-    `limit_chars` stops once that much text is read (a tokenizer's training sample).
-    """
+    def __init__(self, records: Sequence[dict], lo: int, hi: int):
+        self.records, self.lo, self.hi = records, lo, hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.records[self.lo + i]
+
+
+def shard_records(records: Sequence[dict], index: int, count: int) -> RecordSlice:
+    """The index-th of `count` contiguous, disjoint blocks of records."""
     n = len(records)
-    if n == 0:
+    return RecordSlice(records, n * index // count, n * (index + 1) // count)
+
+
+def column_text(record: dict, column: str) -> str:
+    if column not in record:
+        raise DataError(f"records have no column {column!r}; they have {sorted(record)} "
+                        "(set data.text_column / data.text_pair_column / data.label_column)")
+    return _as_text(record[column])
+
+
+def read_documents(records: Sequence[dict], text_column: str,
+                   limit_chars: int | None = None) -> list[str]:
+    """The documents of `records`, chunks joined per document (records with a `document`
+    field); `limit_chars` stops once that much text is read (a tokenizer's training sample)."""
+    if len(records) == 0:
         raise DataError("the data split is empty; point data.source at non-empty data")
-    lo, hi = n * shard_index // shard_count, n * (shard_index + 1) // shard_count
     docs: list[str] = []
     last_doc, chars = None, 0
-    for i in range(lo, hi):
+    for i in range(len(records)):
         record = records[i]
-        if text_column not in record:
-            raise DataError(f"records have no column {text_column!r}; they have "
-                            f"{sorted(record)} (set data.text_column)")
-        text = _as_text(record[text_column])
+        text = column_text(record, text_column)
         doc = record.get("document")
         if doc is not None and doc == last_doc:
             docs[-1] += text

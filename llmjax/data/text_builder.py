@@ -45,6 +45,15 @@ def read_text(file: epath.Path) -> str:
                         "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
+def content_hash(files: list[epath.Path], *extra: str) -> str:
+    """A builder config name that changes whenever a file's path or content does."""
+    digest = hashlib.sha256("|".join(extra).encode())
+    for f in files:
+        digest.update(os.fspath(f).encode())
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
 def _chunks(text: str) -> list[str]:
     """Consecutive pieces of `text`, each of whole lines and at most ~CHUNK_CHARS characters."""
     lines = text.splitlines(keepends=True)
@@ -71,11 +80,8 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
     def __init__(self, *, files: list[epath.Path], validation_fraction: float, **kwargs):
         self._files = files
         self._validation_fraction = validation_fraction
-        digest = hashlib.sha256(repr(validation_fraction).encode())
-        for f in files:
-            digest.update(os.fspath(f).encode())
-            digest.update(hashlib.sha256(f.read_bytes()).digest())
-        super().__init__(config=tfds.core.BuilderConfig(name=digest.hexdigest()[:16]), **kwargs)
+        name = content_hash(files, repr(validation_fraction))
+        super().__init__(config=tfds.core.BuilderConfig(name=name), **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -98,8 +104,9 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
             if hi > cut:
                 validation.append((doc, text[max(cut - lo, 0):]))
             start = hi
-        return {"train": self._generate_examples(train),
-                "validation": self._generate_examples(validation)}
+        splits = {"train": train, "validation": validation}
+        return {name: self._generate_examples(docs) for name, docs in splits.items()
+                if any(text for _, text in docs)}  # tfds refuses empty splits
 
     def _generate_examples(self, documents):
         key = 0

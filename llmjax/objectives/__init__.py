@@ -2,11 +2,13 @@
 
 from llmjax.objectives.base import Objective, finalize
 from llmjax.objectives.causal_lm import CausalLM
+from llmjax.objectives.classification import Classification
 from llmjax.objectives.mlm import MaskedLM
 
 OBJECTIVES = {
     "causal_lm": CausalLM,
     "mlm": MaskedLM,
+    "classification": Classification,
 }
 
 

@@ -36,9 +36,9 @@ class Objective(Protocol):
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         """Extra constructor arguments of the model class (e.g. which heads it needs)."""
 
-    def make_examples(self, token_docs: Sequence[np.ndarray],
+    def make_examples(self, records: Sequence[dict], tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> Examples:
-        """Examples from tokenized documents (training or evaluation layout)."""
+        """Examples from this host's records (training or evaluation layout)."""
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         """One example that contributes nothing (weights 0), to fill the last eval batch."""
@@ -53,10 +53,16 @@ class Objective(Protocol):
 
 
 def finalize(sums: dict[str, tuple]) -> dict[str, float]:
-    """Metric values from reduced (sum, count) pairs; adds perplexity where there is a loss."""
-    out = {name: float(s) / max(float(c), 1e-9) for name, (s, c) in sums.items()}
+    """Metric values from reduced (sum, count) pairs; adds perplexity where there is a loss,
+    and precision / recall / F1 / MCC where there is a summed confusion matrix."""
+    from llmjax.evaluation.metrics import classification_metrics
+
+    out = {name: float(s) / max(float(c), 1e-9) for name, (s, c) in sums.items()
+           if np.ndim(s) == 0}
     if "loss" in out:
         out["perplexity"] = float(np.exp(min(out["loss"], 50.0)))
+    if "confusion" in sums:
+        out.update(classification_metrics(np.asarray(sums["confusion"][0], np.float64)))
     return out
 
 

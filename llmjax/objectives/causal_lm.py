@@ -9,6 +9,8 @@ import ml_collections
 import numpy as np
 
 from llmjax.data import packing
+from llmjax.data.sources import read_documents
+from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums, cross_entropy
 
 
@@ -18,9 +20,10 @@ class CausalLM:
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {}
 
-    def make_examples(self, token_docs: Sequence[np.ndarray],
+    def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> packing.Windows:
-        tokens, doc_ids = packing.token_stream(token_docs)
+        docs = read_documents(records, config.data.text_column)
+        tokens, doc_ids = packing.token_stream(tokenizer.encode_batch(docs))
         stride = config.seq_len
         if train and config.data.train_window_stride:
             stride = config.data.train_window_stride

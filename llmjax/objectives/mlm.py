@@ -16,7 +16,8 @@ import numpy as np
 
 from llmjax.data import packing
 from llmjax.data.masking import mask_tokens
-from llmjax.data.tokenizers import MASK_ID, SPECIALS
+from llmjax.data.sources import read_documents
+from llmjax.data.tokenizers import MASK_ID, SPECIALS, Tokenizer
 from llmjax.objectives.base import MetricSums, cross_entropy
 
 
@@ -47,9 +48,10 @@ class MaskedLM:
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("mlm",)}
 
-    def make_examples(self, token_docs: Sequence[np.ndarray],
+    def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> TokenWindows:
-        tokens, doc_ids = packing.token_stream(token_docs)
+        docs = read_documents(records, config.data.text_column)
+        tokens, doc_ids = packing.token_stream(tokenizer.encode_batch(docs))
         self.vocab_size = config.model.vocab_size
         return TokenWindows(packing.Windows(tokens, doc_ids, config.seq_len, config.seq_len,
                                             keep_partial=not train))

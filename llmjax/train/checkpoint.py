@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import nnx
 
 
 def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
@@ -67,10 +68,16 @@ class ShapeMismatchError(ValueError):
     """A checkpoint whose parameters do not fit the configured model."""
 
 
-def restore_params(workdir: str | epath.Path, abstract_params: Any, step: int | None = None
-                   ) -> tuple[Any, int]:
-    """Only the parameters of the run in `workdir` (latest step unless given), checked against
-    `abstract_params`' shapes. Returns (params, step)."""
+def restore_params(workdir: str | epath.Path, params: nnx.State, step: int | None = None, *,
+                   fresh: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+                   ) -> tuple[nnx.State, int]:
+    """`params` with the values saved by the run in `workdir` (latest step unless given).
+
+    Top-level modules named in `fresh` keep their new values (a fine-tuning task head); those in
+    `optional` are restored when the checkpoint has them (e.g. a pooler). Every other parameter
+    must be in the checkpoint with the same shape, or ShapeMismatchError names the differences.
+    Returns (params, step).
+    """
     directory = checkpoint_dir(workdir)
     manager = ocp.CheckpointManager(directory, item_handlers={
         "state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
@@ -79,14 +86,24 @@ def restore_params(workdir: str | epath.Path, abstract_params: Any, step: int | 
         raise FileNotFoundError(f"no checkpoint in {directory}: init.workdir must be the workdir "
                                 "of a run that saved at least one checkpoint")
     saved = manager.item_metadata(step)["state"]["params"]
-    _check_shapes(saved, abstract_params, directory / str(step))
-    target = {"params": abstract_params}
+    saved_names = {_path_name(k) for k, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}
+
+    def wanted(path, _value) -> bool:
+        top = str(path[0])
+        if top in fresh:
+            return False
+        return not (top in optional and _path_name(path) not in saved_names)
+
+    subset = params.filter(wanted)
+    _check_shapes(saved, subset, directory / str(step))
+    abstract = jax.eval_shape(lambda: subset)
+    target = {"params": abstract}
     restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray,
                                                           dtype=x.dtype), target)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True)))
     manager.close()
-    return restored["state"]["params"], step
+    return nnx.merge_state(params, restored["state"]["params"]), step
 
 
 def _path_name(path: tuple) -> str:

@@ -71,8 +71,11 @@ def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.
         return params
     if config.init.hf_path:
         raise configs.ConfigError("init.hf_path is not supported yet; use init.workdir")
-    abstract = jax.eval_shape(lambda: params)
-    restored, step = checkpoint.restore_params(config.init.workdir, abstract, config.init.step)
+    objective = get_objective(config.objective)
+    restored, step = checkpoint.restore_params(
+        config.init.workdir, params, config.init.step,
+        fresh=getattr(objective, "fresh_modules", ()),
+        optional=getattr(objective, "optional_modules", ()))
     logging.info("initialised parameters from %s step %d", config.init.workdir, step)
     return restored
 
@@ -134,6 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     tokenizer, origin = pipeline.get_tokenizer(config, str(workdir))
     logging.info("tokenizer: %s, %d tokens (%s)", tokenizer.kind, tokenizer.vocab_size, origin)
     resolve_vocab(config, tokenizer.vocab_size)
+    if hasattr(objective, "resolve_config"):  # e.g. the classification label set
+        objective.resolve_config(config)
     is_primary = jax.process_index() == 0
     check_resume_compatible(config, workdir)
     if is_primary:

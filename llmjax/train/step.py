@@ -54,7 +54,8 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
         grads = jax.tree.map(lambda g: g / count, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {name: s / jnp.maximum(c, 1e-9) for name, (s, c) in sums.items()}
+        metrics = {name: s / jnp.maximum(c, 1e-9) for name, (s, c) in sums.items()
+                   if jnp.ndim(s) == 0}  # scalars only (a confusion matrix is eval's)
         metrics.update(grad_norm=optax.global_norm(grads),
                        learning_rate=schedule(state["step"]), weight=sums["loss"][1])
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,

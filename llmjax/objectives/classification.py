@@ -1,0 +1,134 @@
+"""Sequence(-pair) classification on the pooled [CLS] state: [<bos>] a [<eos>] (b [<eos>]),
+token types 0 for a and 1 for b, longest-first truncation to seq_len.
+
+The label set is read from the training split once (sorted label strings) and recorded in the
+run's config as `data.labels`, so eval and predict map labels the same way; a label outside it
+is an error. Metrics: loss, accuracy, and precision / recall / F1 / MCC from the summed
+confusion matrix (binary: positive class = the second label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from llmjax.data.sources import column_text, open_split
+from llmjax.data.text_builder import DataError
+from llmjax.data.tokenizers import Tokenizer
+from llmjax.objectives.base import MetricSums, cross_entropy
+
+
+def label_names(config: ml_collections.ConfigDict) -> list[str]:
+    return config.data.labels.split(",")
+
+
+def encode_pair(tokenizer: Tokenizer, text: str, pair: str | None, seq_len: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, token types) [<= seq_len]; the longer part is trimmed first."""
+    a = list(tokenizer.encode_array(text))
+    b = list(tokenizer.encode_array(pair)) if pair is not None else None
+    budget = seq_len - (3 if b is not None else 2)
+    while len(a) + (len(b) if b is not None else 0) > budget:
+        if b is not None and len(b) > len(a):
+            b.pop()
+        else:
+            a.pop()
+    tokens = [tokenizer.bos_id, *a, tokenizer.eos_id]
+    types = [0] * len(tokens)
+    if b is not None:
+        tokens += [*b, tokenizer.eos_id]
+        types += [1] * (len(b) + 1)
+    return np.asarray(tokens, np.int32), np.asarray(types, np.int32)
+
+
+class ArrayExamples:
+    """Examples held as arrays with a leading example axis."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def shard(self, index: int, count: int) -> ArrayExamples:
+        n = len(self)
+        return ArrayExamples({k: v[n * index // count: n * (index + 1) // count]
+                              for k, v in self.arrays.items()})
+
+    def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[indices] for k, v in self.arrays.items()}
+
+
+class Classification:
+    name = "classification"
+    fresh_modules = ("classifier",)  # a fine-tuning run never restores the task head
+    optional_modules = ("pooler",)  # restored when the pretraining run had one (NSP)
+
+    def resolve_config(self, config: ml_collections.ConfigDict) -> None:
+        """Fills data.labels (from the training split) and model.num_classes."""
+        if config.data.labels is None:
+            records = open_split(config.data.source, config.data.train_split, config)
+            values = {column_text(records[i], config.data.label_column)
+                      for i in range(len(records))}
+            config.data.labels = ",".join(sorted(values, key=_label_order))
+        config.model.num_classes = len(label_names(config))
+
+    def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
+        return {"heads": ("classifier",), "num_classes": len(label_names(config))}
+
+    def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
+                      config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
+        labels = {name: i for i, name in enumerate(label_names(config))}
+        d, n, length = config.data, len(records), config.seq_len
+        arrays = {"tokens": np.zeros((n, length), np.int32),
+                  "token_types": np.zeros((n, length), np.int32),
+                  "label": np.zeros((n,), np.int32), "weights": np.ones((n,), np.float32)}
+        for i in range(n):
+            record = records[i]
+            label = column_text(record, d.label_column).strip()
+            if label not in labels:
+                raise DataError(f"label {label!r} (record {i}) is not in the label set "
+                                f"{sorted(labels)}; an eval source needs labels from the "
+                                "training set (unlabelled data, e.g. GLUE test, cannot be "
+                                "evaluated)")
+            pair = column_text(record, d.text_pair_column) if d.text_pair_column else None
+            tokens, types = encode_pair(tokenizer, column_text(record, d.text_column), pair,
+                                        length)
+            arrays["tokens"][i, : len(tokens)] = tokens
+            arrays["token_types"][i, : len(types)] = types
+            arrays["label"][i] = labels[label]
+        return ArrayExamples(arrays)
+
+    def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
+        zeros = np.zeros((seq_len,), np.int32)
+        return {"tokens": zeros, "token_types": zeros, "label": np.zeros((), np.int32),
+                "weights": np.zeros((), np.float32)}
+
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
+             ) -> tuple[jax.Array, MetricSums]:
+        segments = (batch["tokens"] != 0).astype(jnp.int32)
+        hidden = model.hidden_states(batch["tokens"], token_types=batch["token_types"],
+                                     segment_ids=segments, rng=rng)
+        logits = model.class_logits(hidden, rng)
+        weights = batch["weights"]
+        loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
+        predicted = logits.argmax(-1)
+        correct = ((predicted == batch["label"]) * weights).sum()
+        classes = logits.shape[-1]
+        confusion = jnp.einsum("b,bi,bj->ij", weights, jax.nn.one_hot(batch["label"], classes),
+                               jax.nn.one_hot(predicted, classes))
+        count = weights.sum()
+        return loss_sum, {"loss": (loss_sum, count), "accuracy": (correct, count),
+                          "confusion": (confusion, jnp.ones(()))}
+
+
+def _label_order(label: str):
+    """Numeric labels in numeric order ('2' before '10'), others alphabetically."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
