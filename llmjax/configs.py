@@ -242,5 +242,6 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"model.norm_position={m.norm_position!r}: use pre or post")
     _check(not (config.init.workdir and config.init.hf_path),
            "init.workdir and init.hf_path are both set: choose one source to fine-tune from")
-    _check(config.tokenizer.kind in ("char", "byte", "bpe"),
-           f"tokenizer.kind={config.tokenizer.kind!r}: this version supports char, byte and bpe")
+    _check(config.tokenizer.kind in ("char", "byte", "bpe", "wordpiece"),
+           f"tokenizer.kind={config.tokenizer.kind!r}: this version supports char, byte, bpe "
+           "and wordpiece")

@@ -22,11 +22,14 @@ from llmjax.objectives import get_objective
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler — ü\n"
 
 
-@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe", "wordpiece"])
 def test_tokenizers_round_trip_and_reload(kind, tmp_path):
     tok = train_tokenizer(kind, [TEXT] * 20, vocab_size=300)
     ids = tok.encode(TEXT)
-    assert tok.decode(ids) == TEXT
+    if kind == "wordpiece":  # splits off punctuation; decoding joins with spaces
+        assert tok.decode(ids).startswith("To be, or not to be : that is the question.")
+    else:
+        assert tok.decode(ids) == TEXT
     assert min(ids) >= 5, "ids 0..4 are reserved for special tokens"
     tok.save(tmp_path / "tok")
     again = load_tokenizer(tmp_path / "tok")

@@ -181,7 +181,7 @@ def test_resuming_with_another_model_is_refused_before_anything_is_written(tmp_p
 def test_an_objective_not_yet_built_is_a_clear_error(tmp_path):
     from llmjax.configs import ConfigError
 
-    c = tiny_config(**{"model.arch": "encoder", "objective": "nsp"})
-    with pytest.raises(ConfigError, match="objective='nsp' is not available in this version"):
+    c = tiny_config(**{"model.arch": "encoder", "objective": "mlm_nsp"})
+    with pytest.raises(ConfigError, match="objective='mlm_nsp' is not available in this version"):
         train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()

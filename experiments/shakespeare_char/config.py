@@ -17,7 +17,7 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data
 
 
 def get_config(arg: str | None = None):
-    args = configs.parse_arg(arg, {"seed": 0, "data": os.path.normpath(DATA)})
+    args = configs.parse_arg(arg, {"seed": 0, "data": os.path.abspath(DATA)})
     c = configs.base_config()
     c.seed = args["seed"]
     c.objective = "causal_lm"

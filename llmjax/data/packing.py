@@ -70,3 +70,21 @@ class Windows:
         weights = ((in_doc == tgt_doc) & (in_doc >= 0)).astype(np.float32)
         return {"inputs": win_tok[:, :-1], "targets": win_tok[:, 1:],
                 "segment_ids": segment_ids, "weights": weights}
+
+
+def pack_pair(a: np.ndarray, b: np.ndarray | None, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's input for one or two token sequences: [<bos>] a [<eos>] (b [<eos>]) and token
+    types (0 for a, 1 for b), the longer part trimmed first to fit `seq_len`."""
+    a, b = list(a), (list(b) if b is not None else None)
+    budget = seq_len - (3 if b is not None else 2)
+    while len(a) + (len(b) if b is not None else 0) > budget:
+        if b is not None and len(b) > len(a):
+            b.pop()
+        else:
+            a.pop()
+    tokens = [BOS_ID, *a, EOS_ID]
+    types = [0] * len(tokens)
+    if b is not None:
+        tokens += [*b, EOS_ID]
+        types += [1] * (len(b) + 1)
+    return np.asarray(tokens, np.int32), np.asarray(types, np.int32)

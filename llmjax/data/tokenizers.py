@@ -1,4 +1,4 @@
-"""Tokenizers: char and byte (exact, numpy-fast) and byte-level BPE (HF `tokenizers`).
+"""Tokenizers: char and byte (exact, numpy-fast), byte-level BPE and WordPiece (HF `tokenizers`).
 
 Every tokenizer reserves ids 0..4 for <pad>, <bos>, <eos>, <unk>, <mask> (<bos>/<eos> double as
 BERT's [CLS]/[SEP]), is trained on training text
@@ -119,29 +119,12 @@ class ByteTokenizer(Tokenizer):
         pass
 
 
-class BPETokenizer(Tokenizer):
-    """Byte-level BPE (GPT-2 style) through HF `tokenizers`."""
-
-    kind = "bpe"
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers` model with our special tokens at ids 0..4 (tokenizer.json)."""
 
     def __init__(self, hf_tokenizer, lowercase: bool = False):
         super().__init__(lowercase)
         self.hf = hf_tokenizer
-
-    @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = False
-              ) -> BPETokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers, trainers
-
-        hf = HFTokenizer(models.BPE(unk_token="<unk>"))
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        hf.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
-        hf.train_from_iterator((t.lower() if lowercase else t for t in texts), trainer=trainer)
-        return cls(hf, lowercase)
 
     @property
     def vocab_size(self) -> int:
@@ -162,10 +145,54 @@ class BPETokenizer(Tokenizer):
         (directory / "tokenizer.json").write_text(self.hf.to_str())
 
     @classmethod
-    def load(cls, directory: epath.Path, lowercase: bool) -> BPETokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
+    def load(cls, directory: epath.Path, lowercase: bool) -> HFTokenizer:
+        from tokenizers import Tokenizer as HFTokenizerModel
 
-        return cls(HFTokenizer.from_str((directory / "tokenizer.json").read_text()), lowercase)
+        return cls(HFTokenizerModel.from_str((directory / "tokenizer.json").read_text()),
+                   lowercase)
+
+
+class BPETokenizer(HFTokenizer):
+    """Byte-level BPE (GPT-2 style)."""
+
+    kind = "bpe"
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = False
+              ) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizerModel
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        hf = HFTokenizerModel(models.BPE(unk_token="<unk>"))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        hf.train_from_iterator((t.lower() if lowercase else t for t in texts), trainer=trainer)
+        return cls(hf, lowercase)
+
+
+class WordPieceTokenizer(HFTokenizer):
+    """BERT's WordPiece: whitespace/punctuation pre-splitting, '##' continuation pieces."""
+
+    kind = "wordpiece"
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = False
+              ) -> WordPieceTokenizer:
+        from tokenizers import Tokenizer as HFTokenizerModel
+        from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+        hf = HFTokenizerModel(models.WordPiece(unk_token="<unk>"))
+        hf.normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True,
+                                                   handle_chinese_chars=True)
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        hf.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
+                                            show_progress=False)
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf, lowercase=False)  # the normaliser lower-cases
 
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
@@ -177,7 +204,9 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
         return ByteTokenizer(lowercase)
     if kind == "bpe":
         return BPETokenizer.train(texts, vocab_size, lowercase)
-    raise ValueError(f"tokenizer.kind={kind!r}: use char, byte or bpe")
+    if kind == "wordpiece":
+        return WordPieceTokenizer.train(texts, vocab_size, lowercase)
+    raise ValueError(f"tokenizer.kind={kind!r}: use char, byte, bpe or wordpiece")
 
 
 def load_tokenizer(directory: str | epath.Path) -> Tokenizer:
@@ -196,4 +225,6 @@ def load_tokenizer(directory: str | epath.Path) -> Tokenizer:
         return ByteTokenizer(lowercase)
     if kind == "bpe":
         return BPETokenizer.load(directory, lowercase)
+    if kind == "wordpiece":
+        return WordPieceTokenizer.load(directory, lowercase)
     raise ValueError(f"{config_file}: unknown tokenizer kind {kind!r}")

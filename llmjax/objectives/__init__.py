@@ -4,11 +4,13 @@ from llmjax.objectives.base import Objective, finalize
 from llmjax.objectives.causal_lm import CausalLM
 from llmjax.objectives.classification import Classification
 from llmjax.objectives.mlm import MaskedLM
+from llmjax.objectives.nsp import NextSentencePrediction
 
 OBJECTIVES = {
     "causal_lm": CausalLM,
     "mlm": MaskedLM,
     "classification": Classification,
+    "nsp": NextSentencePrediction,
 }
 
 

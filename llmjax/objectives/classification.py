@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from llmjax.data.packing import pack_pair
 from llmjax.data.sources import column_text, open_split
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
@@ -28,21 +29,9 @@ def label_names(config: ml_collections.ConfigDict) -> list[str]:
 
 def encode_pair(tokenizer: Tokenizer, text: str, pair: str | None, seq_len: int
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, token types) [<= seq_len]; the longer part is trimmed first."""
-    a = list(tokenizer.encode_array(text))
-    b = list(tokenizer.encode_array(pair)) if pair is not None else None
-    budget = seq_len - (3 if b is not None else 2)
-    while len(a) + (len(b) if b is not None else 0) > budget:
-        if b is not None and len(b) > len(a):
-            b.pop()
-        else:
-            a.pop()
-    tokens = [tokenizer.bos_id, *a, tokenizer.eos_id]
-    types = [0] * len(tokens)
-    if b is not None:
-        tokens += [*b, tokenizer.eos_id]
-        types += [1] * (len(b) + 1)
-    return np.asarray(tokens, np.int32), np.asarray(types, np.int32)
+    """(tokens, token types) [<= seq_len] of a text (pair); the longer part is trimmed first."""
+    b = tokenizer.encode_array(pair) if pair is not None else None
+    return pack_pair(tokenizer.encode_array(text), b, seq_len)
 
 
 class ArrayExamples:

@@ -1,0 +1,90 @@
+"""Next-sentence prediction (BERT): is segment B the segment after A in the same document?
+
+Pairs come from documents of segments (`data.documents`): for each segment with a successor,
+B is that successor (label 0, IsNext, as Hugging Face numbers it) or, with probability 1/2, a
+segment of another document (label 1, NotNext). Input: [<bos>] A [<eos>] B [<eos>], token types
+0/1, longest-first truncation. Pairs are drawn once per split from `seed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from llmjax.data.documents import split_documents
+from llmjax.data.packing import pack_pair
+from llmjax.data.sources import read_documents
+from llmjax.data.text_builder import DataError
+from llmjax.data.tokenizers import Tokenizer
+from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.classification import ArrayExamples
+
+IS_NEXT, NOT_NEXT = 0, 1
+
+
+def make_pairs(docs: list[list[np.ndarray]], rng: np.random.Generator
+               ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(A, B, label) for every segment that has a successor; negatives from other documents."""
+    if len(docs) < 2:
+        raise DataError(f"next-sentence prediction needs at least 2 documents, got {len(docs)}; "
+                        "use more data (documents start at '= Title =' lines or blank lines)")
+    pairs = []
+    for d, segments in enumerate(docs):
+        for i in range(len(segments) - 1):
+            if rng.random() < 0.5:
+                pairs.append((segments[i], segments[i + 1], IS_NEXT))
+            else:
+                other = int(rng.integers(len(docs) - 1))
+                other += other >= d  # any document but this one
+                pick = docs[other][int(rng.integers(len(docs[other])))]
+                pairs.append((segments[i], pick, NOT_NEXT))
+    return pairs
+
+
+class NextSentencePrediction:
+    name = "nsp"
+
+    def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
+        return {"heads": ("nsp",)}
+
+    def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
+                      config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
+        docs_text = [doc for text in read_documents(records, config.data.text_column)
+                     for doc in split_documents(text)]
+        flat = tokenizer.encode_batch([s for doc in docs_text for s in doc])
+        docs, start = [], 0
+        for doc in docs_text:
+            docs.append(flat[start:start + len(doc)])
+            start += len(doc)
+        pairs = make_pairs(docs, np.random.default_rng([config.seed, 0 if train else 1]))
+        n, length = len(pairs), config.seq_len
+        arrays = {"tokens": np.zeros((n, length), np.int32),
+                  "token_types": np.zeros((n, length), np.int32),
+                  "label": np.zeros((n,), np.int32), "weights": np.ones((n,), np.float32)}
+        for i, (a, b, label) in enumerate(pairs):
+            tokens, types = pack_pair(a, b, length)
+            arrays["tokens"][i, : len(tokens)] = tokens
+            arrays["token_types"][i, : len(types)] = types
+            arrays["label"][i] = label
+        return ArrayExamples(arrays)
+
+    def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
+        zeros = np.zeros((seq_len,), np.int32)
+        return {"tokens": zeros, "token_types": zeros, "label": np.zeros((), np.int32),
+                "weights": np.zeros((), np.float32)}
+
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
+             ) -> tuple[jax.Array, MetricSums]:
+        segments = (batch["tokens"] != 0).astype(jnp.int32)
+        hidden = model.hidden_states(batch["tokens"], token_types=batch["token_types"],
+                                     segment_ids=segments, rng=rng)
+        logits = model.nsp_logits(hidden, rng)
+        weights = batch["weights"]
+        loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
+        correct = ((logits.argmax(-1) == batch["label"]) * weights).sum()
+        count = weights.sum()
+        return loss_sum, {"loss": (loss_sum, count), "nsp_accuracy": (correct, count)}
