@@ -30,7 +30,7 @@ def _wiki_text(path, docs=40, rng_seed=0):
     lines = []
     for t in topics:
         lines += [f" = {t.title()} = ", ""]
-        for s in range(6):
+        for _ in range(6):
             lines.append(f" {t} {' '.join(rng.choice(['a', 'b', 'c', 'd'], 5))} {t} .")
     path.write_text("\n".join(lines) + "\n")
     return path
