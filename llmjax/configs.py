@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.text_pair_column = config_dict.placeholder(str)
     d.label_column = "label"
     d.labels = config_dict.placeholder(str)  # classification: "neg,pos"; None = from train split
+    d.whole_word_masking = False  # MLM: mask whole words (wordpiece / bpe tokenizers)
     d.train_window_stride = 1  # causal LM: training windows start every N tokens (0 = seq_len)
     d.validation_fraction = 0.1  # text: sources keep this last fraction of characters for eval
     d.tfds_data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets

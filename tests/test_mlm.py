@@ -7,7 +7,7 @@ from conftest import tiny_config
 import llmjax
 from llmjax.configs import ConfigError
 from llmjax.data import pipeline
-from llmjax.data.tokenizers import MASK_ID, SPECIALS
+from llmjax.data.tokenizers import MASK_ID, SPECIALS, CharTokenizer
 from llmjax.objectives import get_objective
 from llmjax.train.loop import train_and_evaluate
 from llmjax.train.writer import read_metrics
@@ -60,3 +60,28 @@ def test_mlm_pretraining_learns_from_both_sides(tmp_path):
     assert run.logits(["abc"]).shape == (1, 4, run.config.model.vocab_size)
     with pytest.raises(ConfigError, match="model.arch is 'encoder'"):
         run.generate("abc")
+
+
+def test_whole_word_masking_with_wordpiece(tmp_path):
+    text = tmp_path / "words.txt"
+    words = ["unbelievable", "wonderful", "extraordinary", "cat", "dog", "a", "the"]
+    rng = np.random.default_rng(0)
+    text.write_text("\n".join(" ".join(rng.choice(words, 12)) for _ in range(300)) + "\n")
+    c = mlm_config(**{"data.source": f"text:{text}", "tokenizer.kind": "wordpiece",
+                      "tokenizer.vocab_size": 60, "data.whole_word_masking": True,
+                      "seq_len": 64})
+    tok, _ = pipeline.get_tokenizer(c, None)
+    c.model.vocab_size = tok.vocab_size
+    starts = tok.word_starts()
+    batch = next(iter(pipeline.train_dataset(c, tok, get_objective("mlm"))))
+    for tokens, w in zip(batch["tokens"], batch["weights"].astype(bool), strict=True):
+        for i in np.flatnonzero(w):
+            if not starts[tokens[i]]:  # a '##' piece is chosen only with its word's start
+                j = i
+                while not starts[tokens[j]]:
+                    j -= 1
+                assert w[j:i + 1].all()
+    c.tokenizer.kind = "char"
+    with pytest.raises(ConfigError, match="whole_word_masking needs a tokenizer"):
+        get_objective("mlm").make_examples([{"text": "ab"}], CharTokenizer.train(["ab"]), c,
+                                           train=True)

@@ -41,6 +41,11 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [self.encode_array(t) for t in texts]
 
+    def word_starts(self) -> np.ndarray | None:
+        """[vocab_size] bool: does the token begin a word? None when ids do not tell (char,
+        byte); used by whole-word masking."""
+        return None
+
     def _encode_array(self, text: str) -> np.ndarray:
         raise NotImplementedError
 
@@ -157,6 +162,14 @@ class BPETokenizer(HFTokenizer):
 
     kind = "bpe"
 
+    def word_starts(self) -> np.ndarray:
+        """Pieces that begin with a space ('Ġ') start words."""
+        vocab = self.hf.get_vocab()
+        starts = np.zeros(self.vocab_size, bool)
+        for piece, i in vocab.items():
+            starts[i] = piece.startswith("\u0120")
+        return starts
+
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = False
               ) -> BPETokenizer:
@@ -177,6 +190,13 @@ class WordPieceTokenizer(HFTokenizer):
     """BERT's WordPiece: whitespace/punctuation pre-splitting, '##' continuation pieces."""
 
     kind = "wordpiece"
+
+    def word_starts(self) -> np.ndarray:
+        """Every piece but the '##' continuations starts a word."""
+        starts = np.zeros(self.vocab_size, bool)
+        for piece, i in self.hf.get_vocab().items():
+            starts[i] = not piece.startswith("##")
+        return starts
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = False

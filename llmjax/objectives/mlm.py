@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from llmjax.configs import ConfigError
 from llmjax.data import packing
 from llmjax.data.masking import mask_tokens
 from llmjax.data.sources import read_documents
@@ -53,6 +54,12 @@ class MaskedLM:
         docs = read_documents(records, config.data.text_column)
         tokens, doc_ids = packing.token_stream(tokenizer.encode_batch(docs))
         self.vocab_size = config.model.vocab_size
+        self.word_starts = None
+        if config.data.whole_word_masking:
+            self.word_starts = tokenizer.word_starts()
+            if self.word_starts is None:
+                raise ConfigError(f"data.whole_word_masking needs a tokenizer whose pieces mark "
+                                  f"word starts (wordpiece or bpe), not {tokenizer.kind!r}")
         return TokenWindows(packing.Windows(tokens, doc_ids, config.seq_len, config.seq_len,
                                             keep_partial=not train))
 
@@ -64,8 +71,10 @@ class MaskedLM:
                 ) -> dict[str, np.ndarray]:
         """Adds inputs (masked), targets and weights (1 at the chosen positions)."""
         random_ids = np.arange(len(SPECIALS), self.vocab_size)
+        starts = getattr(self, "word_starts", None)
         rows = [mask_tokens(tok, rng, mask_id=MASK_ID, random_ids=random_ids,
-                            maskable_L=(seg > 0) & (tok >= len(SPECIALS)), rate=self.rate)
+                            maskable_L=(seg > 0) & (tok >= len(SPECIALS)), rate=self.rate,
+                            word_starts_L=None if starts is None else starts[tok])
                 for tok, seg in zip(batch["tokens"], batch["segment_ids"], strict=True)]
         out = {k: np.stack([r[k] for r in rows]).astype(np.int32 if k != "weights" else
                                                          np.float32) for k in rows[0]}
