@@ -54,6 +54,7 @@ class ArrayExamples:
 
 class Classification:
     name = "classification"
+    vocab_logits = False  # for the FLOP count: no output projection over the vocabulary
     fresh_modules = ("classifier",)  # a fine-tuning run never restores the task head
     optional_modules = ("pooler",)  # restored when the pretraining run had one (NSP)
 

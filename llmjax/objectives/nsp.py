@@ -47,6 +47,7 @@ def make_pairs(docs: list[list[np.ndarray]], rng: np.random.Generator
 
 class NextSentencePrediction:
     name = "nsp"
+    vocab_logits = False  # for the FLOP count: no output projection over the vocabulary
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("nsp",)}

@@ -23,10 +23,16 @@ DATASHEET_PEAKS = {
 }
 
 
-def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:
-    position_params = cfg.max_len * cfg.emb_dim if cfg.position_embedding == "learned" else 0
+def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int,
+                    vocab_logits: bool = True) -> float:
+    """Training FLOPs per token. Embedding tables are lookups, not matmuls: position tables
+    never count, and the token table counts only when it also projects to vocabulary logits
+    (tied LM / MLM heads), not for classification or NSP."""
+    lookups = cfg.max_len * cfg.emb_dim if cfg.position_embedding == "learned" else 0
+    if not vocab_logits:
+        lookups += cfg.vocab_size * cfg.emb_dim
     attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
-    return 6.0 * (num_params - position_params) + attention
+    return 6.0 * (num_params - lookups) + attention
 
 
 def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float = 0.3) -> float:
