@@ -21,6 +21,7 @@ from llmjax.data.sources import column_text, open_split
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.pairs import ArrayExamples, encode, labelled_pairs, padding_pair
 
 
 def label_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -32,24 +33,6 @@ def encode_pair(tokenizer: Tokenizer, text: str, pair: str | None, seq_len: int
     """(tokens, token types) [<= seq_len] of a text (pair); the longer part is trimmed first."""
     b = tokenizer.encode_array(pair) if pair is not None else None
     return pack_pair(tokenizer.encode_array(text), b, seq_len)
-
-
-class ArrayExamples:
-    """Examples held as arrays with a leading example axis."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = arrays
-
-    def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
-
-    def shard(self, index: int, count: int) -> ArrayExamples:
-        n = len(self)
-        return ArrayExamples({k: v[n * index // count: n * (index + 1) // count]
-                              for k, v in self.arrays.items()})
-
-    def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        return {k: v[indices] for k, v in self.arrays.items()}
 
 
 class Classification:
@@ -73,37 +56,30 @@ class Classification:
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
         labels = {name: i for i, name in enumerate(label_names(config))}
-        d, n, length = config.data, len(records), config.seq_len
-        arrays = {"tokens": np.zeros((n, length), np.int32),
-                  "token_types": np.zeros((n, length), np.int32),
-                  "label": np.zeros((n,), np.int32), "weights": np.ones((n,), np.float32)}
-        for i in range(n):
-            record = records[i]
-            label = column_text(record, d.label_column).strip()
-            if label not in labels:
-                raise DataError(f"label {label!r} (record {i}) is not in the label set "
-                                f"{sorted(labels)}; an eval source needs labels from the "
-                                "training set (unlabelled data, e.g. GLUE test, cannot be "
-                                "evaluated)")
-            pair = column_text(record, d.text_pair_column) if d.text_pair_column else None
-            tokens, types = encode_pair(tokenizer, column_text(record, d.text_column), pair,
-                                        length)
-            arrays["tokens"][i, : len(tokens)] = tokens
-            arrays["token_types"][i, : len(types)] = types
-            arrays["label"][i] = labels[label]
-        return ArrayExamples(arrays)
+        d = config.data
+
+        def items():
+            for i in range(len(records)):
+                record = records[i]
+                label = column_text(record, d.label_column).strip()
+                if label not in labels:
+                    raise DataError(f"label {label!r} (record {i}) is not in the label set "
+                                    f"{sorted(labels)}; an eval source needs labels from the "
+                                    "training set (unlabelled data, e.g. GLUE test, cannot be "
+                                    "evaluated)")
+                pair = column_text(record, d.text_pair_column) if d.text_pair_column else None
+                tokens, types = encode_pair(tokenizer, column_text(record, d.text_column), pair,
+                                            config.seq_len)
+                yield tokens, types, labels[label]
+
+        return labelled_pairs(items(), len(records), config.seq_len)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
-        zeros = np.zeros((seq_len,), np.int32)
-        return {"tokens": zeros, "token_types": zeros, "label": np.zeros((), np.int32),
-                "weights": np.zeros((), np.float32)}
+        return padding_pair(seq_len)
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
              ) -> tuple[jax.Array, MetricSums]:
-        segments = (batch["tokens"] != 0).astype(jnp.int32)
-        hidden = model.hidden_states(batch["tokens"], token_types=batch["token_types"],
-                                     segment_ids=segments, rng=rng)
-        logits = model.class_logits(hidden, rng)
+        logits = model.class_logits(encode(model, batch, rng), rng)
         weights = batch["weights"]
         loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
         predicted = logits.argmax(-1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -21,7 +20,7 @@ from llmjax.data.sources import read_documents
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums, cross_entropy
-from llmjax.objectives.classification import ArrayExamples
+from llmjax.objectives.pairs import ArrayExamples, encode, labelled_pairs, padding_pair
 
 IS_NEXT, NOT_NEXT = 0, 1
 
@@ -62,28 +61,15 @@ class NextSentencePrediction:
             docs.append(flat[start:start + len(doc)])
             start += len(doc)
         pairs = make_pairs(docs, np.random.default_rng([config.seed, 0 if train else 1]))
-        n, length = len(pairs), config.seq_len
-        arrays = {"tokens": np.zeros((n, length), np.int32),
-                  "token_types": np.zeros((n, length), np.int32),
-                  "label": np.zeros((n,), np.int32), "weights": np.ones((n,), np.float32)}
-        for i, (a, b, label) in enumerate(pairs):
-            tokens, types = pack_pair(a, b, length)
-            arrays["tokens"][i, : len(tokens)] = tokens
-            arrays["token_types"][i, : len(types)] = types
-            arrays["label"][i] = label
-        return ArrayExamples(arrays)
+        items = ((*pack_pair(a, b, config.seq_len), label) for a, b, label in pairs)
+        return labelled_pairs(items, len(pairs), config.seq_len)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
-        zeros = np.zeros((seq_len,), np.int32)
-        return {"tokens": zeros, "token_types": zeros, "label": np.zeros((), np.int32),
-                "weights": np.zeros((), np.float32)}
+        return padding_pair(seq_len)
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
              ) -> tuple[jax.Array, MetricSums]:
-        segments = (batch["tokens"] != 0).astype(jnp.int32)
-        hidden = model.hidden_states(batch["tokens"], token_types=batch["token_types"],
-                                     segment_ids=segments, rng=rng)
-        logits = model.nsp_logits(hidden, rng)
+        logits = model.nsp_logits(encode(model, batch, rng), rng)
         weights = batch["weights"]
         loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
         correct = ((logits.argmax(-1) == batch["label"]) * weights).sum()

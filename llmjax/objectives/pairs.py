@@ -1,0 +1,55 @@
+"""What the [CLS]-based sentence(-pair) objectives (classification, NSP) share: examples of
+packed pairs with a label, their padding example, and the encoder pass over them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class ArrayExamples:
+    """Examples held as arrays with a leading example axis."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def shard(self, index: int, count: int) -> ArrayExamples:
+        n = len(self)
+        return ArrayExamples({k: v[n * index // count: n * (index + 1) // count]
+                              for k, v in self.arrays.items()})
+
+    def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[indices] for k, v in self.arrays.items()}
+
+
+def labelled_pairs(items: Iterable[tuple[np.ndarray, np.ndarray, int]], count: int,
+                   seq_len: int) -> ArrayExamples:
+    """ArrayExamples {tokens, token_types [N, L], label, weights [N]} from `count` items of
+    (tokens, token types, label) as packing.pack_pair makes them."""
+    arrays = {"tokens": np.zeros((count, seq_len), np.int32),
+              "token_types": np.zeros((count, seq_len), np.int32),
+              "label": np.zeros((count,), np.int32), "weights": np.ones((count,), np.float32)}
+    for i, (tokens, types, label) in enumerate(items):
+        arrays["tokens"][i, : len(tokens)] = tokens
+        arrays["token_types"][i, : len(types)] = types
+        arrays["label"][i] = label
+    return ArrayExamples(arrays)
+
+
+def padding_pair(seq_len: int) -> dict[str, np.ndarray]:
+    zeros = np.zeros((seq_len,), np.int32)
+    return {"tokens": zeros, "token_types": zeros, "label": np.zeros((), np.int32),
+            "weights": np.zeros((), np.float32)}
+
+
+def encode(model, batch: dict[str, jax.Array], rng: jax.Array | None) -> jax.Array:
+    """The encoder's hidden states [B, L, D] of a batch of packed pairs (0 = padding)."""
+    segments = (batch["tokens"] != 0).astype(jnp.int32)
+    return model.hidden_states(batch["tokens"], token_types=batch["token_types"],
+                               segment_ids=segments, rng=rng)
