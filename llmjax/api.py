@@ -57,9 +57,9 @@ class Run:
 
     def predict(self, text: str, text_pair: str | None = None) -> tuple[str, dict[str, float]]:
         """A classification run's (label, {label: probability})."""
-        if self.config.objective != "classification":
+        if getattr(self.model, "classifier", None) is None:  # the capability, not a name
             raise ConfigError(f"predict needs a classification run; this run's objective is "
-                             f"{self.config.objective!r}")
+                              f"{self.config.objective!r}")
         from llmjax.objectives.classification import encode_pair, label_names
 
         tokens, types = encode_pair(self.tokenizer, text, text_pair, self.config.seq_len)

@@ -9,8 +9,7 @@ import pytest
 from flax import nnx
 
 from llmjax.models import Decoder, ModelConfig
-from llmjax.models.attention import make_attention_mask
-from llmjax.models.decoder import _default_positions
+from llmjax.models.attention import make_attention_mask, segment_positions
 
 
 def make(**kw):
@@ -65,7 +64,7 @@ def test_packed_documents_do_not_attend_to_each_other(position):
 
 def test_default_positions_restart_per_segment():
     seg = jnp.array([[1, 1, 1, 2, 2, 0, 0]])
-    np.testing.assert_array_equal(_default_positions(seg), [[0, 1, 2, 0, 1, 0, 1]])
+    np.testing.assert_array_equal(segment_positions(seg), [[0, 1, 2, 0, 1, 0, 1]])
 
 
 def test_attention_mask_blocks_padding_and_future():

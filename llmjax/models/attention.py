@@ -27,6 +27,16 @@ def make_attention_mask(query_segments_BxQ: Array, key_segments_BxK: Array, *,
     return mask[:, None]
 
 
+def segment_positions(segment_ids_BxL: Array) -> Array:
+    """0, 1, 2, ... restarting at every segment boundary (packed documents)."""
+    length = segment_ids_BxL.shape[1]
+    idx = jnp.arange(length)[None, :]
+    starts = jnp.concatenate([jnp.ones_like(segment_ids_BxL[:, :1], bool),
+                              segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1]], axis=1)
+    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - start_idx
+
+
 class MultiHeadAttention(nnx.Module):
     """Self- or cross-attention; rotary positions are applied to queries and keys when enabled."""
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llmjax.models.attention import make_attention_mask
+from llmjax.models.attention import make_attention_mask, segment_positions
 from llmjax.models.blocks import TransformerBlock
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import Dense, Embed, Norm, dropout, fold, sinusoidal
@@ -49,7 +49,7 @@ class Decoder(nnx.Module):
                       segment_ids: Array | None = None, rng: Array | None = None) -> Array:
         """Last layer's output [B, L, D] (after the final norm for pre-norm models)."""
         seg = jnp.ones_like(tokens_BxL) if segment_ids is None else segment_ids
-        pos = _default_positions(seg) if positions is None else positions
+        pos = segment_positions(seg) if positions is None else positions
         mask = make_attention_mask(seg, seg, causal=self.cfg.causal)
         x = self._embed(tokens_BxL, pos, fold(rng, 0))
         for i, layer in enumerate(self.layers):
@@ -104,13 +104,3 @@ class Decoder(nnx.Module):
             "key_valid": key_valid,
             "next_position": cache["next_position"] + valid.sum(axis=1),
         }
-
-
-def _default_positions(segment_ids_BxL: Array) -> Array:
-    """0, 1, 2, ... restarting at every segment boundary (packed documents)."""
-    length = segment_ids_BxL.shape[1]
-    idx = jnp.arange(length)[None, :]
-    starts = jnp.concatenate([jnp.ones_like(segment_ids_BxL[:, :1], bool),
-                              segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1]], axis=1)
-    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
-    return idx - start_idx

@@ -9,10 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llmjax.models.attention import make_attention_mask
+from llmjax.models.attention import make_attention_mask, segment_positions
 from llmjax.models.blocks import TransformerBlock
 from llmjax.models.config import ModelConfig
-from llmjax.models.decoder import _default_positions
 from llmjax.models.layers import Embed, Norm, dropout, fold, sinusoidal
 
 Array = jax.Array
@@ -41,7 +40,7 @@ class Encoder(nnx.Module):
         """Hidden states [B, L, D] of the last layer (after the final norm when pre-norm)."""
         cfg = self.cfg
         seg = (tokens_BxL != 0).astype(jnp.int32) if segment_ids is None else segment_ids
-        pos = _default_positions(seg) if positions is None else positions
+        pos = segment_positions(seg) if positions is None else positions
         types = jnp.zeros_like(tokens_BxL) if token_types is None else token_types
         x = self.embed(tokens_BxL) + self.token_type_embed(types)
         if cfg.position_embedding == "learned":

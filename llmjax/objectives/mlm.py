@@ -43,8 +43,11 @@ class MaskedLM:
     name = "mlm"
     rate = 0.15
 
-    def __init__(self, vocab_size: int | None = None):
-        self.vocab_size = vocab_size
+    def __init__(self):
+        # Set by make_examples, which always runs before corrupt: the random-token range and,
+        # with whole-word masking, which token ids start a word.
+        self.vocab_size: int | None = None
+        self.word_starts: np.ndarray | None = None
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("mlm",)}
@@ -71,7 +74,7 @@ class MaskedLM:
                 ) -> dict[str, np.ndarray]:
         """Adds inputs (masked), targets and weights (1 at the chosen positions)."""
         random_ids = np.arange(len(SPECIALS), self.vocab_size)
-        starts = getattr(self, "word_starts", None)
+        starts = self.word_starts
         rows = [mask_tokens(tok, rng, mask_id=MASK_ID, random_ids=random_ids,
                             maskable_L=(seg > 0) & (tok >= len(SPECIALS)), rate=self.rate,
                             word_starts_L=None if starts is None else starts[tok])
