@@ -97,7 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer = t = ml_collections.ConfigDict()
     t.kind = "char"  # char | byte | bpe | wordpiece | sentencepiece
     t.vocab_size = 1024  # target size when training a bpe/wordpiece/sentencepiece vocabulary
-    t.path = config_dict.placeholder(str)  # a tokenizer directory written by llmjax
+    # a tokenizer folder written by llmjax, or a Hugging Face tokenizer.json / vocab.txt (or its
+    # folder); None: train one on the training split
+    t.path = config_dict.placeholder(str)
     t.lowercase = False
 
     c.init = i = ml_collections.ConfigDict()

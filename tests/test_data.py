@@ -48,7 +48,7 @@ def test_byte_tokenizer_needs_no_training():
 
 def test_windows_cover_every_token_once_and_never_predict_across_documents():
     docs = [np.array([10, 11, 12]), np.array([20, 21]), np.array([30, 31, 32, 33])]
-    tokens, doc_ids = packing.token_stream(docs)
+    tokens, doc_ids = packing.token_stream(docs, ByteTokenizer())
     assert tokens.tolist() == [BOS_ID, 10, 11, 12, EOS_ID, BOS_ID, 20, 21, EOS_ID,
                                BOS_ID, 30, 31, 32, 33, EOS_ID]
     windows = packing.Windows(tokens, doc_ids, 4, 4, keep_partial=True)

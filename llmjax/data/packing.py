@@ -11,17 +11,26 @@ a target is weighted only when it belongs to the same document as its input.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
-from llmjax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+
+class SpecialIds(Protocol):
+    """What packing needs of a tokenizer: its special token ids."""
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
 
 
-def token_stream(token_docs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def token_stream(token_docs: Sequence[np.ndarray], specials: SpecialIds
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """(tokens [N], document index [N]) of the concatenated [<bos>, doc, <eos>] sequences."""
     pieces, doc_ids = [], []
+    bos, eos = specials.bos_id, specials.eos_id
     for i, doc in enumerate(token_docs):
-        pieces.append(np.concatenate([[BOS_ID], doc, [EOS_ID]]).astype(np.int32))
+        pieces.append(np.concatenate([[bos], doc, [eos]]).astype(np.int32))
         doc_ids.append(np.full(len(doc) + 2, i, np.int32))
     if not pieces:
         return np.zeros((0,), np.int32), np.zeros((0,), np.int32)
@@ -34,7 +43,7 @@ class Windows:
     (lo + i) * stride; `keep_partial` pads the stream so the last, shorter window is included."""
 
     def __init__(self, tokens: np.ndarray, doc_ids: np.ndarray, length: int, stride: int,
-                 keep_partial: bool, lo: int = 0, hi: int | None = None):
+                 keep_partial: bool, pad_id: int = 0, lo: int = 0, hi: int | None = None):
         self.length, self.stride = length, stride
         pairs = len(tokens) - 1  # (input, target) pairs
         count = max(pairs - length, -1) // stride + 1 if pairs >= length else 0
@@ -43,7 +52,7 @@ class Windows:
         if count == 0:
             raise ValueError(f"{len(tokens)} tokens are too few for one window of {length + 1}")
         needed = (count - 1) * stride + length + 1
-        self.tokens = np.full(max(needed, len(tokens)), PAD_ID, np.int32)
+        self.tokens = np.full(max(needed, len(tokens)), pad_id, np.int32)
         self.doc_ids = np.full(len(self.tokens), -1, np.int32)
         self.tokens[: len(tokens)], self.doc_ids[: len(doc_ids)] = tokens, doc_ids
         self.count, self.lo = count, lo
@@ -72,7 +81,8 @@ class Windows:
                 "segment_ids": segment_ids, "weights": weights}
 
 
-def pack_pair(a: np.ndarray, b: np.ndarray | None, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def pack_pair(a: np.ndarray, b: np.ndarray | None, seq_len: int, specials: SpecialIds
+              ) -> tuple[np.ndarray, np.ndarray]:
     """BERT's input for one or two token sequences: [<bos>] a [<eos>] (b [<eos>]) and token
     types (0 for a, 1 for b), the longer part trimmed first to fit `seq_len`."""
     a, b = list(a), (list(b) if b is not None else None)
@@ -82,9 +92,9 @@ def pack_pair(a: np.ndarray, b: np.ndarray | None, seq_len: int) -> tuple[np.nda
             b.pop()
         else:
             a.pop()
-    tokens = [BOS_ID, *a, EOS_ID]
+    tokens = [specials.bos_id, *a, specials.eos_id]
     types = [0] * len(tokens)
     if b is not None:
-        tokens += [*b, EOS_ID]
+        tokens += [*b, specials.eos_id]
         types += [1] * (len(b) + 1)
     return np.asarray(tokens, np.int32), np.asarray(types, np.int32)

@@ -60,7 +60,8 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tup
         raise FileNotFoundError(f"init.workdir={config.init.workdir} has no tokenizer/ directory;"
                                 " point it at the workdir of a finished llmjax run")
     if config.tokenizer.path:
-        return load_tokenizer(config.tokenizer.path), config.tokenizer.path
+        return (load_tokenizer(config.tokenizer.path, config.tokenizer.lowercase),
+                config.tokenizer.path)
     if config.tokenizer.kind == "byte":  # nothing to learn
         return train_tokenizer("byte", [], 0, config.tokenizer.lowercase), "bytes"
     records = sources.open_split(config.data.source, config.data.train_split, config)

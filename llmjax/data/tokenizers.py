@@ -1,8 +1,11 @@
 """Tokenizers: char and byte (exact, numpy-fast), byte-level BPE and WordPiece (HF `tokenizers`).
 
-Every tokenizer reserves ids 0..4 for <pad>, <bos>, <eos>, <unk>, <mask> (<bos>/<eos> double as
-BERT's [CLS]/[SEP]), is trained on training text
-when no vocabulary is given, and saves to / loads from a directory (WORKDIR/tokenizer).
+A tokenizer llmjax trains reserves ids 0..4 for <pad>, <bos>, <eos>, <unk>, <mask> (<bos>/<eos>
+double as BERT's [CLS]/[SEP]). One loaded from a Hugging Face `tokenizer.json` or BERT
+`vocab.txt` (`tokenizer.path`) keeps that vocabulary's ids and finds its special tokens by name
+([CLS]/[SEP]/[PAD]/[UNK]/[MASK], <s>/</s>/<pad>/<unk>/<mask>, <|endoftext|>). Code reads the
+special ids from the tokenizer (`tokenizer.bos_id`, ...), never assumes 0..4. Every tokenizer
+saves to / loads from a directory (WORKDIR/tokenizer).
 """
 
 from __future__ import annotations
@@ -16,16 +19,32 @@ from etils import epath
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID = range(5)
 _CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_ROLES = ("pad", "bos", "eos", "unk", "mask")
+_WORD_START = "\u2581"  # marks word starts while a WordPiece vocabulary is learnt
+# Names a Hugging Face vocabulary gives each role, most specific first (BERT, RoBERTa/BART, GPT-2).
+_HF_SPECIAL_NAMES = {
+    "pad": ("[PAD]", "<pad>", "<|endoftext|>"),
+    "bos": ("[CLS]", "<s>", "<bos>", "<|endoftext|>"),
+    "eos": ("[SEP]", "</s>", "<eos>", "<|endoftext|>"),
+    "unk": ("[UNK]", "<unk>", "<|endoftext|>"),
+    "mask": ("[MASK]", "<mask>"),
+}
 
 
 class Tokenizer:
     """Common interface; subclasses implement _encode_array, decode, vocab_size, _save."""
 
     kind = ""
-    pad_id, bos_id, eos_id, unk_id, mask_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID
+    pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+    mask_id: int | None = MASK_ID  # None: the vocabulary has no mask token (no MLM)
 
     def __init__(self, lowercase: bool = False):
         self.lowercase = lowercase
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids that are never text: never masked, never a random MLM replacement."""
+        return list(range(len(SPECIALS)))
 
     @property
     def vocab_size(self) -> int:
@@ -56,7 +75,8 @@ class Tokenizer:
     def save(self, directory: str | epath.Path) -> None:
         directory = epath.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"kind": self.kind, "lowercase": self.lowercase, "vocab_size": self.vocab_size}
+        config = {"kind": self.kind, "lowercase": self.lowercase, "vocab_size": self.vocab_size,
+                  "special_ids": {r: getattr(self, f"{r}_id") for r in SPECIAL_ROLES}}
         self._save(directory)
         (directory / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
@@ -125,11 +145,27 @@ class ByteTokenizer(Tokenizer):
 
 
 class HFTokenizer(Tokenizer):
-    """A Hugging Face `tokenizers` model with our special tokens at ids 0..4 (tokenizer.json)."""
+    """A Hugging Face `tokenizers` model (tokenizer.json); special ids found in its vocabulary
+    (llmjax-trained ones have ours at 0..4)."""
 
     def __init__(self, hf_tokenizer, lowercase: bool = False):
         super().__init__(lowercase)
         self.hf = hf_tokenizer
+        vocab = hf_tokenizer.get_vocab()
+        for role, names in _HF_SPECIAL_NAMES.items():
+            ours = SPECIALS[SPECIAL_ROLES.index(role)]
+            found = [vocab[n] for n in (ours, *names) if n in vocab]
+            if role == "mask" or found:
+                setattr(self, f"{role}_id", found[0] if found else None)
+            else:
+                raise ValueError(f"the tokenizer vocabulary has no {role} token (looked for "
+                                 f"{', '.join((ours, *names))})")
+
+    @property
+    def special_ids(self) -> list[int]:
+        added = {i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
+        roles = {getattr(self, f"{r}_id") for r in SPECIAL_ROLES}
+        return sorted((added | roles) - {None})
 
     @property
     def vocab_size(self) -> int:
@@ -201,18 +237,57 @@ class WordPieceTokenizer(HFTokenizer):
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = False
               ) -> WordPieceTokenizer:
-        from tokenizers import Tokenizer as HFTokenizerModel
-        from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+        """A WordPiece vocabulary learnt as BPE over words marked at their start (U+2581).
 
-        hf = HFTokenizerModel(models.WordPiece(unk_token="<unk>"))
-        hf.normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True,
-                                                   handle_chinese_chars=True)
-        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        hf.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
-                                            show_progress=False)
-        hf.train_from_iterator(texts, trainer=trainer)
-        return cls(hf, lowercase=False)  # the normaliser lower-cases
+        HF's WordPieceTrainer is not deterministic (tokenizers#1794: the '##' pieces get ids in
+        hash-map order, which breaks ties between merges differently each run), so this trains
+        a plain BPE on words prefixed with '▁' (deterministic) and renames its pieces:
+        '▁ab' -> 'ab' (starts a word), 'ab' -> '##ab'. Every character gets both forms, so
+        only characters never seen in training become <unk>. The BPE learns some spare pieces
+        (single characters take two slots here, one there); the last-learnt are dropped.
+        """
+        from tokenizers import Tokenizer as HFTokenizerModel
+        from tokenizers import models, pre_tokenizers, trainers
+
+        bpe = HFTokenizerModel(models.BPE(unk_token="<unk>"))
+        bpe.normalizer = _bert_normalizer(lowercase)
+        bpe.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.BertPreTokenizer(),
+            pre_tokenizers.Metaspace(replacement=_WORD_START, prepend_scheme="always")])
+        spare = vocab_size // 8 + 64
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size + spare,
+                                      special_tokens=list(SPECIALS), show_progress=False)
+        bpe.train_from_iterator(texts, trainer=trainer)
+        learnt = [p for p, _ in sorted(bpe.get_vocab().items(), key=lambda kv: kv[1])
+                  if p not in SPECIALS and p != _WORD_START]
+        chars = sorted({p.lstrip(_WORD_START) for p in learnt
+                        if len(p.lstrip(_WORD_START)) == 1})
+        longer = [p[1:] if p.startswith(_WORD_START) else "##" + p for p in learnt
+                  if len(p.lstrip(_WORD_START)) > 1]
+        longer = longer[: max(vocab_size - len(SPECIALS) - 2 * len(chars), 0)]
+        pieces = [*SPECIALS, *chars, *(f"##{c}" for c in chars), *longer]
+        return cls(wordpiece_tokenizer({p: i for i, p in enumerate(dict.fromkeys(pieces))},
+                                       "<unk>", lowercase), lowercase=False)
+
+
+def _bert_normalizer(lowercase: bool):
+    from tokenizers import normalizers
+
+    return normalizers.BertNormalizer(lowercase=lowercase, clean_text=True,
+                                      handle_chinese_chars=True)
+
+
+def wordpiece_tokenizer(vocab: dict[str, int], unk_token: str, lowercase: bool):
+    """A HF WordPiece tokenizer as BERT's: BERT normaliser (lower-casing and stripping accents
+    when `lowercase`), punctuation/whitespace pre-splitting, greedy longest-match pieces."""
+    from tokenizers import Tokenizer as HFTokenizerModel
+    from tokenizers import decoders, models, pre_tokenizers
+
+    hf = HFTokenizerModel(models.WordPiece(vocab, unk_token=unk_token))
+    hf.normalizer = _bert_normalizer(lowercase)
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf.decoder = decoders.WordPiece()
+    return hf
 
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
@@ -229,15 +304,52 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
     raise ValueError(f"tokenizer.kind={kind!r}: use char, byte, bpe or wordpiece")
 
 
-def load_tokenizer(directory: str | epath.Path) -> Tokenizer:
-    """The tokenizer saved in `directory` (as written by Tokenizer.save)."""
+def _hf_kind(hf) -> str:
+    model = json.loads(hf.to_str())["model"]["type"]
+    return {"WordPiece": "wordpiece", "BPE": "bpe"}.get(model, model.lower())
+
+
+def load_hf_tokenizer(path: str | epath.Path, lowercase: bool = False) -> HFTokenizer:
+    """A Hugging Face tokenizer: `tokenizer.json`, or a BERT `vocab.txt` (WordPiece with BERT's
+    normaliser; lower-cases and strips accents when `lowercase` or the folder's Hugging Face
+    tokenizer_config.json says do_lower_case). `path` is the file or a folder holding it."""
+    from tokenizers import Tokenizer as HFTokenizerModel
+    from tokenizers import models
+
+    path = epath.Path(path)
+    folder = path if path.is_dir() else path.parent
+    hf_config = folder / _CONFIG_FILE
+    if hf_config.exists():
+        lowercase = lowercase or bool(json.loads(hf_config.read_text()).get("do_lower_case"))
+    if path.is_dir():
+        path = next((path / n for n in ("tokenizer.json", "vocab.txt") if (path / n).exists()),
+                    path / "tokenizer.json")
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer at {path}: tokenizer.path takes a folder holding "
+                                "tokenizer.json or vocab.txt (or an llmjax tokenizer folder), "
+                                "or one of those files")
+    if path.name.endswith(".json"):
+        hf = HFTokenizerModel.from_file(str(path))
+        hf_lowercase = lowercase  # its own normaliser is in the file; lower-case on top if asked
+    else:
+        vocab = models.WordPiece.read_file(str(path))
+        unk = next((n for n in ("[UNK]", "<unk>") if n in vocab), "[UNK]")
+        hf = wordpiece_tokenizer(vocab, unk, lowercase)
+        specials = [n for names in _HF_SPECIAL_NAMES.values() for n in names if n in vocab]
+        hf.add_special_tokens(sorted(set(specials)))  # never split, skipped by decode
+        hf_lowercase = False  # the normaliser lower-cases
+    kinds = {"wordpiece": WordPieceTokenizer, "bpe": BPETokenizer}
+    return kinds.get(_hf_kind(hf), HFTokenizer)(hf, hf_lowercase)
+
+
+def load_tokenizer(directory: str | epath.Path, lowercase: bool = False) -> Tokenizer:
+    """The tokenizer in `directory`: one written by Tokenizer.save, or a Hugging Face
+    tokenizer (see load_hf_tokenizer; `lowercase` applies to those only)."""
     directory = epath.Path(directory)
     config_file = directory / _CONFIG_FILE
-    if not config_file.exists():
-        raise FileNotFoundError(f"no tokenizer in {directory} (expected {_CONFIG_FILE}); set "
-                                "tokenizer.path to a directory written by llmjax, or unset it "
-                                "to train a new one")
-    config = json.loads(config_file.read_text())
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    if "kind" not in config:  # not written by llmjax
+        return load_hf_tokenizer(directory, lowercase)
     kind, lowercase = config["kind"], config.get("lowercase", False)
     if kind == "char":
         return CharTokenizer.load(directory, lowercase)

@@ -15,4 +15,4 @@ def evaluate(parallel, params: Any, batches: list[dict[str, np.ndarray]]) -> dic
     device_sums = [parallel.eval_step(params, b) for b in batches]
     host_sums = [jax.device_get(parallel.unreplicate_metrics(s)) for s in device_sums]
     total = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0), *host_sums)
-    return finalize(total)
+    return finalize(total, parallel.loss_terms)

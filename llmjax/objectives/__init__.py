@@ -4,6 +4,7 @@ from llmjax.objectives.base import Objective, finalize
 from llmjax.objectives.causal_lm import CausalLM
 from llmjax.objectives.classification import Classification
 from llmjax.objectives.mlm import MaskedLM
+from llmjax.objectives.mlm_nsp import MaskedLMAndNextSentence
 from llmjax.objectives.nsp import NextSentencePrediction
 
 OBJECTIVES = {
@@ -11,6 +12,7 @@ OBJECTIVES = {
     "mlm": MaskedLM,
     "classification": Classification,
     "nsp": NextSentencePrediction,
+    "mlm_nsp": MaskedLMAndNextSentence,
 }
 
 

@@ -47,19 +47,26 @@ class Objective(Protocol):
     # example (e.g. MLM masking), drawn afresh for every training batch of every epoch and
     # with a fixed seed for evaluation.
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
-             ) -> tuple[jax.Array, MetricSums]:
-        """(summed loss to differentiate, metric sums; 'loss' is one of them)."""
+    # Optional: `loss_weights = {term: batch key}` when the loss has several terms (MLM + NSP):
+    # the step differentiates the sum of the terms' means, each term's sum divided by the global
+    # sum of its weights. Default {'loss': 'weights'}.
+
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
+        """Metric sums; the loss terms ('loss' by default) are the ones differentiated."""
 
 
-def finalize(sums: dict[str, tuple]) -> dict[str, float]:
-    """Metric values from reduced (sum, count) pairs; adds perplexity where there is a loss,
-    and precision / recall / F1 / MCC where there is a summed confusion matrix."""
+def finalize(sums: dict[str, tuple], loss_terms: Sequence[str] = ("loss",)
+             ) -> dict[str, float]:
+    """Metric values from reduced (sum, count) pairs: 'loss' is the sum of the terms' means;
+    adds perplexity for a single-term loss, and precision / recall / F1 / MCC where there is a
+    summed confusion matrix."""
     from llmjax.evaluation.metrics import classification_metrics
 
     out = {name: float(s) / max(float(c), 1e-9) for name, (s, c) in sums.items()
            if np.ndim(s) == 0}
-    if "loss" in out:
+    if "loss" not in out:
+        out["loss"] = sum(out[t] for t in loss_terms)
+    elif tuple(loss_terms) == ("loss",):
         out["perplexity"] = float(np.exp(min(out["loss"], 50.0)))
     if "confusion" in sums:
         out.update(classification_metrics(np.asarray(sums["confusion"][0], np.float64)))

@@ -23,11 +23,12 @@ class CausalLM:
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> packing.Windows:
         docs = read_documents(records, config.data.text_column)
-        tokens, doc_ids = packing.token_stream(tokenizer.encode_batch(docs))
+        tokens, doc_ids = packing.token_stream(tokenizer.encode_batch(docs), tokenizer)
         stride = config.seq_len
         if train and config.data.train_window_stride:
             stride = config.data.train_window_stride
-        return packing.Windows(tokens, doc_ids, config.seq_len, stride, keep_partial=not train)
+        return packing.Windows(tokens, doc_ids, config.seq_len, stride,
+                               keep_partial=not train, pad_id=tokenizer.pad_id)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         zeros = np.zeros((seq_len,), np.int32)
@@ -35,13 +36,13 @@ class CausalLM:
                 "weights": np.zeros((seq_len,), np.float32)}
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
-             ) -> tuple[jax.Array, MetricSums]:
+             ) -> MetricSums:
         logits = model(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
         weights = batch["weights"]
         loss_sum = (cross_entropy(logits, batch["targets"]) * weights).sum()
         correct = (logits.argmax(-1) == batch["targets"]) * weights
         count = weights.sum()
-        return loss_sum, {"loss": (loss_sum, count), "token_accuracy": (correct.sum(), count)}
+        return {"loss": (loss_sum, count), "token_accuracy": (correct.sum(), count)}
 
     def loss_floor(self, config: ml_collections.ConfigDict, tokenizer,
                    eval_batches: list[dict[str, np.ndarray]]) -> float | None:

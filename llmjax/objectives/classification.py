@@ -32,7 +32,7 @@ def encode_pair(tokenizer: Tokenizer, text: str, pair: str | None, seq_len: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, token types) [<= seq_len] of a text (pair); the longer part is trimmed first."""
     b = tokenizer.encode_array(pair) if pair is not None else None
-    return pack_pair(tokenizer.encode_array(text), b, seq_len)
+    return pack_pair(tokenizer.encode_array(text), b, seq_len, tokenizer)
 
 
 class Classification:
@@ -78,7 +78,7 @@ class Classification:
         return padding_pair(seq_len)
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
-             ) -> tuple[jax.Array, MetricSums]:
+             ) -> MetricSums:
         logits = model.class_logits(encode(model, batch, rng), rng)
         weights = batch["weights"]
         loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
@@ -88,7 +88,7 @@ class Classification:
         confusion = jnp.einsum("b,bi,bj->ij", weights, jax.nn.one_hot(batch["label"], classes),
                                jax.nn.one_hot(predicted, classes))
         count = weights.sum()
-        return loss_sum, {"loss": (loss_sum, count), "accuracy": (correct, count),
+        return {"loss": (loss_sum, count), "accuracy": (correct, count),
                           "confusion": (confusion, jnp.ones(()))}
 
 

@@ -18,7 +18,7 @@ from llmjax.configs import ConfigError
 from llmjax.data import packing
 from llmjax.data.masking import mask_tokens
 from llmjax.data.sources import read_documents
-from llmjax.data.tokenizers import MASK_ID, SPECIALS, Tokenizer
+from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums, cross_entropy
 
 
@@ -39,15 +39,57 @@ class TokenWindows:
         return {"tokens": w["inputs"], "segment_ids": w["segment_ids"]}
 
 
-class MaskedLM:
-    name = "mlm"
+class BertMasking:
+    """The random part of MLM examples (data.masking's 15% / 80-10-10 rule), for a tokenizer and
+    config: which ids are never chosen (specials), which a random replacement draws from, and
+    with data.whole_word_masking which ids start a word."""
+
     rate = 0.15
 
+    def __init__(self, tokenizer: Tokenizer, config: ml_collections.ConfigDict):
+        if tokenizer.mask_id is None:
+            raise ConfigError("masked-LM needs a mask token, and this tokenizer's vocabulary has "
+                              "none ([MASK] or <mask>): use a BERT-style vocabulary, or unset "
+                              "tokenizer.path to train one")
+        self.mask_id = tokenizer.mask_id
+        self.special = np.zeros(tokenizer.vocab_size, bool)
+        self.special[tokenizer.special_ids] = True
+        self.random_ids = np.flatnonzero(~self.special)
+        self.word_starts = None
+        if config.data.whole_word_masking:
+            self.word_starts = tokenizer.word_starts()
+            if self.word_starts is None:
+                raise ConfigError(f"data.whole_word_masking needs a tokenizer whose pieces mark "
+                                  f"word starts (wordpiece or bpe), not {tokenizer.kind!r}")
+
+    def __call__(self, tokens_BxL: np.ndarray, real_BxL: np.ndarray, rng: np.random.Generator
+                 ) -> dict[str, np.ndarray]:
+        """{inputs, targets [B, L] int32, weights [B, L] float32} for the real (non-padding)
+        positions of a batch; see masking.mask_tokens."""
+        starts = self.word_starts
+        rows = [mask_tokens(tok, rng, mask_id=self.mask_id, random_ids=self.random_ids,
+                            maskable_L=real & ~self.special[tok], rate=self.rate,
+                            word_starts_L=None if starts is None else starts[tok])
+                for tok, real in zip(tokens_BxL, real_BxL, strict=True)]
+        return {k: np.stack([r[k] for r in rows]).astype(np.float32 if k == "weights" else
+                                                         np.int32) for k in rows[0]}
+
+
+def mlm_loss(model, hidden_BxLxD: jax.Array, batch: dict[str, jax.Array], weights_key: str
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(loss sum, correct predictions, chosen positions) of the MLM head over a batch."""
+    logits = model.mlm_logits(hidden_BxLxD)
+    weights = batch[weights_key]
+    loss_sum = (cross_entropy(logits, batch["targets"]) * weights).sum()
+    correct = ((logits.argmax(-1) == batch["targets"]) * weights).sum()
+    return loss_sum, correct, weights.sum()
+
+
+class MaskedLM:
+    name = "mlm"
+
     def __init__(self):
-        # Set by make_examples, which always runs before corrupt: the random-token range and,
-        # with whole-word masking, which token ids start a word.
-        self.vocab_size: int | None = None
-        self.word_starts: np.ndarray | None = None
+        self.masking: BertMasking | None = None  # set by make_examples, which runs first
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("mlm",)}
@@ -55,16 +97,10 @@ class MaskedLM:
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> TokenWindows:
         docs = read_documents(records, config.data.text_column)
-        tokens, doc_ids = packing.token_stream(tokenizer.encode_batch(docs))
-        self.vocab_size = config.model.vocab_size
-        self.word_starts = None
-        if config.data.whole_word_masking:
-            self.word_starts = tokenizer.word_starts()
-            if self.word_starts is None:
-                raise ConfigError(f"data.whole_word_masking needs a tokenizer whose pieces mark "
-                                  f"word starts (wordpiece or bpe), not {tokenizer.kind!r}")
+        tokens, doc_ids = packing.token_stream(tokenizer.encode_batch(docs), tokenizer)
+        self.masking = BertMasking(tokenizer, config)
         return TokenWindows(packing.Windows(tokens, doc_ids, config.seq_len, config.seq_len,
-                                            keep_partial=not train))
+                                            pad_id=tokenizer.pad_id, keep_partial=not train))
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         zeros = np.zeros((seq_len,), np.int32)
@@ -73,22 +109,9 @@ class MaskedLM:
     def corrupt(self, batch: dict[str, np.ndarray], rng: np.random.Generator
                 ) -> dict[str, np.ndarray]:
         """Adds inputs (masked), targets and weights (1 at the chosen positions)."""
-        random_ids = np.arange(len(SPECIALS), self.vocab_size)
-        starts = self.word_starts
-        rows = [mask_tokens(tok, rng, mask_id=MASK_ID, random_ids=random_ids,
-                            maskable_L=(seg > 0) & (tok >= len(SPECIALS)), rate=self.rate,
-                            word_starts_L=None if starts is None else starts[tok])
-                for tok, seg in zip(batch["tokens"], batch["segment_ids"], strict=True)]
-        out = {k: np.stack([r[k] for r in rows]).astype(np.int32 if k != "weights" else
-                                                         np.float32) for k in rows[0]}
-        return {**batch, **out}
+        return {**batch, **self.masking(batch["tokens"], batch["segment_ids"] > 0, rng)}
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
-             ) -> tuple[jax.Array, MetricSums]:
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
         hidden = model.hidden_states(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
-        logits = model.mlm_logits(hidden)
-        weights = batch["weights"]
-        loss_sum = (cross_entropy(logits, batch["targets"]) * weights).sum()
-        correct = ((logits.argmax(-1) == batch["targets"]) * weights).sum()
-        count = weights.sum()
-        return loss_sum, {"loss": (loss_sum, count), "mlm_accuracy": (correct, count)}
+        loss_sum, correct, count = mlm_loss(model, hidden, batch, "weights")
+        return {"loss": (loss_sum, count), "mlm_accuracy": (correct, count)}

@@ -61,17 +61,17 @@ class NextSentencePrediction:
             docs.append(flat[start:start + len(doc)])
             start += len(doc)
         pairs = make_pairs(docs, np.random.default_rng([config.seed, 0 if train else 1]))
-        items = ((*pack_pair(a, b, config.seq_len), label) for a, b, label in pairs)
+        items = ((*pack_pair(a, b, config.seq_len, tokenizer), label) for a, b, label in pairs)
         return labelled_pairs(items, len(pairs), config.seq_len)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         return padding_pair(seq_len)
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
-             ) -> tuple[jax.Array, MetricSums]:
+             ) -> MetricSums:
         logits = model.nsp_logits(encode(model, batch, rng), rng)
         weights = batch["weights"]
         loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
         correct = ((logits.argmax(-1) == batch["label"]) * weights).sum()
         count = weights.sum()
-        return loss_sum, {"loss": (loss_sum, count), "nsp_accuracy": (correct, count)}
+        return {"loss": (loss_sum, count), "nsp_accuracy": (correct, count)}

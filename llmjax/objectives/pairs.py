@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -30,26 +29,30 @@ class ArrayExamples:
 
 def labelled_pairs(items: Iterable[tuple[np.ndarray, np.ndarray, int]], count: int,
                    seq_len: int) -> ArrayExamples:
-    """ArrayExamples {tokens, token_types [N, L], label, weights [N]} from `count` items of
-    (tokens, token types, label) as packing.pack_pair makes them."""
+    """ArrayExamples {tokens, token_types, segment_ids [N, L], label, weights [N]} from `count`
+    items of (tokens, token types, label) as packing.pack_pair makes them; segment_ids are 1 at
+    the tokens and 0 at the padding (whatever the tokenizer's padding id)."""
     arrays = {"tokens": np.zeros((count, seq_len), np.int32),
               "token_types": np.zeros((count, seq_len), np.int32),
+              "segment_ids": np.zeros((count, seq_len), np.int32),
               "label": np.zeros((count,), np.int32), "weights": np.ones((count,), np.float32)}
     for i, (tokens, types, label) in enumerate(items):
         arrays["tokens"][i, : len(tokens)] = tokens
         arrays["token_types"][i, : len(types)] = types
+        arrays["segment_ids"][i, : len(tokens)] = 1
         arrays["label"][i] = label
     return ArrayExamples(arrays)
 
 
 def padding_pair(seq_len: int) -> dict[str, np.ndarray]:
     zeros = np.zeros((seq_len,), np.int32)
-    return {"tokens": zeros, "token_types": zeros, "label": np.zeros((), np.int32),
+    return {"tokens": zeros, "token_types": zeros, "segment_ids": zeros,
+            "label": np.zeros((), np.int32),
             "weights": np.zeros((), np.float32)}
 
 
-def encode(model, batch: dict[str, jax.Array], rng: jax.Array | None) -> jax.Array:
-    """The encoder's hidden states [B, L, D] of a batch of packed pairs (0 = padding)."""
-    segments = (batch["tokens"] != 0).astype(jnp.int32)
-    return model.hidden_states(batch["tokens"], token_types=batch["token_types"],
-                               segment_ids=segments, rng=rng)
+def encode(model, batch: dict[str, jax.Array], rng: jax.Array | None,
+           tokens_key: str = "tokens") -> jax.Array:
+    """The encoder's hidden states [B, L, D] of a batch of packed pairs."""
+    return model.hidden_states(batch[tokens_key], token_types=batch["token_types"],
+                               segment_ids=batch["segment_ids"], rng=rng)

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from llmjax.objectives import Objective
-from llmjax.train.step import make_eval_step, make_train_step
+from llmjax.train.step import loss_terms, make_eval_step, make_train_step
 
 AXIS = "batch"
 
@@ -27,6 +27,7 @@ class Parallel:
                  schedule, accumulation_steps: int = 1):
         self.mode = mode
         self.num_replicas = jax.local_device_count() if mode == "pmap" else 1
+        self.loss_terms = tuple(loss_terms(objective))
         axis = AXIS if mode == "pmap" else None
         train = make_train_step(graphdef, objective, optimizer, schedule, accumulation_steps,
                                 axis_name=axis)

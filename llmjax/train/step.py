@@ -18,6 +18,22 @@ def _psum(tree, axis_name: str | None):
     return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
+def loss_terms(objective: Objective) -> dict[str, str]:
+    """The objective's loss terms: {metric name: batch key of its weights}. The loss is the sum
+    of the terms' weighted means (one term, 'loss', unless the objective declares more)."""
+    return getattr(objective, "loss_weights", {"loss": "weights"})
+
+
+def mean_metrics(sums: dict, terms: dict[str, str]) -> dict:
+    """{name: sum / count} for the scalar sums, plus 'loss' = the sum of the terms' means when
+    the loss has several terms."""
+    metrics = {name: s / jnp.maximum(c, 1e-9) for name, (s, c) in sums.items()
+               if jnp.ndim(s) == 0}  # scalars only (a confusion matrix is eval's)
+    if "loss" not in terms:
+        metrics["loss"] = sum(metrics[t] for t in terms)
+    return metrics
+
+
 def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
                     optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     accumulation_steps: int = 1, axis_name: str | None = None
@@ -26,8 +42,13 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
     `accumulation_steps` micro-batches; gradients and metrics are summed over micro-batches
     and devices, then divided by the total weight, so any split gives the same update."""
 
-    def loss_fn(params, batch, rng):
-        return objective.loss(nnx.merge(graphdef, params), batch, rng)
+    terms = loss_terms(objective)
+
+    def loss_fn(params, batch, rng, scale):
+        sums = objective.loss(nnx.merge(graphdef, params), batch, rng)
+        # Each term's sum over this micro-batch / that term's weight over the global batch:
+        # summing over micro-batches and devices gives exactly sum_t mean_t.
+        return sum(sums[t][0] * scale[t] for t in terms), sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -35,29 +56,31 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
         rng = jax.random.fold_in(state["rng"], state["step"])
         if axis_name is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+        # The weights are known before the forward pass, so the global counts are too.
+        counts = _psum({t: batch[key].astype(jnp.float32).sum() for t, key in terms.items()},
+                       axis_name)
+        scale = {t: 1.0 / jnp.maximum(c, 1.0) for t, c in counts.items()}
         micro = jax.tree.map(
             lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:]), batch)
 
         def accumulate(carry, inputs):
             mb, i = inputs
-            (_, sums), grads = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
+            (_, sums), grads = grad_fn(state["params"], mb, jax.random.fold_in(rng, i), scale)
             return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
         first = jax.tree.map(lambda x: x[0], micro)
-        (_, sums), grads = grad_fn(state["params"], first, jax.random.fold_in(rng, 0))
+        (_, sums), grads = grad_fn(state["params"], first, jax.random.fold_in(rng, 0), scale)
         if accumulation_steps > 1:
             rest = jax.tree.map(lambda x: x[1:], micro)
             (grads, sums), _ = jax.lax.scan(
                 accumulate, (grads, sums), (rest, jnp.arange(1, accumulation_steps)))
         grads, sums = _psum((grads, sums), axis_name)
-        count = jnp.maximum(sums["loss"][1], 1.0)
-        grads = jax.tree.map(lambda g: g / count, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {name: s / jnp.maximum(c, 1e-9) for name, (s, c) in sums.items()
-                   if jnp.ndim(s) == 0}  # scalars only (a confusion matrix is eval's)
+        metrics = mean_metrics(sums, terms)
         metrics.update(grad_norm=optax.global_norm(grads),
-                       learning_rate=schedule(state["step"]), weight=sums["loss"][1])
+                       learning_rate=schedule(state["step"]),
+                       weight=counts[next(iter(terms))])
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                      "rng": state["rng"]}
         return new_state, metrics
@@ -70,7 +93,7 @@ def make_eval_step(graphdef: nnx.GraphDef, objective: Objective, axis_name: str 
     """eval_step(params, batch) -> metric sums {name: (sum, count)}, reduced over devices."""
 
     def eval_step(params: nnx.State, batch: dict) -> dict:
-        _, sums = objective.loss(nnx.merge(graphdef, params), batch, None)
+        sums = objective.loss(nnx.merge(graphdef, params), batch, None)
         return _psum(sums, axis_name)
 
     return eval_step

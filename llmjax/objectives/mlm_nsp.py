@@ -1,0 +1,60 @@
+"""BERT's pretraining: masked language modelling and next-sentence prediction on the same
+inputs, loss = MLM mean + NSP mean.
+
+Examples are NSP's sentence pairs ([<bos>] A [<eos>] B [<eos>], see nsp.py); MLM masking is
+drawn over both segments afresh for every training batch (see mlm.py). The two terms have
+different weights (chosen tokens, pairs), so each is divided by its own global count: the
+step differentiates sum_t (psum sum_t / psum count_t), exact under pmap and accumulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from llmjax.data.tokenizers import Tokenizer
+from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.mlm import BertMasking, mlm_loss
+from llmjax.objectives.nsp import NextSentencePrediction
+from llmjax.objectives.pairs import ArrayExamples, encode
+
+
+class MaskedLMAndNextSentence:
+    name = "mlm_nsp"
+    loss_weights = {"mlm_loss": "mlm_weights", "nsp_loss": "weights"}
+
+    def __init__(self):
+        self.pairs = NextSentencePrediction()
+        self.masking: BertMasking | None = None  # set by make_examples, which runs first
+
+    def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
+        return {"heads": ("mlm", "nsp")}
+
+    def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
+                      config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
+        self.masking = BertMasking(tokenizer, config)
+        return self.pairs.make_examples(records, tokenizer, config, train=train)
+
+    def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
+        return self.pairs.padding_example(seq_len)
+
+    def corrupt(self, batch: dict[str, np.ndarray], rng: np.random.Generator
+                ) -> dict[str, np.ndarray]:
+        """Adds inputs (masked), targets and mlm_weights (1 at the chosen positions)."""
+        masked = self.masking(batch["tokens"], batch["segment_ids"] > 0, rng)
+        return {**batch, "inputs": masked["inputs"], "targets": masked["targets"],
+                "mlm_weights": masked["weights"]}
+
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
+        hidden = encode(model, batch, rng, tokens_key="inputs")
+        mlm_sum, mlm_correct, mlm_count = mlm_loss(model, hidden, batch, "mlm_weights")
+        nsp_logits = model.nsp_logits(hidden, rng)
+        weights = batch["weights"]
+        nsp_sum = (cross_entropy(nsp_logits, batch["label"]) * weights).sum()
+        nsp_correct = ((nsp_logits.argmax(-1) == batch["label"]) * weights).sum()
+        nsp_count = weights.sum()
+        return {"mlm_loss": (mlm_sum, mlm_count), "mlm_accuracy": (mlm_correct, mlm_count),
+                "nsp_loss": (nsp_sum, nsp_count), "nsp_accuracy": (nsp_correct, nsp_count)}
