@@ -1,4 +1,4 @@
-"""BERT-style encoder pretraining: `configs/bert.py:size=tiny|mini|small|base,objective=mlm`.
+"""BERT-style encoder pretraining: `configs/bert.py:size=tiny|mini|small|base,objective=mlm_nsp`.
 
     llmjax train --config=configs/bert.py:size=tiny --workdir=runs/bert-tiny
 
@@ -18,7 +18,7 @@ WIKITEXT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
 
 
 def get_config(arg: str | None = None):
-    args = configs.parse_arg(arg, {"size": "tiny", "objective": "mlm"})
+    args = configs.parse_arg(arg, {"size": "tiny", "objective": "mlm_nsp"})
     if args["size"] not in SIZES:
         raise ValueError(f"size={args['size']!r}: use one of {sorted(SIZES)}")
     layers, dim, heads = SIZES[args["size"]]

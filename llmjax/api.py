@@ -55,18 +55,34 @@ class Run:
         tokens, segments = self._batch(texts)
         return np.asarray(self.model(jnp.asarray(tokens), segment_ids=jnp.asarray(segments)))
 
-    def predict(self, text: str, text_pair: str | None = None) -> tuple[str, dict[str, float]]:
-        """A classification run's (label, {label: probability})."""
+    def _head_outputs(self, text: str, text_pair: str | None) -> np.ndarray:
+        """The task head's outputs [C] for one text (pair)."""
         if getattr(self.model, "classifier", None) is None:  # the capability, not a name
-            raise ConfigError(f"predict needs a classification run; this run's objective is "
-                              f"{self.config.objective!r}")
-        from llmjax.objectives.classification import encode_pair, label_names
+            raise ConfigError(f"predict needs a classification or regression run; this run's "
+                              f"objective is {self.config.objective!r}")
+        from llmjax.objectives.classification import encode_pair
 
         tokens, types = encode_pair(self.tokenizer, text, text_pair, self.config.seq_len)
         hidden = self.model.hidden_states(jnp.asarray(tokens[None]),
                                           token_types=jnp.asarray(types[None]),
                                           segment_ids=jnp.ones((1, len(tokens)), jnp.int32))
-        probs = np.asarray(jax.nn.softmax(self.model.class_logits(hidden)[0]), np.float64)
+        return np.asarray(self.model.class_logits(hidden)[0], np.float64)
+
+    def score(self, text: str, text_pair: str | None = None) -> float:
+        """A regression run's predicted score."""
+        if self.config.objective != "regression":
+            raise ConfigError(f"score needs a regression run; this run's objective is "
+                              f"{self.config.objective!r} (use predict)")
+        return float(self._head_outputs(text, text_pair)[0])
+
+    def predict(self, text: str, text_pair: str | None = None) -> tuple[str, dict[str, float]]:
+        """A classification run's (label, {label: probability})."""
+        if self.config.objective == "regression":
+            raise ConfigError("predict gives class probabilities; a regression run's output "
+                              "is run.score(text)")
+        from llmjax.objectives.classification import label_names
+
+        probs = np.asarray(jax.nn.softmax(self._head_outputs(text, text_pair)), np.float64)
         names = label_names(self.config)
         return names[int(probs.argmax())], dict(zip(names, probs.tolist(), strict=True))
 

@@ -16,7 +16,7 @@ from ml_collections import config_dict
 
 OBJECTIVES_BY_ARCH = {
     "decoder": ("causal_lm",),
-    "encoder": ("mlm", "nsp", "mlm_nsp", "classification"),
+    "encoder": ("mlm", "nsp", "mlm_nsp", "classification", "regression"),
     "encoder_decoder": ("span_corruption", "seq2seq"),
 }
 

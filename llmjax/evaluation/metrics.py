@@ -1,6 +1,7 @@
-"""Classification metrics from a confusion matrix: accuracy, precision, recall, F1, Matthews
-correlation. Binary tasks score the positive class 1; more classes use macro averages.
-Degenerate cases follow scikit-learn's zero_division=0: an undefined ratio counts as 0."""
+"""Task metrics from summed statistics. Classification, from a confusion matrix: accuracy,
+precision, recall, F1, Matthews correlation; binary tasks score the positive class 1, more
+classes use macro averages; degenerate cases follow scikit-learn's zero_division=0 (an undefined
+ratio counts as 0). Regression, from summed moments: Pearson's r."""
 
 from __future__ import annotations
 
@@ -42,3 +43,12 @@ def classification_metrics(matrix: np.ndarray) -> dict[str, float]:
         p, r, f = precision.mean(), recall.mean(), f1.mean()
     return {"accuracy": float(_ratio(np.trace(matrix), matrix.sum())), "precision": float(p),
             "recall": float(r), "f1": float(f), "mcc": matthews_corrcoef(matrix)}
+
+
+def pearson_from_moments(moments: np.ndarray) -> float:
+    """Pearson's r from weighted [n, sum x, sum y, sum xx, sum yy, sum xy]; 0 when either side
+    is constant."""
+    n, sx, sy, sxx, syy, sxy = np.asarray(moments, np.float64)
+    cov = n * sxy - sx * sy
+    var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
+    return float(cov / np.sqrt(var_x * var_y)) if var_x > 0 and var_y > 0 else 0.0

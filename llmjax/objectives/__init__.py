@@ -6,6 +6,7 @@ from llmjax.objectives.classification import Classification
 from llmjax.objectives.mlm import MaskedLM
 from llmjax.objectives.mlm_nsp import MaskedLMAndNextSentence
 from llmjax.objectives.nsp import NextSentencePrediction
+from llmjax.objectives.regression import Regression
 
 OBJECTIVES = {
     "causal_lm": CausalLM,
@@ -13,6 +14,7 @@ OBJECTIVES = {
     "classification": Classification,
     "nsp": NextSentencePrediction,
     "mlm_nsp": MaskedLMAndNextSentence,
+    "regression": Regression,
 }
 
 

@@ -58,18 +58,20 @@ class Objective(Protocol):
 def finalize(sums: dict[str, tuple], loss_terms: Sequence[str] = ("loss",)
              ) -> dict[str, float]:
     """Metric values from reduced (sum, count) pairs: 'loss' is the sum of the terms' means;
-    adds perplexity for a single-term loss, and precision / recall / F1 / MCC where there is a
-    summed confusion matrix."""
-    from llmjax.evaluation.metrics import classification_metrics
+    adds perplexity for a single-term cross-entropy loss, precision / recall / F1 / MCC where
+    there is a summed confusion matrix and Pearson's r where there are summed moments."""
+    from llmjax.evaluation.metrics import classification_metrics, pearson_from_moments
 
     out = {name: float(s) / max(float(c), 1e-9) for name, (s, c) in sums.items()
            if np.ndim(s) == 0}
     if "loss" not in out:
         out["loss"] = sum(out[t] for t in loss_terms)
-    elif tuple(loss_terms) == ("loss",):
+    elif tuple(loss_terms) == ("loss",) and "moments" not in sums:  # not squared error
         out["perplexity"] = float(np.exp(min(out["loss"], 50.0)))
     if "confusion" in sums:
         out.update(classification_metrics(np.asarray(sums["confusion"][0], np.float64)))
+    if "moments" in sums:
+        out["pearson"] = pearson_from_moments(sums["moments"][0])
     return out
 
 

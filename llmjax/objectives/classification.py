@@ -21,7 +21,13 @@ from llmjax.data.sources import column_text, open_split
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums, cross_entropy
-from llmjax.objectives.pairs import ArrayExamples, encode, labelled_pairs, padding_pair
+from llmjax.objectives.pairs import (
+    ArrayExamples,
+    FineTuningTask,
+    encode,
+    labelled_pairs,
+    padding_pair,
+)
 
 
 def label_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -35,11 +41,8 @@ def encode_pair(tokenizer: Tokenizer, text: str, pair: str | None, seq_len: int
     return pack_pair(tokenizer.encode_array(text), b, seq_len, tokenizer)
 
 
-class Classification:
+class Classification(FineTuningTask):
     name = "classification"
-    vocab_logits = False  # for the FLOP count: no output projection over the vocabulary
-    fresh_modules = ("classifier",)  # a fine-tuning run never restores the task head
-    optional_modules = ("pooler",)  # restored when the pretraining run had one (NSP)
 
     def resolve_config(self, config: ml_collections.ConfigDict) -> None:
         """Fills data.labels (from the training split) and model.num_classes."""

@@ -1,5 +1,6 @@
-"""What the [CLS]-based sentence(-pair) objectives (classification, NSP) share: examples of
-packed pairs with a label, their padding example, and the encoder pass over them."""
+"""What the [CLS]-based sentence(-pair) objectives (classification, regression, NSP) share:
+examples of packed pairs with a label, their padding example, the encoder pass over them, and
+what a fine-tuning task on the pooled state declares."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ from collections.abc import Iterable
 
 import jax
 import numpy as np
+
+
+class FineTuningTask:
+    """A task head on the pooled [CLS] state, fine-tuned from a pretraining run."""
+
+    vocab_logits = False  # for the FLOP count: no output projection over the vocabulary
+    fresh_modules = ("classifier",)  # a fine-tuning run never restores the task head
+    optional_modules = ("pooler",)  # restored when the pretraining run had one (NSP)
 
 
 class ArrayExamples:
@@ -27,15 +36,16 @@ class ArrayExamples:
         return {k: v[indices] for k, v in self.arrays.items()}
 
 
-def labelled_pairs(items: Iterable[tuple[np.ndarray, np.ndarray, int]], count: int,
-                   seq_len: int) -> ArrayExamples:
+def labelled_pairs(items: Iterable[tuple[np.ndarray, np.ndarray, float]], count: int,
+                   seq_len: int, label_dtype: type = np.int32) -> ArrayExamples:
     """ArrayExamples {tokens, token_types, segment_ids [N, L], label, weights [N]} from `count`
     items of (tokens, token types, label) as packing.pack_pair makes them; segment_ids are 1 at
     the tokens and 0 at the padding (whatever the tokenizer's padding id)."""
     arrays = {"tokens": np.zeros((count, seq_len), np.int32),
               "token_types": np.zeros((count, seq_len), np.int32),
               "segment_ids": np.zeros((count, seq_len), np.int32),
-              "label": np.zeros((count,), np.int32), "weights": np.ones((count,), np.float32)}
+              "label": np.zeros((count,), label_dtype),
+              "weights": np.ones((count,), np.float32)}
     for i, (tokens, types, label) in enumerate(items):
         arrays["tokens"][i, : len(tokens)] = tokens
         arrays["token_types"][i, : len(types)] = types
@@ -44,10 +54,10 @@ def labelled_pairs(items: Iterable[tuple[np.ndarray, np.ndarray, int]], count: i
     return ArrayExamples(arrays)
 
 
-def padding_pair(seq_len: int) -> dict[str, np.ndarray]:
+def padding_pair(seq_len: int, label_dtype: type = np.int32) -> dict[str, np.ndarray]:
     zeros = np.zeros((seq_len,), np.int32)
     return {"tokens": zeros, "token_types": zeros, "segment_ids": zeros,
-            "label": np.zeros((), np.int32),
+            "label": np.zeros((), label_dtype),
             "weights": np.zeros((), np.float32)}
 
 

@@ -1,0 +1,75 @@
+"""Sentence(-pair) regression on the pooled [CLS] state (STS-B-style similarity scores): the
+classifier head with one output, trained with squared error.
+
+Inputs are packed as for classification. The label column holds numbers; anything else is a
+data error naming the record. Metrics: loss = mean squared error, and Pearson's r from summed
+moments (exact under any split of the data). Spearman's rank correlation needs every
+prediction at once, which the summed-metric design does not gather, so it is not reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from llmjax.data.sources import column_text
+from llmjax.data.text_builder import DataError
+from llmjax.data.tokenizers import Tokenizer
+from llmjax.objectives.base import MetricSums
+from llmjax.objectives.classification import encode_pair
+from llmjax.objectives.pairs import (
+    ArrayExamples,
+    FineTuningTask,
+    encode,
+    labelled_pairs,
+    padding_pair,
+)
+
+
+def parse_score(text: str, index: int, column: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(f"record {index}: {column}={text!r} is not a number; regression needs "
+                        "numeric labels (for class names use objective=classification)") from None
+
+
+class Regression(FineTuningTask):
+    name = "regression"
+
+    def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
+        return {"heads": ("classifier",), "num_classes": 1}
+
+    def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
+                      config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
+        d = config.data
+
+        def items():
+            for i in range(len(records)):
+                record = records[i]
+                score = parse_score(column_text(record, d.label_column).strip(), i,
+                                    d.label_column)
+                pair = column_text(record, d.text_pair_column) if d.text_pair_column else None
+                tokens, types = encode_pair(tokenizer, column_text(record, d.text_column), pair,
+                                            config.seq_len)
+                yield tokens, types, score
+
+        return labelled_pairs(items(), len(records), config.seq_len, np.float32)
+
+    def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
+        return padding_pair(seq_len, np.float32)
+
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
+        predicted = model.class_logits(encode(model, batch, rng), rng)[:, 0]
+        target, weights = batch["label"], batch["weights"]
+        count = weights.sum()
+        squared = ((predicted - target) ** 2 * weights).sum()
+        # weighted [n, sum x, sum y, sum xx, sum yy, sum xy] for Pearson's r (x predicted, y true)
+        moments = jnp.stack([count, (weights * predicted).sum(), (weights * target).sum(),
+                             (weights * predicted**2).sum(), (weights * target**2).sum(),
+                             (weights * predicted * target).sum()])
+        return {"loss": (squared, count), "moments": (moments, jnp.ones(()))}
