@@ -73,6 +73,15 @@ def test_classifier_trains_from_scratch_and_reports_all_metrics(tsv, tmp_path):
     assert out["label"] == "1" and sum(out["probabilities"].values()) == pytest.approx(1.0)
     evaluated = json.loads(llmjax_cli("eval", f"--workdir={tmp_path}").stdout)
     assert evaluated["eval/accuracy"] == pytest.approx(metrics["eval/accuracy"])
+    # any labelled source and split evaluates; an unlabelled one is a clear error
+    on_train = json.loads(llmjax_cli("eval", f"--workdir={tmp_path}", "--split=all",
+                                     f"--config.data.eval_source=tsv:{tsv[0]}").stdout)
+    assert on_train["all/accuracy"] > 0.9
+    unlabelled = tmp_path / "unlabelled.tsv"
+    unlabelled.write_text("sentence\nthe plot was superb\n")
+    out = llmjax_cli("eval", f"--workdir={tmp_path}",
+                     f"--config.data.eval_source=tsv:{unlabelled}", check=False)
+    assert out.returncode != 0 and "records have no column 'label'" in out.stderr
 
 
 def test_finetuning_from_mlm_restores_the_encoder_and_starts_a_fresh_head(tsv, tmp_path):
@@ -124,3 +133,25 @@ def test_glue_sst2_catalog_name_through_mock_data():
     batch = examples[np.arange(4)]
     assert batch["label"].tolist() == [0, 1, 0, 1]
     assert tok.decode(batch["tokens"][0]) == "a fine film"
+
+
+def test_glue_mrpc_sentence_pairs_through_mock_data():
+    c = tiny_config(**{"model.arch": "encoder", "objective": "classification",
+                       "data.source": "tfds:glue/mrpc", "data.text_column": "sentence1",
+                       "data.text_pair_column": "sentence2", "tokenizer.kind": "byte",
+                       "seq_len": 32})
+    rows = [{"sentence1": f"first {i}".encode(), "sentence2": f"second {i}".encode(),
+             "label": i % 2, "idx": i} for i in range(16)]
+    with tfds.testing.mock_data(num_examples=16, as_data_source_fn=lambda *a, **k: rows):
+        get_objective("classification").resolve_config(c)  # label set from the train split
+        tok, _ = pipeline.get_tokenizer(c, None)
+        examples = pipeline.load_examples(c, tok, get_objective("classification"),
+                                          "tfds:glue/mrpc", "validation", train=False,
+                                          shard=pipeline.HostShard())
+    assert c.data.labels == "0,1"
+    batch = examples[np.arange(3)]
+    tokens, types = batch["tokens"][2], batch["token_types"][2]
+    real = batch["segment_ids"][2] > 0
+    assert tok.decode(tokens[real & (types == 0)]) == "first 2"
+    assert tok.decode(tokens[real & (types == 1)]) == "second 2"
+    assert batch["label"].tolist() == [0, 1, 0]

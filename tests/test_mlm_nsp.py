@@ -84,3 +84,26 @@ def test_mlm_nsp_pretraining_learns_both_tasks(tmp_path):
     targets = np.concatenate([b["targets"][b["mlm_weights"] > 0] for b in batches])
     majority = np.bincount(targets).max() / len(targets)
     assert metrics["eval/mlm_accuracy"] > 1.5 * majority
+
+
+def test_wikipedia_articles_through_tfds_mock_data():
+    """A catalog record is one document (its lines the segments), unlike a local text file."""
+    import tensorflow_datasets as tfds
+
+    articles = [{"title": f"T{i}", "text": f"a{i} one .\n\nb{i} two .\nc{i} three ."}
+                for i in range(12)]
+    c = tiny_config(**{"model.arch": "encoder", "objective": "mlm_nsp", "seq_len": 32,
+                       "data.source": "tfds:wikipedia/20230601.en", "tokenizer.kind": "byte"})
+    with tfds.testing.mock_data(num_examples=12, as_data_source_fn=lambda *a, **k: articles):
+        tok, _ = pipeline.get_tokenizer(c, None)
+        c.model.vocab_size = tok.vocab_size
+        examples = pipeline.load_examples(c, tok, get_objective("mlm_nsp"), c.data.source,
+                                          "train", train=True, shard=pipeline.HostShard())
+    assert len(examples) == 12 * 2  # 3 segments per article: 2 pairs each
+    batch = examples[np.arange(len(examples))]
+    for tokens, types, label in zip(batch["tokens"], batch["token_types"], batch["label"],
+                                    strict=True):
+        real = tokens != tok.pad_id
+        a, b = tok.decode(tokens[real & (types == 0)]), tok.decode(tokens[real & (types == 1)])
+        same_article = a.split()[0][1:] == b.split()[0][1:]
+        assert same_article == (label == 0), (a, b, label)

@@ -1,6 +1,6 @@
 """Next-sentence prediction (BERT): is segment B the segment after A in the same document?
 
-Pairs come from documents of segments (`data.documents`): for each segment with a successor,
+Pairs come from documents of segments (see documents.py): for each segment with a successor,
 B is that successor (label 0, IsNext, as Hugging Face numbers it) or, with probability 1/2, a
 segment of another document (label 1, NotNext). Input: [<bos>] A [<eos>] B [<eos>], token types
 0/1, longest-first truncation. Pairs are drawn once per split from `seed`.
@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from llmjax.data.documents import split_documents
+from llmjax.data.documents import record_documents
 from llmjax.data.packing import pack_pair
 from llmjax.data.sources import read_documents
 from llmjax.data.text_builder import DataError
@@ -53,8 +53,9 @@ class NextSentencePrediction:
 
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
-        docs_text = [doc for text in read_documents(records, config.data.text_column)
-                     for doc in split_documents(text)]
+        whole_files = len(records) > 0 and "document" in records[0]  # local text files
+        docs_text = record_documents(read_documents(records, config.data.text_column),
+                                     whole_files)
         flat = tokenizer.encode_batch([s for doc in docs_text for s in doc])
         docs, start = [], 0
         for doc in docs_text:
