@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.async_checkpointing = True
     c.peak_flops_per_device = config_dict.placeholder(float)  # None: datasheet, or measured on CPU
     c.progress_bar = True
+    # a NaN/Inf loss or gradient norm: False stops the run (nothing bad is saved); True skips
+    # that update (parameters and optimizer state unchanged) and counts it
+    c.skip_nonfinite_updates = False
 
     c.model = m = ml_collections.ConfigDict()
     m.arch = "decoder"

@@ -144,7 +144,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     c = tiny_config()
     train_and_evaluate(c, tmp_path, stop_at_step=10)
     c.optimizer.learning_rate = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"by step 15; the last good checkpoint is "
+    # update 11 applies a NaN learning rate, so update 12 is the first with a NaN loss
+    with pytest.raises(NonFiniteLossError, match=r"at step 12; the last good checkpoint is "
                        r"step 10"):
         train_and_evaluate(c, tmp_path)
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [10]

@@ -17,6 +17,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from llmjax.train import faults
+
 
 def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
     """WORKDIR/checkpoints as an absolute path (orbax requires one; gs:// paths already are)."""
@@ -43,12 +45,27 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def incomplete(self) -> list[str]:
+        """Names of checkpoint directories whose write never finished (orbax writes to a
+        temporary directory and renames it when complete; those are never restored)."""
+        if not self.directory.exists():
+            return []
+        return sorted(p.name for p in self.directory.iterdir() if ".orbax-checkpoint-tmp" in p.name)
+
     def save(self, step: int, host_state: Any, data_iterator: Any | None, *,
              force: bool = False) -> bool:
+        """Starts saving `step` (async unless configured otherwise); a step directory appears
+        only once complete. Raises CheckpointWriteError if the write fails."""
         items = {"state": ocp.args.StandardSave(host_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        try:
+            faults.before_save(step)
+            saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except OSError as e:
+            raise self._write_error(step, e) from e
+        faults.after_save_started(step)
+        return saved
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
         """The state at `step` (shaped like `abstract_state`); sets the iterator's position."""
@@ -58,10 +75,27 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except OSError as e:
+            raise self._write_error(None, e) from e
+
+    def _write_error(self, step: int | None, error: OSError) -> CheckpointWriteError:
+        complete = self.all_steps()
+        last = (f"the last complete checkpoint is step {complete[-1]}" if complete
+                else "no complete checkpoint exists")
+        what = f"step {step}" if step is not None else "the last step"
+        return CheckpointWriteError(
+            f"could not write the checkpoint of {what} in {self.directory} "
+            f"({error.strerror or error}); {last}, and it is intact. Free disk space (or "
+            "lower max_checkpoints_to_keep) and run the same command to resume from it.")
 
     def close(self) -> None:
         self.manager.close()
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
 
 
 class ShapeMismatchError(ValueError):

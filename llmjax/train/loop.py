@@ -19,9 +19,10 @@ from llmjax import configs
 from llmjax.data import pipeline
 from llmjax.evaluation.evaluator import evaluate
 from llmjax.objectives import get_objective
-from llmjax.train import checkpoint, flops, optim
+from llmjax.train import checkpoint, faults, flops, optim
 from llmjax.train import state as state_lib
 from llmjax.train.parallel import Parallel
+from llmjax.train.step import loss_terms
 from llmjax.train.writer import MetricWriter
 
 
@@ -105,9 +106,11 @@ class _StopSignal:
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
-    """Train metrics over a log interval: loss and accuracy weighted by their token counts."""
+    """Train metrics over a log interval: loss and accuracy weighted by their token counts;
+    skipped (non-finite) updates are counted and left out of the means."""
     host = jax.device_get(pending)
     weights = np.array([float(m["weight"]) for m in host])
+    applied = np.array([1.0 - float(m.get("skipped_updates", 0.0)) for m in host])
     out = {}
     for key in host[0]:
         if key == "weight":
@@ -115,8 +118,10 @@ def _mean_metrics(pending: list[dict]) -> dict[str, float]:
         values = np.array([float(m[key]) for m in host])
         if key in ("learning_rate",):
             out[key] = values[-1]
+        elif key == "skipped_updates":
+            out[key] = float(values.sum())
         elif key == "grad_norm":
-            out[key] = float(values.mean())
+            out[key] = float((values * applied).sum() / max(applied.sum(), 1.0))
         else:
             out[key] = float((values * weights).sum() / max(weights.sum(), 1e-9))
     return out
@@ -160,6 +165,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints_to_keep,
                                    config.async_checkpointing)
     start = ckpt.latest_step()
+    for name in ckpt.incomplete():
+        logging.warning("ignoring %s in %s: its write never finished (the process was killed "
+                        "mid-save); %s", name, ckpt.directory,
+                        f"resuming from step {start}, the newest complete checkpoint"
+                        if start is not None else "no complete checkpoint exists")
     if start is None:
         host_state = state_lib.init_state(initial_params(config, params), optimizer, config.seed)
         start = 0
@@ -169,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         logging.info("resumed from %s at step %d", ckpt.directory, start)
 
     parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
-                        config.optimizer.accumulation_steps)
+                        config.optimizer.accumulation_steps, config.skip_nonfinite_updates)
     state = parallel.to_device(host_state)
     del host_state
     writer = MetricWriter(workdir)
@@ -200,9 +210,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         ckpt.save(step, parallel.to_host(state), train_iter, force=True)
         last_saved = step
 
+    weight_keys = set(loss_terms(objective).values())  # the batch keys of the loss weights
     with _StopSignal() as stop:
         while step < last_step:
-            batch = next(train_iter)
+            batch = faults.poison_batch(next(train_iter), step + 1, weight_keys)
             state, metrics = parallel.train_step(state, batch)
             pending.append(parallel.unreplicate_metrics(metrics))
             step += 1
@@ -256,15 +267,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
 def _check_finite(pending: list[dict], step: int, last_saved: int | None,
                   ckpt: checkpoint.Checkpointer) -> None:
-    for m in jax.device_get(pending):
+    """Raises NonFiniteLossError naming the first bad update among `pending` (the metrics of
+    the updates up to `step`)."""
+    for i, m in enumerate(jax.device_get(pending)):
         loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            bad_step = step - len(pending) + 1 + i
             where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
                      if last_saved is not None else "no checkpoint was saved")
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss}) or gradient norm ({grad_norm}) by step {step};"
-                f" {where} (this state was not saved). Lower optimizer.learning_rate, raise "
-                "optimizer.warmup_steps or set optimizer.grad_clip_norm.")
+                f"non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step "
+                f"{bad_step}; {where} (nothing after it was saved). Lower "
+                "optimizer.learning_rate, raise optimizer.warmup_steps, set "
+                "optimizer.grad_clip_norm, or set skip_nonfinite_updates=True to skip such "
+                "updates.")
 
 
 def _format(metrics: dict[str, float]) -> str:

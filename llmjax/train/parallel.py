@@ -24,13 +24,13 @@ class Parallel:
     """Runs train/eval steps in `mode`; moves state and batches to and from the devices."""
 
     def __init__(self, mode: str, graphdef: nnx.GraphDef, objective: Objective, optimizer,
-                 schedule, accumulation_steps: int = 1):
+                 schedule, accumulation_steps: int = 1, skip_nonfinite: bool = False):
         self.mode = mode
         self.num_replicas = jax.local_device_count() if mode == "pmap" else 1
         self.loss_terms = tuple(loss_terms(objective))
         axis = AXIS if mode == "pmap" else None
         train = make_train_step(graphdef, objective, optimizer, schedule, accumulation_steps,
-                                axis_name=axis)
+                                axis_name=axis, skip_nonfinite=skip_nonfinite)
         evaluate = make_eval_step(graphdef, objective, axis_name=axis)
         if mode == "pmap":
             self._train = jax.pmap(train, axis_name=AXIS, donate_argnums=(0,))

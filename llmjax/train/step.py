@@ -36,11 +36,16 @@ def mean_metrics(sums: dict, terms: dict[str, str]) -> dict:
 
 def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
                     optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    accumulation_steps: int = 1, axis_name: str | None = None
+                    accumulation_steps: int = 1, axis_name: str | None = None,
+                    skip_nonfinite: bool = False
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """train_step(state, batch) -> (state, metrics). The batch's leading axis is split into
     `accumulation_steps` micro-batches; gradients and metrics are summed over micro-batches
-    and devices, then divided by the total weight, so any split gives the same update."""
+    and devices, then divided by the total weight, so any split gives the same update.
+
+    With `skip_nonfinite`, a step whose loss or gradient norm is NaN/Inf leaves parameters and
+    optimizer state as they were and reports skipped_updates=1 with weight 0 (its metrics are
+    zeros, so they drop out of the log interval's means)."""
 
     terms = loss_terms(objective)
 
@@ -78,9 +83,15 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = mean_metrics(sums, terms)
-        metrics.update(grad_norm=optax.global_norm(grads),
-                       learning_rate=schedule(state["step"]),
-                       weight=counts[next(iter(terms))])
+        metrics.update(grad_norm=optax.global_norm(grads), weight=counts[next(iter(terms))])
+        if skip_nonfinite:
+            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            params = jax.tree.map(keep, params, state["params"])
+            opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
+            metrics = {k: jnp.where(finite, v, jnp.zeros_like(v)) for k, v in metrics.items()}
+            metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
+        metrics["learning_rate"] = schedule(state["step"])
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                      "rng": state["rng"]}
         return new_state, metrics
