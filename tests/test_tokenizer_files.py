@@ -111,4 +111,7 @@ def test_trained_wordpiece_is_deterministic():
     texts = [" ".join(rng.choice(words, 12)) for _ in range(500)]
     first = train_tokenizer("wordpiece", texts, 300).hf.to_str()
     assert all(train_tokenizer("wordpiece", texts, 300).hf.to_str() == first for _ in range(5))
-    assert train_tokenizer("wordpiece", texts, 200).vocab_size == 200
+    tok = train_tokenizer("wordpiece", texts, 200)
+    assert tok.vocab_size == 200
+    assert tok.decode([tok.bos_id, *tok.encode(texts[0]), tok.eos_id, tok.pad_id]) == texts[0]
+    assert tok.encode("<mask>") == [tok.mask_id]  # specials are never split

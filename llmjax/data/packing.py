@@ -15,6 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
+from llmjax.data.text_builder import DataError
+
 
 class SpecialIds(Protocol):
     """What packing needs of a tokenizer: its special token ids."""
@@ -50,7 +52,8 @@ class Windows:
         if keep_partial and pairs > 0 and (count == 0 or (count - 1) * stride + length < pairs):
             count += 1
         if count == 0:
-            raise ValueError(f"{len(tokens)} tokens are too few for one window of {length + 1}")
+            raise DataError(f"the split gives {len(tokens)} tokens, too few for one window of "
+                            f"{length + 1} (seq_len + 1): use more data or a smaller seq_len")
         needed = (count - 1) * stride + length + 1
         self.tokens = np.full(max(needed, len(tokens)), pad_id, np.int32)
         self.doc_ids = np.full(len(self.tokens), -1, np.int32)

@@ -97,8 +97,8 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objec
                          "smaller batch_size or a smaller seq_len")
     ds = (grain.MapDataset.range(n).shuffle(seed=config.seed).repeat(None)
           .batch(per_host, drop_remainder=True).map(examples.__getitem__))
-    if hasattr(objective, "corrupt"):  # e.g. MLM masking: fresh for every batch of every epoch
-        ds = ds.random_map(objective.corrupt, seed=config.seed + shard.index)
+    if hasattr(examples, "corrupt"):  # e.g. MLM masking: fresh for every batch of every epoch
+        ds = ds.random_map(examples.corrupt, seed=config.seed + shard.index)
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
                                                 prefetch_buffer_size=config.data.prefetch_batches))
 
@@ -131,7 +131,7 @@ def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, object
         if missing:
             batch = {k: np.concatenate([v, np.repeat(pad[k][None], missing, axis=0)])
                      for k, v in batch.items()}
-        if hasattr(objective, "corrupt"):  # fixed per batch, so evals are comparable
-            batch = objective.corrupt(batch, np.random.default_rng([config.seed, shard.index, i]))
+        if hasattr(examples, "corrupt"):  # fixed per batch, so evals are comparable
+            batch = examples.corrupt(batch, np.random.default_rng([config.seed, shard.index, i]))
         batches.append(batch)
     return batches

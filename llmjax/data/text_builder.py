@@ -94,7 +94,8 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
         texts = [read_text(f) for f in self._files]
         total = sum(len(t) for t in texts)
         if total == 0:
-            raise DataError(f"text files {[os.fspath(f) for f in self._files]} are empty")
+            raise DataError(f"text files {[os.fspath(f) for f in self._files]} are empty; point "
+                            "the data source at files that hold text")
         cut = int(total * (1.0 - self._validation_fraction))
         train, validation, start = [], [], 0
         for doc, text in enumerate(texts):

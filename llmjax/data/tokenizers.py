@@ -266,8 +266,10 @@ class WordPieceTokenizer(HFTokenizer):
                   if len(p.lstrip(_WORD_START)) > 1]
         longer = longer[: max(vocab_size - len(SPECIALS) - 2 * len(chars), 0)]
         pieces = [*SPECIALS, *chars, *(f"##{c}" for c in chars), *longer]
-        return cls(wordpiece_tokenizer({p: i for i, p in enumerate(dict.fromkeys(pieces))},
-                                       "<unk>", lowercase), lowercase=False)
+        hf = wordpiece_tokenizer({p: i for i, p in enumerate(dict.fromkeys(pieces))}, "<unk>",
+                                 lowercase)
+        hf.add_special_tokens(list(SPECIALS))  # never split from text, dropped by decode
+        return cls(hf, lowercase=False)
 
 
 def _bert_normalizer(lowercase: bool):

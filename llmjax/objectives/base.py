@@ -29,6 +29,11 @@ class Examples(Protocol):
     def shard(self, index: int, count: int) -> Examples:
         """The index-th of `count` disjoint, contiguous blocks."""
 
+    # Optional: `corrupt(batch, rng: np.random.Generator) -> batch`, the random part of a
+    # batch (MLM masking, NSP's next-or-random segment), drawn afresh for every training batch
+    # of every epoch and with a fixed seed per eval batch. It belongs to the examples because
+    # it may need their split's data (NSP draws negatives from its documents).
+
 
 class Objective(Protocol):
     name: str
@@ -42,10 +47,6 @@ class Objective(Protocol):
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         """One example that contributes nothing (weights 0), to fill the last eval batch."""
-
-    # Optional: `corrupt(batch, rng: np.random.Generator) -> batch`, the random part of an
-    # example (e.g. MLM masking), drawn afresh for every training batch of every epoch and
-    # with a fixed seed for evaluation.
 
     # Optional: `loss_weights = {term: batch key}` when the loss has several terms (MLM + NSP):
     # the step differentiates the sum of the terms' means, each term's sum divided by the global

@@ -23,20 +23,26 @@ from llmjax.objectives.base import MetricSums, cross_entropy
 
 
 class TokenWindows:
-    """Windows of the document stream as {tokens, segment_ids} [N, L] (no shifted targets)."""
+    """Windows of the document stream as {tokens, segment_ids} [N, L] (no shifted targets);
+    `corrupt` masks a batch of them."""
 
-    def __init__(self, windows: packing.Windows):
-        self.windows = windows
+    def __init__(self, windows: packing.Windows, masking: BertMasking):
+        self.windows, self.masking = windows, masking
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def shard(self, index: int, count: int) -> TokenWindows:
-        return TokenWindows(self.windows.shard(index, count))
+        return TokenWindows(self.windows.shard(index, count), self.masking)
 
     def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         w = self.windows[indices]
         return {"tokens": w["inputs"], "segment_ids": w["segment_ids"]}
+
+    def corrupt(self, batch: dict[str, np.ndarray], rng: np.random.Generator
+                ) -> dict[str, np.ndarray]:
+        """Adds inputs (masked), targets and weights (1 at the chosen positions)."""
+        return {**batch, **self.masking(batch["tokens"], batch["segment_ids"] > 0, rng)}
 
 
 class BertMasking:
@@ -88,28 +94,21 @@ def mlm_loss(model, hidden_BxLxD: jax.Array, batch: dict[str, jax.Array], weight
 class MaskedLM:
     name = "mlm"
 
-    def __init__(self):
-        self.masking: BertMasking | None = None  # set by make_examples, which runs first
-
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("mlm",)}
 
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> TokenWindows:
+        masking = BertMasking(tokenizer, config)  # config errors before data errors
         docs = read_documents(records, config.data.text_column)
         tokens, doc_ids = packing.token_stream(tokenizer.encode_batch(docs), tokenizer)
-        self.masking = BertMasking(tokenizer, config)
-        return TokenWindows(packing.Windows(tokens, doc_ids, config.seq_len, config.seq_len,
-                                            pad_id=tokenizer.pad_id, keep_partial=not train))
+        windows = packing.Windows(tokens, doc_ids, config.seq_len, config.seq_len,
+                                  pad_id=tokenizer.pad_id, keep_partial=not train)
+        return TokenWindows(windows, masking)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         zeros = np.zeros((seq_len,), np.int32)
         return {"tokens": zeros, "segment_ids": zeros}
-
-    def corrupt(self, batch: dict[str, np.ndarray], rng: np.random.Generator
-                ) -> dict[str, np.ndarray]:
-        """Adds inputs (masked), targets and weights (1 at the chosen positions)."""
-        return {**batch, **self.masking(batch["tokens"], batch["segment_ids"] > 0, rng)}
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
         hidden = model.hidden_states(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)

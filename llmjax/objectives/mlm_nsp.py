@@ -1,8 +1,8 @@
 """BERT's pretraining: masked language modelling and next-sentence prediction on the same
 inputs, loss = MLM mean + NSP mean.
 
-Examples are NSP's sentence pairs ([<bos>] A [<eos>] B [<eos>], see nsp.py); MLM masking is
-drawn over both segments afresh for every training batch (see mlm.py). The two terms have
+Examples are NSP's sentence pairs ([<bos>] A [<eos>] B [<eos>], B drawn with every batch, see
+nsp.py), masked over both segments afresh for every batch (see mlm.py). The two terms have
 different weights (chosen tokens, pairs), so each is divided by its own global count: the
 step differentiates sum_t (psum sum_t / psum count_t), exact under pmap and accumulation.
 """
@@ -18,35 +18,24 @@ import numpy as np
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums, cross_entropy
 from llmjax.objectives.mlm import BertMasking, mlm_loss
-from llmjax.objectives.nsp import NextSentencePrediction
-from llmjax.objectives.pairs import ArrayExamples, encode
+from llmjax.objectives.nsp import SegmentPairs, padding_first, segment_pairs
+from llmjax.objectives.pairs import encode
 
 
 class MaskedLMAndNextSentence:
     name = "mlm_nsp"
     loss_weights = {"mlm_loss": "mlm_weights", "nsp_loss": "weights"}
 
-    def __init__(self):
-        self.pairs = NextSentencePrediction()
-        self.masking: BertMasking | None = None  # set by make_examples, which runs first
-
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("mlm", "nsp")}
 
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
-                      config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
-        self.masking = BertMasking(tokenizer, config)
-        return self.pairs.make_examples(records, tokenizer, config, train=train)
+                      config: ml_collections.ConfigDict, *, train: bool) -> SegmentPairs:
+        masking = BertMasking(tokenizer, config)  # config errors before data errors
+        return segment_pairs(records, tokenizer, config, masking)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
-        return self.pairs.padding_example(seq_len)
-
-    def corrupt(self, batch: dict[str, np.ndarray], rng: np.random.Generator
-                ) -> dict[str, np.ndarray]:
-        """Adds inputs (masked), targets and mlm_weights (1 at the chosen positions)."""
-        masked = self.masking(batch["tokens"], batch["segment_ids"] > 0, rng)
-        return {**batch, "inputs": masked["inputs"], "targets": masked["targets"],
-                "mlm_weights": masked["weights"]}
+        return padding_first()
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
         hidden = encode(model, batch, rng, tokens_key="inputs")

@@ -66,6 +66,22 @@ def check_resume_compatible(config: ml_collections.ConfigDict, workdir: epath.Pa
             "--workdir, or the original settings to resume")
 
 
+def check_init_compatible(config: ml_collections.ConfigDict) -> None:
+    """A fine-tuning source must be a finished llmjax run of the same architecture."""
+    if not config.init.workdir:
+        return
+    source = epath.Path(config.init.workdir) / "config.json"
+    if not source.exists():
+        raise configs.ConfigError(f"init.workdir={config.init.workdir} has no config.json; point "
+                                  "it at the workdir of an llmjax training run")
+    saved = configs.from_json(source.read_text())
+    if saved.model.arch != config.model.arch:
+        raise configs.ConfigError(
+            f"init.workdir={config.init.workdir} is a model.arch={saved.model.arch!r} run, and "
+            f"this config trains model.arch={config.model.arch!r}: fine-tune from a run of the "
+            "same architecture (or change model.arch)")
+
+
 def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.State:
     """Fresh parameters, or those of `init.workdir` (fine-tuning)."""
     if not config.init.workdir:
@@ -127,6 +143,20 @@ def _mean_metrics(pending: list[dict]) -> dict[str, float]:
     return out
 
 
+def _prepare_data(config: ml_collections.ConfigDict, workdir: epath.Path, objective):
+    """(tokenizer, training iterator, eval batches); resolves the config's vocabulary size and
+    objective-specific keys and checks that a resumed workdir holds the same model."""
+    tokenizer, origin = pipeline.get_tokenizer(config, str(workdir))
+    logging.info("tokenizer: %s, %d tokens (%s)", tokenizer.kind, tokenizer.vocab_size, origin)
+    resolve_vocab(config, tokenizer.vocab_size)
+    if hasattr(objective, "resolve_config"):  # e.g. the classification label set
+        objective.resolve_config(config)
+    check_resume_compatible(config, workdir)
+    train_iter = iter(pipeline.train_dataset(config, tokenizer, objective))
+    eval_data = pipeline.eval_batches(config, tokenizer, objective)
+    return tokenizer, train_iter, eval_data
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.Path, *,
                        stop_at_step: int | None = None) -> dict[str, Any]:
     """Trains per `config` in `workdir` (resuming from its latest checkpoint) and returns the
@@ -137,22 +167,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     shards = jax.process_count() * Parallel.num_data_shards(mode)
     configs.validate(config, num_data_shards=shards)
     objective = get_objective(config.objective)
+    check_init_compatible(config)
+    created = not workdir.exists()
     prepare_workdir(workdir)
-
-    tokenizer, origin = pipeline.get_tokenizer(config, str(workdir))
-    logging.info("tokenizer: %s, %d tokens (%s)", tokenizer.kind, tokenizer.vocab_size, origin)
-    resolve_vocab(config, tokenizer.vocab_size)
-    if hasattr(objective, "resolve_config"):  # e.g. the classification label set
-        objective.resolve_config(config)
+    try:  # every check and all data loading come before the first write to the workdir
+        tokenizer, train_iter, eval_data = _prepare_data(config, workdir, objective)
+    except Exception:
+        if created and not any(workdir.iterdir()):
+            workdir.rmdir()  # a run that never started leaves no empty workdir behind
+        raise
     is_primary = jax.process_index() == 0
-    check_resume_compatible(config, workdir)
     if is_primary:
         if not (workdir / "tokenizer" / "tokenizer_config.json").exists():
             tokenizer.save(workdir / "tokenizer")
         (workdir / "config.json").write_text(configs.to_json(config))
-
-    train_iter = iter(pipeline.train_dataset(config, tokenizer, objective))
-    eval_data = pipeline.eval_batches(config, tokenizer, objective)
     floor = None
     if hasattr(objective, "loss_floor"):  # known only for some data (the generated language)
         floor = objective.loss_floor(config, tokenizer, eval_data)

@@ -1,0 +1,53 @@
+"""Same config and seed -> bit-identical metrics (all but the timing keys), and stopping +
+resuming equals not stopping, for every objective."""
+
+import pytest
+from conftest import tiny_config
+from test_classification import classify_config, write_sentiment_tsv
+from test_mlm import mlm_config
+from test_mlm_nsp import bert_config
+from test_regression import regression_config
+
+from llmjax.objectives import OBJECTIVES
+from llmjax.train.loop import train_and_evaluate
+from llmjax.train.writer import read_metrics
+
+TIMING = ("train/tokens_per_sec", "train/mfu")
+SHORT = {"num_train_steps": 8, "log_every_steps": 2, "eval_every_steps": 4,
+         "checkpoint_every_steps": 4}
+
+
+def config_for(objective, tmp_path):
+    if objective == "causal_lm":
+        return tiny_config(**SHORT)
+    if objective == "mlm":
+        return mlm_config(**SHORT)
+    if objective in ("nsp", "mlm_nsp"):
+        return bert_config(tmp_path, objective=objective, **SHORT)
+    if objective == "classification":
+        tsv = (write_sentiment_tsv(tmp_path / "train.tsv", 200, 0),
+               write_sentiment_tsv(tmp_path / "dev.tsv", 40, 1))
+        return classify_config(tsv, **SHORT)
+    if objective == "regression":
+        return regression_config(tmp_path, **SHORT)
+    raise AssertionError(f"no determinism case for objective {objective!r}: add one")
+
+
+def rows_without_timing(workdir):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(workdir)]
+
+
+# One single-term and one two-term objective run by default; every other one is marked slow.
+CASES = [pytest.param(o, marks=() if o in ("causal_lm", "mlm_nsp") else pytest.mark.slow)
+         for o in sorted(OBJECTIVES)]
+
+
+@pytest.mark.parametrize("objective", CASES)
+def test_reruns_and_resumes_give_bit_identical_metrics(tmp_path, objective):
+    c = config_for(objective, tmp_path)
+    train_and_evaluate(c, tmp_path / "once")
+    train_and_evaluate(c, tmp_path / "twice", stop_at_step=4)  # a second run, stopped ...
+    train_and_evaluate(c, tmp_path / "twice")  # ... and resumed
+    once, twice = rows_without_timing(tmp_path / "once"), rows_without_timing(tmp_path / "twice")
+    assert [r["step"] for r in once] == [2, 4, 4, 6, 8, 8]
+    assert once == twice  # exact equality: the same floats, not approximately

@@ -1,0 +1,90 @@
+"""Bad input, one case each: the `llmjax train` command exits non-zero with one message that
+names the problem, before compiling, and an existing workdir is left exactly as it was."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_config
+from test_cli import ROOT
+
+from llmjax import configs
+from llmjax.train.loop import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory):
+    """A finished run (checkpoints, tokenizer, metrics) and its config file."""
+    d = tmp_path_factory.mktemp("victim")
+    c = tiny_config(**{"num_train_steps": 4, "eval_every_steps": 4, "checkpoint_every_steps": 4,
+                       "log_every_steps": 2})
+    train_and_evaluate(c, d / "run")
+    (d / "cfg.py").write_text("from llmjax import configs\n\ndef get_config():\n"
+                              f"    return configs.from_json({configs.to_json(c)!r})\n")
+    return d
+
+
+def snapshot(workdir):
+    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+def data_files(d):
+    (d / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 50)
+    (d / "empty.txt").write_text("")
+    (d / "bad.tsv").write_text("sentence\tlabel\nfine movie\t1\nno label here\n")
+    (d / "good.tsv").write_text("sentence\tlabel\n" + "fine movie\t1\ndull movie\t0\n" * 40)
+    (d / "odd.tsv").write_text("sentence\tlabel\nfine movie\t7\n")
+    (d / "a_file").write_text("not a directory")
+
+
+# Classification runs go to a new workdir (the victim would refuse another model first), which
+# must not be left behind.
+ENCODER = ["--config.model.arch=encoder", "--config.objective=classification",
+           "--config.data.text_column=sentence", "--config.tokenizer.kind=byte",
+           "--workdir={victim}/new"]
+CASES = {
+    "unknown key": (["--config.model.num_layer=3"],
+                    "unknown config key 'model.num_layer'"),
+    "wrong type": (["--config.batch_size=eight"], "batch_size"),
+    "batch not divisible": (["--config.optimizer.accumulation_steps=3"],
+                            "batch_size=8 is not divisible"),
+    "seq_len over max_len": (["--config.seq_len=1000"],
+                             "seq_len=1000 is longer than model.max_len=64"),
+    "vocabulary over the model's": (["--config.model.vocab_size=8"],
+                                    "but model.vocab_size=8"),
+    "init from another architecture": ([*ENCODER, "--config.init.workdir={victim}/run"],
+                                       "is a model.arch='decoder' run"),
+    "missing data": (["--config.data.source=text:{victim}/nothing/*.txt"], "matches no file"),
+    "empty data": (["--config.data.source=text:{victim}/empty.txt"], "empty"),
+    "tsv row with wrong fields": ([*ENCODER, "--config.data.source=tsv:{victim}/bad.tsv"],
+                                  "bad.tsv:3: 1 tab-separated fields, the header has 2"),
+    "label outside the label set": ([*ENCODER, "--config.data.source=tsv:{victim}/good.tsv",
+                                     "--config.data.eval_source=tsv:{victim}/odd.tsv"],
+                                    "label '7' (record 0) is not in the label set"),
+    "bytes that are not UTF-8": (["--config.data.source=text:{victim}/latin1.txt"],
+                                 "latin1.txt: bytes at offset 3 are not UTF-8"),
+    "unwritable workdir": (["--workdir={victim}/a_file/run"], "is not writable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case):
+    data_files(victim)
+    args, expected = CASES[case]
+    args = [a.format(victim=victim) for a in args]
+    if not any(a.startswith("--workdir") for a in args):
+        args.append(f"--workdir={victim}/run")
+    assert not (victim / "new").exists()
+    before = snapshot(victim / "run")
+    out = subprocess.run([sys.executable, "-m", "llmjax", "train",
+                          f"--config={victim}/cfg.py", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "XLA_FLAGS": ""})
+    assert out.returncode != 0
+    assert expected in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "first step (compile + run)" not in out.stderr
+    assert snapshot(victim / "run") == before
+    assert not (victim / "new").exists()
