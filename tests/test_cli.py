@@ -101,7 +101,9 @@ def test_python_api_shapes(trained):
     assert run.config.model.vocab_size == run.tokenizer.vocab_size
 
 
-def test_sigterm_saves_a_checkpoint_and_the_rerun_continues(tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(
+        tmp_path, signal_name):
     import signal
     import time
 
@@ -120,7 +122,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(read_metrics(workdir)) < 3:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signal_name))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
@@ -128,3 +130,10 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues(tmp_path):
     assert f"saved a checkpoint at step {saved[0]}" in err
     logged = max(r["step"] for r in read_metrics(workdir))
     assert logged == saved[0]  # the step it stopped at was finished and logged
+    # resumed to a few steps past the signal, it equals a run that was never stopped
+    train_and_evaluate(c, workdir, stop_at_step=saved[0] + 4)
+    train_and_evaluate(c, tmp_path / "full", stop_at_step=saved[0] + 4)
+    losses = {d: {r["step"]: r["train/loss"] for r in read_metrics(tmp_path / d)
+                  if "train/loss" in r} for d in ("run", "full")}
+    assert sorted(losses["run"]) == list(range(1, saved[0] + 5))
+    assert losses["run"] == losses["full"]
