@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.base import MetricSums
 from llmjax.objectives.mlm import BertMasking, mlm_loss
-from llmjax.objectives.nsp import SegmentPairs, padding_first, segment_pairs
+from llmjax.objectives.nsp import SegmentPairs, nsp_loss, padding_first, segment_pairs
 from llmjax.objectives.pairs import encode
 
 
@@ -40,10 +40,6 @@ class MaskedLMAndNextSentence:
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
         hidden = encode(model, batch, rng, tokens_key="inputs")
         mlm_sum, mlm_correct, mlm_count = mlm_loss(model, hidden, batch, "mlm_weights")
-        nsp_logits = model.nsp_logits(hidden, rng)
-        weights = batch["weights"]
-        nsp_sum = (cross_entropy(nsp_logits, batch["label"]) * weights).sum()
-        nsp_correct = ((nsp_logits.argmax(-1) == batch["label"]) * weights).sum()
-        nsp_count = weights.sum()
+        nsp_sum, nsp_correct, nsp_count = nsp_loss(model, hidden, batch, rng)
         return {"mlm_loss": (mlm_sum, mlm_count), "mlm_accuracy": (mlm_correct, mlm_count),
                 "nsp_loss": (nsp_sum, nsp_count), "nsp_accuracy": (nsp_correct, nsp_count)}

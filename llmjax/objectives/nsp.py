@@ -97,6 +97,16 @@ def segment_pairs(records: Sequence[dict], tokenizer: Tokenizer,
     return SegmentPairs(docs, config.seq_len, tokenizer, masking)
 
 
+def nsp_loss(model, hidden_BxLxD: jax.Array, batch: dict[str, jax.Array],
+             rng: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(loss sum, correct predictions, pairs) of the NSP head over a batch."""
+    logits = model.nsp_logits(hidden_BxLxD, rng)
+    weights = batch["weights"]
+    loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
+    correct = ((logits.argmax(-1) == batch["label"]) * weights).sum()
+    return loss_sum, correct, weights.sum()
+
+
 def padding_first() -> dict[str, np.ndarray]:
     return {"first": np.zeros(2, np.int32), "weights": np.zeros((), np.float32)}
 
@@ -116,9 +126,5 @@ class NextSentencePrediction:
         return padding_first()
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
-        logits = model.nsp_logits(encode(model, batch, rng), rng)
-        weights = batch["weights"]
-        loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
-        correct = ((logits.argmax(-1) == batch["label"]) * weights).sum()
-        count = weights.sum()
+        loss_sum, correct, count = nsp_loss(model, encode(model, batch, rng), batch, rng)
         return {"loss": (loss_sum, count), "nsp_accuracy": (correct, count)}
