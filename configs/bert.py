@@ -3,10 +3,15 @@
     llmjax train --config=configs/bert.py:size=tiny --workdir=runs/bert-tiny
 
 Post-norm Transformer encoder with token-type embeddings, learned positions, exact GELU, a
-WordPiece vocabulary trained on the data (lower-cased), dynamic BERT masking. Sizes follow the
-BERT miniatures (Turc et al. 2019): tiny 2 x 128, mini 4 x 256, small 4 x 512, base 12 x 768.
-Data: WikiText-2 from ../shared/data (valid.txt trains, test.txt evaluates; the train file is
-not available offline). Figures: experiments/bert_sst2/README.md.
+WordPiece vocabulary trained on the data (lower-cased), BERT masking and NSP pairs drawn afresh
+every batch. Sizes follow the BERT miniatures (Turc et al. 2019): tiny 2 x 128, mini 4 x 256,
+small 4 x 512, base 12 x 768. Data: WikiText-2 from ../shared/data (valid.txt trains, test.txt
+evaluates; the train file is not available offline); for Wikipedia from the TFDS catalog use
+--config.data.source=tfds:wikipedia/20230601.en --config.data.train_split='train[1%:]'
+--config.data.eval_source=tfds:wikipedia/20230601.en --config.data.eval_split='train[:1%]'.
+
+Figures (tiny, 3000 steps, 2 CPU cores, 44 min): test.txt MLM accuracy 0.143, NSP accuracy
+0.684; details and the SST-2 follow-up in experiments/bert_sst2/README.md.
 """
 
 import os
