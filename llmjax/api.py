@@ -68,16 +68,23 @@ class Run:
                                           segment_ids=jnp.ones((1, len(tokens)), jnp.int32))
         return np.asarray(self.model.class_logits(hidden)[0], np.float64)
 
+    @property
+    def predicts_scores(self) -> bool:
+        """Does the task head give a score (regression) rather than class probabilities?"""
+        from llmjax.objectives import get_objective
+
+        return getattr(get_objective(self.config.objective), "prediction", None) == "score"
+
     def score(self, text: str, text_pair: str | None = None) -> float:
         """A regression run's predicted score."""
-        if self.config.objective != "regression":
+        if not self.predicts_scores:
             raise ConfigError(f"score needs a regression run; this run's objective is "
                               f"{self.config.objective!r} (use predict)")
         return float(self._head_outputs(text, text_pair)[0])
 
     def predict(self, text: str, text_pair: str | None = None) -> tuple[str, dict[str, float]]:
         """A classification run's (label, {label: probability})."""
-        if self.config.objective == "regression":
+        if self.predicts_scores:
             raise ConfigError("predict gives class probabilities; a regression run's output "
                               "is run.score(text)")
         from llmjax.objectives.classification import label_names

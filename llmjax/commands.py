@@ -61,7 +61,7 @@ def predict(FLAGS: flags.FlagValues) -> None:
     if FLAGS.text is None:
         raise ConfigError("predict needs --text=TEXT (and --text_pair=TEXT for pair tasks)")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
-    if run.config.objective == "regression":
+    if run.predicts_scores:
         print(json.dumps({"score": run.score(FLAGS.text, FLAGS.text_pair)}))
         return
     label, probabilities = run.predict(FLAGS.text, FLAGS.text_pair)

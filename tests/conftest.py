@@ -34,6 +34,11 @@ def tiny_config(**overrides):
     c.progress_bar = False
     c.async_checkpointing = False
     c.peak_flops_per_device = 1e12
+    return apply_overrides(c, overrides)
+
+
+def apply_overrides(c, overrides: dict):
+    """`c` with {'a.b': value} overrides set in place."""
     for key, value in overrides.items():
         node = c
         *parents, last = key.split(".")

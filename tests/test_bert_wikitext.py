@@ -3,7 +3,7 @@ fine-tuning from that checkpoint. The full-size figures are in experiments/bert_
 
 import numpy as np
 import pytest
-from conftest import shared_file
+from conftest import apply_overrides, shared_file
 
 import llmjax
 from llmjax.data import pipeline
@@ -16,14 +16,7 @@ pytestmark = pytest.mark.slow
 def _config(name, arg, **overrides):
     import importlib
 
-    c = importlib.import_module(f"configs.{name}").get_config(arg)
-    for key, value in overrides.items():
-        node = c
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return c
+    return apply_overrides(importlib.import_module(f"configs.{name}").get_config(arg), overrides)
 
 
 def test_wikitext_pretraining_then_sst2_finetuning(tmp_path):

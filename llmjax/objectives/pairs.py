@@ -16,6 +16,7 @@ class FineTuningTask:
     vocab_logits = False  # for the FLOP count: no output projection over the vocabulary
     fresh_modules = ("classifier",)  # a fine-tuning run never restores the task head
     optional_modules = ("pooler",)  # restored when the pretraining run had one (NSP)
+    prediction = "label"  # what `llmjax predict` prints: a label with probabilities, or a score
 
 
 class ArrayExamples:

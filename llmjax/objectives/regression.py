@@ -40,6 +40,7 @@ def parse_score(text: str, index: int, column: str) -> float:
 
 class Regression(FineTuningTask):
     name = "regression"
+    prediction = "score"
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("classifier",), "num_classes": 1}
