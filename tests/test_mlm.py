@@ -41,6 +41,7 @@ def test_masks_are_dynamic_and_touch_only_real_tokens():
     np.testing.assert_array_equal(e1[0]["weights"], e2[0]["weights"])  # eval masks are fixed
 
 
+@pytest.mark.slow  # MLM learning runs by default in test_mlm_nsp; this one adds the API checks
 def test_mlm_pretraining_learns_from_both_sides(tmp_path):
     """~25 s. Measured: eval/mlm_accuracy 0.29 after 600 steps, majority-letter baseline 0.10."""
     c = mlm_config(**{"num_train_steps": 600, "eval_every_steps": 600, "log_every_steps": 200,

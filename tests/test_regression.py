@@ -8,6 +8,7 @@ import pytest
 from conftest import tiny_config
 from test_cli import llmjax_cli
 
+import llmjax
 from llmjax.data.text_builder import DataError
 from llmjax.evaluation.metrics import pearson_from_moments
 from llmjax.train.loop import train_and_evaluate
@@ -64,8 +65,7 @@ def test_regression_learns_scores_and_predicts_them(tmp_path):
     assert metrics["eval/pearson"] > 0.9 and metrics["eval/loss"] < 0.25  # label variance 1.25
     high = json.loads(llmjax_cli("predict", f"--workdir={tmp_path / 'run'}",
                                  "--text=superb great fine story").stdout)["score"]
-    low = json.loads(llmjax_cli("predict", f"--workdir={tmp_path / 'run'}",
-                                "--text=the plot was a movie").stdout)["score"]
+    low = llmjax.load(tmp_path / "run").score("the plot was a movie")
     assert high == pytest.approx(3.0, abs=0.6) and low == pytest.approx(0.0, abs=0.6)
     evaluated = json.loads(llmjax_cli("eval", f"--workdir={tmp_path / 'run'}").stdout)
     assert evaluated["eval/pearson"] == pytest.approx(metrics["eval/pearson"], abs=1e-6)
