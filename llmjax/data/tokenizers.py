@@ -307,7 +307,7 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
 
 
 def _hf_kind(hf) -> str:
-    model = json.loads(hf.to_str())["model"]["type"]
+    model = type(hf.model).__name__  # WordPiece, BPE, Unigram, ...
     return {"WordPiece": "wordpiece", "BPE": "bpe"}.get(model, model.lower())
 
 

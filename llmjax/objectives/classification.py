@@ -92,7 +92,7 @@ class Classification(FineTuningTask):
                                jax.nn.one_hot(predicted, classes))
         count = weights.sum()
         return {"loss": (loss_sum, count), "accuracy": (correct, count),
-                          "confusion": (confusion, jnp.ones(()))}
+                "confusion": (confusion, jnp.ones(()))}
 
 
 def _label_order(label: str):

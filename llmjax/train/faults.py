@@ -21,7 +21,8 @@ import numpy as np
 ENV = "LLMJAX_FAULTS"
 
 
-def _planned(name: str) -> int | None:
+def planned(name: str) -> int | None:
+    """The step of fault `name` in LLMJAX_FAULTS, or None."""
     for item in os.environ.get(ENV, "").split(","):
         key, _, value = item.partition("=")
         if key.strip() == name:
@@ -29,18 +30,16 @@ def _planned(name: str) -> int | None:
     return None
 
 
-def poison_batch(batch: dict[str, np.ndarray], step: int, weight_keys) -> dict[str, np.ndarray]:
-    """`batch` (for update number `step`, counted from 1) with NaN loss weights if planned."""
-    if _planned("nan_at_step") != step:
-        return batch
+def poison_batch(batch: dict[str, np.ndarray], weight_keys) -> dict[str, np.ndarray]:
+    """`batch` with NaN loss weights (the caller places it at planned('nan_at_step'))."""
     return {k: (v * np.nan if k in weight_keys else v) for k, v in batch.items()}
 
 
 def before_save(step: int) -> None:
-    if _planned("disk_full_at_step") == step:
+    if planned("disk_full_at_step") == step:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def after_save_started(step: int) -> None:
-    if _planned("kill_in_save_at_step") == step:
+    if planned("kill_in_save_at_step") == step:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -239,9 +239,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         last_saved = step
 
     weight_keys = set(loss_terms(objective).values())  # the batch keys of the loss weights
+    nan_step = faults.planned("nan_at_step")  # read once, off the hot path; None outside tests
     with _StopSignal() as stop:
         while step < last_step:
-            batch = faults.poison_batch(next(train_iter), step + 1, weight_keys)
+            batch = next(train_iter)
+            if step + 1 == nan_step:
+                batch = faults.poison_batch(batch, weight_keys)
             state, metrics = parallel.train_step(state, batch)
             pending.append(parallel.unreplicate_metrics(metrics))
             step += 1
