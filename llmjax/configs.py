@@ -62,8 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
     m.attention_dropout_rate = 0.0
     m.dtype = "float32"  # compute dtype
     m.param_dtype = "float32"
-    m.position_embedding = "learned"  # learned | sinusoidal | rotary | none
+    m.position_embedding = "learned"  # learned | sinusoidal | rotary | relative | none
     m.rotary_base = 10000.0
+    m.relative_buckets = 32  # position_embedding=relative (T5): buckets per direction pair
+    m.relative_max_distance = 128  # distances beyond this share the last bucket
     m.norm = "layernorm"  # layernorm | rmsnorm
     m.norm_position = "pre"  # pre | post
     m.norm_epsilon = 1e-5
@@ -240,9 +242,12 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"optimizer.schedule={o.schedule!r}: use cosine, linear or constant")
     _check(config.parallel.mode in ("single", "pmap"),
            f"parallel.mode={config.parallel.mode!r}: this version supports single and pmap")
-    _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "none"),
+    _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "relative", "none"),
            f"model.position_embedding={m.position_embedding!r}: use learned, sinusoidal, "
-           "rotary or none")
+           "rotary, relative or none")
+    _check(m.position_embedding != "relative" or m.arch == "encoder_decoder",
+           f"model.position_embedding='relative' (T5 buckets) is built for encoder_decoder "
+           f"models; for model.arch={m.arch!r} use learned, sinusoidal or rotary")
     _check(m.norm in ("layernorm", "rmsnorm"), f"model.norm={m.norm!r}: use layernorm or rmsnorm")
     _check(m.norm_position in ("pre", "post"),
            f"model.norm_position={m.norm_position!r}: use pre or post")

@@ -52,12 +52,19 @@ class MultiHeadAttention(nnx.Module):
     def __call__(self, x_BxQxD: Array, mask_Bx1xQxK: Array, *, positions_BxQ: Array | None = None,
                  kv_BxKxD: Array | None = None, kv_positions_BxK: Array | None = None,
                  cache: dict | None = None, cache_index: Array | None = None,
+                 bias_BxHxQxK: Array | None = None, static_kv: dict | None = None,
                  rng: Array | None = None) -> tuple[Array, dict | None]:
         """Returns (output [B, Q, D], updated cache). With a cache {'k','v': [B, S, H, K]}, the
-        new keys/values are written at `cache_index` and the mask covers all S slots."""
+        new keys/values are written at `cache_index` and the mask covers all S slots.
+        `static_kv` ({'k','v'} from `key_values`) are cross-attention keys/values computed once
+        per source; `bias` is added to the logits (relative positions)."""
         cfg = self.cfg
-        kv = x_BxQxD if kv_BxKxD is None else kv_BxKxD
-        q, k, v = self.query(x_BxQxD), self.key(kv), self.value(kv)
+        q = self.query(x_BxQxD)
+        if static_kv is not None:
+            k, v = static_kv["k"], static_kv["v"]
+        else:
+            kv = x_BxQxD if kv_BxKxD is None else kv_BxKxD
+            k, v = self.key(kv), self.value(kv)
         if cfg.position_embedding == "rotary" and positions_BxQ is not None:
             q = apply_rotary(q, positions_BxQ, cfg.rotary_base)
             kp = positions_BxQ if kv_positions_BxK is None else kv_positions_BxK
@@ -71,9 +78,15 @@ class MultiHeadAttention(nnx.Module):
         q = q * (cfg.head_dim ** -0.5)
         logits = jnp.einsum("bqhk,bshk->bhqs", q, k.astype(q.dtype),
                             preferred_element_type=jnp.float32)
+        if bias_BxHxQxK is not None:
+            logits = logits + bias_BxHxQxK
         # A finite minimum, not -inf: fully masked rows (padding queries) stay NaN-free.
         logits = jnp.where(mask_Bx1xQxK, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
         probs = dropout(probs, cfg.attention_dropout_rate, rng)
         out = jnp.einsum("bhqs,bshk->bqhk", probs, v.astype(q.dtype))
         return self.out(out), cache
+
+    def key_values(self, kv_BxKxD: Array) -> dict:
+        """{'k', 'v': [B, K, H, head_dim]} of a fixed memory (cross-attention's encoder output)."""
+        return {"k": self.key(kv_BxKxD), "v": self.value(kv_BxKxD)}

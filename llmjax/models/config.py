@@ -12,6 +12,8 @@ import ml_collections
 class ModelConfig:
     vocab_size: int
     num_layers: int = 2
+    num_encoder_layers: int | None = None  # encoder_decoder: None = num_layers
+    num_decoder_layers: int | None = None
     num_heads: int = 4
     head_dim: int = 32
     emb_dim: int = 128
@@ -23,6 +25,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     position_embedding: str = "learned"
     rotary_base: float = 10000.0
+    relative_buckets: int = 32  # T5 relative position buckets ('relative' positions)
+    relative_max_distance: int = 128
     norm: str = "layernorm"
     norm_position: str = "pre"
     norm_epsilon: float = 1e-5
@@ -31,6 +35,14 @@ class ModelConfig:
     use_bias: bool = True
     tie_embeddings: bool = True
     causal: bool = True
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.num_layers if self.num_encoder_layers is None else self.num_encoder_layers
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
 
     @property
     def compute_dtype(self) -> jnp.dtype:
