@@ -44,16 +44,43 @@ class Run:
             tokens[i, : len(x)], segments[i, : len(x)] = x, 1
         return tokens, segments
 
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.config.model.arch == "encoder_decoder"
+
+    def _sources(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Encoder inputs as in training: tokens + <eos> [B, S], right-padded, and segments."""
+        from llmjax.objectives.seq2seq import seq2seq_arrays
+
+        empty = np.zeros((0,), np.int32)
+        ids = self.tokenizer.encode_batch(list(texts))
+        length = max(len(x) for x in ids) + 1
+        if length > self.config.model.max_len:
+            raise ValueError(f"a text is {length} tokens long, over model.max_len="
+                             f"{self.config.model.max_len}")
+        arrays = seq2seq_arrays(((x, empty) for x in ids), len(ids), length, 1,
+                                self.tokenizer).arrays
+        return arrays["inputs"], arrays["input_segments"]
+
     def hidden_states(self, texts: Sequence[str]) -> np.ndarray:
-        """[batch, length, emb_dim]; position 0 is <bos>, padding positions are zero."""
-        tokens, segments = self._batch(texts)
+        """[batch, length, emb_dim]; position 0 is <bos>, padding positions are zero. For an
+        encoder-decoder: the encoder's output over text + <eos>."""
+        tokens, segments = self._sources(texts) if self.is_seq2seq else self._batch(texts)
         h = self.model.hidden_states(jnp.asarray(tokens), segment_ids=jnp.asarray(segments))
         return np.asarray(h, np.float32) * segments[..., None]
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """LM logits [batch, length, vocab] (position i predicts token i + 1)."""
-        tokens, segments = self._batch(texts)
-        return np.asarray(self.model(jnp.asarray(tokens), segment_ids=jnp.asarray(segments)))
+    def logits(self, texts: Sequence[str], targets: Sequence[str] | None = None) -> np.ndarray:
+        """LM logits [batch, length, vocab] (position i predicts token i + 1). For an
+        encoder-decoder, `texts` are the sources and the decoder reads <bos> + `targets`
+        (default: just <bos>)."""
+        if not self.is_seq2seq:
+            tokens, segments = self._batch(texts)
+            return np.asarray(self.model(jnp.asarray(tokens), segment_ids=jnp.asarray(segments)))
+        sources, source_segments = self._sources(texts)
+        decoder, decoder_segments = self._batch(targets or [""] * len(texts))
+        return np.asarray(self.model(jnp.asarray(sources), jnp.asarray(decoder),
+                                     segment_ids=jnp.asarray(source_segments),
+                                     decoder_segment_ids=jnp.asarray(decoder_segments)))
 
     def _head_outputs(self, text: str, text_pair: str | None) -> np.ndarray:
         """The task head's outputs [C] for one text (pair)."""
@@ -95,13 +122,21 @@ class Run:
 
     def generate(self, prompt: str, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None) -> str:
-        """The continuation of `prompt` (stops at <eos>); defaults from config.generate."""
+                 top_p: float | None = None, seed: int | None = None,
+                 beam_size: int | None = None) -> str:
+        """The continuation of `prompt` (stops at <eos>); for an encoder-decoder, the output
+        for `prompt` as the source (beam search when beam_size > 1). Defaults from
+        config.generate."""
         if not hasattr(self.model, "decode"):
             raise ConfigError(f"generate needs a model that decodes; this run's model.arch is "
                              f"{self.config.model.arch!r}")
         g = self.config.generate
         pick = lambda v, d: d if v is None else v  # noqa: E731
+        if self.is_seq2seq:
+            return self._transduce(
+                prompt, pick(max_new_tokens, g.max_new_tokens),
+                float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
+                float(pick(top_p, g.top_p)), pick(seed, g.seed), int(pick(beam_size, g.beam_size)))
         max_new = pick(max_new_tokens, g.max_new_tokens)
         ids = np.concatenate([[self.tokenizer.bos_id], self.tokenizer.encode_array(prompt)])
         ids = ids[-max(self.config.model.max_len - max_new, 1):]  # keep the end of a long prompt
@@ -110,11 +145,34 @@ class Run:
         if max_new <= 0:
             return ""
         graphdef, params = nnx.split(self.model)
-        new = _generate(graphdef, params, jnp.asarray(ids[None]), total, max_new,
-                        jax.random.PRNGKey(pick(seed, g.seed)), float(pick(temperature,
-                        g.temperature)), int(pick(top_k, g.top_k)), float(pick(top_p, g.top_p)),
-                        self.tokenizer.eos_id)
-        return self.tokenizer.decode(np.asarray(new[0]).tolist())
+        beams = int(pick(beam_size, g.beam_size))
+        if beams > 1:
+            new = _beam_generate(graphdef, params, jnp.asarray(ids[None]), total, max_new, beams,
+                                 float(g.length_penalty), self.tokenizer.eos_id,
+                                 self.tokenizer.pad_id)
+        else:
+            new = _generate(graphdef, params, jnp.asarray(ids[None]), total, max_new,
+                            jax.random.PRNGKey(pick(seed, g.seed)),
+                            float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
+                            float(pick(top_p, g.top_p)), self.tokenizer.eos_id)
+        from llmjax.decoding.encoder_decoder import detokenize
+
+        return detokenize(self.tokenizer, np.asarray(new[0]))
+
+    def _transduce(self, source: str, max_new: int, temperature: float, top_k: int,
+                   top_p: float, seed: int, beam_size: int) -> str:
+        from llmjax.decoding.encoder_decoder import decode, detokenize
+
+        inputs, segments = self._sources([source])
+        max_new = max(min(max_new, self.config.model.max_len - 1), 1)
+        graphdef, params = nnx.split(self.model)
+        tokens = decode(graphdef, params, jnp.asarray(inputs), jnp.asarray(segments),
+                        jax.random.PRNGKey(seed), max_new_tokens=max_new, beam_size=beam_size,
+                        alpha=float(self.config.generate.length_penalty),
+                        bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
+                        pad_id=self.tokenizer.pad_id, temperature=temperature, top_k=top_k,
+                        top_p=top_p)
+        return detokenize(self.tokenizer, np.asarray(tokens)[0])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7, 8, 9))
@@ -125,6 +183,18 @@ def _generate(graphdef, params, prompt, cache_len, max_new, rng, temperature, to
     return sampling.sample(model.decode, prompt, jnp.ones_like(prompt), cache, rng,
                            max_new_tokens=max_new, eos_id=eos_id, temperature=temperature,
                            top_k=top_k, top_p=top_p)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8))
+def _beam_generate(graphdef, params, prompt, cache_len, max_new, beam_size, alpha, eos_id,
+                   pad_id):
+    from llmjax.decoding.beam_search import beam_search
+
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(prompt.shape[0] * beam_size, cache_len)
+    tokens, _ = beam_search(model.decode, prompt, cache, beam_size=beam_size,
+                            max_new_tokens=max_new, eos_id=eos_id, pad_id=pad_id, alpha=alpha)
+    return tokens
 
 
 def load(path: str | epath.Path, step: int | None = None,

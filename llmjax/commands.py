@@ -37,6 +37,13 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
     graphdef, params = nnx.split(run.model)
     parallel = Parallel("single", graphdef, objective, None, None)
     metrics = evaluate(parallel, params, batches)
+    if getattr(objective, "decodes", False):  # seq2seq: BLEU and exact match
+        from llmjax.evaluation.decoding import DecodingEval
+
+        decoded, samples = DecodingEval(config, run.tokenizer, graphdef, source, split)(params)
+        metrics.update(decoded)
+        for src, ref, hyp in samples:
+            logging.info("sample: %r -> %r (reference %r)", src, hyp, ref)
     prefix = "eval" if split == default_split else split
     row = {f"{prefix}/{k}": v for k, v in metrics.items()}
     MetricWriter(epath.Path(FLAGS.workdir)).write(run.step, row)
@@ -51,8 +58,9 @@ def generate(FLAGS: flags.FlagValues) -> None:
         raise ConfigError("generate needs --prompt=TEXT")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
     text = run.generate(FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k,
-                        FLAGS.top_p, FLAGS.seed)
-    print(FLAGS.prompt + text)
+                        FLAGS.top_p, FLAGS.seed, FLAGS.beam_size)
+    # a decoder continues the prompt; an encoder-decoder's output replaces it (translation)
+    print(text if run.is_seq2seq else FLAGS.prompt + text)
 
 
 def predict(FLAGS: flags.FlagValues) -> None:

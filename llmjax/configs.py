@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 500
     c.eval_steps = config_dict.placeholder(int)  # None: the whole eval split
+    # seq2seq: how many eval examples are decoded for BLEU / exact match (None: all of them)
+    c.eval_decode_examples = config_dict.placeholder(int)
+    c.eval_samples = 3  # seq2seq: decoded examples written to the log at each eval
     c.checkpoint_every_steps = 500
     c.max_checkpoints_to_keep = 3
     c.async_checkpointing = True
@@ -82,7 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.text_column = "text"
     d.text_pair_column = config_dict.placeholder(str)
     d.label_column = "label"
+    d.source_column = "source"  # seq2seq: the source text (e.g. 'en' for tfds:wmt14_translate)
+    d.target_column = "target"  # seq2seq: the target text (e.g. 'de')
     d.labels = config_dict.placeholder(str)  # classification: "neg,pos"; None = from train split
+    d.noise_density = 0.15  # span corruption: fraction of tokens dropped into spans
+    d.mean_noise_span_length = 3.0  # span corruption: mean tokens per span
     d.whole_word_masking = False  # MLM: mask whole words (wordpiece / bpe tokenizers)
     d.train_window_stride = 1  # causal LM: training windows start every N tokens (0 = seq_len)
     d.validation_fraction = 0.1  # text: sources keep this last fraction of characters for eval
@@ -98,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     g.end_probability = 0.01  # chance that a document ends after each character
     g.train_documents = 4000
     g.eval_documents = 200
+    g.max_pair_length = 10  # generated:reverse|sort|copy: sources of 1..this many letters
 
     c.tokenizer = t = ml_collections.ConfigDict()
     t.kind = "char"  # char | byte | bpe | wordpiece | sentencepiece
@@ -106,6 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
     # folder); None: train one on the training split
     t.path = config_dict.placeholder(str)
     t.lowercase = False
+    # encoder_decoder models: ids appended after the tokenizer's vocabulary, T5's sentinels
+    # (<extra_id_k> = the model's last id - k) that span corruption puts in place of the spans
+    t.extra_ids = 100
 
     c.init = i = ml_collections.ConfigDict()
     i.workdir = config_dict.placeholder(str)
@@ -138,6 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
     gen.top_k = 0
     gen.top_p = 1.0
     gen.seed = 0
+    gen.beam_size = 1  # encoder_decoder: > 1 decodes with beam search (eval uses it too)
+    gen.length_penalty = 0.6  # beam search: GNMT's alpha; 0 ranks by total log-probability
     return c
 
 
@@ -227,6 +240,13 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.seq_len <= m.max_len,
            f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}: "
            "raise model.max_len or lower seq_len")
+    if m.arch == "encoder_decoder":
+        _check(config.target_seq_len <= m.max_len,
+               f"target_seq_len={config.target_seq_len} is longer than model.max_len="
+               f"{m.max_len}: raise model.max_len or lower target_seq_len")
+        _check(config.objective != "span_corruption" or config.tokenizer.extra_ids > 0,
+               "objective=span_corruption needs sentinel ids: set tokenizer.extra_ids > 0 "
+               "(T5 uses 100)")
     _check(m.emb_dim % m.num_heads == 0 or m.head_dim is not None,
            f"model.emb_dim={m.emb_dim} is not divisible by model.num_heads={m.num_heads}: "
            "set model.head_dim or change one of them")
@@ -253,6 +273,6 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"model.norm_position={m.norm_position!r}: use pre or post")
     _check(not (config.init.workdir and config.init.hf_path),
            "init.workdir and init.hf_path are both set: choose one source to fine-tune from")
-    _check(config.tokenizer.kind in ("char", "byte", "bpe", "wordpiece"),
-           f"tokenizer.kind={config.tokenizer.kind!r}: this version supports char, byte, bpe "
-           "and wordpiece")
+    _check(config.tokenizer.kind in ("char", "byte", "bpe", "wordpiece", "sentencepiece"),
+           f"tokenizer.kind={config.tokenizer.kind!r}: use char, byte, bpe, wordpiece or "
+           "sentencepiece")

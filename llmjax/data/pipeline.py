@@ -35,12 +35,14 @@ class HostShard:
 
 def eval_source_and_split(config: ml_collections.ConfigDict) -> tuple[str, str]:
     """Where evaluation reads from: `data.eval_source` (default: the train source) and
-    `data.eval_split` (default 'validation'; a separate text:/tsv: eval source is read whole, as
+    `data.eval_split` (default 'validation'; a separate text:/tsv:/parallel: eval source is read
+    whole, as
     tfds's 'all' split). Splits take tfds syntax: 'train[:10%]', 'train+validation', 'all'."""
     source = config.data.eval_source or config.data.source
     split = config.data.eval_split
     if split is None:
-        separate_file = source.split(":")[0] in ("text", "tsv") and source != config.data.source
+        separate_file = (source.split(":")[0] in ("text", "tsv", "parallel")
+                         and source != config.data.source)
         split = "all" if separate_file else "validation"
     return source, split
 
@@ -65,8 +67,14 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tup
     if config.tokenizer.kind == "byte":  # nothing to learn
         return train_tokenizer("byte", [], 0, config.tokenizer.lowercase), "bytes"
     records = sources.open_split(config.data.source, config.data.train_split, config)
-    sample = sources.read_documents(records, config.data.text_column,
-                                    limit_chars=config.data.tokenizer_sample_chars)
+    from llmjax.objectives import get_objective
+
+    texts_of = getattr(get_objective(config.objective), "tokenizer_texts", None)
+    if texts_of is not None:  # e.g. seq2seq: both sides share one vocabulary
+        sample = texts_of(records, config, config.data.tokenizer_sample_chars)
+    else:
+        sample = sources.read_documents(records, config.data.text_column,
+                                        limit_chars=config.data.tokenizer_sample_chars)
     tokenizer = train_tokenizer(config.tokenizer.kind, sample, config.tokenizer.vocab_size,
                                 config.tokenizer.lowercase)
     return tokenizer, f"trained on {sum(map(len, sample)):,} characters of {config.data.source}"
@@ -121,7 +129,8 @@ def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, object
         num_batches = int(np.max(multihost_utils.process_allgather(np.int32(num_batches))))
     if config.eval_steps:
         num_batches = min(num_batches, config.eval_steps)
-    pad = objective.padding_example(config.seq_len)
+    pad = (examples.padding_example() if hasattr(examples, "padding_example")
+           else objective.padding_example(config.seq_len))
     batches = []
     for i in range(num_batches):
         indices = np.arange(i * per_host, min((i + 1) * per_host, n))

@@ -1,6 +1,7 @@
 """Data sources -> records and documents. Every source is read as a TFDS dataset (ArrayRecord,
-random access, no TensorFlow): `generated`, `tfds:NAME[/CONFIG]` from the catalog, and local
-`text:GLOB` and `tsv:GLOB` files.
+random access, no TensorFlow): `generated` (Markov text) and `generated:TASK` (transduction
+pairs), `tfds:NAME[/CONFIG]` from the catalog, and local `text:GLOB`, `tsv:GLOB` and
+`parallel:SRC_GLOB|TGT_GLOB` files.
 
 A document is one string; records that carry a `document` field (local files, generated text)
 are chunks of one, joined back here. Each host reads only its shard of the records.
@@ -30,11 +31,20 @@ def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequ
     tfds.disable_progress_bar()
     kind, _, arg = spec.partition(":")
     data_dir = _data_dir(config)
-    if kind == "generated":
+    if kind == "generated" and arg:
+        from llmjax.data.generated_pairs import GeneratedPairs
+
+        builder = GeneratedPairs(task=arg, generated=config.data.generated, data_dir=data_dir)
+        builder.download_and_prepare(file_format="array_record")
+    elif kind == "generated":
         from llmjax.data.generated import GeneratedMarkov
 
         builder = GeneratedMarkov(generated=config.data.generated, data_dir=data_dir)
         builder.download_and_prepare(file_format="array_record")
+    elif kind == "parallel":
+        from llmjax.data.parallel_builder import prepare_local_parallel
+
+        builder = prepare_local_parallel(arg, config.data.validation_fraction, data_dir)
     elif kind == "text":
         builder = prepare_local_text(arg, config.data.validation_fraction, data_dir,
                                      what="data source")
@@ -52,8 +62,8 @@ def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequ
         if not builder.is_prepared():
             builder.download_and_prepare(file_format="array_record")
     else:
-        raise DataError(f"data source {spec!r}: use generated, tfds:NAME[/CONFIG], text:GLOB "
-                        "or tsv:GLOB")
+        raise DataError(f"data source {spec!r}: use generated, generated:reverse|sort|copy, "
+                        "tfds:NAME[/CONFIG], text:GLOB, tsv:GLOB or parallel:SRC_GLOB|TGT_GLOB")
     names = [part.split("[")[0].strip() for part in split.split("+")]
     known = builder.info.splits  # empty under tfds.testing.mock_data: nothing to check
     if known and split != "all" and any(name not in known for name in names):

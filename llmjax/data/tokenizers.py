@@ -1,4 +1,5 @@
-"""Tokenizers: char and byte (exact, numpy-fast), byte-level BPE and WordPiece (HF `tokenizers`).
+"""Tokenizers: char and byte (exact, numpy-fast), byte-level BPE and WordPiece (HF `tokenizers`);
+SentencePiece lives in sentencepiece_tokenizer.py.
 
 A tokenizer llmjax trains reserves ids 0..4 for <pad>, <bos>, <eos>, <unk>, <mask> (<bos>/<eos>
 double as BERT's [CLS]/[SEP]). One loaded from a Hugging Face `tokenizer.json` or BERT
@@ -303,7 +304,11 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
         return BPETokenizer.train(texts, vocab_size, lowercase)
     if kind == "wordpiece":
         return WordPieceTokenizer.train(texts, vocab_size, lowercase)
-    raise ValueError(f"tokenizer.kind={kind!r}: use char, byte, bpe or wordpiece")
+    if kind == "sentencepiece":
+        from llmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+
+        return SentencePieceTokenizer.train(texts, vocab_size, lowercase)
+    raise ValueError(f"tokenizer.kind={kind!r}: use char, byte, bpe, wordpiece or sentencepiece")
 
 
 def _hf_kind(hf) -> str:
@@ -311,14 +316,20 @@ def _hf_kind(hf) -> str:
     return {"WordPiece": "wordpiece", "BPE": "bpe"}.get(model, model.lower())
 
 
-def load_hf_tokenizer(path: str | epath.Path, lowercase: bool = False) -> HFTokenizer:
-    """A Hugging Face tokenizer: `tokenizer.json`, or a BERT `vocab.txt` (WordPiece with BERT's
+def load_hf_tokenizer(path: str | epath.Path, lowercase: bool = False) -> Tokenizer:
+    """A Hugging Face tokenizer: `spiece.model` (SentencePiece, T5), `tokenizer.json`, or a
+    BERT `vocab.txt` (WordPiece with BERT's
     normaliser; lower-cases and strips accents when `lowercase` or the folder's Hugging Face
     tokenizer_config.json says do_lower_case). `path` is the file or a folder holding it."""
     from tokenizers import Tokenizer as HFTokenizerModel
     from tokenizers import models
 
     path = epath.Path(path)
+    spiece = path / "spiece.model" if path.is_dir() else path
+    if spiece.name.endswith(".model") and spiece.exists():  # T5's SentencePiece vocabulary
+        from llmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+
+        return SentencePieceTokenizer.load(spiece, lowercase)
     folder = path if path.is_dir() else path.parent
     hf_config = folder / _CONFIG_FILE
     if hf_config.exists():
@@ -328,8 +339,8 @@ def load_hf_tokenizer(path: str | epath.Path, lowercase: bool = False) -> HFToke
                     path / "tokenizer.json")
     if not path.exists():
         raise FileNotFoundError(f"no tokenizer at {path}: tokenizer.path takes a folder holding "
-                                "tokenizer.json or vocab.txt (or an llmjax tokenizer folder), "
-                                "or one of those files")
+                                "tokenizer.json, vocab.txt or spiece.model (or an llmjax "
+                                "tokenizer folder), or one of those files")
     if path.name.endswith(".json"):
         hf = HFTokenizerModel.from_file(str(path))
         hf_lowercase = lowercase  # its own normaliser is in the file; lower-case on top if asked
@@ -361,4 +372,8 @@ def load_tokenizer(directory: str | epath.Path, lowercase: bool = False) -> Toke
         return BPETokenizer.load(directory, lowercase)
     if kind == "wordpiece":
         return WordPieceTokenizer.load(directory, lowercase)
+    if kind == "sentencepiece":
+        from llmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+
+        return SentencePieceTokenizer.load(directory, lowercase)
     raise ValueError(f"{config_file}: unknown tokenizer kind {kind!r}")

@@ -7,6 +7,8 @@ from llmjax.objectives.mlm import MaskedLM
 from llmjax.objectives.mlm_nsp import MaskedLMAndNextSentence
 from llmjax.objectives.nsp import NextSentencePrediction
 from llmjax.objectives.regression import Regression
+from llmjax.objectives.seq2seq import Seq2Seq
+from llmjax.objectives.span_corruption import SpanCorruption
 
 OBJECTIVES = {
     "causal_lm": CausalLM,
@@ -15,6 +17,8 @@ OBJECTIVES = {
     "nsp": NextSentencePrediction,
     "mlm_nsp": MaskedLMAndNextSentence,
     "regression": Regression,
+    "span_corruption": SpanCorruption,
+    "seq2seq": Seq2Seq,
 }
 
 

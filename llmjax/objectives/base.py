@@ -46,7 +46,8 @@ class Objective(Protocol):
         """Examples from this host's records (training or evaluation layout)."""
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
-        """One example that contributes nothing (weights 0), to fill the last eval batch."""
+        """One example that contributes nothing (weights 0), to fill the last eval batch.
+        Examples that define `padding_example()` themselves take precedence."""
 
     # Optional: `loss_weights = {term: batch key}` when the loss has several terms (MLM + NSP):
     # the step differentiates the sum of the terms' means, each term's sum divided by the global

@@ -36,6 +36,10 @@ class ArrayExamples:
     def __getitem__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v[indices] for k, v in self.arrays.items()}
 
+    def padding_example(self) -> dict[str, np.ndarray]:
+        """An all-zero example: with weights 0 it contributes nothing."""
+        return {k: np.zeros(v.shape[1:], v.dtype) for k, v in self.arrays.items()}
+
 
 def labelled_pairs(items: Iterable[tuple[np.ndarray, np.ndarray, float]], count: int,
                    seq_len: int, label_dtype: type = np.int32) -> ArrayExamples:

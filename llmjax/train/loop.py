@@ -42,12 +42,17 @@ def prepare_workdir(workdir: epath.Path) -> None:
 
 
 def resolve_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
+    """model.vocab_size: the tokenizer's size (plus tokenizer.extra_ids for encoder-decoders)."""
+    extra = config.tokenizer.extra_ids if config.model.arch == "encoder_decoder" else 0
+    needed = vocab_size + extra
     if config.model.vocab_size is None:
-        config.model.vocab_size = vocab_size
-    elif config.model.vocab_size < vocab_size:
+        config.model.vocab_size = needed
+    elif config.model.vocab_size < needed:
+        extra_note = f" + {extra} tokenizer.extra_ids" if extra else ""
         raise configs.ConfigError(
-            f"the tokenizer has {vocab_size} tokens but model.vocab_size={config.model.vocab_size}"
-            ": raise model.vocab_size or leave it unset to use the tokenizer's size")
+            f"the tokenizer has {vocab_size} tokens{extra_note} but model.vocab_size="
+            f"{config.model.vocab_size}: raise model.vocab_size or leave it unset to use the "
+            "tokenizer's size")
 
 
 def check_resume_compatible(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
@@ -208,6 +213,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
     parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
                         config.optimizer.accumulation_steps, config.skip_nonfinite_updates)
+    decoding_eval = None
+    if getattr(objective, "decodes", False):  # seq2seq: BLEU and exact match on decoded text
+        from llmjax.evaluation.decoding import DecodingEval
+
+        decoding_eval = DecodingEval(config, tokenizer, graphdef,
+                                     *pipeline.eval_source_and_split(config))
     state = parallel.to_device(host_state)
     del host_state
     writer = MetricWriter(workdir)
@@ -273,6 +284,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                                 evaluate(parallel, parallel.params(state), eval_data).items()}
                 if floor is not None:
                     eval_metrics["eval/best_achievable_loss"] = floor
+                if decoding_eval is not None:
+                    eval_metrics.update(_decoding_metrics(
+                        decoding_eval, parallel.single_copy(parallel.params(state)), step))
                 writer.write(step, eval_metrics)
                 logging.info("step %d: %s", step, _format(eval_metrics))
                 interval_start, interval_steps = time.perf_counter(), 0
@@ -312,6 +326,15 @@ def _check_finite(pending: list[dict], step: int, last_saved: int | None,
                 "optimizer.learning_rate, raise optimizer.warmup_steps, set "
                 "optimizer.grad_clip_norm, or set skip_nonfinite_updates=True to skip such "
                 "updates.")
+
+
+def _decoding_metrics(decoding_eval, params, step: int) -> dict[str, float]:
+    """eval/bleu and eval/exact_match; logs a few decoded samples."""
+    metrics, samples = decoding_eval(params)
+    for source, reference, hypothesis in samples:
+        logging.info("step %d sample: %r -> %r (reference %r)", step, source, hypothesis,
+                     reference)
+    return {f"eval/{k}": v for k, v in metrics.items()}
 
 
 def _format(metrics: dict[str, float]) -> str:

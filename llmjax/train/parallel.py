@@ -75,5 +75,9 @@ class Parallel:
     def params(self, device_state: Any) -> Any:
         return device_state["params"]
 
+    def single_copy(self, params: Any) -> Any:
+        """One device's copy of (replicated) params, for code that runs on one device."""
+        return jax.tree.map(lambda x: x[0], params) if self.mode == "pmap" else params
+
     def unreplicate_metrics(self, metrics: Any) -> Any:
         return jax.tree.map(lambda x: x[0], metrics) if self.mode == "pmap" else metrics

@@ -1,0 +1,100 @@
+"""Sequence-to-sequence fine-tuning (translation, summarisation): the encoder reads the source,
+the decoder predicts the target token by token (teacher forcing).
+
+Example layout, shared with span corruption: `inputs`, `input_segments` [S] (source + <eos>,
+segment 1 = token, 0 = padding); `decoder_inputs` [T] (<bos> + target), `targets` [T] (target +
+<eos>), `target_segments`, `weights` [T]. Sources are cut to `seq_len`, targets to
+`target_seq_len`. Evaluation adds BLEU and exact match on decoded outputs (evaluation/decoding.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from llmjax.data.sources import column_text
+from llmjax.data.tokenizers import Tokenizer
+from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.pairs import ArrayExamples
+
+
+def seq2seq_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int, source_len: int,
+                   target_len: int, tokenizer: Tokenizer) -> ArrayExamples:
+    """ArrayExamples in the layout above from `count` (source tokens, target tokens) pairs
+    (without special tokens); <eos> is kept when a side is cut."""
+    arrays = {name: np.zeros((count, length), np.int32) for name, length in (
+        ("inputs", source_len), ("input_segments", source_len), ("decoder_inputs", target_len),
+        ("targets", target_len), ("target_segments", target_len))}
+    arrays["weights"] = np.zeros((count, target_len), np.float32)
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    for i, (source, target) in enumerate(pairs):
+        source = np.append(source[: source_len - 1], eos)
+        target = target[: target_len - 1]
+        arrays["inputs"][i, : len(source)] = source
+        arrays["input_segments"][i, : len(source)] = 1
+        n = len(target) + 1
+        arrays["decoder_inputs"][i, :n] = np.append(bos, target)
+        arrays["targets"][i, :n] = np.append(target, eos)
+        arrays["target_segments"][i, :n] = 1
+        arrays["weights"][i, :n] = 1.0
+    if tokenizer.pad_id:  # padding positions hold the tokenizer's pad id
+        for name in ("inputs", "decoder_inputs", "targets"):
+            segments = arrays["input_segments" if name == "inputs" else "target_segments"]
+            arrays[name][segments == 0] = tokenizer.pad_id
+    return ArrayExamples(arrays)
+
+
+def seq2seq_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
+    """Teacher-forced cross-entropy and token accuracy over the weighted target tokens."""
+    logits = model(batch["inputs"], batch["decoder_inputs"], segment_ids=batch["input_segments"],
+                   decoder_segment_ids=batch["target_segments"], rng=rng)
+    weights = batch["weights"]
+    loss_sum = (cross_entropy(logits, batch["targets"]) * weights).sum()
+    correct = ((logits.argmax(-1) == batch["targets"]) * weights).sum()
+    count = weights.sum()
+    return {"loss": (loss_sum, count), "token_accuracy": (correct, count)}
+
+
+def source_target_texts(records: Sequence[dict], config: ml_collections.ConfigDict
+                        ) -> tuple[list[str], list[str]]:
+    d = config.data
+    sources, targets = [], []
+    for i in range(len(records)):
+        sources.append(column_text(records[i], d.source_column))
+        targets.append(column_text(records[i], d.target_column))
+    return sources, targets
+
+
+class Seq2Seq:
+    name = "seq2seq"
+    decodes = True  # evaluation decodes the sources: BLEU and exact match
+
+    def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
+        return {}
+
+    def tokenizer_texts(self, records: Sequence[dict], config: ml_collections.ConfigDict,
+                        limit_chars: int) -> list[str]:
+        """Both sides, for one shared vocabulary (alternating, so a cut keeps both)."""
+        texts, chars = [], 0
+        d = config.data
+        for i in range(len(records)):
+            for column in (d.source_column, d.target_column):
+                texts.append(column_text(records[i], column))
+                chars += len(texts[-1])
+            if chars >= limit_chars:
+                break
+        return texts
+
+    def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
+                      config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
+        sources, targets = source_target_texts(records, config)
+        pairs = zip(tokenizer.encode_batch(sources), tokenizer.encode_batch(targets),
+                    strict=True)
+        return seq2seq_arrays(pairs, len(sources), config.seq_len, config.target_seq_len,
+                              tokenizer)
+
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
+        return seq2seq_loss(model, batch, rng)
