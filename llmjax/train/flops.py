@@ -35,6 +35,25 @@ def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int,
     return 6.0 * (num_params - lookups) + attention
 
 
+def encoder_decoder_flops_per_example(cfg: ModelConfig, params, source_len: int,
+                                      target_len: int) -> float:
+    """Training FLOPs of one (source, target) example: 6 x parameters x the tokens they see
+    (encoder parameters the source tokens; decoder parameters and the tied output projection
+    the target tokens) plus self-attention on each side and cross-attention."""
+    def size(tree) -> int:
+        return sum(x.size for x in jax.tree.leaves(tree))
+
+    encoder, decoder = size(params["encoder"]), size(params["decoder"])
+    if cfg.position_embedding == "learned":  # lookups, not matmuls
+        encoder -= cfg.max_len * cfg.emb_dim
+        decoder -= cfg.max_len * cfg.emb_dim
+    output = size(params["lm_head"]) if "lm_head" in params else cfg.vocab_size * cfg.emb_dim
+    per_layer = 12 * cfg.num_heads * cfg.head_dim
+    attention = per_layer * (cfg.encoder_layers * source_len**2
+                             + cfg.decoder_layers * (target_len**2 + target_len * source_len))
+    return 6.0 * (encoder * source_len + (decoder + output) * target_len) + attention
+
+
 def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float = 0.3) -> float:
     """FLOP/s of a large jitted matmul in `dtype` on the default device."""
     x = jnp.ones((size, size), dtype)

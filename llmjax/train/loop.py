@@ -224,9 +224,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     writer = MetricWriter(workdir)
     writer.truncate_after(start)
     cfg = state_lib.model_config(config)
-    tokens_per_step = config.batch_size * config.seq_len
-    flops_per_step = tokens_per_step * flops.flops_per_token(
-        cfg, num_params, config.seq_len, getattr(objective, "vocab_logits", True))
+    if config.model.arch == "encoder_decoder":  # source and target tokens
+        tokens_per_step = config.batch_size * (config.seq_len + config.target_seq_len)
+        flops_per_step = config.batch_size * flops.encoder_decoder_flops_per_example(
+            cfg, params, config.seq_len, config.target_seq_len)
+    else:
+        tokens_per_step = config.batch_size * config.seq_len
+        flops_per_step = tokens_per_step * flops.flops_per_token(
+            cfg, num_params, config.seq_len, getattr(objective, "vocab_logits", True))
     peak, peak_origin = flops.peak_flops_per_device(config.model.dtype,
                                                     config.peak_flops_per_device)
     peak_total = peak * jax.device_count() if mode != "single" else peak
