@@ -61,13 +61,19 @@ def corrupt_tokens(tokens: np.ndarray, density: float, mean_span: float, sentine
         raise DataError(f"a chunk needs {spans} sentinels but tokenizer.extra_ids gives "
                         f"{len(sentinel_ids)}: raise tokenizer.extra_ids or lower seq_len")
     noise_lengths = _segment(noise, spans, rng)
-    keep_lengths = _segment(len(tokens) - noise, spans, rng)
+    # Kept text around the spans: spans + 1 runs, the outer two possibly empty, so every mask
+    # with these counts is equally likely (T5's original mask always ends in noise).
+    keep_lengths = _segment(len(tokens) - noise + 2, spans + 1, rng)
+    keep_lengths[0] -= 1
+    keep_lengths[-1] -= 1
     inputs, targets, pos = [], [], 0
-    for k, (keep, drop) in enumerate(zip(keep_lengths, noise_lengths, strict=True)):
+    for k, drop in enumerate(noise_lengths):
+        keep = keep_lengths[k]
         inputs += tokens[pos: pos + keep].tolist() + [sentinel_ids[k]]
         pos += keep
         targets += [sentinel_ids[k]] + tokens[pos: pos + drop].tolist()
         pos += drop
+    inputs += tokens[pos:].tolist()
     return inputs, targets
 
 
