@@ -38,6 +38,8 @@ def data_files(d):
     (d / "good.tsv").write_text("sentence\tlabel\n" + "fine movie\t1\ndull movie\t0\n" * 40)
     (d / "odd.tsv").write_text("sentence\tlabel\nfine movie\t7\n")
     (d / "a_file").write_text("not a directory")
+    (d / "src.en").write_text("one\ntwo\nthree\n")
+    (d / "tgt.de").write_text("eins\nzwei\n")
 
 
 # Classification runs go to a new workdir (the victim would refuse another model first), which
@@ -67,6 +69,10 @@ CASES = {
     "bytes that are not UTF-8": (["--config.data.source=text:{victim}/latin1.txt"],
                                  "latin1.txt: bytes at offset 3 are not UTF-8"),
     "unwritable workdir": (["--workdir={victim}/a_file/run"], "is not writable"),
+    "parallel sides of different lengths": (
+        ["--config.model.arch=encoder_decoder", "--config.objective=seq2seq",
+         "--config.data.source=parallel:{victim}/src.en|{victim}/tgt.de", "--workdir={victim}/new"],
+        "have 3 lines and the target files"),
 }
 
 
@@ -88,3 +94,16 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     assert "first step (compile + run)" not in out.stderr
     assert snapshot(victim / "run") == before
     assert not (victim / "new").exists()
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ({"model.position_embedding": "relative"}, "built for encoder_decoder models"),
+    ({"model.arch": "encoder_decoder", "objective": "seq2seq", "target_seq_len": 100},
+     "target_seq_len=100 is longer than model.max_len=64"),
+    ({"model.arch": "encoder_decoder", "objective": "span_corruption", "tokenizer.extra_ids": 0},
+     "span_corruption needs sentinel ids"),
+    ({"model.arch": "encoder_decoder"}, "objective='causal_lm' does not fit"),
+])
+def test_encoder_decoder_contradictions(overrides, expected):
+    with pytest.raises(configs.ConfigError, match=expected):
+        configs.validate(tiny_config(**overrides))

@@ -75,7 +75,8 @@ class MetricWriter:
         ax.set_ylabel("loss (nats/token)")
         ax.set_title(self.workdir.name)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # a run stopped before its first log has nothing to label
+            ax.legend()
         out = self.workdir / "plots" / "loss.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("wb") as f:

@@ -1,0 +1,119 @@
+"""Encoder-decoder end to end: a generated transduction task learnt to >= 95% exact match,
+generate (greedy and beam) and eval through the CLI, parallel files, TFDS translation data, and
+fine-tuning from a span-corruption run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+from flax import nnx
+
+import llmjax
+from llmjax.data import sources
+from llmjax.data.text_builder import DataError
+from llmjax.train.loop import train_and_evaluate
+
+
+def seq2seq_config(**overrides):
+    base = {"model.arch": "encoder_decoder", "objective": "seq2seq", "seq_len": 16,
+            "target_seq_len": 16, "model.max_len": 16, "model.position_embedding": "relative",
+            "model.emb_dim": 64, "model.num_heads": 4, "model.mlp_dim": 128,
+            "tokenizer.extra_ids": 0, "batch_size": 32, "optimizer.warmup_steps": 50,
+            "generate.temperature": 0.0}
+    return tiny_config(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def reverse_run(tmp_path_factory):
+    """A tiny encoder-decoder trained to reverse strings of 1..8 letters."""
+    workdir = tmp_path_factory.mktemp("reverse")
+    c = seq2seq_config(**{"data.source": "generated:reverse", "num_train_steps": 700,
+                          "data.generated.max_pair_length": 8,
+                          "data.generated.train_documents": 5000,
+                          "data.generated.eval_documents": 200, "eval_every_steps": 700,
+                          "log_every_steps": 100, "checkpoint_every_steps": 700})
+    metrics = train_and_evaluate(c, workdir)
+    return workdir, metrics
+
+
+def test_reversal_is_learnt_to_exact_match(reverse_run):
+    workdir, metrics = reverse_run
+    assert metrics["eval/exact_match"] >= 0.95, metrics
+    assert metrics["eval/token_accuracy"] >= 0.95
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/bleu" in r for r in rows)
+
+
+def llmjax_cli(*args):
+    env = {**os.environ, "XLA_FLAGS": ""}
+    return subprocess.run([sys.executable, "-m", "llmjax", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_generate_and_eval_through_the_cli(reverse_run):
+    workdir, metrics = reverse_run
+    out = llmjax_cli("generate", f"--workdir={workdir}", "--prompt=abcdefg", "--beam_size=4")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "gfedcba"
+    run = llmjax.load(workdir)
+    assert run.generate("hgfe", beam_size=3) == run.generate("hgfe") == "efgh"
+    assert run.hidden_states(["abc", "a"]).shape == (2, 4, 64)  # text + <eos>
+    out = llmjax_cli("eval", f"--workdir={workdir}", "--config.generate.beam_size=2")
+    assert out.returncode == 0, out.stderr
+    evaluated = json.loads(out.stdout[out.stdout.index("{"):])
+    assert evaluated["eval/exact_match"] >= 0.95
+    np.testing.assert_allclose(evaluated["eval/loss"], metrics["eval/loss"], rtol=1e-5)
+
+
+def test_parallel_files_pair_line_by_line(tmp_path):
+    (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
+    (tmp_path / "a.de").write_text("eins\nzwei\ndrei\n")
+    c = seq2seq_config(**{"data.validation_fraction": 0.0})
+    records = sources.open_split(f"parallel:{tmp_path}/*.en|{tmp_path}/*.de", "train", c)
+    assert [(r["source"], r["target"]) for r in (records[i] for i in range(3))] == [
+        (b"one", b"eins"), (b"two", b"zwei"), (b"three", b"drei")]
+    (tmp_path / "b.de").write_text("vier\n")
+    with pytest.raises(DataError, match="3 lines .* 4"):
+        sources.open_split(f"parallel:{tmp_path}/*.en|{tmp_path}/*.de", "train", c)
+    with pytest.raises(DataError, match=r"parallel:SOURCE_GLOB\|TARGET_GLOB"):
+        sources.open_split(f"parallel:{tmp_path}/a.en", "train", c)
+
+
+def test_tfds_translation_catalog_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    c = seq2seq_config(**{"data.source": "tfds:wmt14_translate/de-en", "data.source_column": "en",
+                          "data.target_column": "de", "tokenizer.kind": "byte",
+                          "num_train_steps": 4, "eval_every_steps": 4, "eval_steps": 1,
+                          "eval_decode_examples": 8, "seq_len": 32, "target_seq_len": 32,
+                          "model.max_len": 32})
+    with tfds.testing.mock_data(num_examples=64):
+        metrics = train_and_evaluate(c, tmp_path / "wmt")
+    assert np.isfinite(metrics["eval/loss"]) and 0.0 <= metrics["eval/bleu"] <= 100.0
+
+
+def test_seq2seq_fine_tunes_from_a_span_corruption_run(tmp_path):
+    pretrain = tiny_config(**{"model.arch": "encoder_decoder", "objective": "span_corruption",
+                              "seq_len": 24, "target_seq_len": 8, "tokenizer.extra_ids": 8,
+                              "model.position_embedding": "relative", "num_train_steps": 10})
+    train_and_evaluate(pretrain, tmp_path / "pre")
+    pre = llmjax.load(tmp_path / "pre")
+    # learning rate 0: after one step the parameters are still exactly the pretrained ones
+    c = seq2seq_config(**{"data.source": "generated:copy", "tokenizer.extra_ids": 8,
+                          "init.workdir": str(tmp_path / "pre"), "num_train_steps": 1,
+                          "optimizer.learning_rate": 0.0, "optimizer.end_learning_rate": 0.0,
+                          "eval_decode_examples": 4, "seq_len": 24, "target_seq_len": 8,
+                          "model.max_len": 64, "model.emb_dim": 32, "model.num_heads": 2,
+                          "model.mlp_dim": 64})
+    train_and_evaluate(c, tmp_path / "ft")
+    ft = llmjax.load(tmp_path / "ft")
+    assert (tmp_path / "ft" / "tokenizer" / "vocab.json").read_text() == (
+        tmp_path / "pre" / "tokenizer" / "vocab.json").read_text()
+    for a, b in zip(jax.tree.leaves(nnx.state(pre.model)), jax.tree.leaves(nnx.state(ft.model)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
