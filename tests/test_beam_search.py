@@ -90,3 +90,20 @@ def test_wide_beam_matches_exhaustive_search():
                              eos_id=1, alpha=alpha)
     assert seq[0].tolist()[: len(best)] == list(best)
     np.testing.assert_allclose(float(score[0]), best_score, atol=1e-4)
+
+
+def test_decoder_beam_size_one_equals_greedy():
+    from llmjax.models import Decoder
+
+    cfg = ModelConfig(vocab_size=30, num_layers=2, num_heads=2, head_dim=8, emb_dim=16,
+                      mlp_dim=32, max_len=24, position_embedding="rotary")
+    model = Decoder(cfg, rngs=nnx.Rngs(5))
+    prompt = jnp.asarray(np.random.RandomState(1).randint(5, 30, (2, 5)), jnp.int32)
+    greedy = sample(model.decode, prompt, jnp.ones_like(prompt), model.init_cache(2, 20),
+                    jax.random.PRNGKey(0), max_new_tokens=12, eos_id=9, temperature=0.0)
+    beam, _ = beam_search(model.decode, prompt, model.init_cache(2, 20), beam_size=1,
+                          max_new_tokens=12, eos_id=9, alpha=0.0)
+    np.testing.assert_array_equal(beam, greedy)
+    wide, _ = beam_search(model.decode, prompt, model.init_cache(2 * 3, 20), beam_size=3,
+                          max_new_tokens=12, eos_id=9, alpha=0.6)
+    assert wide.shape == (2, 12)

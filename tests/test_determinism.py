@@ -30,6 +30,15 @@ def config_for(objective, tmp_path):
         return classify_config(tsv, **SHORT)
     if objective == "regression":
         return regression_config(tmp_path, **SHORT)
+    encoder_decoder = {"model.arch": "encoder_decoder", "objective": objective,
+                       "model.position_embedding": "relative", "tokenizer.extra_ids": 8,
+                       "seq_len": 24, "target_seq_len": 8}
+    if objective == "span_corruption":
+        return tiny_config(**encoder_decoder, **SHORT)
+    if objective == "seq2seq":
+        return tiny_config(**encoder_decoder, **SHORT, **{
+            "data.source": "generated:reverse", "eval_decode_examples": 8,
+            "generate.beam_size": 2})
     raise AssertionError(f"no determinism case for objective {objective!r}: add one")
 
 
