@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from llmjax.log_filter import quiet_library_logs
 
-COMMANDS = ("train", "eval", "generate", "predict")  # convert arrives with issue 7
+COMMANDS = ("train", "eval", "generate", "predict", "convert")
 WORKDIR_CONFIG = os.path.join(os.path.dirname(__file__), "workdir_config.py")
 
 FLAGS = flags.FLAGS
@@ -35,6 +35,10 @@ flags.DEFINE_integer("beam_size", None, "generate: beam search width (encoder-de
 flags.DEFINE_integer("seed", None, "generate: sampling seed.")
 flags.DEFINE_string("text", None, "predict: the text to classify.")
 flags.DEFINE_string("text_pair", None, "predict: the second text of a pair task.")
+flags.DEFINE_enum("from", None, ["hf"], "convert: import from this format (--path, --out).")
+flags.DEFINE_enum("to", None, ["hf"], "convert: export --workdir to this format (--out).")
+flags.DEFINE_string("path", None, "convert --from=hf: the Hugging Face model folder.")
+flags.DEFINE_string("out", None, "convert: the folder to write (a workdir, or a HF folder).")
 
 
 def _argv_with_workdir_config(argv: list[str]) -> list[str]:

@@ -74,3 +74,25 @@ def predict(FLAGS: flags.FlagValues) -> None:
         return
     label, probabilities = run.predict(FLAGS.text, FLAGS.text_pair)
     print(json.dumps({"label": label, "probabilities": probabilities}, indent=2))
+
+
+def convert(FLAGS: flags.FlagValues) -> None:
+    from llmjax.convert import hf
+
+    source, target = FLAGS["from"].value, FLAGS["to"].value
+    if (source is None) == (target is None):
+        raise ConfigError("convert needs --from=hf --path=HF_DIR --out=WORKDIR, or --to=hf "
+                          "--workdir=WORKDIR --out=HF_DIR")
+    if FLAGS.out is None:
+        raise ConfigError("convert needs --out=DIR (the folder to write)")
+    if source == "hf":
+        if FLAGS.path is None:
+            raise ConfigError("convert --from=hf needs --path=HF_DIR")
+        config = hf.import_to_workdir(FLAGS.path, FLAGS.out)
+        print(f"wrote llmjax workdir {FLAGS.out} ({config.model.arch}, objective "
+              f"{config.objective}) from {FLAGS.path}")
+    else:
+        if FLAGS.workdir is None:
+            raise ConfigError("convert --to=hf needs --workdir=WORKDIR")
+        hf.export_workdir(FLAGS.workdir, FLAGS.out, FLAGS.step)
+        print(f"wrote Hugging Face folder {FLAGS.out} from {FLAGS.workdir}")

@@ -76,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.gated_mlp = False
     m.use_bias = True
     m.tie_embeddings = True
+    m.scale_attention = True  # attention logits / sqrt(head_dim); T5 checkpoints: False
+    m.scale_decoder_outputs = False  # T5 v1.0: decoder output states / sqrt(emb_dim)
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "generated"

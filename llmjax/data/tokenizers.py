@@ -361,7 +361,7 @@ def load_tokenizer(directory: str | epath.Path, lowercase: bool = False) -> Toke
     directory = epath.Path(directory)
     config_file = directory / _CONFIG_FILE
     config = json.loads(config_file.read_text()) if config_file.exists() else {}
-    if "kind" not in config:  # not written by llmjax
+    if config.get("kind") in (None, ""):  # not written by llmjax, or a plain HF tokenizer
         return load_hf_tokenizer(directory, lowercase)
     kind, lowercase = config["kind"], config.get("lowercase", False)
     if kind == "char":

@@ -75,7 +75,8 @@ class MultiHeadAttention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
                                                     cache_index, axis=1)
             cache = {"k": k, "v": v}
-        q = q * (cfg.head_dim ** -0.5)
+        if cfg.scale_attention:
+            q = q * (cfg.head_dim ** -0.5)
         logits = jnp.einsum("bqhk,bshk->bhqs", q, k.astype(q.dtype),
                             preferred_element_type=jnp.float32)
         if bias_BxHxQxK is not None:

@@ -34,6 +34,8 @@ class ModelConfig:
     gated_mlp: bool = False
     use_bias: bool = True
     tie_embeddings: bool = True
+    scale_attention: bool = True  # queries times head_dim ** -0.5 (T5 folds it into its init)
+    scale_decoder_outputs: bool = False  # T5 v1.0: final states times emb_dim ** -0.5
     causal: bool = True
 
     @property

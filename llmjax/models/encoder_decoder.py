@@ -79,6 +79,8 @@ class EncoderDecoder(nnx.Module):
         return stack.finish(x)
 
     def _logits(self, x_BxTxD: Array) -> Array:
+        if self.cfg.scale_decoder_outputs:  # T5 v1.0
+            x_BxTxD = x_BxTxD * (self.cfg.emb_dim ** -0.5)
         if self.cfg.tie_embeddings:
             return self.embed.attend(x_BxTxD)
         return self.lm_head(x_BxTxD).astype(jnp.float32)

@@ -141,9 +141,12 @@ def restore_params(workdir: str | epath.Path, params: nnx.State, step: int | Non
 
 
 def _path_name(path: tuple) -> str:
-    """'layers/0/mlp/wi/kernel' for a pytree path, whatever its key types."""
+    """'layers/0/attention/value/kernel' for a pytree path, whatever its key types (the
+    Variable's own trailing 'value' dropped: an attribute live, a dict key in orbax metadata)."""
     parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-    return "/".join(p for p in parts if p != "value")
+    if parts and parts[-1] == "value":
+        parts = parts[:-1]
+    return "/".join(parts)
 
 
 def _check_shapes(saved: Any, expected: Any, where: epath.Path) -> None:

@@ -1,0 +1,203 @@
+"""Hugging Face checkpoint folders <-> llmjax runs.
+
+A folder holds `config.json`, the weights (`model.safetensors`, read with safetensors' numpy
+API and no PyTorch; or `pytorch_model.bin`, which needs torch) and tokenizer files
+(`tokenizer.json`, `vocab.txt` or `spiece.model`). Each model family has a module with an
+explicit name map (FAMILIES); this file does what they share: reading and writing folders,
+filling the llmjax parameters with a shape check per tensor, and refusing tensors that are
+left unused or parameters that are missing (naming them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from llmjax import configs
+from llmjax.configs import ConfigError
+from llmjax.convert import bert, gpt2, t5
+
+FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5}  # HF model_type -> name map module
+FAMILY_OF_ARCH = {"decoder": "gpt2", "encoder": "bert", "encoder_decoder": "t5"}
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the tensors or settings."""
+
+
+def read_folder(path: str | epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json as a dict, {tensor name: float32/int array}) of a Hugging Face folder."""
+    path = epath.Path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{config_file} does not exist: point at a Hugging Face model "
+                                "folder (config.json + model.safetensors or pytorch_model.bin)")
+    hf_config = json.loads(config_file.read_text())
+    safetensors_file, bin_file = path / "model.safetensors", path / "pytorch_model.bin"
+    if safetensors_file.exists():
+        from safetensors.numpy import load_file
+
+        tensors = load_file(os.fspath(safetensors_file))
+    elif bin_file.exists():
+        try:
+            import torch
+        except ImportError:
+            raise ConversionError(f"{bin_file} is a PyTorch file: install torch to read it, or "
+                                  "save the model as model.safetensors") from None
+        state = torch.load(os.fspath(bin_file), map_location="cpu", weights_only=True)
+        tensors = {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+                   for k, v in state.items()}
+    else:
+        raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin")
+    return hf_config, {k: np.asarray(v, np.float32) if v.dtype.kind == "f" else np.asarray(v)
+                       for k, v in tensors.items()}
+
+
+def family_of(hf_config: dict):
+    model_type = hf_config.get("model_type")
+    if model_type not in FAMILIES:
+        raise ConversionError(f"model_type {model_type!r} cannot be converted yet; llmjax reads "
+                              f"{sorted(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+def _flat(params: nnx.State) -> dict[str, Any]:
+    from llmjax.train.checkpoint import _path_name
+
+    return {_path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def fill_params(params: nnx.State, named: dict[str, np.ndarray], fresh: tuple[str, ...] = ()
+                ) -> nnx.State:
+    """`params` with every value taken from `named` (llmjax name -> array), shapes checked.
+    Parameters under a top-level module in `fresh` keep their new values when absent."""
+    from llmjax.train.checkpoint import _path_name
+
+    wanted = _flat(params)
+    problems = [f"{k} has shape {named[k].shape}, the model wants {tuple(wanted[k].shape)}"
+                for k in named if k in wanted and tuple(named[k].shape) != tuple(wanted[k].shape)]
+    missing = [k for k in wanted if k not in named and k.split("/")[0] not in fresh]
+    unused = [k for k in named if k not in wanted]
+    if problems or missing or unused:
+        parts = problems + [f"{k} is missing" for k in missing] + [
+            f"{k} has no place in the model" for k in unused]
+        raise ConversionError("the checkpoint does not fit the model: " + "; ".join(parts[:8])
+                              + (f"; and {len(parts) - 8} more" if len(parts) > 8 else ""))
+
+    def take(path, value):
+        name = _path_name(path)
+        if name not in named:
+            return value
+        return np.asarray(named[name], np.dtype(value.dtype))
+
+    return jax.tree_util.tree_map_with_path(take, params)
+
+
+def check_all_used(tensors: dict[str, np.ndarray], used: set[str], ignored: tuple[str, ...]
+                   ) -> None:
+    """Every checkpoint tensor is either mapped or a known non-parameter buffer."""
+    left = sorted(k for k in tensors if k not in used
+                  and not any(re.fullmatch(p, k) for p in ignored))
+    if left:
+        raise ConversionError(f"{len(left)} checkpoint tensors have no place in the llmjax model:"
+                              f" {', '.join(left[:8])}{' ...' if len(left) > 8 else ''}")
+
+
+def import_folder(path: str | epath.Path, objective: str | None = None
+                  ) -> tuple[ml_collections.ConfigDict, nnx.State]:
+    """(llmjax config, parameters) of a Hugging Face folder. `objective` picks the heads (default:
+    the checkpoint's own: causal_lm, mlm_nsp / mlm / classification, seq2seq)."""
+    from llmjax.train import state as state_lib
+
+    hf_config, tensors = read_folder(path)
+    family = family_of(hf_config)
+    config = configs.base_config()
+    family.configure(config, hf_config, tensors, objective)
+    try:
+        named, used = family.import_tensors(hf_config, tensors, config)
+    except KeyError as e:
+        raise ConversionError(f"{path}: the checkpoint has no tensor {e} that a "
+                              f"{hf_config['model_type']} model of this config needs") from None
+    check_all_used(tensors, used, family.IGNORED)
+    _, params = nnx.split(state_lib.build_model(config))
+    from llmjax.objectives import get_objective
+
+    fresh = getattr(get_objective(config.objective), "fresh_modules", ())
+    return config, fill_params(params, named, fresh=tuple(k for k in fresh if k not in named))
+
+
+def export_params(config: ml_collections.ConfigDict, params: nnx.State
+                  ) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json dict, tensors) of an llmjax model in its Hugging Face family's format."""
+    family = FAMILIES[FAMILY_OF_ARCH[config.model.arch]]
+    problems = family.inexpressible(config)
+    if problems:
+        raise ConfigError(f"this run cannot be written as a Hugging Face {family.MODEL_TYPE} "
+                          f"model: {'; '.join(problems)}")
+    flat = {k: np.asarray(v, np.float32) for k, v in _flat(params).items()}
+    return family.export_tensors(config, flat)
+
+
+def write_folder(out: str | epath.Path, hf_config: dict, tensors: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    out = epath.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+              os.fspath(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def import_to_workdir(path: str | epath.Path, out: str | epath.Path,
+                      objective: str | None = None) -> ml_collections.ConfigDict:
+    """Writes an llmjax workdir (config.json, tokenizer/, checkpoints/0 with the parameters)
+    that `llmjax.load`, eval / generate and `init.workdir` accept. Returns its config."""
+    from llmjax.data.tokenizers import load_hf_tokenizer
+    from llmjax.train.checkpoint import Checkpointer
+
+    config, params = import_folder(path, objective)
+    tokenizer = load_hf_tokenizer(path)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise ConversionError(f"the tokenizer in {path} has {tokenizer.vocab_size} tokens, more "
+                              f"than the model's {config.model.vocab_size}")
+    config.tokenizer.kind = tokenizer.kind or "bpe"
+    out = epath.Path(out)
+    if (out / "checkpoints").exists():
+        raise ConfigError(f"{out} already holds checkpoints: convert into a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out / "tokenizer")
+    (out / "config.json").write_text(configs.to_json(config))
+    ckpt = Checkpointer(out, async_save=False)
+    ckpt.save(0, {"step": np.zeros((), np.int32), "params": jax.device_get(params)}, None,
+              force=True)
+    ckpt.wait()
+    ckpt.close()
+    return config
+
+
+def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
+                   step: int | None = None) -> None:
+    """Writes a run's parameters (latest checkpoint or `step`) as a Hugging Face folder that
+    `transformers.AutoModel*.from_pretrained` loads, with its tokenizer when Hugging Face can
+    read it (tokenizer.json, spiece.model)."""
+    from llmjax import api
+
+    run = api.load(workdir, step)
+    hf_config, tensors = export_params(run.config, nnx.state(run.model, nnx.Param))
+    tok = run.tokenizer
+    for role in ("pad", "bos", "eos", "unk"):
+        hf_config.setdefault(f"{role}_token_id", getattr(tok, f"{role}_id"))
+    write_folder(out, hf_config, tensors)
+    out = epath.Path(out)
+    if hasattr(tok, "hf"):
+        (out / "tokenizer.json").write_text(tok.hf.to_str())
+    elif hasattr(tok, "proto"):
+        (out / "spiece.model").write_bytes(tok.proto)

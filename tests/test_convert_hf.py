@@ -1,0 +1,275 @@
+"""Hugging Face <-> llmjax: small random transformers models built here (no download) give the
+same hidden states, logits and greedy tokens after import, export loads back in transformers
+with the same logits, and import -> export -> import is bit-identical."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import llmjax
+from llmjax.convert import hf as convert
+from llmjax.decoding.sampling import sample
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Zwei Hunde spielen im Schnee!",
+         "A man in an orange hat, starring at something.", "Ça coûte 3,50 € — d'accord?"] * 30
+
+
+def byte_bpe_tokenizer_json(folder, vocab_size=300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(folder / "tokenizer.json"))
+    return tok
+
+
+def padded_batch(lengths, vocab, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = np.zeros((len(lengths), max(lengths)), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.randint(3, vocab, n)
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def assert_close(ours, theirs, mask):
+    ours, theirs = np.asarray(ours), theirs.detach().numpy()
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(ours[keep], theirs[keep], atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2")
+    byte_bpe_tokenizer_json(folder)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2,
+                                     n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_gpt2_import_matches_transformers(gpt2_folder, tmp_path):
+    folder, hf_model = gpt2_folder
+    convert.import_to_workdir(folder, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    ids, mask = padded_batch([9, 5, 12], 300)
+    with torch.no_grad():
+        out = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                       output_hidden_states=True)
+    seg = jnp.asarray(mask, jnp.int32)
+    assert_close(run.model(jnp.asarray(ids), segment_ids=seg), out.logits, mask)
+    assert_close(run.model.hidden_states(jnp.asarray(ids), segment_ids=seg),
+                 out.hidden_states[-1], mask)
+    # greedy generation: the same 12 tokens (no <eos> stop on either side)
+    prompt = ids[:1, :9]
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor(prompt), max_new_tokens=12, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[0, 9:].numpy()
+    ours = sample(run.model.decode, jnp.asarray(prompt), jnp.ones_like(jnp.asarray(prompt)),
+                  run.model.init_cache(1, 32), jax.random.PRNGKey(0), max_new_tokens=12,
+                  eos_id=-1, temperature=0.0)[0]
+    np.testing.assert_array_equal(np.asarray(ours), theirs)
+    # the tokenizer: transformers' encoding of the same tokenizer.json
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    for text in TEXTS[:4]:
+        assert run.tokenizer.encode(text) == hf_tok.encode(text, add_special_tokens=False)
+
+
+def test_gpt2_export_round_trip(gpt2_folder, tmp_path):
+    folder, hf_model = gpt2_folder
+    convert.import_to_workdir(folder, tmp_path / "run")
+    out = subprocess.run([sys.executable, "-m", "llmjax", "convert", "--to=hf",
+                          f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids, mask = padded_batch([7, 11], 300, seed=1)
+    with torch.no_grad():
+        a = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+        b = reloaded(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    _, first = convert.import_folder(folder)
+    _, second = convert.import_folder(tmp_path / "hf")
+    for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert (tmp_path / "hf" / "tokenizer.json").exists()
+
+
+def test_unknown_tensor_is_named(gpt2_folder, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    folder, _ = gpt2_folder
+    (tmp_path / "bad").mkdir()
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["transformer.h.0.extra.weight"] = np.zeros((2, 2), np.float32)
+    save_file(tensors, str(tmp_path / "bad" / "model.safetensors"))
+    (tmp_path / "bad" / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(convert.ConversionError, match=r"transformer\.h\.0\.extra\.weight"):
+        convert.import_folder(tmp_path / "bad")
+    del tensors["transformer.h.0.extra.weight"]
+    del tensors["transformer.h.1.mlp.c_fc.bias"]
+    save_file(tensors, str(tmp_path / "bad" / "model.safetensors"))
+    with pytest.raises(convert.ConversionError, match=r"no tensor 'h\.1\.mlp\.c_fc\.bias'"):
+        convert.import_folder(tmp_path / "bad")
+
+
+SENTENCES = [f"{a} {b}" for a in (
+    "Hello, World!", "naïve café résumé", "Ünïcödé ÅÇÉ straße", "東京 is big.", "don't stop—ever",
+    "1,234.56 dollars (approx.)", "e-mail: a.b@c.de", "tabs\tand  spaces", "UPPER lower MiXeD",
+    "¿Qué tal? ¡Bien!") for b in (
+    "", "The end.", "schön und gut", "x-ray's #1 [test]", "Ωμέγα και άλφα", "...", "🙂 emoji",
+    "über-cool", "semi;colon:colon", "quote \"this\" now", "O'Neil's", "100%", "a/b\\c",
+    "new\nline", "ÀÉÎÕÜ", "ﬁne ligature", "mañana", "coöperate", "tl;dr", "C++ & C#")]
+
+
+def bert_vocab(folder):
+    from llmjax.data.tokenizers import train_tokenizer
+
+    tok = train_tokenizer("wordpiece", SENTENCES * 3 + TEXTS, 400, lowercase=True)
+    pieces = [p for p, _ in sorted(tok.hf.get_vocab().items(), key=lambda kv: kv[1])
+              if not p.startswith("<")]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *pieces]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (folder / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    return len(vocab)
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bert")
+    vocab = bert_vocab(folder)
+    config = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.BertForPreTraining(config).eval()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_bert_import_matches_transformers(bert_folder, tmp_path):
+    folder, hf_model = bert_folder
+    convert.import_to_workdir(folder, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    assert run.config.objective == "mlm_nsp"
+    vocab = run.config.model.vocab_size
+    ids, mask = padded_batch([10, 6, 14], vocab)
+    types = np.zeros_like(ids)
+    types[0, 5:10] = 1
+    with torch.no_grad():
+        out = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                       token_type_ids=torch.tensor(types), output_hidden_states=True)
+    hidden = run.model.hidden_states(jnp.asarray(ids), token_types=jnp.asarray(types),
+                                     segment_ids=jnp.asarray(mask, jnp.int32))
+    assert_close(hidden, out.hidden_states[-1], mask)
+    assert_close(run.model.mlm_logits(hidden), out.prediction_logits, mask)
+    np.testing.assert_allclose(np.asarray(run.model.nsp_logits(hidden)),
+                               out.seq_relationship_logits.numpy(), atol=1e-4)
+    # tokenization: our WordPiece over vocab.txt == transformers' BertTokenizer
+    hf_tok = transformers.BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
+    for text in SENTENCES:
+        assert run.tokenizer.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
+
+
+def test_bert_without_prefix_or_heads_and_classifier_export(bert_folder, tmp_path):
+    folder, hf_model = bert_folder
+    hf_model.bert.save_pretrained(tmp_path / "body")  # BertModel: no `bert.` prefix, no heads
+    (tmp_path / "body" / "vocab.txt").write_text((folder / "vocab.txt").read_text())
+    config, params = convert.import_folder(tmp_path / "body")
+    assert config.objective == "classification"  # a fresh classifier on the pooled state
+    convert.import_to_workdir(tmp_path / "body", tmp_path / "run")
+    out = subprocess.run([sys.executable, "-m", "llmjax", "convert", "--to=hf",
+                          f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "hf").eval()
+    run = llmjax.load(tmp_path / "run")
+    ids, mask = padded_batch([8, 12], run.config.model.vocab_size, seed=2)
+    with torch.no_grad():
+        theirs = reloaded(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    hidden = run.model.hidden_states(jnp.asarray(ids), segment_ids=jnp.asarray(mask, jnp.int32))
+    np.testing.assert_allclose(np.asarray(run.model.class_logits(hidden)), theirs, atol=1e-4)
+
+
+@pytest.fixture(scope="module", params=["v1.0", "v1.1"])
+def t5_folder(request, tmp_path_factory):
+    import sentencepiece as spm
+
+    folder = tmp_path_factory.mktemp("t5")
+    model_file = folder / "spiece.model"
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS + SENTENCES),
+                                   model_prefix=str(model_file.with_suffix("")), vocab_size=200,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
+                                   minloglevel=2, hard_vocab_limit=False)
+    v11 = request.param == "v1.1"
+    config = transformers.T5Config(vocab_size=300, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                   num_decoder_layers=3, num_heads=4, dropout_rate=0.0,
+                                   feed_forward_proj="gated-gelu" if v11 else "relu",
+                                   tie_word_embeddings=not v11, decoder_start_token_id=0,
+                                   pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_t5_import_matches_transformers(t5_folder, tmp_path):
+    from llmjax.decoding.encoder_decoder import decode
+
+    folder, hf_model = t5_folder
+    convert.import_to_workdir(folder, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    source, source_mask = padded_batch([9, 5, 12], 300)
+    target, target_mask = padded_batch([6, 8, 3], 300, seed=1)
+    with torch.no_grad():
+        out = hf_model(input_ids=torch.tensor(source), attention_mask=torch.tensor(source_mask),
+                       decoder_input_ids=torch.tensor(target),
+                       decoder_attention_mask=torch.tensor(target_mask))
+    seg = jnp.asarray(source_mask, jnp.int32)
+    encoded = run.model.encode(jnp.asarray(source), segment_ids=seg)
+    assert_close(encoded, out.encoder_last_hidden_state, source_mask)
+    logits = run.model(jnp.asarray(source), jnp.asarray(target), segment_ids=seg,
+                       decoder_segment_ids=jnp.asarray(target_mask, jnp.int32))
+    assert_close(logits, out.logits, target_mask)
+    with torch.no_grad():
+        theirs = hf_model.generate(input_ids=torch.tensor(source),
+                                   attention_mask=torch.tensor(source_mask), max_new_tokens=10,
+                                   do_sample=False, use_cache=False  # its cache assumes
+                                   )[:, 1:].numpy()  # as many decoder layers as encoder ones
+    graphdef, params = nnx.split(run.model)
+    ours = np.asarray(decode(graphdef, params, jnp.asarray(source), seg, jax.random.PRNGKey(0),
+                             max_new_tokens=10, bos_id=0, eos_id=1, pad_id=0))
+    np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
+    hf_tok = transformers.T5Tokenizer.from_pretrained(folder, extra_ids=0, legacy=False)
+    for text in SENTENCES:
+        assert run.tokenizer.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
+    # export -> transformers loads it with the same logits; re-import is bit-identical
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        again = reloaded(input_ids=torch.tensor(source), attention_mask=torch.tensor(source_mask),
+                         decoder_input_ids=torch.tensor(target)).logits
+        first = hf_model(input_ids=torch.tensor(source), attention_mask=torch.tensor(source_mask),
+                         decoder_input_ids=torch.tensor(target)).logits
+    np.testing.assert_allclose(again.numpy(), first.numpy(), atol=1e-5)
+    _, a = convert.import_folder(folder)
+    _, b = convert.import_folder(tmp_path / "hf")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
