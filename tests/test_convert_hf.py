@@ -273,3 +273,27 @@ def test_t5_import_matches_transformers(t5_folder, tmp_path):
     _, b = convert.import_folder(tmp_path / "hf")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_classification_fine_tunes_from_an_hf_folder(bert_folder, tmp_path):
+    from test_classification import classify_config, write_sentiment_tsv
+
+    from llmjax.train.loop import train_and_evaluate
+
+    folder, hf_model = bert_folder
+    tsv = (write_sentiment_tsv(tmp_path / "train.tsv", 64, 0),
+           write_sentiment_tsv(tmp_path / "dev.tsv", 16, 1))
+    c = classify_config(tsv, **{"init.hf_path": str(folder), "num_train_steps": 1,
+                                "optimizer.learning_rate": 0.0,
+                                "optimizer.end_learning_rate": 0.0, "seq_len": 32})
+    train_and_evaluate(c, tmp_path / "ft")
+    run = llmjax.load(tmp_path / "ft")
+    assert run.config.model.emb_dim == 32 and run.config.model.norm_position == "post"
+    assert run.tokenizer.kind == "wordpiece" and run.tokenizer.bos_id == 2  # [CLS]
+    ids, mask = padded_batch([7, 10], run.config.model.vocab_size, seed=3)
+    with torch.no_grad():
+        theirs = hf_model.bert(torch.tensor(ids), attention_mask=torch.tensor(mask))
+    hidden = run.model.hidden_states(jnp.asarray(ids), segment_ids=jnp.asarray(mask, jnp.int32))
+    assert_close(hidden, theirs.last_hidden_state, mask)  # the body, restored
+    np.testing.assert_allclose(np.asarray(run.model.pooler(hidden)),
+                               theirs.pooler_output.numpy(), atol=1e-4)

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 MODEL_TYPE = "gpt2"
+HEADS = ()  # the LM head is the tied embedding (or lm_head)
 IGNORED = (r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias", r"lm_head\.weight")
 _ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact",
                 "relu": "relu", "silu": "silu"}

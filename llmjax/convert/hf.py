@@ -201,3 +201,37 @@ def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
         (out / "tokenizer.json").write_text(tok.hf.to_str())
     elif hasattr(tok, "proto"):
         (out / "spiece.model").write_bytes(tok.proto)
+
+
+# Model settings a fine-tuning config keeps when `init.hf_path` supplies the rest.
+_KEPT_MODEL_KEYS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
+                    "num_classes")
+
+
+def apply_hf_model_config(config: ml_collections.ConfigDict) -> None:
+    """Sets config.model (architecture and sizes) from the `init.hf_path` folder, keeping the
+    run's objective, dropout and dtypes."""
+    hf_config, tensors = read_folder(config.init.hf_path)
+    family = family_of(hf_config)
+    imported = configs.base_config()
+    family.configure(imported, hf_config, tensors, config.objective)
+    for key in imported.model.keys():
+        if key not in _KEPT_MODEL_KEYS:
+            config.model[key] = imported.model[key]
+    config.tokenizer.extra_ids = imported.tokenizer.extra_ids
+
+
+def hf_initial_params(config: ml_collections.ConfigDict, params: nnx.State,
+                      fresh: tuple[str, ...] = ()) -> nnx.State:
+    """`params` filled from the `init.hf_path` folder: the shared body always; heads the run
+    has (and the checkpoint too) restored, other checkpoint heads dropped, `fresh` heads new."""
+    hf_config, tensors = read_folder(config.init.hf_path)
+    family = family_of(hf_config)
+    named, used = family.import_tensors(hf_config, tensors, config)
+    check_all_used(tensors, used, family.IGNORED)
+    present = {name.split("/")[0] for name in _flat(params)}
+    named = {k: v for k, v in named.items()
+             if k.split("/")[0] in present or k.split("/")[0] not in family.HEADS}
+    named = {k: v for k, v in named.items() if k.split("/")[0] not in fresh}
+    return fill_params(params, named, fresh=fresh + tuple(
+        h for h in family.HEADS if not any(k.startswith(h + "/") for k in named)))

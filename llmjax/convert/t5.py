@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 MODEL_TYPE = "t5"
+HEADS = ()
 IGNORED = (r"(encoder|decoder)\.embed_tokens\.weight",)
 
 

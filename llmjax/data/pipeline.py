@@ -61,6 +61,11 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tup
     if config.init.workdir:
         raise FileNotFoundError(f"init.workdir={config.init.workdir} has no tokenizer/ directory;"
                                 " point it at the workdir of a finished llmjax run")
+    if config.init.hf_path:
+        from llmjax.data.tokenizers import load_hf_tokenizer
+
+        return (load_hf_tokenizer(config.init.hf_path, config.tokenizer.lowercase),
+                config.init.hf_path)
     if config.tokenizer.path:
         return (load_tokenizer(config.tokenizer.path, config.tokenizer.lowercase),
                 config.tokenizer.path)

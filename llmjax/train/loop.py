@@ -88,12 +88,16 @@ def check_init_compatible(config: ml_collections.ConfigDict) -> None:
 
 
 def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.State:
-    """Fresh parameters, or those of `init.workdir` (fine-tuning)."""
+    """Fresh parameters, or those of `init.workdir` / `init.hf_path` (fine-tuning)."""
+    objective = get_objective(config.objective)
+    if config.init.hf_path:
+        from llmjax.convert.hf import hf_initial_params
+
+        logging.info("initialised parameters from the Hugging Face folder %s",
+                     config.init.hf_path)
+        return hf_initial_params(config, params, getattr(objective, "fresh_modules", ()))
     if not config.init.workdir:
         return params
-    if config.init.hf_path:
-        raise configs.ConfigError("init.hf_path is not supported yet; use init.workdir")
-    objective = get_objective(config.objective)
     restored, step = checkpoint.restore_params(
         config.init.workdir, params, config.init.step,
         fresh=getattr(objective, "fresh_modules", ()),
@@ -173,6 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     configs.validate(config, num_data_shards=shards)
     objective = get_objective(config.objective)
     check_init_compatible(config)
+    if config.init.hf_path:  # the architecture comes from the Hugging Face config
+        from llmjax.convert.hf import apply_hf_model_config
+
+        apply_hf_model_config(config)
+        configs.validate(config, num_data_shards=shards)
     created = not workdir.exists()
     prepare_workdir(workdir)
     try:  # every check and all data loading come before the first write to the workdir
