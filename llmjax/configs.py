@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.tie_embeddings = True
     m.scale_attention = True  # attention logits / sqrt(head_dim); T5 checkpoints: False
     m.scale_decoder_outputs = False  # T5 v1.0: decoder output states / sqrt(emb_dim)
+    m.scale_embeddings = False  # encoder_decoder: token embeddings * sqrt(emb_dim) (BART option)
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "generated"

@@ -308,3 +308,66 @@ def test_pytorch_bin_reads_like_safetensors(gpt2_folder, tmp_path):
     _, from_safetensors = convert.import_folder(folder)
     for x, y in zip(jax.tree.leaves(from_bin), jax.tree.leaves(from_safetensors), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def bart_folder(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("bart")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(folder / "tokenizer.json"))
+    config = transformers.BartConfig(
+        vocab_size=300, d_model=32, encoder_layers=2, decoder_layers=3,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0, scale_embedding=True, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None,
+        forced_eos_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.BartForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_bart_import_export_matches_transformers(bart_folder, tmp_path):
+    from llmjax.decoding.encoder_decoder import decode
+
+    folder, hf_model = bart_folder
+    convert.import_to_workdir(folder, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    source, source_mask = padded_batch([9, 5, 12], 300)
+    target, target_mask = padded_batch([6, 8, 3], 300, seed=1)
+    args = dict(input_ids=torch.tensor(source), attention_mask=torch.tensor(source_mask),
+                decoder_input_ids=torch.tensor(target))
+    with torch.no_grad():
+        out = hf_model(**args, decoder_attention_mask=torch.tensor(target_mask))
+    seg = jnp.asarray(source_mask, jnp.int32)
+    assert_close(run.model.encode(jnp.asarray(source), segment_ids=seg),
+                 out.encoder_last_hidden_state, source_mask)
+    logits = run.model(jnp.asarray(source), jnp.asarray(target), segment_ids=seg,
+                       decoder_segment_ids=jnp.asarray(target_mask, jnp.int32))
+    assert_close(logits, out.logits, target_mask)
+    with torch.no_grad():
+        theirs = hf_model.generate(input_ids=torch.tensor(source),
+                                   attention_mask=torch.tensor(source_mask), max_new_tokens=8,
+                                   do_sample=False, num_beams=1, use_cache=False,
+                                   no_repeat_ngram_size=0, min_length=0)[:, 1:].numpy()
+    graphdef, params = nnx.split(run.model)
+    ours = np.asarray(decode(graphdef, params, jnp.asarray(source), seg, jax.random.PRNGKey(0),
+                             max_new_tokens=8, bos_id=2, eos_id=2, pad_id=1))
+    np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(**args).logits.numpy(),
+                                   hf_model(**args).logits.numpy(), atol=1e-5)
+    _, a = convert.import_folder(folder)
+    _, b = convert.import_folder(tmp_path / "hf")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)

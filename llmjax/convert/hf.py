@@ -23,10 +23,17 @@ from flax import nnx
 
 from llmjax import configs
 from llmjax.configs import ConfigError
-from llmjax.convert import bert, gpt2, t5
+from llmjax.convert import bart, bert, gpt2, t5
 
-FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5}  # HF model_type -> name map module
-FAMILY_OF_ARCH = {"decoder": "gpt2", "encoder": "bert", "encoder_decoder": "t5"}
+FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart}  # HF model_type -> name map
+
+
+def export_family(config: ml_collections.ConfigDict):
+    """The Hugging Face family an llmjax model is written as."""
+    m = config.model
+    if m.arch == "encoder_decoder":  # post-norm with learned positions: BART; else T5
+        return bart if m.norm_position == "post" else t5
+    return gpt2 if m.arch == "decoder" else bert
 
 
 class ConversionError(ValueError):
@@ -137,7 +144,7 @@ def import_folder(path: str | epath.Path, objective: str | None = None
 def export_params(config: ml_collections.ConfigDict, params: nnx.State
                   ) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json dict, tensors) of an llmjax model in its Hugging Face family's format."""
-    family = FAMILIES[FAMILY_OF_ARCH[config.model.arch]]
+    family = export_family(config)
     problems = family.inexpressible(config)
     if problems:
         raise ConfigError(f"this run cannot be written as a Hugging Face {family.MODEL_TYPE} "

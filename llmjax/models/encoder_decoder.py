@@ -33,15 +33,22 @@ class _Stack(nnx.Module):
             self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
         self.relative_bias = (RelativePositionBias(cfg, bidirectional=not causal, rngs=rngs)
                               if cfg.position_embedding == "relative" else None)
+        # Post-norm stacks (BART) normalise the summed embeddings; pre-norm ones end with a norm.
+        self.embed_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position == "post" else None
         self.layers = nnx.List([TransformerBlock(self.cfg, rngs=rngs, cross_attention=causal)
                                 for _ in range(num_layers)])
         self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position == "pre" else None
 
     def embed_positions(self, x_BxLxD: Array, positions_BxL: Array, rng: Array | None) -> Array:
+        """Token embeddings [B, L, D] -> the stack's input (positions, norm, dropout)."""
+        if self.cfg.scale_embeddings:  # BART's scale_embedding, the original Transformer's
+            x_BxLxD = x_BxLxD * jnp.sqrt(jnp.float32(self.cfg.emb_dim)).astype(x_BxLxD.dtype)
         if self.cfg.position_embedding == "learned":
             x_BxLxD = x_BxLxD + self.position_embed(positions_BxL)
         elif self.cfg.position_embedding == "sinusoidal":
             x_BxLxD = x_BxLxD + sinusoidal(positions_BxL, self.cfg.emb_dim).astype(x_BxLxD.dtype)
+        if self.embed_norm is not None:
+            x_BxLxD = self.embed_norm(x_BxLxD)
         return dropout(x_BxLxD, self.cfg.dropout_rate, rng)
 
     def bias(self, query_positions_BxQ: Array, key_positions_BxK: Array) -> Array | None:
