@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.scale_attention = True  # attention logits / sqrt(head_dim); T5 checkpoints: False
     m.scale_decoder_outputs = False  # T5 v1.0: decoder output states / sqrt(emb_dim)
     m.scale_embeddings = False  # encoder_decoder: token embeddings * sqrt(emb_dim) (BART option)
+    m.embed_norm = False  # decoder: normalise the token embeddings (BLOOM)
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "generated"
@@ -265,9 +266,13 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"optimizer.schedule={o.schedule!r}: use cosine, linear or constant")
     _check(config.parallel.mode in ("single", "pmap"),
            f"parallel.mode={config.parallel.mode!r}: this version supports single and pmap")
-    _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "relative", "none"),
+    _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "relative", "alibi",
+                                    "none"),
            f"model.position_embedding={m.position_embedding!r}: use learned, sinusoidal, "
-           "rotary, relative or none")
+           "rotary, relative, alibi or none")
+    _check(m.position_embedding != "alibi" or m.arch == "decoder",
+           f"model.position_embedding='alibi' is built for decoder models (BLOOM), not "
+           f"model.arch={m.arch!r}")
     _check(m.position_embedding != "relative" or m.arch == "encoder_decoder",
            f"model.position_embedding='relative' (T5 buckets) is built for encoder_decoder "
            f"models; for model.arch={m.arch!r} use learned, sinusoidal or rotary")

@@ -371,3 +371,44 @@ def test_bart_import_export_matches_transformers(bart_folder, tmp_path):
     _, b = convert.import_folder(tmp_path / "hf")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def bloom_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bloom")
+    byte_bpe_tokenizer_json(folder)
+    config = transformers.BloomConfig(vocab_size=300, hidden_size=48, n_layer=2, n_head=6,
+                                      hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = transformers.BloomForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_bloom_import_export_matches_transformers(bloom_folder, tmp_path):
+    folder, hf_model = bloom_folder
+    convert.import_to_workdir(folder, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    ids, mask = padded_batch([9, 5, 12], 300)
+    with torch.no_grad():
+        out = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                       output_hidden_states=True)
+    seg = jnp.asarray(mask, jnp.int32)
+    assert_close(run.model(jnp.asarray(ids), segment_ids=seg), out.logits, mask)
+    prompt = ids[:1, :9]
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor(prompt), max_new_tokens=12, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[0, 9:].numpy()
+    ours = sample(run.model.decode, jnp.asarray(prompt), jnp.ones_like(jnp.asarray(prompt)),
+                  run.model.init_cache(1, 32), jax.random.PRNGKey(0), max_new_tokens=12,
+                  eos_id=-1, temperature=0.0)[0]
+    np.testing.assert_array_equal(np.asarray(ours), theirs)
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(torch.tensor(ids)).logits.numpy(),
+                                   hf_model(torch.tensor(ids)).logits.numpy(), atol=1e-5)
+    _, a = convert.import_folder(folder)
+    _, b = convert.import_folder(tmp_path / "hf")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -78,6 +78,7 @@ def test_attention_mask_blocks_padding_and_future():
     dict(position_embedding="sinusoidal", norm="rmsnorm", gated_mlp=True),
     dict(position_embedding="rotary", use_bias=False, tie_embeddings=False),
     dict(position_embedding="learned", norm_position="post"),
+    dict(position_embedding="alibi", embed_norm=True),
 ])
 def test_kv_cache_decoding_equals_full_forward(kw):
     model = make(**kw)
@@ -92,8 +93,9 @@ def test_kv_cache_decoding_equals_full_forward(kw):
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
 
 
-def test_kv_cache_with_left_padded_prompts():
-    model = make(position_embedding="rotary")
+@pytest.mark.parametrize("position", ["rotary", "alibi"])
+def test_kv_cache_with_left_padded_prompts(position):
+    model = make(position_embedding=position)
     short, long = tokens((1, 3), 3), tokens((1, 6), 4)
     prompts = jnp.concatenate([jnp.concatenate([jnp.zeros((1, 3), jnp.int32), short], 1), long])
     valid = jnp.array([[0, 0, 0, 1, 1, 1], [1] * 6])

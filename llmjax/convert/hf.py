@@ -23,9 +23,10 @@ from flax import nnx
 
 from llmjax import configs
 from llmjax.configs import ConfigError
-from llmjax.convert import bart, bert, gpt2, t5
+from llmjax.convert import bart, bert, bloom, gpt2, t5
 
-FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart}  # HF model_type -> name map
+# HF model_type -> its name map module
+FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom}
 
 
 def export_family(config: ml_collections.ConfigDict):
@@ -33,7 +34,9 @@ def export_family(config: ml_collections.ConfigDict):
     m = config.model
     if m.arch == "encoder_decoder":  # post-norm with learned positions: BART; else T5
         return bart if m.norm_position == "post" else t5
-    return gpt2 if m.arch == "decoder" else bert
+    if m.arch == "decoder":
+        return bloom if m.position_embedding == "alibi" else gpt2
+    return bert
 
 
 class ConversionError(ValueError):

@@ -37,6 +37,7 @@ class ModelConfig:
     scale_attention: bool = True  # queries times head_dim ** -0.5 (T5 folds it into its init)
     scale_decoder_outputs: bool = False  # T5 v1.0: final states times emb_dim ** -0.5
     scale_embeddings: bool = False  # encoder_decoder: token embeddings times sqrt(emb_dim)
+    embed_norm: bool = False  # decoder: a norm on the embeddings (BLOOM)
     causal: bool = True
 
     @property

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llmjax.models.alibi import alibi_bias
 from llmjax.models.attention import make_attention_mask, segment_positions
 from llmjax.models.blocks import TransformerBlock
 from llmjax.models.config import ModelConfig
@@ -22,6 +23,7 @@ class Decoder(nnx.Module):
         self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)
         if cfg.position_embedding == "learned":
             self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
+        self.embed_norm = Norm(cfg.emb_dim, cfg) if cfg.embed_norm else None  # BLOOM
         self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position == "pre" else None
         if not cfg.tie_embeddings:
@@ -34,7 +36,14 @@ class Decoder(nnx.Module):
             x = x + self.position_embed(positions_BxL)
         elif self.cfg.position_embedding == "sinusoidal":
             x = x + sinusoidal(positions_BxL, self.cfg.emb_dim).astype(x.dtype)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         return dropout(x, self.cfg.dropout_rate, rng)
+
+    def _bias(self, query_positions_BxQ: Array, key_positions_BxK: Array) -> Array | None:
+        if self.cfg.position_embedding != "alibi":
+            return None
+        return alibi_bias(query_positions_BxQ, key_positions_BxK, self.cfg.num_heads)
 
     def _final(self, x_BxLxD: Array) -> Array:
         return x_BxLxD if self.final_norm is None else self.final_norm(x_BxLxD)
@@ -52,8 +61,9 @@ class Decoder(nnx.Module):
         pos = segment_positions(seg) if positions is None else positions
         mask = make_attention_mask(seg, seg, causal=self.cfg.causal)
         x = self._embed(tokens_BxL, pos, fold(rng, 0))
+        bias = self._bias(pos, pos)
         for i, layer in enumerate(self.layers):
-            x, _ = layer(x, mask, pos, rng=fold(rng, i + 1))
+            x, _ = layer(x, mask, pos, bias=bias, rng=fold(rng, i + 1))
         return self._final(x)
 
     def __call__(self, tokens_BxL: Array, *, positions: Array | None = None,
@@ -93,9 +103,12 @@ class Decoder(nnx.Module):
         k_seg = jnp.where((k_seg == 2) & ~is_new[None], 0, k_seg)
         mask = make_attention_mask(q_seg, k_seg, causal=True, query_offset=index)
         x = self._embed(tokens_BxT, positions, None)
+        # a slot's position: how many valid tokens come before it in its row
+        bias = self._bias(positions, jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0))
         new_layers = []
         for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
-            x, layer_cache = layer(x, mask, positions, cache=layer_cache, cache_index=index)
+            x, layer_cache = layer(x, mask, positions, cache=layer_cache, cache_index=index,
+                                   bias=bias)
             new_layers.append(layer_cache)
         logits = self._logits(self._final(x))
         return logits, {

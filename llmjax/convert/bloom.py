@@ -1,0 +1,118 @@
+"""BLOOM (BloomModel / BloomForCausalLM) <-> llmjax Decoder.
+
+BLOOM is a pre-LayerNorm decoder with ALiBi instead of position embeddings, a LayerNorm on the
+word embeddings, biases, tanh-GELU and tied embeddings. Its fused query_key_value weight is
+[H * 3 * K, D] with the three projections interleaved per head; PyTorch Linear weights are
+[out, in], transposed into llmjax's [in, out] kernels.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+MODEL_TYPE = "bloom"
+HEADS = ()
+IGNORED = (r"lm_head\.weight",)
+
+
+def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, objective: str | None
+              ) -> None:
+    m = config.model
+    m.arch, config.objective = "decoder", objective or "causal_lm"
+    m.emb_dim = hf.get("hidden_size") or hf["n_embed"]
+    m.num_layers, m.num_heads = hf["n_layer"], hf["n_head"]
+    m.mlp_dim, m.vocab_size = 4 * m.emb_dim, hf["vocab_size"]
+    m.norm, m.norm_position = "layernorm", "pre"
+    m.norm_epsilon = hf.get("layer_norm_epsilon", 1e-5)
+    m.position_embedding, m.embed_norm, m.activation = "alibi", True, "gelu"
+    m.use_bias, m.gated_mlp, m.tie_embeddings = True, False, True
+    m.max_len = 2048  # ALiBi has no table: this only sizes the decoding cache
+    m.dropout_rate = m.attention_dropout_rate = 0.0
+
+
+def _strip(name: str) -> str:
+    return name[len("transformer."):] if name.startswith("transformer.") else name
+
+
+def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
+                   ) -> tuple[dict[str, np.ndarray], set[str]]:
+    m = config.model
+    d, h = m.emb_dim, m.num_heads
+    k = d // h
+    by_short = {_strip(n): n for n in tensors}
+    used: set[str] = set()
+
+    def get(short: str) -> np.ndarray:
+        used.add(by_short[short])
+        return tensors[by_short[short]]
+
+    def norm(ours: str, theirs: str) -> None:
+        out[f"{ours}/scale"], out[f"{ours}/bias"] = get(f"{theirs}.weight"), get(f"{theirs}.bias")
+
+    out = {"embed/embedding": get("word_embeddings.weight")}
+    norm("embed_norm", "word_embeddings_layernorm")
+    norm("final_norm", "ln_f")
+    for i in range(m.num_layers):
+        p, q = f"h.{i}.", f"layers/{i}/"
+        w = get(p + "self_attention.query_key_value.weight").reshape(h, 3, k, d)
+        b = get(p + "self_attention.query_key_value.bias").reshape(h, 3, k)
+        for j, name in enumerate(("query", "key", "value")):
+            out[q + f"attention/{name}/kernel"] = w[:, j].transpose(2, 0, 1)  # [D, H, K]
+            out[q + f"attention/{name}/bias"] = b[:, j]
+        out[q + "attention/out/kernel"] = get(p + "self_attention.dense.weight").T.reshape(h, k, d)
+        out[q + "attention/out/bias"] = get(p + "self_attention.dense.bias")
+        norm(q + "attention_norm", p + "input_layernorm")
+        norm(q + "mlp_norm", p + "post_attention_layernorm")
+        for ours, theirs in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
+            out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight").T
+            out[q + f"mlp/{ours}/bias"] = get(p + f"mlp.{theirs}.bias")
+    return out, used
+
+
+def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
+    m = config.model
+    wanted = {"position_embedding": "alibi", "embed_norm": True, "norm": "layernorm",
+              "norm_position": "pre", "use_bias": True, "gated_mlp": False,
+              "tie_embeddings": True, "activation": "gelu", "scale_attention": True}
+    problems = [f"model.{k}={m[k]!r} (BLOOM has {v!r})" for k, v in wanted.items() if m[k] != v]
+    if m.mlp_dim != 4 * m.emb_dim:
+        problems.append("model.mlp_dim != 4 x emb_dim")
+    if (m.head_dim or m.emb_dim // m.num_heads) * m.num_heads != m.emb_dim:
+        problems.append("model.head_dim x num_heads != emb_dim")
+    return problems
+
+
+def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray]
+                   ) -> tuple[dict, dict[str, np.ndarray]]:
+    m = config.model
+    d, h = m.emb_dim, m.num_heads
+    k = d // h
+    t = {"transformer.word_embeddings.weight": flat["embed/embedding"]}
+
+    def norm(theirs: str, ours: str) -> None:
+        t[f"{theirs}.weight"], t[f"{theirs}.bias"] = flat[f"{ours}/scale"], flat[f"{ours}/bias"]
+
+    norm("transformer.word_embeddings_layernorm", "embed_norm")
+    norm("transformer.ln_f", "final_norm")
+    for i in range(m.num_layers):
+        p, q = f"transformer.h.{i}.", f"layers/{i}/"
+        names = ("query", "key", "value")
+        w = np.stack([flat[q + f"attention/{n}/kernel"].transpose(1, 2, 0) for n in names],
+                     axis=1)  # [H, 3, K, D]
+        b = np.stack([flat[q + f"attention/{n}/bias"] for n in names], axis=1)  # [H, 3, K]
+        t[p + "self_attention.query_key_value.weight"] = w.reshape(3 * d, d)
+        t[p + "self_attention.query_key_value.bias"] = b.reshape(3 * d)
+        t[p + "self_attention.dense.weight"] = flat[q + "attention/out/kernel"].reshape(
+            h * k, d).T
+        t[p + "self_attention.dense.bias"] = flat[q + "attention/out/bias"]
+        norm(p + "input_layernorm", q + "attention_norm")
+        norm(p + "post_attention_layernorm", q + "mlp_norm")
+        for ours, theirs in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
+            t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"].T
+            t[p + f"mlp.{theirs}.bias"] = flat[q + f"mlp/{ours}/bias"]
+    hf = {"model_type": MODEL_TYPE, "architectures": ["BloomForCausalLM"],
+          "vocab_size": m.vocab_size, "hidden_size": d, "n_layer": m.num_layers, "n_head": h,
+          "layer_norm_epsilon": m.norm_epsilon, "hidden_dropout": 0.0, "attention_dropout": 0.0,
+          "tie_word_embeddings": True}
+    return hf, t
