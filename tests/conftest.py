@@ -1,11 +1,19 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported), a private TFDS data dir, and
-tiny configs."""
+"""Test setup: 8 fake CPU devices (set before jax is imported), a private TFDS data dir, a
+session-wide JAX compilation cache, and tiny configs."""
 
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole session (subprocesses inherit it): many tests
+# compile the same tiny models, and compiling dominates their time on CPU.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="llmjax-test-jax-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pathlib  # noqa: E402
 

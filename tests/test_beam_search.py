@@ -53,7 +53,7 @@ def test_beam_size_one_equals_greedy_on_a_model():
     seg = jnp.ones_like(source)
     encoded = model.encode(source, segment_ids=seg)
     prompt = jnp.full((4, 1), 1, jnp.int32)
-    for eos in (2, 7, 11):  # different stopping points, some rows never stop
+    for eos in (2, 11):  # different stopping points, some rows never stop
         cache = model.init_cache(encoded, seg, 12)
         greedy = sample(model.decode_step, prompt, jnp.ones_like(prompt), cache,
                         jax.random.PRNGKey(0), max_new_tokens=10, eos_id=eos, temperature=0.0)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -14,6 +15,7 @@ from conftest import tiny_config
 from flax import nnx
 
 import llmjax
+from llmjax import commands
 from llmjax.data import sources
 from llmjax.data.text_builder import DataError
 from llmjax.train.loop import train_and_evaluate
@@ -55,13 +57,15 @@ def llmjax_cli(*args):
                           text=True, env=env, timeout=300)
 
 
-def test_generate_and_eval_through_the_cli(reverse_run):
+def test_generate_and_eval_through_the_api_and_cli(reverse_run, capsys):
     workdir, metrics = reverse_run
-    out = llmjax_cli("generate", f"--workdir={workdir}", "--prompt=abcdefg", "--beam_size=4")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "gfedcba"
     run = llmjax.load(workdir)
-    assert run.generate("hgfe", beam_size=3) == run.generate("hgfe") == "efgh"
+    assert run.generate("abcdefg", beam_size=4) == run.generate("abcdefg") == "gfedcba"
+    flags = types.SimpleNamespace(workdir=str(workdir), step=None, config=run.config,
+                                  prompt="hgfe", max_new_tokens=None, temperature=None,
+                                  top_k=None, top_p=None, seed=None, beam_size=3)
+    commands.generate(flags)  # what `llmjax generate --beam_size=3` runs
+    assert capsys.readouterr().out.strip() == "efgh"  # the output alone, not the prompt
     assert run.hidden_states(["abc", "a"]).shape == (2, 4, 64)  # text + <eos>
     out = llmjax_cli("eval", f"--workdir={workdir}", "--config.generate.beam_size=2")
     assert out.returncode == 0, out.stderr

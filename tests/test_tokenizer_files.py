@@ -100,7 +100,8 @@ def test_tokenizer_json_without_a_mask_token(tmp_path):
 
 
 def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="holding tokenizer.json or vocab.txt"):
+    with pytest.raises(FileNotFoundError,
+                       match="holding tokenizer.json, vocab.txt or spiece.model"):
         load_tokenizer(tmp_path)
 
 

@@ -179,10 +179,11 @@ def test_resuming_with_another_model_is_refused_before_anything_is_written(tmp_p
     assert (tmp_path / "config.json").read_text() == saved
 
 
-def test_an_objective_not_yet_built_is_a_clear_error(tmp_path):
+def test_an_objective_that_does_not_fit_the_architecture_is_a_clear_error(tmp_path):
     from llmjax.configs import ConfigError
 
-    c = tiny_config(**{"model.arch": "encoder_decoder", "objective": "span_corruption"})
-    with pytest.raises(ConfigError, match="objective='span_corruption' is not available"):
+    c = tiny_config(**{"model.arch": "encoder_decoder", "objective": "mlm"})
+    with pytest.raises(ConfigError, match="objective='mlm' does not fit "
+                                          "model.arch='encoder_decoder'"):
         train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
