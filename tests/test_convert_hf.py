@@ -86,7 +86,7 @@ def test_gpt2_import_matches_transformers(gpt2_folder, tmp_path):
     np.testing.assert_array_equal(np.asarray(ours), theirs)
     # the tokenizer: transformers' encoding of the same tokenizer.json
     hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
-    for text in SENTENCES:
+    for text in SENTENCES + UNSEEN:
         assert run.tokenizer.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
 
 
@@ -134,7 +134,13 @@ SENTENCES = [f"{a} {b}" for a in (
     "¿Qué tal? ¡Bien!") for b in (
     "", "The end.", "schön und gut", "x-ray's #1 [test]", "Ωμέγα και άλφα", "...", "🙂 emoji",
     "über-cool", "semi;colon:colon", "quote \"this\" now", "O'Neil's", "100%", "a/b\\c",
-    "new\nline", "ÀÉÎÕÜ", "ﬁne ligature", "mañana", "coöperate", "tl;dr", "C++ & C#")]
+    "new\nline", "ÀÉÎÕÜ", "ﬁne ligature", "mañana", "coöperate", "tl;dr", "C++ & C#",
+    "NASA's 3rd mission", "(nested [brackets] {here})", "ellipsis… and dash – here",
+    "¼ cup, ½ cup", "naïve façade", "Zürich, Genève", "über", "x²+y²=z²", "π ≈ 3.14",
+    "«guillemets»")]
+# Words and characters the test vocabularies never saw: <unk> handling must match too.
+UNSEEN = ["Quixotic zephyrs jinx vexed wombats.", "Жёлтый ☃ snowman ∑ summation",
+          "Supercalifragilisticexpialidocious!", "ǅemal ǈubljana ǋive", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math letters"]
 
 
 def bert_vocab(folder):
@@ -183,7 +189,7 @@ def test_bert_import_matches_transformers(bert_folder, tmp_path):
                                out.seq_relationship_logits.numpy(), atol=1e-4)
     # tokenization: our WordPiece over vocab.txt == transformers' BertTokenizer
     hf_tok = transformers.BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
-    for text in SENTENCES:
+    for text in SENTENCES + UNSEEN:
         assert run.tokenizer.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
 
 
@@ -208,7 +214,7 @@ def test_bert_without_prefix_or_heads_and_classifier_export(bert_folder, tmp_pat
     np.testing.assert_allclose(np.asarray(run.model.class_logits(hidden)), theirs, atol=1e-4)
 
 
-@pytest.fixture(scope="module", params=["v1.0", "v1.1"])
+@pytest.fixture(scope="module", params=["v1.0", pytest.param("v1.1", marks=pytest.mark.slow)])
 def t5_folder(request, tmp_path_factory):
     import sentencepiece as spm
 
@@ -258,7 +264,7 @@ def test_t5_import_matches_transformers(t5_folder, tmp_path):
                              max_new_tokens=10, bos_id=0, eos_id=1, pad_id=0))
     np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
     hf_tok = transformers.T5Tokenizer.from_pretrained(folder, extra_ids=0, legacy=False)
-    for text in SENTENCES:
+    for text in SENTENCES + UNSEEN:
         assert run.tokenizer.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
     # export -> transformers loads it with the same logits; re-import is bit-identical
     convert.export_workdir(tmp_path / "run", tmp_path / "hf")
