@@ -5,7 +5,7 @@ From a span-corruption pretraining run (its parameters and SentencePiece vocabul
     llmjax train --config=configs/t5.py:size=tiny --workdir=runs/t5-pretrain
     llmjax train --config=configs/translate.py:size=tiny --workdir=runs/t5-en-de \\
         --config.init.workdir=runs/t5-pretrain
-    llmjax eval --workdir=runs/t5-en-de --config.eval_decode_examples=None \\
+    llmjax eval --workdir=runs/t5-en-de --config.eval_decode_examples=0 \\
         --config.data.eval_source='parallel:../shared/data/multi30k/test_2016_flickr.en|../shared/data/multi30k/test_2016_flickr.de'
     llmjax generate --workdir=runs/t5-en-de --prompt="A dog runs on the beach." --beam_size=4
 

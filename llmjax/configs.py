@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 500
     c.eval_steps = config_dict.placeholder(int)  # None: the whole eval split
-    # seq2seq: how many eval examples are decoded for BLEU / exact match (None: all of them)
+    # seq2seq: how many eval examples are decoded for BLEU / exact match (None or 0: all)
     c.eval_decode_examples = config_dict.placeholder(int)
     c.eval_samples = 3  # seq2seq: decoded examples written to the log at each eval
     c.checkpoint_every_steps = 500

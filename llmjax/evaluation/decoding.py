@@ -23,7 +23,7 @@ class DecodingEval:
         self.config, self.tokenizer, self.graphdef = config, tokenizer, graphdef
         records = sources.open_split(source, split, config)
         limit = config.eval_decode_examples
-        if limit is not None:
+        if limit:  # None or 0: all of them
             records = sources.RecordSlice(records, 0, min(limit, len(records)))
         self.sources, self.references = source_target_texts(records, config)
         empty = np.zeros((0,), np.int32)
