@@ -8,7 +8,10 @@ density 0.15, mean span 3). Sizes: tiny 3+3 layers x 256 dims (4 heads), small =
 (6+6 x 512, 8 heads, mlp 2048), base = t5-base (12+12 x 768, 12 heads, mlp 3072).
 Data: the English and German sides of Multi30k's training set from ../shared/data (a source of
 raw text that is here offline); objective=seq2seq trains on its en->de pairs instead (see
-configs/translate.py for fine-tuning from a pretraining run, and the figures there).
+configs/translate.py for fine-tuning from a pretraining run).
+
+Figures (tiny, 2 CPU cores): span corruption, 2,500 steps (39 min): held-out eval loss 3.93,
+token accuracy on the dropped spans 0.353. Details: experiments/t5_multi30k/README.md.
 """
 
 import os

@@ -14,7 +14,10 @@ sides). Data: Multi30k en -> de from ../shared/data (val evaluates during traini
 the TFDS catalog use --config.data.source=tfds:wmt14_translate/de-en
 --config.data.eval_source=tfds:wmt14_translate/de-en --config.data.source_column=en
 --config.data.target_column=de. Beam search (4 beams, length penalty 0.6) decodes for BLEU.
-Figures: experiments/t5_multi30k/README.md.
+
+Figures (tiny, 1,200 steps, 18 min on 2 CPU cores each): test_2016_flickr BLEU 13.6 from
+scratch, 4.6 fine-tuned from the configs/t5.py span-corruption run (at this budget pretraining
+on the same text hurts); details in experiments/t5_multi30k/README.md.
 """
 
 import importlib.util
