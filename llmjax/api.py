@@ -46,7 +46,7 @@ class Run:
 
     @property
     def is_seq2seq(self) -> bool:
-        return self.config.model.arch == "encoder_decoder"
+        return hasattr(self.model, "encode")  # the capability: a source to encode
 
     def _sources(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Encoder inputs as in training: tokens + <eos> [B, S], right-padded, and segments."""
@@ -155,13 +155,11 @@ class Run:
                             jax.random.PRNGKey(pick(seed, g.seed)),
                             float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
                             float(pick(top_p, g.top_p)), self.tokenizer.eos_id)
-        from llmjax.decoding.encoder_decoder import detokenize
-
-        return detokenize(self.tokenizer, np.asarray(new[0]))
+        return self.tokenizer.decode_output(np.asarray(new[0]))
 
     def _transduce(self, source: str, max_new: int, temperature: float, top_k: int,
                    top_p: float, seed: int, beam_size: int) -> str:
-        from llmjax.decoding.encoder_decoder import decode, detokenize
+        from llmjax.decoding.encoder_decoder import decode
 
         inputs, segments = self._sources([source])
         max_new = max(min(max_new, self.config.model.max_len - 1), 1)
@@ -172,7 +170,7 @@ class Run:
                         bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
                         pad_id=self.tokenizer.pad_id, temperature=temperature, top_k=top_k,
                         top_p=top_p)
-        return detokenize(self.tokenizer, np.asarray(tokens)[0])
+        return self.tokenizer.decode_output(np.asarray(tokens)[0])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7, 8, 9))

@@ -60,6 +60,7 @@ def test_pair_encoding_truncates_the_longer_part_first():
     assert types.tolist() == [0] * 6 + [1] * 3
 
 
+@pytest.mark.slow
 def test_classifier_trains_from_scratch_and_reports_all_metrics(tsv, tmp_path):
     """~15 s. Measured: dev accuracy 1.0 after 150 steps (one word decides the label)."""
     metrics = train_and_evaluate(classify_config(tsv), tmp_path)

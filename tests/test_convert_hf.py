@@ -193,6 +193,7 @@ def test_bert_import_matches_transformers(bert_folder, tmp_path):
         assert run.tokenizer.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
 
 
+@pytest.mark.slow
 def test_bert_without_prefix_or_heads_and_classifier_export(bert_folder, tmp_path):
     folder, hf_model = bert_folder
     hf_model.bert.save_pretrained(tmp_path / "body")  # BertModel: no `bert.` prefix, no heads
@@ -305,6 +306,7 @@ def test_classification_fine_tunes_from_an_hf_folder(bert_folder, tmp_path):
                                theirs.pooler_output.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_pytorch_bin_reads_like_safetensors(gpt2_folder, tmp_path):
     folder, hf_model = gpt2_folder
     (tmp_path / "bin").mkdir()  # transformers 5 writes only safetensors: save the old way
@@ -341,6 +343,7 @@ def bart_folder(tmp_path_factory):
     return folder, model
 
 
+@pytest.mark.slow
 def test_bart_import_export_matches_transformers(bart_folder, tmp_path):
     from llmjax.decoding.encoder_decoder import decode
 
@@ -391,6 +394,7 @@ def bloom_folder(tmp_path_factory):
     return folder, model
 
 
+@pytest.mark.slow
 def test_bloom_import_export_matches_transformers(bloom_folder, tmp_path):
     folder, hf_model = bloom_folder
     convert.import_to_workdir(folder, tmp_path / "run")

@@ -38,6 +38,7 @@ def test_pairs_are_masked_on_real_non_special_tokens_only(tmp_path):
     assert batch["weights"].shape == batch["label"].shape == (16,)
 
 
+@pytest.mark.slow
 def test_loss_is_the_sum_of_exact_means_under_pmap_and_accumulation(tmp_path):
     """The MLM term divides by the chosen tokens, the NSP term by the pairs, each over the
     global batch: 8 devices and 4 micro-batches give one device's losses."""

@@ -3,9 +3,6 @@ generate (greedy and beam) and eval through the CLI, parallel files, TFDS transl
 fine-tuning from a span-corruption run."""
 
 import json
-import os
-import subprocess
-import sys
 import types
 
 import jax
@@ -51,12 +48,6 @@ def test_reversal_is_learnt_to_exact_match(reverse_run):
     assert any("eval/bleu" in r for r in rows)
 
 
-def llmjax_cli(*args):
-    env = {**os.environ, "XLA_FLAGS": ""}
-    return subprocess.run([sys.executable, "-m", "llmjax", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
-
-
 def test_generate_and_eval_through_the_api_and_cli(reverse_run, capsys):
     workdir, metrics = reverse_run
     run = llmjax.load(workdir)
@@ -67,9 +58,12 @@ def test_generate_and_eval_through_the_api_and_cli(reverse_run, capsys):
     commands.generate(flags)  # what `llmjax generate --beam_size=3` runs
     assert capsys.readouterr().out.strip() == "efgh"  # the output alone, not the prompt
     assert run.hidden_states(["abc", "a"]).shape == (2, 4, 64)  # text + <eos>
-    out = llmjax_cli("eval", f"--workdir={workdir}", "--config.generate.beam_size=2")
-    assert out.returncode == 0, out.stderr
-    evaluated = json.loads(out.stdout[out.stdout.index("{"):])
+    run.config.generate.beam_size = 2
+    flags = types.SimpleNamespace(workdir=str(workdir), step=None, config=run.config,
+                                  split=None)
+    commands.eval(flags)  # what `llmjax eval --config.generate.beam_size=2` runs
+    out = capsys.readouterr().out
+    evaluated = json.loads(out[out.index("{"):])
     assert evaluated["eval/exact_match"] >= 0.95
     np.testing.assert_allclose(evaluated["eval/loss"], metrics["eval/loss"], rtol=1e-5)
 
@@ -88,6 +82,7 @@ def test_parallel_files_pair_line_by_line(tmp_path):
         sources.open_split(f"parallel:{tmp_path}/a.en", "train", c)
 
 
+@pytest.mark.slow
 def test_tfds_translation_catalog_with_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 
@@ -101,6 +96,7 @@ def test_tfds_translation_catalog_with_mock_data(tmp_path):
     assert np.isfinite(metrics["eval/loss"]) and 0.0 <= metrics["eval/bleu"] <= 100.0
 
 
+@pytest.mark.slow
 def test_seq2seq_fine_tunes_from_a_span_corruption_run(tmp_path):
     pretrain = tiny_config(**{"model.arch": "encoder_decoder", "objective": "span_corruption",
                               "seq_len": 24, "target_seq_len": 8, "tokenizer.extra_ids": 8,

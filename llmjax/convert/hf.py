@@ -24,6 +24,7 @@ from flax import nnx
 from llmjax import configs
 from llmjax.configs import ConfigError
 from llmjax.convert import bart, bert, bloom, gpt2, t5
+from llmjax.train.checkpoint import param_path_name
 
 # HF model_type -> its name map module
 FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom}
@@ -80,17 +81,13 @@ def family_of(hf_config: dict):
 
 
 def _flat(params: nnx.State) -> dict[str, Any]:
-    from llmjax.train.checkpoint import _path_name
-
-    return {_path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return {param_path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
 def fill_params(params: nnx.State, named: dict[str, np.ndarray], fresh: tuple[str, ...] = ()
                 ) -> nnx.State:
     """`params` with every value taken from `named` (llmjax name -> array), shapes checked.
     Parameters under a top-level module in `fresh` keep their new values when absent."""
-    from llmjax.train.checkpoint import _path_name
-
     wanted = _flat(params)
     problems = [f"{k} has shape {named[k].shape}, the model wants {tuple(wanted[k].shape)}"
                 for k in named if k in wanted and tuple(named[k].shape) != tuple(wanted[k].shape)]
@@ -103,7 +100,7 @@ def fill_params(params: nnx.State, named: dict[str, np.ndarray], fresh: tuple[st
                               + (f"; and {len(parts) - 8} more" if len(parts) > 8 else ""))
 
     def take(path, value):
-        name = _path_name(path)
+        name = param_path_name(path)
         if name not in named:
             return value
         return np.asarray(named[name], np.dtype(value.dtype))

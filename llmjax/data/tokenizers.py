@@ -73,6 +73,17 @@ class Tokenizer:
         """Text of `ids`; special tokens are dropped."""
         raise NotImplementedError
 
+    def decode_output(self, ids: Iterable[int]) -> str:
+        """Text of a decoded row: up to its first <eos>, without ids beyond this vocabulary
+        (an encoder-decoder's sentinels)."""
+        kept = []
+        for i in ids:
+            if int(i) == self.eos_id:
+                break
+            if int(i) < self.vocab_size:
+                kept.append(int(i))
+        return self.decode(kept)
+
     def save(self, directory: str | epath.Path) -> None:
         directory = epath.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from llmjax.decoding import beam_search, sampling
@@ -38,14 +37,3 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, inputs_BxS: jax.Array,
                            max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
                            temperature=temperature, top_k=top_k, top_p=top_p)
 
-
-def detokenize(tokenizer, tokens: np.ndarray) -> str:
-    """Text of one decoded row: up to its <eos>, without ids outside the tokenizer's vocabulary
-    (span-corruption sentinels)."""
-    out = []
-    for t in np.asarray(tokens).tolist():
-        if t == tokenizer.eos_id:
-            break
-        if t < tokenizer.vocab_size:
-            out.append(t)
-    return tokenizer.decode(out)

@@ -11,7 +11,7 @@ import sacrebleu
 from flax import nnx
 
 from llmjax.data import sources
-from llmjax.decoding.encoder_decoder import decode, detokenize
+from llmjax.decoding.encoder_decoder import decode
 from llmjax.objectives.seq2seq import seq2seq_arrays, source_target_texts
 
 
@@ -46,7 +46,7 @@ class DecodingEval:
                             max_new_tokens=c.target_seq_len, beam_size=c.generate.beam_size,
                             alpha=c.generate.length_penalty, bos_id=tok.bos_id,
                             eos_id=tok.eos_id, pad_id=tok.pad_id)
-            out += [detokenize(tok, row) for row in np.asarray(tokens)[:n]]
+            out += [tok.decode_output(row) for row in np.asarray(tokens)[:n]]
         return out
 
     def __call__(self, params: nnx.State) -> tuple[dict[str, float], list[tuple[str, str, str]]]:

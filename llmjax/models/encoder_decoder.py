@@ -63,6 +63,8 @@ class _Stack(nnx.Module):
 class EncoderDecoder(nnx.Module):
     """(source [B, S], decoder inputs [B, T]) -> logits [B, T, V] (float32)."""
 
+    appends_extra_ids = True  # its vocabulary = the tokenizer's + tokenizer.extra_ids (T5)
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)

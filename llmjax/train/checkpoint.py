@@ -120,13 +120,13 @@ def restore_params(workdir: str | epath.Path, params: nnx.State, step: int | Non
         raise FileNotFoundError(f"no checkpoint in {directory}: init.workdir must be the workdir "
                                 "of a run that saved at least one checkpoint")
     saved = manager.item_metadata(step)["state"]["params"]
-    saved_names = {_path_name(k) for k, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    saved_names = {param_path_name(k) for k, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}
 
     def wanted(path, _value) -> bool:
         top = str(path[0])
         if top in fresh:
             return False
-        return not (top in optional and _path_name(path) not in saved_names)
+        return not (top in optional and param_path_name(path) not in saved_names)
 
     subset = params.filter(wanted)
     _check_shapes(saved, subset, directory / str(step))
@@ -140,7 +140,7 @@ def restore_params(workdir: str | epath.Path, params: nnx.State, step: int | Non
     return nnx.merge_state(params, restored["state"]["params"]), step
 
 
-def _path_name(path: tuple) -> str:
+def param_path_name(path: tuple) -> str:
     """'layers/0/attention/value/kernel' for a pytree path, whatever its key types (the
     Variable's own trailing 'value' dropped: an attribute live, a dict key in orbax metadata)."""
     parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
@@ -150,11 +150,11 @@ def _path_name(path: tuple) -> str:
 
 
 def _check_shapes(saved: Any, expected: Any, where: epath.Path) -> None:
-    saved_flat = {_path_name(k): v.shape
+    saved_flat = {param_path_name(k): v.shape
                   for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
     problems = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
-        key = _path_name(path)
+        key = param_path_name(path)
         if key not in saved_flat:
             problems.append(f"{key} is missing")
         elif tuple(saved_flat[key]) != tuple(leaf.shape):

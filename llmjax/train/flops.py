@@ -11,6 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from llmjax.models.config import ModelConfig
 
@@ -52,6 +53,19 @@ def encoder_decoder_flops_per_example(cfg: ModelConfig, params, source_len: int,
     attention = per_layer * (cfg.encoder_layers * source_len**2
                              + cfg.decoder_layers * (target_len**2 + target_len * source_len))
     return 6.0 * (encoder * source_len + (decoder + output) * target_len) + attention
+
+
+def step_cost(config: ml_collections.ConfigDict, cfg: ModelConfig, params,
+              vocab_logits: bool = True) -> tuple[int, float]:
+    """(tokens, training FLOPs) of one step of `config`: an encoder-decoder counts source and
+    target tokens, other models seq_len tokens per example."""
+    if config.model.arch == "encoder_decoder":
+        return (config.batch_size * (config.seq_len + config.target_seq_len),
+                config.batch_size * encoder_decoder_flops_per_example(
+                    cfg, params, config.seq_len, config.target_seq_len))
+    tokens = config.batch_size * config.seq_len
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    return tokens, tokens * flops_per_token(cfg, num_params, config.seq_len, vocab_logits)
 
 
 def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float = 0.3) -> float:

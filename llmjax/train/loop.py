@@ -43,7 +43,10 @@ def prepare_workdir(workdir: epath.Path) -> None:
 
 def resolve_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
     """model.vocab_size: the tokenizer's size (plus tokenizer.extra_ids for encoder-decoders)."""
-    extra = config.tokenizer.extra_ids if config.model.arch == "encoder_decoder" else 0
+    from llmjax.models import MODELS
+
+    appends = getattr(MODELS.get(config.model.arch), "appends_extra_ids", False)
+    extra = config.tokenizer.extra_ids if appends else 0
     needed = vocab_size + extra
     if config.model.vocab_size is None:
         config.model.vocab_size = needed
@@ -233,14 +236,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     writer = MetricWriter(workdir)
     writer.truncate_after(start)
     cfg = state_lib.model_config(config)
-    if config.model.arch == "encoder_decoder":  # source and target tokens
-        tokens_per_step = config.batch_size * (config.seq_len + config.target_seq_len)
-        flops_per_step = config.batch_size * flops.encoder_decoder_flops_per_example(
-            cfg, params, config.seq_len, config.target_seq_len)
-    else:
-        tokens_per_step = config.batch_size * config.seq_len
-        flops_per_step = tokens_per_step * flops.flops_per_token(
-            cfg, num_params, config.seq_len, getattr(objective, "vocab_logits", True))
+    tokens_per_step, flops_per_step = flops.step_cost(
+        config, cfg, params, getattr(objective, "vocab_logits", True))
     peak, peak_origin = flops.peak_flops_per_device(config.model.dtype,
                                                     config.peak_flops_per_device)
     peak_total = peak * jax.device_count() if mode != "single" else peak
