@@ -6,6 +6,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from llmjax.decoding.beam_search import beam_search, length_penalty, repeat_for_beams
@@ -53,7 +54,7 @@ def test_beam_size_one_equals_greedy_on_a_model():
     seg = jnp.ones_like(source)
     encoded = model.encode(source, segment_ids=seg)
     prompt = jnp.full((4, 1), 1, jnp.int32)
-    for eos in (2, 11):  # different stopping points, some rows never stop
+    for eos in (7,):  # greedy == beam 1, rows that reach <eos> or not
         cache = model.init_cache(encoded, seg, 12)
         greedy = sample(model.decode_step, prompt, jnp.ones_like(prompt), cache,
                         jax.random.PRNGKey(0), max_new_tokens=10, eos_id=eos, temperature=0.0)
@@ -92,6 +93,7 @@ def test_wide_beam_matches_exhaustive_search():
     np.testing.assert_allclose(float(score[0]), best_score, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_decoder_beam_size_one_equals_greedy():
     from llmjax.models import Decoder
 

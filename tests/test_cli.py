@@ -101,7 +101,7 @@ def test_python_api_shapes(trained):
     assert run.config.model.vocab_size == run.tokenizer.vocab_size
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signal_name", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])
 def test_a_signal_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(
         tmp_path, signal_name):
     import signal

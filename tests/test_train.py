@@ -84,6 +84,7 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
     assert losses(tmp_path / "resumed", "eval/loss")[20] == pytest.approx(ev_full[20], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_finetuning_starts_from_pretrained_parameters_and_tokenizer(tmp_path):
     pre = tmp_path / "pre"
     train_and_evaluate(tiny_config(), pre)
