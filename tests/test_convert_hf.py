@@ -451,3 +451,14 @@ def test_real_minilm_checkpoint_matches_transformers(tmp_path):
     hidden = run.model.hidden_states(jnp.asarray(enc["input_ids"].numpy()),
                                      segment_ids=jnp.asarray(mask, jnp.int32))
     assert_close(hidden, out.last_hidden_state, mask)
+
+
+def test_a_run_the_family_cannot_express_is_refused_with_its_settings():
+    from conftest import tiny_config
+
+    from llmjax.configs import ConfigError
+
+    c = tiny_config(**{"model.position_embedding": "rotary", "model.use_bias": False})
+    with pytest.raises(ConfigError, match=r"GPT-2 model: model.position_embedding='rotary' "
+                                          r"\(GPT-2 has 'learned'\); model.use_bias=False"):
+        convert.export_params(c, params=None)

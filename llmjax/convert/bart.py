@@ -11,6 +11,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from llmjax.convert.common import settings_problems
+
 MODEL_TYPE = "bart"
 HEADS = ()
 IGNORED = (r"(model\.)?(encoder|decoder)\.embed_tokens\.weight", r"lm_head\.weight",
@@ -109,9 +111,7 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     wanted = {"position_embedding": "learned", "norm": "layernorm", "norm_position": "post",
               "use_bias": True, "gated_mlp": False, "scale_attention": True,
               "scale_decoder_outputs": False}
-    problems = [f"model.{k}={m[k]!r} (BART has {v!r})" for k, v in wanted.items() if m[k] != v]
-    if (m.head_dim or m.emb_dim // m.num_heads) * m.num_heads != m.emb_dim:
-        problems.append("model.head_dim x num_heads != emb_dim")
+    problems = settings_problems(m, wanted, "BART")
     return problems
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from llmjax.convert.common import settings_problems
+
 MODEL_TYPE = "bert"
 IGNORED = (r"(bert\.)?embeddings\.position_ids", r"cls\.predictions\.decoder\.(weight|bias)")
 HEADS = ("mlm_head", "nsp_head", "classifier", "pooler")  # droppable / re-initialisable
@@ -107,9 +109,7 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     m = config.model
     wanted = {"position_embedding": "learned", "norm": "layernorm", "norm_position": "post",
               "gated_mlp": False, "use_bias": True, "scale_attention": True}
-    problems = [f"model.{k}={m[k]!r} (BERT has {v!r})" for k, v in wanted.items() if m[k] != v]
-    if (m.head_dim or m.emb_dim // m.num_heads) * m.num_heads != m.emb_dim:
-        problems.append("model.head_dim x num_heads != emb_dim")
+    problems = settings_problems(m, wanted, "BERT")
     return problems
 
 

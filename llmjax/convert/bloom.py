@@ -11,6 +11,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from llmjax.convert.common import settings_problems
+
 MODEL_TYPE = "bloom"
 HEADS = ()
 IGNORED = (r"lm_head\.weight",)
@@ -75,11 +77,9 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     wanted = {"position_embedding": "alibi", "embed_norm": True, "norm": "layernorm",
               "norm_position": "pre", "use_bias": True, "gated_mlp": False,
               "tie_embeddings": True, "activation": "gelu", "scale_attention": True}
-    problems = [f"model.{k}={m[k]!r} (BLOOM has {v!r})" for k, v in wanted.items() if m[k] != v]
+    problems = settings_problems(m, wanted, "BLOOM")
     if m.mlp_dim != 4 * m.emb_dim:
         problems.append("model.mlp_dim != 4 x emb_dim")
-    if (m.head_dim or m.emb_dim // m.num_heads) * m.num_heads != m.emb_dim:
-        problems.append("model.head_dim x num_heads != emb_dim")
     return problems
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from llmjax.convert.common import settings_problems
+
 MODEL_TYPE = "gpt2"
 HEADS = ()  # the LM head is the tied embedding (or lm_head)
 IGNORED = (r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias", r"lm_head\.weight")
@@ -82,11 +84,9 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     m = config.model
     wanted = {"position_embedding": "learned", "norm": "layernorm", "norm_position": "pre",
               "gated_mlp": False, "use_bias": True, "scale_attention": True}
-    problems = [f"model.{k}={m[k]!r} (GPT-2 has {v!r})" for k, v in wanted.items() if m[k] != v]
+    problems = settings_problems(m, wanted, "GPT-2")
     if m.activation not in ("gelu", "gelu_exact", "relu", "silu"):
         problems.append(f"model.activation={m.activation!r}")
-    if (m.head_dim or m.emb_dim // m.num_heads) * m.num_heads != m.emb_dim:
-        problems.append("model.head_dim x num_heads != emb_dim")
     return problems
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from llmjax.convert.common import settings_problems
+
 MODEL_TYPE = "t5"
 HEADS = ()
 IGNORED = (r"(encoder|decoder)\.embed_tokens\.weight",)
@@ -97,7 +99,7 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     m = config.model
     wanted = {"position_embedding": "relative", "norm": "rmsnorm", "norm_position": "pre",
               "use_bias": False, "scale_attention": False}
-    problems = [f"model.{k}={m[k]!r} (T5 has {v!r})" for k, v in wanted.items() if m[k] != v]
+    problems = settings_problems(m, wanted, "T5", whole_heads=False)
     if m.activation not in ("relu", "gelu", "silu"):
         problems.append(f"model.activation={m.activation!r}")
     return problems

@@ -1,0 +1,17 @@
+"""What the name-map modules share: checking that an llmjax model fits a family."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def settings_problems(model: ml_collections.ConfigDict, wanted: dict, family: str,
+                      whole_heads: bool = True) -> list[str]:
+    """The model.* settings that differ from what `family` requires (empty: none); with
+    `whole_heads`, heads must split emb_dim exactly (fused or reshaped projections)."""
+    problems = [f"model.{k}={model[k]!r} ({family} has {v!r})" for k, v in wanted.items()
+                if model[k] != v]
+    if whole_heads and (model.head_dim or model.emb_dim // model.num_heads) * \
+            model.num_heads != model.emb_dim:
+        problems.append("model.head_dim x num_heads != emb_dim")
+    return problems
