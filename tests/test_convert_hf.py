@@ -459,6 +459,6 @@ def test_a_run_the_family_cannot_express_is_refused_with_its_settings():
     from llmjax.configs import ConfigError
 
     c = tiny_config(**{"model.position_embedding": "rotary", "model.use_bias": False})
-    with pytest.raises(ConfigError, match=r"GPT-2 model: model.position_embedding='rotary' "
+    with pytest.raises(ConfigError, match=r"gpt2 model: model.position_embedding='rotary' "
                                           r"\(GPT-2 has 'learned'\); model.use_bias=False"):
         convert.export_params(c, params=None)
