@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from llmjax.convert.common import settings_problems
+from llmjax.convert.common import TensorReader, settings_problems
 
 MODEL_TYPE = "bart"
 HEADS = ()
@@ -66,12 +66,7 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
     m = config.model
     d, h = m.emb_dim, m.num_heads
     k = d // h
-    pre = _prefix(tensors)
-    used: set[str] = set()
-
-    def get(name: str) -> np.ndarray:
-        used.add(pre + name)
-        return tensors[pre + name]
+    get = TensorReader(tensors, _prefix(tensors))
 
     out = {"embed/embedding": get("shared.weight")}
     for side, layers in (("encoder", m.num_encoder_layers), ("decoder", m.num_decoder_layers)):
@@ -101,9 +96,8 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
                 out[f"{q}mlp/{ours}/kernel"] = get(f"{p}{theirs}.weight").T
                 out[f"{q}mlp/{ours}/bias"] = get(f"{p}{theirs}.bias")
     if not m.tie_embeddings:
-        used.add("lm_head.weight")
-        out["lm_head/kernel"] = tensors["lm_head.weight"].T
-    return out, used
+        out["lm_head/kernel"] = get("lm_head.weight").T
+    return out, get.used
 
 
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:

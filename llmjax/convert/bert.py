@@ -12,7 +12,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from llmjax.convert.common import settings_problems
+from llmjax.convert.common import TensorReader, settings_problems
 
 MODEL_TYPE = "bert"
 IGNORED = (r"(bert\.)?embeddings\.position_ids", r"cls\.predictions\.decoder\.(weight|bias)")
@@ -60,15 +60,13 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
     m = config.model
     h, d = m.num_heads, m.emb_dim
     k = d // h
-    body = {n[len("bert."):] if n.startswith("bert.") else n: n for n in tensors}
-    used: set[str] = set()
+    body = TensorReader(tensors, "bert.")
 
     def get(short: str) -> np.ndarray:
         if short not in body:  # old checkpoints: LayerNorm.gamma / beta
             short = short.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
                 "LayerNorm.bias", "LayerNorm.beta")
-        used.add(body[short])
-        return tensors[body[short]]
+        return body(short)
 
     def norm(ours: str, theirs: str) -> None:
         out[f"{ours}/scale"], out[f"{ours}/bias"] = get(f"{theirs}.weight"), get(f"{theirs}.bias")
@@ -100,9 +98,8 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
     if "cls.seq_relationship.weight" in body:
         dense("nsp_head/dense", "cls.seq_relationship", (d,), (2,))
     if "classifier.weight" in body:
-        n = body["classifier.weight"]
-        dense("classifier/dense", "classifier", (d,), (tensors[n].shape[0],))
-    return out, used
+        dense("classifier/dense", "classifier", (d,), (body("classifier.weight").shape[0],))
+    return out, body.used
 
 
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from llmjax.convert.common import settings_problems
+from llmjax.convert.common import TensorReader, settings_problems
 
 MODEL_TYPE = "bloom"
 HEADS = ()
@@ -33,21 +33,12 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.dropout_rate = m.attention_dropout_rate = 0.0
 
 
-def _strip(name: str) -> str:
-    return name[len("transformer."):] if name.startswith("transformer.") else name
-
-
 def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
                    ) -> tuple[dict[str, np.ndarray], set[str]]:
     m = config.model
     d, h = m.emb_dim, m.num_heads
     k = d // h
-    by_short = {_strip(n): n for n in tensors}
-    used: set[str] = set()
-
-    def get(short: str) -> np.ndarray:
-        used.add(by_short[short])
-        return tensors[by_short[short]]
+    get = TensorReader(tensors, "transformer.")
 
     def norm(ours: str, theirs: str) -> None:
         out[f"{ours}/scale"], out[f"{ours}/bias"] = get(f"{theirs}.weight"), get(f"{theirs}.bias")
@@ -69,7 +60,7 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
         for ours, theirs in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
             out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight").T
             out[q + f"mlp/{ours}/bias"] = get(p + f"mlp.{theirs}.bias")
-    return out, used
+    return out, get.used
 
 
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:

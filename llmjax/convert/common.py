@@ -15,3 +15,21 @@ def settings_problems(model: ml_collections.ConfigDict, wanted: dict, family: st
             model.num_heads != model.emb_dim:
         problems.append("model.head_dim x num_heads != emb_dim")
     return problems
+
+
+class TensorReader:
+    """`read(name)`: a checkpoint tensor by its name without an optional prefix (`bert.`,
+    `transformer.`, `model.`), recording the full names used (`.used`)."""
+
+    def __init__(self, tensors: dict, prefix: str = ""):
+        self.tensors = tensors
+        self.full_name = {n.removeprefix(prefix): n for n in tensors}
+        self.used: set[str] = set()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.full_name
+
+    def __call__(self, name: str):
+        full = self.full_name[name]  # KeyError names the missing tensor
+        self.used.add(full)
+        return self.tensors[full]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from llmjax.convert.common import settings_problems
+from llmjax.convert.common import TensorReader, settings_problems
 
 MODEL_TYPE = "gpt2"
 HEADS = ()  # the LM head is the tied embedding (or lm_head)
@@ -40,22 +40,13 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     config.seq_len = min(config.seq_len, m.max_len)
 
 
-def _strip(name: str) -> str:
-    return name[len("transformer."):] if name.startswith("transformer.") else name
-
-
 def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
                    ) -> tuple[dict[str, np.ndarray], set[str]]:
     """({llmjax parameter name: array}, the HF names used)."""
     m = config.model
     h, d = m.num_heads, m.emb_dim
     k = d // h
-    by_short = {_strip(n): n for n in tensors}
-    used: set[str] = set()
-
-    def get(short: str) -> np.ndarray:
-        used.add(by_short[short])
-        return tensors[by_short[short]]
+    get = TensorReader(tensors, "transformer.")
 
     out = {"embed/embedding": get("wte.weight"), "position_embed/embedding": get("wpe.weight"),
            "final_norm/scale": get("ln_f.weight"), "final_norm/bias": get("ln_f.bias")}
@@ -74,9 +65,8 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
             out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight")
             out[q + f"mlp/{ours}/bias"] = get(p + f"mlp.{theirs}.bias")
     if not m.tie_embeddings:
-        used.add("lm_head.weight")
-        out["lm_head/kernel"] = tensors["lm_head.weight"].T
-    return out, used
+        out["lm_head/kernel"] = get("lm_head.weight").T
+    return out, get.used
 
 
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from llmjax.convert.common import settings_problems
+from llmjax.convert.common import TensorReader, settings_problems
 
 MODEL_TYPE = "t5"
 HEADS = ()
@@ -60,11 +60,7 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
                    ) -> tuple[dict[str, np.ndarray], set[str]]:
     m = config.model
     d, h, k = m.emb_dim, m.num_heads, m.head_dim
-    used: set[str] = set()
-
-    def get(name: str) -> np.ndarray:
-        used.add(name)
-        return tensors[name]
+    get = TensorReader(tensors)
 
     out = {"embed/embedding": get("shared.weight")}
     for side, layers in (("encoder", m.num_encoder_layers), ("decoder", m.num_decoder_layers)):
@@ -89,10 +85,10 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
                 out[q + "mlp/wi/kernel"] = get(dense + "wi.weight").T
             out[q + "mlp/wo/kernel"] = get(dense + "wo.weight").T
     if m.tie_embeddings:
-        used.add("lm_head.weight")  # a tied copy, when saved
+        get.used.add("lm_head.weight")  # a tied copy, when saved
     else:
         out["lm_head/kernel"] = get("lm_head.weight").T
-    return out, used
+    return out, get.used
 
 
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
