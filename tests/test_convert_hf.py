@@ -45,6 +45,14 @@ def padded_batch(lengths, vocab, seed=0):
     return ids, mask
 
 
+def assert_same_import(folder_a, folder_b):
+    """Both folders import to bit-identical llmjax parameters."""
+    _, a = convert.import_folder(folder_a)
+    _, b = convert.import_folder(folder_b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def assert_close(ours, theirs, mask):
     ours, theirs = np.asarray(ours), theirs.detach().numpy()
     keep = mask.astype(bool)
@@ -103,10 +111,7 @@ def test_gpt2_export_round_trip(gpt2_folder, tmp_path):
         a = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
         b = reloaded(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
-    _, first = convert.import_folder(folder)
-    _, second = convert.import_folder(tmp_path / "hf")
-    for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_import(folder, tmp_path / "hf")
     assert (tmp_path / "hf" / "tokenizer.json").exists()
 
 
@@ -276,10 +281,7 @@ def test_t5_import_matches_transformers(t5_folder, tmp_path):
         first = hf_model(input_ids=torch.tensor(source), attention_mask=torch.tensor(source_mask),
                          decoder_input_ids=torch.tensor(target)).logits
     np.testing.assert_allclose(again.numpy(), first.numpy(), atol=1e-5)
-    _, a = convert.import_folder(folder)
-    _, b = convert.import_folder(tmp_path / "hf")
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_import(folder, tmp_path / "hf")
 
 
 def test_classification_fine_tunes_from_an_hf_folder(bert_folder, tmp_path):
@@ -312,10 +314,7 @@ def test_pytorch_bin_reads_like_safetensors(gpt2_folder, tmp_path):
     (tmp_path / "bin").mkdir()  # transformers 5 writes only safetensors: save the old way
     torch.save(hf_model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     (tmp_path / "bin" / "config.json").write_text((folder / "config.json").read_text())
-    _, from_bin = convert.import_folder(tmp_path / "bin")
-    _, from_safetensors = convert.import_folder(folder)
-    for x, y in zip(jax.tree.leaves(from_bin), jax.tree.leaves(from_safetensors), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_import(tmp_path / "bin", folder)
 
 
 @pytest.fixture(scope="module")
@@ -376,10 +375,7 @@ def test_bart_import_export_matches_transformers(bart_folder, tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(reloaded(**args).logits.numpy(),
                                    hf_model(**args).logits.numpy(), atol=1e-5)
-    _, a = convert.import_folder(folder)
-    _, b = convert.import_folder(tmp_path / "hf")
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_import(folder, tmp_path / "hf")
 
 
 @pytest.fixture(scope="module")
@@ -418,10 +414,7 @@ def test_bloom_import_export_matches_transformers(bloom_folder, tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(reloaded(torch.tensor(ids)).logits.numpy(),
                                    hf_model(torch.tensor(ids)).logits.numpy(), atol=1e-5)
-    _, a = convert.import_folder(folder)
-    _, b = convert.import_folder(tmp_path / "hf")
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_import(folder, tmp_path / "hf")
 
 
 def test_real_minilm_checkpoint_matches_transformers(tmp_path):
