@@ -3,7 +3,13 @@
     .venv/bin/python benchmarks/step_time.py [--config=experiments/shakespeare_char/config.py]
         [--steps=100] [--vocab_size=69]
 
-Prints compile time, milliseconds per step (median of 5 timed blocks) and tokens/s.
+Prints compile time, milliseconds per step (median of 5 timed blocks), tokens/s, and model
+FLOPs utilisation against a matmul peak measured in the same run (a jitted --peak_size square
+matmul in model.dtype, float32 accumulation), and against the datasheet where the device is
+known. On a GPU it also prints the device's peak memory. The GPT-2 124M shape in bfloat16:
+
+    python benchmarks/step_time.py --config=configs/gpt.py:size=base --vocab_size=50304 \
+        --config.model.dtype=bfloat16 --config.batch_size=16 --peak_size=8192
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ config_flags.DEFINE_config_file(
     "config", os.path.join(ROOT, "experiments", "shakespeare_char", "config.py"), "Config file.")
 flags.DEFINE_integer("steps", 100, "Steps per timed block.")
 flags.DEFINE_integer("vocab_size", 69, "Vocabulary size (the tokenizer's, normally).")
+flags.DEFINE_integer("peak_size", 2048, "Side of the square matmul that measures the peak.")
 FLAGS = flags.FLAGS
 
 
@@ -32,7 +39,7 @@ def main(argv):
     from flax import nnx
 
     from llmjax.objectives import get_objective
-    from llmjax.train import optim
+    from llmjax.train import flops, optim
     from llmjax.train import state as state_lib
     from llmjax.train.parallel import Parallel
 
@@ -59,9 +66,22 @@ def main(argv):
         jax.block_until_ready(state)
         blocks.append((time.perf_counter() - start) / FLAGS.steps)
     step = float(np.median(blocks))
-    print(json.dumps({"compile_s": round(compile_s, 2), "ms_per_step": round(step * 1e3, 2),
-                      "tokens_per_sec": round(c.batch_size * c.seq_len / step),
-                      "device": jax.devices()[0].device_kind}))
+    tokens, step_flops = flops.step_cost(c, state_lib.model_config(c), params)
+    peak = flops.measure_matmul_peak(c.model.dtype, FLAGS.peak_size, seconds=2.0)
+    device = jax.devices()[0]
+    figures = {"device": device.device_kind, "dtype": c.model.dtype,
+               "attention_impl": c.model.attention_impl, "compile_s": round(compile_s, 2),
+               "ms_per_step": round(step * 1e3, 2), "tokens_per_sec": round(tokens / step),
+               "model_tflops_per_sec": round(step_flops / step / 1e12, 3),
+               "measured_peak_tflops": round(peak / 1e12, 3),
+               "mfu_vs_measured_peak": round(step_flops / step / peak, 3)}
+    if device.device_kind in flops.DATASHEET_PEAKS:
+        datasheet = flops.DATASHEET_PEAKS[device.device_kind]
+        figures["mfu_vs_datasheet"] = round(step_flops / step / datasheet, 3)
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        figures["peak_device_gib"] = round(stats["peak_bytes_in_use"] / 2**30, 2)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     m.scale_decoder_outputs = False  # T5 v1.0: decoder output states / sqrt(emb_dim)
     m.scale_embeddings = False  # encoder_decoder: token embeddings * sqrt(emb_dim) (BART option)
     m.embed_norm = False  # decoder: normalise the token embeddings (BLOOM)
+    # einsum: the project's own attention (dropout on probabilities, any mask); xla or cudnn:
+    # jax.nn.dot_product_attention with that implementation (cudnn = flash attention on NVIDIA
+    # GPUs, bfloat16/float16 only); both without attention dropout
+    m.attention_impl = "einsum"
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "generated"
@@ -276,6 +280,14 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.position_embedding != "relative" or m.arch == "encoder_decoder",
            f"model.position_embedding='relative' (T5 buckets) is built for encoder_decoder "
            f"models; for model.arch={m.arch!r} use learned, sinusoidal or rotary")
+    _check(m.attention_impl in ("einsum", "xla", "cudnn"),
+           f"model.attention_impl={m.attention_impl!r}: use einsum, xla or cudnn")
+    _check(m.attention_impl == "einsum" or m.attention_dropout_rate == 0.0,
+           f"model.attention_impl={m.attention_impl!r} has no attention dropout: set "
+           "model.attention_dropout_rate=0 or model.attention_impl=einsum")
+    _check(m.attention_impl != "cudnn" or m.dtype in ("bfloat16", "float16"),
+           f"model.attention_impl='cudnn' runs in bfloat16 or float16, not model.dtype="
+           f"{m.dtype!r}: set model.dtype=bfloat16 or model.attention_impl=xla")
     _check(m.norm in ("layernorm", "rmsnorm"), f"model.norm={m.norm!r}: use layernorm or rmsnorm")
     _check(m.norm_position in ("pre", "post"),
            f"model.norm_position={m.norm_position!r}: use pre or post")

@@ -77,6 +77,11 @@ class MultiHeadAttention(nnx.Module):
             cache = {"k": k, "v": v}
         if cfg.scale_attention:
             q = q * (cfg.head_dim ** -0.5)
+        if cfg.attention_impl != "einsum":
+            out = jax.nn.dot_product_attention(
+                q, k.astype(q.dtype), v.astype(q.dtype), bias=bias_BxHxQxK, mask=mask_Bx1xQxK,
+                scale=1.0, implementation=cfg.attention_impl)
+            return self.out(out), cache
         logits = jnp.einsum("bqhk,bshk->bhqs", q, k.astype(q.dtype),
                             preferred_element_type=jnp.float32)
         if bias_BxHxQxK is not None:

@@ -38,6 +38,7 @@ class ModelConfig:
     scale_decoder_outputs: bool = False  # T5 v1.0: final states times emb_dim ** -0.5
     scale_embeddings: bool = False  # encoder_decoder: token embeddings times sqrt(emb_dim)
     embed_norm: bool = False  # decoder: a norm on the embeddings (BLOOM)
+    attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)
     causal: bool = True
 
     @property
