@@ -30,6 +30,9 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_integer("steps", 100, "Steps per timed block.")
 flags.DEFINE_integer("vocab_size", 69, "Vocabulary size (the tokenizer's, normally).")
 flags.DEFINE_integer("peak_size", 2048, "Side of the square matmul that measures the peak.")
+flags.DEFINE_integer("profile_steps", 0, "Trace this many steps with jax.profiler and print "
+                     "the device ops that take the most time.")
+flags.DEFINE_string("profile_dir", "/tmp/llmjax-profile", "Where the trace is written.")
 FLAGS = flags.FLAGS
 
 
@@ -82,6 +85,38 @@ def main(argv):
     if "peak_bytes_in_use" in stats:
         figures["peak_device_gib"] = round(stats["peak_bytes_in_use"] / 2**30, 2)
     print(json.dumps(figures))
+    if FLAGS.profile_steps:
+        import jax.profiler
+
+        with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
+            for _ in range(FLAGS.profile_steps):
+                state, _ = parallel.train_step(state, batch)
+            jax.block_until_ready(state)
+        print_top_ops(FLAGS.profile_dir, FLAGS.profile_steps)
+
+
+def print_top_ops(profile_dir: str, steps: int, top: int = 30) -> None:
+    """Device time per op name in the perfetto trace (ms per step, share of the total)."""
+    import collections
+    import glob
+    import gzip
+
+    path = sorted(glob.glob(f"{profile_dir}/**/perfetto_trace.json.gz", recursive=True))[-1]
+    trace = json.load(gzip.open(path))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    names = {(e.get("pid"), None): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device_pids = {pid for (pid, _), name in names.items()
+                   if "/device:" in name and "host" not in name.lower()}
+    totals: dict[str, float] = collections.defaultdict(float)
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in device_pids:
+            totals[e["name"]] += e.get("dur", 0.0)
+    total = sum(totals.values())
+    print(f"device time per step: {total / steps / 1e3:.2f} ms over {len(totals)} op names "
+          f"(trace {path})")
+    for name, us in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"{us / steps / 1e3:8.3f} ms  {100 * us / total:5.1f}%  {name[:110]}")
 
 
 if __name__ == "__main__":

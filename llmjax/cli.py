@@ -39,6 +39,14 @@ flags.DEFINE_enum("from", None, ["hf"], "convert: import from this format (--pat
 flags.DEFINE_enum("to", None, ["hf"], "convert: export --workdir to this format (--out).")
 flags.DEFINE_string("path", None, "convert --from=hf: the Hugging Face model folder.")
 flags.DEFINE_string("out", None, "convert: the folder to write (a workdir, or a HF folder).")
+flags.DEFINE_string("coordinator_address", None,
+                    "multi-host: HOST:PORT of process 0 (jax.distributed), same on every host.")
+flags.DEFINE_integer("num_processes", None, "multi-host: how many processes (hosts) in all.")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's index, 0 .. N-1.")
+flags.DEFINE_bool("distributed", None,
+                  "multi-host: join jax.distributed with the cluster's auto-detected settings "
+                  "(TPU pods, SLURM, MPI); default: only when --coordinator_address, "
+                  "$JAX_COORDINATOR_ADDRESS or a multi-task SLURM step says so.")
 
 
 def _argv_with_workdir_config(argv: list[str]) -> list[str]:
@@ -97,6 +105,10 @@ def main(argv: list[str]) -> None:
     if not FLAGS.workdir and command != "convert":
         _fail(f"{command} needs --workdir=DIR")
     quiet_library_logs()
+    from llmjax.train import distributed
+
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           FLAGS.distributed)
     try:
         from llmjax import commands
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     # jax.nn.dot_product_attention with that implementation (cudnn = flash attention on NVIDIA
     # GPUs, bfloat16/float16 only); both without attention dropout
     m.attention_impl = "einsum"
+    # rematerialisation per block: none (keep activations), full (recompute the block in the
+    # backward pass), dots (keep only matmul outputs, recompute the rest)
+    m.remat = "none"
+    m.scan_layers = False  # run the blocks under jax.lax.scan: one compiled block, fast compile
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "generated"
@@ -104,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.tfds_data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
     d.tokenizer_sample_chars = 20_000_000  # how much training text a tokenizer is trained on
     d.prefetch_batches = 2
+    # training data shards, each its own shuffled stream of batch_size / shards examples per
+    # step; hosts split them. None: one per host. Set N on one host to reproduce an N-host run.
+    d.shards = config_dict.placeholder(int)
     # `generated` source: a seeded order-k Markov language over an alphabet of letters.
     d.generated = g = ml_collections.ConfigDict()
     g.seed = 1234
@@ -236,6 +244,25 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_mesh(mesh: ml_collections.ConfigDict) -> None:
+    import jax
+
+    sizes = {axis: mesh[axis] for axis in ("data", "fsdp", "tensor")}
+    n = jax.device_count()
+    free = [a for a, s in sizes.items() if s == -1]
+    _check(len(free) <= 1 and all(s == -1 or s > 0 for s in sizes.values()),
+           f"parallel.mesh {sizes}: sizes must be positive, with at most one -1 (the rest)")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    total = known * (n // known if free and n % known == 0 else 1)
+    _check(total == n and (not free or n % known == 0),
+           f"parallel.mesh {sizes} does not fit the {n} devices: make data x fsdp x tensor = "
+           f"{n}, or set one of them to -1")
+    resolved = {a: (n // known if s == -1 else s) for a, s in sizes.items()}
+    _check((resolved["data"] * resolved["fsdp"]) % jax.process_count() == 0,
+           f"parallel.mesh {resolved}: data x fsdp must be a multiple of the "
+           f"{jax.process_count()} processes (each process feeds its own examples)")
+
+
 def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> None:
     """Raises ConfigError for contradictions, before anything is compiled or written."""
     check_keys(config)
@@ -263,13 +290,26 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"batch_size={config.batch_size} is not divisible by data-parallel size "
            f"{num_data_shards} x optimizer.accumulation_steps {o.accumulation_steps}: "
            f"use a multiple of {per_step}")
+    import jax
+
+    shards = config.data.shards or jax.process_count()
+    _check(shards > 0 and shards % jax.process_count() == 0,
+           f"data.shards={config.data.shards} must be a positive multiple of the "
+           f"{jax.process_count()} processes")
+    _check(config.batch_size % shards == 0,
+           f"batch_size={config.batch_size} is not divisible by data.shards={shards}: use a "
+           f"multiple of {shards}")
     for key in ("num_train_steps", "log_every_steps", "eval_every_steps",
                 "checkpoint_every_steps", "batch_size", "seq_len"):
         _check(config[key] > 0, f"{key}={config[key]} must be positive")
     _check(o.schedule in ("cosine", "linear", "constant"),
            f"optimizer.schedule={o.schedule!r}: use cosine, linear or constant")
-    _check(config.parallel.mode in ("single", "pmap"),
-           f"parallel.mode={config.parallel.mode!r}: this version supports single and pmap")
+    _check(config.parallel.mode in ("single", "pmap", "mesh"),
+           f"parallel.mode={config.parallel.mode!r}: use single, pmap or mesh")
+    if config.parallel.mode == "mesh":
+        _check_mesh(config.parallel.mesh)
+    _check(m.remat in ("none", "full", "dots"),
+           f"model.remat={m.remat!r}: use none, full or dots")
     _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "relative", "alibi",
                                     "none"),
            f"model.position_embedding={m.position_embedding!r}: use learned, sinusoidal, "

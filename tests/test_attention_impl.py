@@ -33,9 +33,10 @@ def pair(cls, impl, **kw):
 SEG = jnp.array([[1] * 5 + [2] * 4 + [0] * 3, [1] * 12])  # packed + padded, and full
 
 
-@pytest.mark.parametrize("kw", [dict(position_embedding="learned"),
-                                dict(position_embedding="rotary"),
-                                dict(position_embedding="alibi", embed_norm=True)])
+@pytest.mark.parametrize("kw", [
+    dict(position_embedding="learned"),
+    pytest.param(dict(position_embedding="rotary"), marks=pytest.mark.slow),
+    pytest.param(dict(position_embedding="alibi", embed_norm=True), marks=pytest.mark.slow)])
 def test_decoder_xla_attention_equals_einsum(kw):
     reference, other = pair(Decoder, "xla", **kw)
     toks = tokens((2, 12))
@@ -57,7 +58,8 @@ def test_encoder_xla_attention_equals_einsum():
                                atol=2e-5)
 
 
-@pytest.mark.parametrize("position", ["relative", "learned"])
+@pytest.mark.parametrize("position", ["relative",
+                                      pytest.param("learned", marks=pytest.mark.slow)])
 def test_encoder_decoder_xla_attention_equals_einsum(position):
     reference, other = pair(EncoderDecoder, "xla", position_embedding=position,
                             num_decoder_layers=3)

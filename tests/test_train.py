@@ -188,3 +188,18 @@ def test_an_objective_that_does_not_fit_the_architecture_is_a_clear_error(tmp_pa
                                           "model.arch='encoder_decoder'"):
         train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_stays_within_0_01_of_float32_after_200_demo_steps(tmp_path):
+    """Mixed precision: bfloat16 matmuls with float32 parameters, accumulation, norms, softmax
+    and loss; configs/demo.py's model and data, 200 steps."""
+    from configs import demo
+
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        c = demo.get_config()
+        c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 200
+        c.model.dtype, c.progress_bar = dtype, False
+        results[dtype] = train_and_evaluate(c, tmp_path / dtype)["eval/loss"]
+    assert abs(results["bfloat16"] - results["float32"]) < 0.01, results

@@ -98,22 +98,42 @@ def load_examples(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objec
 
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective: Objective,
                   shard: HostShard | None = None) -> grain.IterDataset:
-    """Endless, reshuffled-each-epoch batches of `batch_size / process_count` examples."""
+    """Endless, reshuffled-each-epoch batches of `batch_size / process_count` examples.
+
+    The data is cut into `data.shards` shards (default: one per host), each with its own
+    shuffled stream of `batch_size / data.shards` examples per step; a host reads only the
+    shards it owns and joins their rows. A global batch is therefore the same however many
+    hosts share the shards: `data.shards=N` on one host reproduces a run on N hosts."""
     shard = shard or HostShard.current()
-    examples = load_examples(config, tokenizer, objective, config.data.source,
-                             config.data.train_split, train=True, shard=shard)
-    per_host = config.batch_size // shard.count
-    n = len(examples)
-    if n < per_host:
-        raise ValueError(f"the training split gives {n} examples of seq_len={config.seq_len} on "
-                         f"this host, fewer than one batch of {per_host}: use more data, a "
-                         "smaller batch_size or a smaller seq_len")
-    ds = (grain.MapDataset.range(n).shuffle(seed=config.seed).repeat(None)
-          .batch(per_host, drop_remainder=True).map(examples.__getitem__))
-    if hasattr(examples, "corrupt"):  # e.g. MLM masking: fresh for every batch of every epoch
-        ds = ds.random_map(examples.corrupt, seed=config.seed + shard.index)
+    num_shards = config.data.shards or shard.count
+    per_shard = config.batch_size // num_shards
+    owned = range(shard.index * num_shards // shard.count,
+                  (shard.index + 1) * num_shards // shard.count)
+    parts = [_shard_batches(config, tokenizer, objective, HostShard(v, num_shards), per_shard)
+             for v in owned]
+    ds = parts[0]
+    if len(parts) > 1:
+        ds = grain.MapDataset.range(len(parts[0])).map(
+            lambda i: {k: np.concatenate([p[i][k] for p in parts]) for k in parts[0][i]})
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
                                                 prefetch_buffer_size=config.data.prefetch_batches))
+
+
+def _shard_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                   objective: Objective, shard: HostShard, batch_size: int) -> grain.MapDataset:
+    """Endless batches of one data shard (random access: batch i is a pure function of i)."""
+    examples = load_examples(config, tokenizer, objective, config.data.source,
+                             config.data.train_split, train=True, shard=shard)
+    n = len(examples)
+    if n < batch_size:
+        raise ValueError(f"the training split gives {n} examples of seq_len={config.seq_len} in "
+                         f"data shard {shard.index} of {shard.count}, fewer than one batch of "
+                         f"{batch_size}: use more data, a smaller batch_size or a smaller seq_len")
+    ds = (grain.MapDataset.range(n).shuffle(seed=config.seed).repeat(None)
+          .batch(batch_size, drop_remainder=True).map(examples.__getitem__))
+    if hasattr(examples, "corrupt"):  # e.g. MLM masking: fresh for every batch of every epoch
+        ds = ds.random_map(examples.corrupt, seed=config.seed + shard.index)
+    return ds
 
 
 def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective: Objective,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 import tensorflow_datasets as tfds
 
@@ -26,9 +27,8 @@ def _data_dir(config: ml_collections.ConfigDict) -> str | None:
     return config.data.tfds_data_dir or os.environ.get("TFDS_DATA_DIR")
 
 
-def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequence[dict]:
-    """A random-access sequence of record dicts for `split` of source `spec`."""
-    tfds.disable_progress_bar()
+def _prepared_builder(spec: str, config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `spec`, prepared (as ArrayRecord) if it was not already."""
     kind, _, arg = spec.partition(":")
     data_dir = _data_dir(config)
     if kind == "generated" and arg:
@@ -64,6 +64,26 @@ def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequ
     else:
         raise DataError(f"data source {spec!r}: use generated, generated:reverse|sort|copy, "
                         "tfds:NAME[/CONFIG], text:GLOB, tsv:GLOB or parallel:SRC_GLOB|TGT_GLOB")
+    return builder
+
+
+def _prepared_in_turn(prepare):
+    """Several hosts sharing a data dir must not write the same dataset at once: process 0
+    prepares first, the others after a barrier (finding it ready, or preparing their own copy
+    on a disk of their own)."""
+    if jax.process_count() == 1:
+        return prepare()
+    from jax.experimental import multihost_utils
+
+    builder = prepare() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("llmjax: datasets prepared by process 0")
+    return builder if builder is not None else prepare()
+
+
+def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequence[dict]:
+    """A random-access sequence of record dicts for `split` of source `spec`."""
+    tfds.disable_progress_bar()
+    builder = _prepared_in_turn(lambda: _prepared_builder(spec, config))
     names = [part.split("[")[0].strip() for part in split.split("+")]
     known = builder.info.splits  # empty under tfds.testing.mock_data: nothing to check
     if known and split != "all" and any(name not in known for name in names):

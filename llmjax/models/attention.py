@@ -10,6 +10,7 @@ from flax import nnx
 
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import Dense, apply_rotary, dropout
+from llmjax.sharding import constrain
 
 Array = jax.Array
 
@@ -65,6 +66,8 @@ class MultiHeadAttention(nnx.Module):
         else:
             kv = x_BxQxD if kv_BxKxD is None else kv_BxKxD
             k, v = self.key(kv), self.value(kv)
+        heads = ("batch", None, "heads", None)  # tensor parallelism splits heads
+        q, k, v = constrain(q, heads), constrain(k, heads), constrain(v, heads)
         if cfg.position_embedding == "rotary" and positions_BxQ is not None:
             q = apply_rotary(q, positions_BxQ, cfg.rotary_base)
             kp = positions_BxQ if kv_positions_BxK is None else kv_positions_BxK

@@ -10,6 +10,7 @@ from flax import nnx
 from llmjax.models.attention import MultiHeadAttention
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import FeedForward, Norm, dropout, fold
+from llmjax.sharding import constrain
 
 Array = jax.Array
 
@@ -41,6 +42,9 @@ class TransformerBlock(nnx.Module):
         """(x [B, L, D], updated self-attention cache). Cross-attention reads the encoder's
         output `memory` (or its precomputed `memory_kv`) under `memory_mask` [B, 1, L, S]."""
 
+        # the residual stream: batch split over data x fsdp, model dimension whole
+        x_BxLxD = constrain(x_BxLxD, ("batch", None, None))
+
         def attend(h):
             return self.attention(h, mask, positions_BxQ=positions_BxL, cache=cache,
                                   cache_index=cache_index, bias_BxHxQxK=bias, rng=fold(rng, 0))
@@ -55,3 +59,44 @@ class TransformerBlock(nnx.Module):
         x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h, fold(rng, 2)), None),
                               fold(rng, 3))
         return x, cache
+
+
+def apply_blocks(layers: nnx.List, x_BxLxD: Array, mask: Array, positions_BxL: Array | None,
+                 *, cfg: ModelConfig, rng: Array | None = None, **kwargs) -> Array:
+    """x through every block of a stack without a cache (training and full-sequence forward);
+    block i draws dropout from fold(rng, i + 1). Memory and compile levers, same function:
+
+    - cfg.remat: 'full' recomputes each block in the backward pass (keeps only its input);
+      'dots' keeps the outputs of the weight matmuls and recomputes the rest.
+    - cfg.scan_layers: one jax.lax.scan over the blocks' parameters stacked along a new
+      leading axis, so XLA compiles one block instead of L. The parameters themselves stay one
+      entry per layer (checkpoints and conversions do not depend on the switch); stacking
+      copies them once per step.
+    """
+    if cfg.remat == "none" and not cfg.scan_layers:
+        for i, layer in enumerate(layers):
+            x_BxLxD, _ = layer(x_BxLxD, mask, positions_BxL, rng=fold(rng, i + 1), **kwargs)
+        return x_BxLxD
+    graphdef = nnx.graphdef(layers[0])
+    states = [nnx.state(layer) for layer in layers]
+
+    def block(state, x, layer_rng):
+        y, _ = nnx.merge(graphdef, state)(x, mask, positions_BxL, rng=layer_rng, **kwargs)
+        return y
+
+    if cfg.remat != "none":
+        policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                  if cfg.remat == "dots" else None)
+        block = jax.checkpoint(block, policy=policy)
+    if not cfg.scan_layers:
+        for i, state in enumerate(states):
+            x_BxLxD = block(state, x_BxLxD, fold(rng, i + 1))
+        return x_BxLxD
+
+    def body(x, inputs):
+        state, i = inputs
+        return block(state, x, None if rng is None else jax.random.fold_in(rng, i + 1)), None
+
+    stacked = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *states)
+    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, (stacked, jax.numpy.arange(len(states))))
+    return x_BxLxD

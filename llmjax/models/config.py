@@ -38,6 +38,8 @@ class ModelConfig:
     scale_decoder_outputs: bool = False  # T5 v1.0: final states times emb_dim ** -0.5
     scale_embeddings: bool = False  # encoder_decoder: token embeddings times sqrt(emb_dim)
     embed_norm: bool = False  # decoder: a norm on the embeddings (BLOOM)
+    remat: str = "none"  # none | full | dots: what the backward pass recomputes per block
+    scan_layers: bool = False  # blocks under jax.lax.scan (parameters stay one per layer)
     attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)
     causal: bool = True
 

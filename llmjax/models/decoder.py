@@ -8,7 +8,7 @@ from flax import nnx
 
 from llmjax.models.alibi import alibi_bias
 from llmjax.models.attention import make_attention_mask, segment_positions
-from llmjax.models.blocks import TransformerBlock
+from llmjax.models.blocks import TransformerBlock, apply_blocks
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import Dense, Embed, Norm, dropout, fold, sinusoidal
 
@@ -62,8 +62,7 @@ class Decoder(nnx.Module):
         mask = make_attention_mask(seg, seg, causal=self.cfg.causal)
         x = self._embed(tokens_BxL, pos, fold(rng, 0))
         bias = self._bias(pos, pos)
-        for i, layer in enumerate(self.layers):
-            x, _ = layer(x, mask, pos, bias=bias, rng=fold(rng, i + 1))
+        x = apply_blocks(self.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias)
         return self._final(x)
 
     def __call__(self, tokens_BxL: Array, *, positions: Array | None = None,

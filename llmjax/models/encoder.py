@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmjax.models.attention import make_attention_mask, segment_positions
-from llmjax.models.blocks import TransformerBlock
+from llmjax.models.blocks import TransformerBlock, apply_blocks
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import Embed, Norm, dropout, fold, sinusoidal
 
@@ -51,8 +51,7 @@ class Encoder(nnx.Module):
             x = self.embed_norm(x)
         x = dropout(x, cfg.dropout_rate, fold(rng, 0))
         mask = make_attention_mask(seg, seg, causal=False)
-        for i, layer in enumerate(self.layers):
-            x, _ = layer(x, mask, pos, rng=fold(rng, i + 1))
+        x = apply_blocks(self.layers, x, mask, pos, cfg=cfg, rng=rng)
         return x if self.final_norm is None else self.final_norm(x)
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmjax.models.attention import make_attention_mask, segment_positions
-from llmjax.models.blocks import TransformerBlock
+from llmjax.models.blocks import TransformerBlock, apply_blocks
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import Dense, Embed, Norm, dropout, fold, sinusoidal
 from llmjax.models.relative_position import RelativePositionBias
@@ -83,8 +83,7 @@ class EncoderDecoder(nnx.Module):
         x = stack.embed_positions(self.embed(tokens_BxS), pos, fold(rng, 0))
         mask = make_attention_mask(seg, seg, causal=False)
         bias = stack.bias(pos, pos)
-        for i, layer in enumerate(stack.layers):
-            x, _ = layer(x, mask, pos, bias=bias, rng=fold(rng, i + 1))
+        x = apply_blocks(stack.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias)
         return stack.finish(x)
 
     def _logits(self, x_BxTxD: Array) -> Array:
@@ -107,9 +106,8 @@ class EncoderDecoder(nnx.Module):
         # Every decoder position (padding too, whose output is unused) sees the real source.
         memory_mask = make_attention_mask(jnp.ones_like(seg), encoder_segment_ids, causal=False)
         bias = stack.bias(pos, pos)
-        for i, layer in enumerate(stack.layers):
-            x, _ = layer(x, mask, pos, bias=bias, memory_BxSxD=encoded_BxSxD,
-                         memory_mask=memory_mask, rng=fold(rng, i + 1))
+        x = apply_blocks(stack.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias,
+                         memory_BxSxD=encoded_BxSxD, memory_mask=memory_mask)
         return self._logits(stack.finish(x))
 
     def __call__(self, tokens_BxS: Array, decoder_tokens_BxT: Array, *,

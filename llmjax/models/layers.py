@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmjax.models.config import ModelConfig
+from llmjax.sharding import constrain
 
 Array = jax.Array
 _INIT_STD = 0.02  # GPT-2 / BERT initialisation
@@ -103,6 +104,7 @@ class FeedForward(nnx.Module):
         h = self.activation(self.wi(x_BxLxD))
         if self.wg is not None:
             h = h * self.wg(x_BxLxD)
+        h = constrain(h, ("batch", None, "mlp"))
         return self.wo(dropout(h, self.dropout_rate, rng))
 
 
@@ -122,7 +124,8 @@ class Embed(nnx.Module):
         table = self.embedding[...].astype(self.dtype)
         logits = jnp.matmul(x_BxLxD.reshape(-1, table.shape[1]).astype(self.dtype), table.T,
                             preferred_element_type=jnp.float32)
-        return logits.reshape(*x_BxLxD.shape[:-1], table.shape[0])
+        logits = logits.reshape(*x_BxLxD.shape[:-1], table.shape[0])
+        return constrain(logits, ("batch",) + (None,) * (logits.ndim - 2) + ("vocab",))
 
 
 def sinusoidal(positions_BxL: Array, dim: int) -> Array:

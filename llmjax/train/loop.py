@@ -33,7 +33,7 @@ class NonFiniteLossError(RuntimeError):
 def prepare_workdir(workdir: epath.Path) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
+        probe = workdir / f".write_test.{jax.process_index()}"  # hosts may share the workdir
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -110,15 +110,20 @@ def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.
 
 
 class _StopSignal:
-    """SIGTERM/SIGINT -> finish the step, checkpoint, exit cleanly (jax gives a single process
-    no preemption notice)."""
+    """SIGTERM/SIGINT -> finish the step, checkpoint, exit cleanly.
+
+    One process: our own handler (jax gives a single process no preemption notice). Several
+    processes: SIGTERM belongs to jax's preemption service, which agrees on one step for all
+    hosts (`reached_preemption_sync_point`); a SIGINT is passed on to it as a SIGTERM."""
 
     def __init__(self):
         self.received: int | None = None
         self._previous = {}
+        self.multi_process = jax.process_count() > 1
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGINT,) if self.multi_process else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
@@ -126,7 +131,20 @@ class _StopSignal:
         return self
 
     def _handle(self, signum, frame):
-        self.received = signum
+        if self.multi_process:
+            signal.raise_signal(signal.SIGTERM)  # jax's preemption notifier takes it from here
+        else:
+            self.received = signum
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to checkpoint and stop after `step`; the same answer on every host. Must be
+        called after every step (jax's sync protocol counts on it)."""
+        if self.multi_process:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.received = self.received or signal.SIGTERM
+        return self.received is not None
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -176,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     config = ml_collections.ConfigDict(config.to_dict(), type_safe=True)  # own, unlocked copy
     workdir = epath.Path(workdir)
     mode = config.parallel.mode
-    shards = jax.process_count() * Parallel.num_data_shards(mode)
+    shards = Parallel.num_data_shards(mode, config.parallel.mesh)
     configs.validate(config, num_data_shards=shards)
     objective = get_objective(config.objective)
     check_init_compatible(config)
@@ -204,9 +222,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         if floor is not None:
             logging.info("best achievable eval loss on this data: %.4f nats/token", floor)
 
-    graphdef, params = nnx.split(state_lib.build_model(config))
+    fine_tuning = bool(config.init.workdir or config.init.hf_path)
+    if mode == "mesh" and not fine_tuning:  # shapes only: the state is created sharded
+        graphdef, params = state_lib.abstract_model(config)
+    else:
+        graphdef, params = nnx.split(state_lib.build_model(config))
     num_params = state_lib.count_params(params)
     optimizer, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    abstract = jax.eval_shape(lambda p: state_lib.init_state(p, optimizer, config.seed), params)
+    parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
+                        config.optimizer.accumulation_steps, config.skip_nonfinite_updates,
+                        mesh_sizes=config.parallel.mesh, abstract_state=abstract)
     ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints_to_keep,
                                    config.async_checkpointing)
     start = ckpt.latest_step()
@@ -216,23 +242,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                         f"resuming from step {start}, the newest complete checkpoint"
                         if start is not None else "no complete checkpoint exists")
     if start is None:
-        host_state = state_lib.init_state(initial_params(config, params), optimizer, config.seed)
+        if mode == "mesh" and not fine_tuning:
+            state = parallel.init_state(lambda: state_lib.init_state(
+                nnx.split(state_lib.build_model(config))[1], optimizer, config.seed))
+        else:
+            state = parallel.to_device(state_lib.init_state(initial_params(config, params),
+                                                            optimizer, config.seed))
         start = 0
     else:
-        abstract = jax.eval_shape(lambda: state_lib.init_state(params, optimizer, config.seed))
-        host_state = ckpt.restore(start, abstract, train_iter)
+        state = ckpt.restore(start, parallel.abstract_for_restore(abstract), train_iter)
+        if mode != "mesh":  # mesh: restored straight onto the devices, sharded
+            state = parallel.to_device(state)
         logging.info("resumed from %s at step %d", ckpt.directory, start)
-
-    parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
-                        config.optimizer.accumulation_steps, config.skip_nonfinite_updates)
     decoding_eval = None
     if getattr(objective, "decodes", False):  # seq2seq: BLEU and exact match on decoded text
         from llmjax.evaluation.decoding import DecodingEval
 
         decoding_eval = DecodingEval(config, tokenizer, graphdef,
                                      *pipeline.eval_source_and_split(config))
-    state = parallel.to_device(host_state)
-    del host_state
     writer = MetricWriter(workdir)
     writer.truncate_after(start)
     cfg = state_lib.model_config(config)
@@ -287,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                     train["mfu"] = flops_per_step * interval_steps / elapsed / peak_total
                 writer.write(step, {f"train/{k}": v for k, v in train.items()})
                 progress.set_postfix(loss=f"{train['loss']:.4f}", refresh=False)
-                if progress.disable:
+                if progress.disable and is_primary:
                     logging.info("step %d: %s", step, _format(train))
                 interval_start, interval_steps = time.perf_counter(), 0
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
@@ -299,12 +326,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                     eval_metrics.update(_decoding_metrics(
                         decoding_eval, parallel.single_copy(parallel.params(state)), step))
                 writer.write(step, eval_metrics)
-                logging.info("step %d: %s", step, _format(eval_metrics))
+                if is_primary:
+                    logging.info("step %d: %s", step, _format(eval_metrics))
                 interval_start, interval_steps = time.perf_counter(), 0
-            if step % config.checkpoint_every_steps == 0 or is_last or stop.received:
+            stopping = stop.should_stop(step)
+            if step % config.checkpoint_every_steps == 0 or is_last or stopping:
                 save(step)
             progress.update(1)
-            if stop.received:
+            if stopping:
                 logging.warning("received signal %d: saved a checkpoint at step %d in %s; run "
                                 "the same command to resume", stop.received, step, ckpt.directory)
                 break

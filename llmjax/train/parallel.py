@@ -1,9 +1,12 @@
 """The only module that knows about devices. It wraps the pure steps for a parallel mode:
 
 - `single`: jax.jit on one device;
-- `pmap`:   jax.pmap data parallelism over all local devices (state replicated, batch split).
+- `pmap`:   jax.pmap data parallelism over all local devices (state replicated, batch split);
+- `mesh`:   jax.jit over a (data, fsdp, tensor) Mesh of all devices of all processes, with the
+            state sharded by llmjax/sharding.py's rules and each process feeding its own part
+            of the global batch.
 
-Host-side state is always unreplicated, so a checkpoint restores under any mode.
+Checkpoints hold plain (unreplicated, unsharded) arrays, so one restores under any mode and mesh.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from llmjax import sharding
 from llmjax.objectives import Objective
 from llmjax.train.step import loss_terms, make_eval_step, make_train_step
 
@@ -21,10 +26,12 @@ AXIS = "batch"
 
 
 class Parallel:
-    """Runs train/eval steps in `mode`; moves state and batches to and from the devices."""
+    """Runs train/eval steps in `mode`; moves state and batches to and from the devices.
+    `abstract_state` (shapes of the train state) is needed in mesh mode, for its shardings."""
 
     def __init__(self, mode: str, graphdef: nnx.GraphDef, objective: Objective, optimizer,
-                 schedule, accumulation_steps: int = 1, skip_nonfinite: bool = False):
+                 schedule, accumulation_steps: int = 1, skip_nonfinite: bool = False, *,
+                 mesh_sizes: Any = None, abstract_state: Any = None):
         self.mode = mode
         self.num_replicas = jax.local_device_count() if mode == "pmap" else 1
         self.loss_terms = tuple(loss_terms(objective))
@@ -35,14 +42,45 @@ class Parallel:
         if mode == "pmap":
             self._train = jax.pmap(train, axis_name=AXIS, donate_argnums=(0,))
             self._eval = jax.pmap(evaluate, axis_name=AXIS)
+        elif mode == "mesh":
+            self.mesh = sharding.make_mesh(mesh_sizes)
+            self.state_shardings = sharding.state_shardings(abstract_state, self.mesh)
+            self.batch_sharding = sharding.batch_sharding(self.mesh)
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            params_shardings = self.state_shardings["params"]
+            self._train = jax.jit(self._traced_on_mesh(train), donate_argnums=(0,),
+                                  in_shardings=(self.state_shardings, self.batch_sharding),
+                                  out_shardings=(self.state_shardings, replicated))
+            self._eval = jax.jit(self._traced_on_mesh(evaluate),
+                                 in_shardings=(params_shardings, self.batch_sharding),
+                                 out_shardings=replicated)
         else:
             self._train = jax.jit(train, donate_argnums=(0,))
             self._eval = jax.jit(evaluate)
 
+    def _traced_on_mesh(self, fn):
+        def on_mesh(*args):
+            with sharding.activation_sharding(self.mesh):  # active while jit traces
+                return fn(*args)
+
+        return on_mesh
+
     @staticmethod
-    def num_data_shards(mode: str) -> int:
-        """How many ways each host's batch is split across its devices."""
-        return jax.local_device_count() if mode == "pmap" else 1
+    def num_data_shards(mode: str, mesh_sizes: Any = None) -> int:
+        """How many ways the global batch is split (for the divisibility check)."""
+        if mode == "pmap":
+            return jax.device_count()
+        if mode == "mesh":
+            sizes = sharding.mesh_shape(mesh_sizes, jax.device_count())
+            return sizes["data"] * sizes["fsdp"]
+        return jax.process_count()
+
+    def init_state(self, make_state) -> Any:
+        """`make_state()` (a fresh train state) computed on the devices; in mesh mode created
+        already sharded, so no device ever holds the whole of it."""
+        if self.mode == "mesh":
+            return jax.jit(make_state, out_shardings=self.state_shardings)()
+        return self.to_device(jax.jit(make_state)())
 
     def to_device(self, host_state: Any) -> Any:
         # device_get copies first: device_put may alias its input, and donation would then
@@ -52,18 +90,38 @@ class Parallel:
             n = self.num_replicas
             return jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))).copy(),
                                 host_state)
+        if self.mode == "mesh":  # every process holds the whole state; each keeps its shards
+            return jax.tree.map(
+                lambda x, s: jax.make_array_from_callback(np.shape(x), s,
+                                                          lambda index: np.asarray(x)[index]),
+                host_state, self.state_shardings)
         return jax.device_put(host_state)
 
     def to_host(self, device_state: Any) -> Any:
-        """Unreplicated numpy copy (for checkpoints and metrics)."""
+        """What a checkpoint saves: unreplicated numpy (pmap, single), or the global sharded
+        arrays themselves in mesh mode (orbax writes each shard from the process holding it)."""
+        if self.mode == "mesh":
+            return device_state
         if self.mode == "pmap":
             device_state = jax.tree.map(lambda x: x[0], device_state)
         return jax.device_get(device_state)
 
+    def abstract_for_restore(self, abstract_state: Any) -> Any:
+        """Restore targets: in mesh mode with their shardings, so orbax reads each process's
+        shards straight onto its devices."""
+        if self.mode != "mesh":
+            return abstract_state
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract_state, self.state_shardings)
+
     def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """This process's part of the global batch -> what the step takes."""
         if self.mode == "pmap":
             n = self.num_replicas
             return {k: v.reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
+        if self.mode == "mesh":
+            return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+                    for k, v in batch.items()}
         return batch
 
     def train_step(self, state: Any, batch: dict[str, np.ndarray]) -> tuple[Any, dict]:
@@ -77,7 +135,17 @@ class Parallel:
 
     def single_copy(self, params: Any) -> Any:
         """One device's copy of (replicated) params, for code that runs on one device."""
-        return jax.tree.map(lambda x: x[0], params) if self.mode == "pmap" else params
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x[0], params)
+        if self.mode == "mesh" and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.process_allgather(params, tiled=True)
+        return params
 
     def unreplicate_metrics(self, metrics: Any) -> Any:
-        return jax.tree.map(lambda x: x[0], metrics) if self.mode == "pmap" else metrics
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x[0], metrics)
+        if self.mode == "mesh":  # replicated: this process's copy (readable on every host)
+            return jax.tree.map(lambda x: x.addressable_data(0), metrics)
+        return metrics

@@ -1,0 +1,86 @@
+"""Per-device memory of the compiled train step of a ~1B-parameter decoder under several meshes,
+from XLA's memory analysis of the step compiled on abstract shapes (nothing is allocated or run).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 .venv/bin/python benchmarks/memory.py
+
+Prints one JSON line per mesh: parameters + optimizer state per device (the step's donated
+state arguments), temporaries, and the compile time; then the fsdp=8 / data-only ratio of
+parameter + optimizer memory (ZeRO-3 divides it by the fsdp size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+flags.DEFINE_integer("layers", 20, "Decoder layers (20 x 2048: 1.07B parameters).")
+flags.DEFINE_integer("emb_dim", 2048, "Model width.")
+flags.DEFINE_integer("seq_len", 1024, "Tokens per example.")
+flags.DEFINE_integer("batch_size", 16, "Global batch.")
+flags.DEFINE_string("remat", "full", "model.remat for the step.")
+flags.DEFINE_bool("scan_layers", True, "model.scan_layers (one compiled block: fast compile).")
+FLAGS = flags.FLAGS
+
+MESHES = {"data-only (8,1,1)": (8, 1, 1), "fsdp=8 (1,8,1)": (1, 8, 1),
+          "tensor=8 (1,1,8)": (1, 1, 8), "fsdp x tensor (1,4,2)": (1, 4, 2)}
+
+
+def main(argv):
+    del argv
+    import jax
+    import numpy as np
+
+    from llmjax import configs
+    from llmjax.objectives import get_objective
+    from llmjax.train import optim
+    from llmjax.train import state as state_lib
+    from llmjax.train.parallel import Parallel
+
+    c = configs.base_config()
+    c.model.num_layers, c.model.emb_dim = FLAGS.layers, FLAGS.emb_dim
+    c.model.num_heads, c.model.mlp_dim = FLAGS.emb_dim // 128, 4 * FLAGS.emb_dim
+    c.model.max_len, c.model.vocab_size = FLAGS.seq_len, 32768
+    c.model.remat, c.model.scan_layers = FLAGS.remat, FLAGS.scan_layers
+    c.seq_len, c.batch_size = FLAGS.seq_len, FLAGS.batch_size
+    graphdef, params = state_lib.abstract_model(c)
+    num_params = state_lib.count_params(params)
+    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
+    abstract = jax.eval_shape(lambda p: state_lib.init_state(p, tx, 0), params)
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+    shape = (c.batch_size, c.seq_len)
+    batch = {"inputs": np.int32, "targets": np.int32, "segment_ids": np.int32,
+             "weights": np.float32}
+    print(json.dumps({"parameters": num_params, "state_gib": round(state_bytes / 2**30, 2),
+                      "devices": jax.device_count(), "remat": c.model.remat,
+                      "scan_layers": c.model.scan_layers}))
+    per_device = {}
+    for name, mesh in MESHES.items():
+        c.parallel.mesh.data, c.parallel.mesh.fsdp, c.parallel.mesh.tensor = mesh
+        parallel = Parallel("mesh", graphdef, get_objective(c.objective), tx, schedule,
+                            mesh_sizes=c.parallel.mesh, abstract_state=abstract)
+        state_in = parallel.abstract_for_restore(abstract)
+        batch_in = {k: jax.ShapeDtypeStruct(shape, d, sharding=parallel.batch_sharding)
+                    for k, d in batch.items()}
+        start = time.perf_counter()
+        compiled = parallel._train.lower(state_in, batch_in).compile()
+        compile_s = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        # the step's arguments: this device's shards of the state, plus its batch rows
+        per_device[name] = memory.argument_size_in_bytes
+        print(json.dumps({"mesh": name,
+                          "state_and_batch_gib": round(memory.argument_size_in_bytes / 2**30, 3),
+                          "temp_gib": round(memory.temp_size_in_bytes / 2**30, 3),
+                          "output_gib": round(memory.output_size_in_bytes / 2**30, 3),
+                          "compile_s": round(compile_s, 1)}))
+    ratio = per_device["data-only (8,1,1)"] / per_device["fsdp=8 (1,8,1)"]
+    print(json.dumps({"state_per_device_data_only_over_fsdp8": round(ratio, 2)}))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,140 @@
+"""Every partitioning decision, in one place: the device mesh, the logical axes of each parameter
+and activation, and the rules that map logical axes onto mesh axes.
+
+Mesh axes: `data` (batch only), `fsdp` (batch, and parameters and optimizer state split along
+their model dimension, gathered for each matmul: ZeRO-3) and `tensor` (heads, MLP hidden units
+and vocabulary split across devices: Megatron). A dimension that does not divide evenly by its
+mesh axes stays whole (replicated) rather than failing, so tiny models run on any mesh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. 'embed' is a parameter's model dimension; activations keep theirs
+# whole ('act_embed'), so FSDP gathers weights instead of splitting activations.
+RULES: dict[str, tuple[str, ...]] = {
+    "batch": ("data", "fsdp"),
+    "embed": ("fsdp",),
+    "vocab": ("tensor",),
+    "heads": ("tensor",),
+    "mlp": ("tensor",),
+}
+
+# Parameter path (its end, as checkpoint.param_path_name writes it) -> logical axes; the first
+# match wins. Optimizer-state leaves (Adam's mu and nu) end in the same paths and follow them.
+PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r"(query|key|value)/kernel", ("embed", "heads", "kv")),
+    (r"(query|key|value)/bias", ("heads", "kv")),
+    (r"attention/out/kernel", ("heads", "kv", "embed")),
+    (r"(wi|wg)/kernel", ("embed", "mlp")),
+    (r"(wi|wg)/bias", ("mlp",)),
+    (r"wo/kernel", ("mlp", "embed")),
+    (r"(^|/)embed/embedding", ("vocab", "embed")),  # the token table (tied output projection)
+    (r"lm_head/kernel", ("embed", "vocab")),
+    (r"(lm_head/bias|output_bias)", ("vocab",)),
+    (r"relative_bias/embedding", (None, "heads")),
+    (r"embedding", (None, "embed")),  # position and token-type tables
+    (r"kernel", ("embed", None)),  # poolers, head transforms, classifiers: [D, out]
+)
+
+
+def make_mesh(sizes: ml_collections.ConfigDict | dict) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices; one size may be -1 (the rest)."""
+    sizes = {axis: int(sizes[axis]) for axis in MESH_AXES}
+    n = jax.device_count()
+    known = math.prod(s for s in sizes.values() if s != -1)
+    rest = [axis for axis, s in sizes.items() if s == -1]
+    if len(rest) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
+        raise ValueError(f"parallel.mesh {sizes}: sizes must be positive, with at most one -1")
+    if rest:
+        if n % known:
+            raise ValueError(f"parallel.mesh {sizes}: {n} devices are not divisible by {known}")
+        sizes[rest[0]] = n // known
+    if math.prod(sizes.values()) != n:
+        raise ValueError(f"parallel.mesh {sizes} holds {math.prod(sizes.values())} devices but "
+                         f"there are {n}: make the sizes multiply to {n} (or set one to -1)")
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    # Auto axes: XLA propagates shardings (Explicit axes break gathers, see DESIGN.md)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_shape(sizes: ml_collections.ConfigDict | dict, num_devices: int) -> dict[str, int]:
+    """The mesh sizes with -1 resolved for `num_devices`, without building a mesh."""
+    sizes = {axis: int(sizes[axis]) for axis in MESH_AXES}
+    known = math.prod(s for s in sizes.values() if s != -1)
+    return {a: (num_devices // max(known, 1) if s == -1 else s) for a, s in sizes.items()}
+
+
+def spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """PartitionSpec for an array of `shape` with these logical axes; a dimension whose size the
+    mesh axes do not divide stays whole."""
+    parts = []
+    used: set[str] = set()
+    for name, size in zip(logical, shape, strict=True):
+        axes = tuple(a for a in RULES.get(name, ()) if mesh.shape[a] > 1 and a not in used)
+        if axes and size % math.prod(mesh.shape[a] for a in axes) == 0:
+            parts.append(axes if len(axes) > 1 else axes[0])
+            used.update(axes)
+        else:
+            parts.append(None)
+    return PartitionSpec(*parts)
+
+
+def param_logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
+    """Logical axes of the parameter (or optimizer-state leaf) at `path`; replicated if no
+    rule names it."""
+    for pattern, axes in PARAM_AXES:
+        if re.search(pattern + "$", path) and len(axes) == ndim:
+            return axes
+    return (None,) * ndim
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a train state (or params) pytree of arrays or ShapeDtypeStructs."""
+    from llmjax.train.checkpoint import param_path_name  # noqa: PLC0415
+
+    def sharding(path, leaf) -> NamedSharding:
+        shape = tuple(np.shape(leaf))
+        logical = param_logical_axes(param_path_name(path), len(shape))
+        return NamedSharding(mesh, spec(logical, shape, mesh))
+
+    return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches: the leading (example) axis split over data x fsdp."""
+    return NamedSharding(mesh, PartitionSpec(tuple(a for a in RULES["batch"])))
+
+
+_ACTIVE_MESH: list[Mesh] = []
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh) -> Iterator[None]:
+    """While active (around tracing a step), `constrain` pins activations to the mesh."""
+    _ACTIVE_MESH.append(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVE_MESH.pop()
+
+
+def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
+    """x with a sharding constraint from its logical axes ('batch', 'heads', 'mlp', ...) when a
+    mesh step is being traced; unchanged otherwise (one device, pmap, decoding)."""
+    if not _ACTIVE_MESH:
+        return x
+    mesh = _ACTIVE_MESH[-1]
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(logical, x.shape, mesh)))

@@ -1,0 +1,35 @@
+"""Multi-host start-up: one process per host (TPU VM worker, or GPU node / task), joined through
+jax.distributed into one runtime whose devices form the global mesh.
+
+Explicit flags (--coordinator_address, --num_processes, --process_id) win; otherwise clusters
+that jax detects by itself (Cloud TPU pods, SLURM, Open MPI, Kubernetes) are joined with
+`--distributed`, and a SLURM job step of several tasks or a set JAX_COORDINATOR_ADDRESS is
+joined automatically. A plain single-host run initialises nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+
+
+def wanted(coordinator_address: str | None, distributed: bool | None) -> bool:
+    """Whether this process should join a multi-process runtime."""
+    if distributed is not None:
+        return distributed
+    if coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, distributed: bool | None = None) -> None:
+    """jax.distributed.initialize() when wanted (before any other jax call); logs the layout."""
+    if not wanted(coordinator_address, distributed):
+        return
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    logging.info("process %d of %d: %d local devices, %d in all", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())

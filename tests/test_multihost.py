@@ -1,0 +1,124 @@
+"""Two processes x two CPU devices joined through jax.distributed on 127.0.0.1 train exactly
+like one process with four devices; only process 0 writes metrics; a SIGTERM to one host
+stops both at the same step with a checkpoint that resumes."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import tiny_config
+
+from llmjax import configs
+from llmjax.train.loop import train_and_evaluate
+from llmjax.train.writer import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(config, path):
+    path.write_text("from llmjax import configs\n\ndef get_config():\n"
+                    f"    return configs.from_json({configs.to_json(config)!r})\n")
+    return path
+
+
+def command(config_file, workdir, *extra):
+    return [sys.executable, "-m", "llmjax", "train", f"--config={config_file}",
+            f"--workdir={workdir}", *extra]
+
+
+def env_with(devices: int, tfds_dir) -> dict:
+    # override the 8 fake devices that conftest gives this process
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "JAX_PLATFORMS": "cpu", "TFDS_DATA_DIR": str(tfds_dir)}
+
+
+def launch_pair(config_file, workdir, tfds_dir, *extra):
+    port = free_port()
+    return [subprocess.Popen(
+        command(config_file, workdir, f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2", f"--process_id={i}", *extra),
+        cwd=ROOT, env=env_with(2, tfds_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in range(2)]
+
+
+def finish(processes, timeout=300):
+    outputs = []
+    for p in processes:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in processes:
+                q.kill()
+            raise
+        outputs.append((p.returncode, err))
+    return outputs
+
+
+def train_losses(workdir) -> dict[int, float]:
+    rows = [r for r in read_metrics(workdir) if "train/loss" in r]
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)), f"metrics written twice: {steps}"
+    return {r["step"]: r["train/loss"] for r in rows}
+
+
+def multihost_config(**overrides):
+    return tiny_config(**{"parallel.mode": "mesh", "parallel.mesh.fsdp": 2,
+                          "num_train_steps": 4, "log_every_steps": 1, "eval_every_steps": 4,
+                          "checkpoint_every_steps": 2, **overrides})
+
+
+def test_two_processes_match_one_process_with_four_devices(tmp_path):
+    config_file = write_config(multihost_config(), tmp_path / "config.py")
+    outputs = finish(launch_pair(config_file, tmp_path / "two", tmp_path / "tfds2"))
+    for i, (code, err) in enumerate(outputs):
+        assert code == 0, f"process {i}: {err[-3000:]}"
+    # One process (here, in-process): data.shards=2 reads both hosts' data shards, so its
+    # global batches are the two hosts' batches; tests/test_mesh.py shows that the mesh and
+    # device count do not change the losses.
+    train_and_evaluate(multihost_config(**{"data.shards": 2, "parallel.mode": "single"}),
+                       tmp_path / "one")
+    two, single = train_losses(tmp_path / "two"), train_losses(tmp_path / "one")
+    assert sorted(two) == list(range(1, 5))
+    for step in single:
+        assert two[step] == pytest.approx(single[step], abs=1e-5), step
+    assert "process 0 of 2" in outputs[0][1] and "process 1 of 2" in outputs[1][1]
+    # only process 0 logs metrics; both wrote their share of each checkpoint
+    assert "step 4: " in outputs[0][1] and "step 4: " not in outputs[1][1]
+    assert len(list((tmp_path / "two").glob("events.out.tfevents*"))) == 1
+    assert sorted(p.name for p in (tmp_path / "two/checkpoints").iterdir()) == ["2", "4"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_both_at_one_step_and_resumes(tmp_path):
+    """jax's preemption sync point: both hosts save the same step, then resume from it."""
+    c = multihost_config(**{"num_train_steps": 400, "checkpoint_every_steps": 1000,
+                            "log_every_steps": 1, "eval_every_steps": 1000})
+    config_file = write_config(c, tmp_path / "config.py")
+    processes = launch_pair(config_file, tmp_path / "run", tmp_path / "tfds")
+    deadline = time.time() + 240
+    while time.time() < deadline and len(train_losses(tmp_path / "run")) < 5:
+        time.sleep(0.5)
+    processes[1].send_signal(signal.SIGTERM)  # only the second host is preempted
+    outputs = finish(processes)
+    for i, (code, err) in enumerate(outputs):
+        assert code == 0, f"process {i}: {err[-3000:]}"
+    saved = sorted(int(p.name) for p in (tmp_path / "run/checkpoints").iterdir())
+    assert len(saved) == 1 and 5 <= saved[0] < 400, saved
+    for _, err in outputs:
+        assert f"saved a checkpoint at step {saved[0]}" in err
+    resumed = finish(launch_pair(config_file, tmp_path / "run", tmp_path / "tfds",
+                                 f"--stop_at_step={saved[0] + 2}"))
+    for i, (code, err) in enumerate(resumed):
+        assert code == 0, f"process {i}: {err[-3000:]}"
+        assert f"resumed from {tmp_path / 'run' / 'checkpoints'} at step {saved[0]}" in err
+    assert sorted(train_losses(tmp_path / "run"))[-1] == saved[0] + 2
