@@ -9,7 +9,7 @@ from flax import nnx
 
 from llmjax.models.attention import MultiHeadAttention
 from llmjax.models.config import ModelConfig
-from llmjax.models.layers import FeedForward, Norm, dropout, fold
+from llmjax.models.layers import MATMUL_NAME, FeedForward, Norm, dropout, fold
 from llmjax.sharding import constrain
 
 Array = jax.Array
@@ -85,7 +85,7 @@ def apply_blocks(layers: nnx.List, x_BxLxD: Array, mask: Array, positions_BxL: A
         return y
 
     if cfg.remat != "none":
-        policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        policy = (jax.checkpoint_policies.save_only_these_names(MATMUL_NAME)
                   if cfg.remat == "dots" else None)
         block = jax.checkpoint(block, policy=policy)
     if not cfg.scan_layers:
