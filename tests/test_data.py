@@ -161,3 +161,28 @@ def test_tiny_shakespeare_file_reads_exactly(tmp_path):
     c = tiny_config(**{"data.source": f"text:{path}"})
     train = "".join(sources.read_documents(sources.open_split(c.data.source, "train", c), "text"))
     assert len(train) == 1_003_854  # nanoGPT's 90% split
+
+
+def test_data_shards_make_batches_independent_of_the_host_count():
+    """Two hosts' batches, joined, are one host's batches with data.shards=2; and an epoch of
+    a host's batches holds each of its examples once."""
+    c = tiny_config(**{"data.shards": 2, "data.train_window_stride": 0})
+    tok, _ = pipeline.get_tokenizer(c, None)
+    obj = get_objective("causal_lm")
+    hosts = [iter(pipeline.train_dataset(c, tok, obj, pipeline.HostShard(i, 2)))
+             for i in range(2)]
+    one = iter(pipeline.train_dataset(c, tok, obj, pipeline.HostShard(0, 1)))
+    for _ in range(3):
+        parts = [next(h) for h in hosts]
+        joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        both = next(one)
+        for k in both:
+            np.testing.assert_array_equal(both[k], joined[k])
+    mine = pipeline.load_examples(c, tok, obj, "generated", "train", train=True,
+                                  shard=pipeline.HostShard(0, 2))
+    per_host = c.batch_size // 2
+    epoch = iter(pipeline.train_dataset(c, tok, obj, pipeline.HostShard(0, 2)))
+    seen = [r.tobytes() for _ in range(len(mine) // per_host) for r in next(epoch)["inputs"]]
+    everything = {r.tobytes() for r in mine[np.arange(len(mine))]["inputs"]}
+    assert len(set(seen)) == len(seen) and set(seen) <= everything
+    assert len(everything) - len(seen) < per_host  # all but the dropped remainder

@@ -3,8 +3,9 @@ jax.distributed into one runtime whose devices form the global mesh.
 
 Explicit flags (--coordinator_address, --num_processes, --process_id) win; otherwise clusters
 that jax detects by itself (Cloud TPU pods, SLURM, Open MPI, Kubernetes) are joined with
-`--distributed`, and a SLURM job step of several tasks or a set JAX_COORDINATOR_ADDRESS is
-joined automatically. A plain single-host run initialises nothing.
+`--distributed`, and a SLURM job step of several tasks, a Cloud TPU VM that is one worker of
+several (TPU_WORKER_HOSTNAMES lists more than one) or a set JAX_COORDINATOR_ADDRESS is joined
+automatically. A plain single-host run initialises nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def wanted(coordinator_address: str | None, distributed: bool | None) -> bool:
     if distributed is not None:
         return distributed
     if coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-host TPU slice
         return True
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
