@@ -108,11 +108,23 @@ def print_top_ops(profile_dir: str, steps: int, top: int = 30) -> None:
              if e.get("ph") == "M" and e.get("name") == "process_name"}
     device_pids = {pid for (pid, _), name in names.items()
                    if "/device:" in name and "host" not in name.lower()}
+    # On CPU there is no device row: XLA's ops run on its Eigen threads, inside executor spans.
+    threads = {(e.get("pid"), e.get("tid")): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+
+    def is_op(e) -> bool:
+        if device_pids:
+            return e.get("pid") in device_pids
+        thread = threads.get((e.get("pid"), e.get("tid")), "")
+        return thread.startswith("tf_XLAEigen") and not e["name"].startswith(
+            ("ThunkExecutor", "SlinkyThreadPool"))
+
     totals: dict[str, float] = collections.defaultdict(float)
     for e in events:
-        if e.get("ph") == "X" and e.get("pid") in device_pids:
+        if e.get("ph") == "X" and is_op(e):
             totals[e["name"]] += e.get("dur", 0.0)
     total = sum(totals.values())
+    # (on CPU the sum is over XLA's worker threads, so it can exceed the step's wall time)
     print(f"device time per step: {total / steps / 1e3:.2f} ms over {len(totals)} op names "
           f"(trace {path})")
     for name, us in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
