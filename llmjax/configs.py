@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -247,20 +246,10 @@ def _check(condition: bool, message: str) -> None:
 def _check_mesh(mesh: ml_collections.ConfigDict) -> None:
     import jax
 
-    sizes = {axis: mesh[axis] for axis in ("data", "fsdp", "tensor")}
-    n = jax.device_count()
-    free = [a for a, s in sizes.items() if s == -1]
-    _check(len(free) <= 1 and all(s == -1 or s > 0 for s in sizes.values()),
-           f"parallel.mesh {sizes}: sizes must be positive, with at most one -1 (the rest)")
-    known = math.prod(s for s in sizes.values() if s != -1)
-    total = known * (n // known if free and n % known == 0 else 1)
-    _check(total == n and (not free or n % known == 0),
-           f"parallel.mesh {sizes} does not fit the {n} devices: make data x fsdp x tensor = "
-           f"{n}, or set one of them to -1")
-    resolved = {a: (n // known if s == -1 else s) for a, s in sizes.items()}
-    _check((resolved["data"] * resolved["fsdp"]) % jax.process_count() == 0,
-           f"parallel.mesh {resolved}: data x fsdp must be a multiple of the "
-           f"{jax.process_count()} processes (each process feeds its own examples)")
+    from llmjax import sharding
+
+    problem = sharding.mesh_problem(mesh, jax.device_count(), jax.process_count())
+    _check(problem is None, problem or "")
 
 
 def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> None:

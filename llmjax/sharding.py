@@ -50,31 +50,39 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 )
 
 
-def make_mesh(sizes: ml_collections.ConfigDict | dict) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all devices; one size may be -1 (the rest)."""
-    sizes = {axis: int(sizes[axis]) for axis in MESH_AXES}
-    n = jax.device_count()
-    known = math.prod(s for s in sizes.values() if s != -1)
-    rest = [axis for axis, s in sizes.items() if s == -1]
-    if len(rest) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
-        raise ValueError(f"parallel.mesh {sizes}: sizes must be positive, with at most one -1")
-    if rest:
-        if n % known:
-            raise ValueError(f"parallel.mesh {sizes}: {n} devices are not divisible by {known}")
-        sizes[rest[0]] = n // known
-    if math.prod(sizes.values()) != n:
-        raise ValueError(f"parallel.mesh {sizes} holds {math.prod(sizes.values())} devices but "
-                         f"there are {n}: make the sizes multiply to {n} (or set one to -1)")
-    shape = tuple(sizes[a] for a in MESH_AXES)
-    # Auto axes: XLA propagates shardings (Explicit axes break gathers, see DESIGN.md)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-
-
 def mesh_shape(sizes: ml_collections.ConfigDict | dict, num_devices: int) -> dict[str, int]:
     """The mesh sizes with -1 resolved for `num_devices`, without building a mesh."""
     sizes = {axis: int(sizes[axis]) for axis in MESH_AXES}
     known = math.prod(s for s in sizes.values() if s != -1)
     return {a: (num_devices // max(known, 1) if s == -1 else s) for a, s in sizes.items()}
+
+
+def mesh_problem(sizes: ml_collections.ConfigDict | dict, num_devices: int,
+                 num_processes: int) -> str | None:
+    """Why `sizes` cannot be the mesh of this run (None if it can)."""
+    sizes = {axis: int(sizes[axis]) for axis in MESH_AXES}
+    if sum(s == -1 for s in sizes.values()) > 1 or any(s == 0 or s < -1
+                                                       for s in sizes.values()):
+        return f"parallel.mesh {sizes}: sizes must be positive, with at most one -1 (the rest)"
+    resolved = mesh_shape(sizes, num_devices)
+    if math.prod(resolved.values()) != num_devices:
+        return (f"parallel.mesh {sizes} does not fit the {num_devices} devices: make data x "
+                f"fsdp x tensor = {num_devices}, or set one of them to -1")
+    if (resolved["data"] * resolved["fsdp"]) % num_processes:
+        return (f"parallel.mesh {resolved}: data x fsdp must be a multiple of the "
+                f"{num_processes} processes (each process feeds its own examples)")
+    return None
+
+
+def make_mesh(sizes: ml_collections.ConfigDict | dict) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices; one size may be -1 (the rest)."""
+    problem = mesh_problem(sizes, jax.device_count(), jax.process_count())
+    if problem:
+        raise ValueError(problem)
+    shape = mesh_shape(sizes, jax.device_count())
+    # Auto axes: XLA propagates shardings (Explicit axes break gathers, see DESIGN.md)
+    return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES,
+                         axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:

@@ -103,7 +103,15 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"model.arch": "encoder_decoder", "objective": "span_corruption", "tokenizer.extra_ids": 0},
      "span_corruption needs sentinel ids"),
     ({"model.arch": "encoder_decoder"}, "objective='causal_lm' does not fit"),
+    ({"parallel.mode": "mesh", "parallel.mesh.data": 3}, "does not fit the 8 devices"),
+    ({"parallel.mode": "mesh", "parallel.mesh.data": -1, "parallel.mesh.fsdp": -1},
+     "at most one -1"),
+    ({"data.shards": 3}, "batch_size=8 is not divisible by data.shards=3"),
+    ({"model.attention_impl": "cudnn"}, "runs in bfloat16 or float16"),
+    ({"model.attention_impl": "xla", "model.attention_dropout_rate": 0.1},
+     "has no attention dropout"),
+    ({"model.remat": "some"}, "use none, full or dots"),
 ])
-def test_encoder_decoder_contradictions(overrides, expected):
+def test_config_contradictions(overrides, expected):
     with pytest.raises(configs.ConfigError, match=expected):
         configs.validate(tiny_config(**overrides))

@@ -222,8 +222,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         if floor is not None:
             logging.info("best achievable eval loss on this data: %.4f nats/token", floor)
 
-    fine_tuning = bool(config.init.workdir or config.init.hf_path)
-    if mode == "mesh" and not fine_tuning:  # shapes only: the state is created sharded
+    # A fresh mesh run needs only shapes here: its state is created already sharded.
+    sharded_init = mode == "mesh" and not (config.init.workdir or config.init.hf_path)
+    if sharded_init:
         graphdef, params = state_lib.abstract_model(config)
     else:
         graphdef, params = nnx.split(state_lib.build_model(config))
@@ -242,8 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                         f"resuming from step {start}, the newest complete checkpoint"
                         if start is not None else "no complete checkpoint exists")
     if start is None:
-        if mode == "mesh" and not fine_tuning:
-            state = parallel.init_state(lambda: state_lib.init_state(
+        if sharded_init:
+            state = parallel.init_sharded(lambda: state_lib.init_state(
                 nnx.split(state_lib.build_model(config))[1], optimizer, config.seed))
         else:
             state = parallel.to_device(state_lib.init_state(initial_params(config, params),

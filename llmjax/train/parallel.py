@@ -75,12 +75,10 @@ class Parallel:
             return sizes["data"] * sizes["fsdp"]
         return jax.process_count()
 
-    def init_state(self, make_state) -> Any:
-        """`make_state()` (a fresh train state) computed on the devices; in mesh mode created
-        already sharded, so no device ever holds the whole of it."""
-        if self.mode == "mesh":
-            return jax.jit(make_state, out_shardings=self.state_shardings)()
-        return self.to_device(jax.jit(make_state)())
+    def init_sharded(self, make_state) -> Any:
+        """Mesh mode: `make_state()` (a fresh train state) computed by the devices, each
+        creating only its shards, so no device or host ever holds the whole state."""
+        return jax.jit(make_state, out_shardings=self.state_shardings)()
 
     def to_device(self, host_state: Any) -> Any:
         # device_get copies first: device_put may alias its input, and donation would then
