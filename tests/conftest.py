@@ -45,6 +45,15 @@ def tiny_config(**overrides):
     return apply_overrides(c, overrides)
 
 
+def write_config_file(config, path: pathlib.Path) -> pathlib.Path:
+    """A config file at `path` whose get_config() returns `config` (for `llmjax` subprocesses)."""
+    from llmjax import configs
+
+    path.write_text("from llmjax import configs\n\ndef get_config():\n"
+                    f"    return configs.from_json({configs.to_json(config)!r})\n")
+    return path
+
+
 def apply_overrides(c, overrides: dict):
     """`c` with {'a.b': value} overrides set in place."""
     for key, value in overrides.items():

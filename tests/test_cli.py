@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, write_config_file
 
 import llmjax
 from llmjax.train.loop import train_and_evaluate
@@ -107,13 +107,10 @@ def test_a_signal_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted
     import signal
     import time
 
-    from llmjax import configs
 
     c = tiny_config(**{"num_train_steps": 100000, "checkpoint_every_steps": 100000,
                        "log_every_steps": 1, "eval_every_steps": 100000})
-    config_file = tmp_path / "cfg.py"
-    config_file.write_text("from llmjax import configs\n\ndef get_config():\n"
-                           f"    return configs.from_json({configs.to_json(c)!r})\n")
+    config_file = write_config_file(c, tmp_path / "cfg.py")
     workdir = tmp_path / "run"
     env = {**os.environ, "XLA_FLAGS": ""}
     proc = subprocess.Popen([sys.executable, "-m", "llmjax", "train", f"--config={config_file}",

@@ -10,9 +10,8 @@ import sys
 import time
 
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, write_config_file
 
-from llmjax import configs
 from llmjax.train.loop import train_and_evaluate
 from llmjax.train.writer import read_metrics
 
@@ -23,12 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def write_config(config, path):
-    path.write_text("from llmjax import configs\n\ndef get_config():\n"
-                    f"    return configs.from_json({configs.to_json(config)!r})\n")
-    return path
 
 
 def command(config_file, workdir, *extra):
@@ -78,7 +71,7 @@ def multihost_config(**overrides):
 
 
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
-    config_file = write_config(multihost_config(), tmp_path / "config.py")
+    config_file = write_config_file(multihost_config(), tmp_path / "config.py")
     outputs = finish(launch_pair(config_file, tmp_path / "two", tmp_path / "tfds2"))
     for i, (code, err) in enumerate(outputs):
         assert code == 0, f"process {i}: {err[-3000:]}"
@@ -103,7 +96,7 @@ def test_sigterm_to_one_host_stops_both_at_one_step_and_resumes(tmp_path):
     """jax's preemption sync point: both hosts save the same step, then resume from it."""
     c = multihost_config(**{"num_train_steps": 400, "checkpoint_every_steps": 1000,
                             "log_every_steps": 1, "eval_every_steps": 1000})
-    config_file = write_config(c, tmp_path / "config.py")
+    config_file = write_config_file(c, tmp_path / "config.py")
     processes = launch_pair(config_file, tmp_path / "run", tmp_path / "tfds")
     deadline = time.time() + 240
     while time.time() < deadline and len(train_losses(tmp_path / "run")) < 5:

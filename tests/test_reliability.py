@@ -9,10 +9,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, write_config_file
 from test_cli import ROOT
 
-from llmjax import configs
 from llmjax.train.checkpoint import Checkpointer, CheckpointWriteError
 from llmjax.train.loop import NonFiniteLossError, train_and_evaluate
 from llmjax.train.writer import read_metrics
@@ -64,9 +63,7 @@ def test_skip_nonfinite_updates_leaves_the_state_unchanged_and_counts(tmp_path, 
 
 
 def _train_subprocess(config, workdir, faults=""):
-    config_file = workdir.parent / f"{workdir.name}.py"
-    config_file.write_text("from llmjax import configs\n\ndef get_config():\n"
-                           f"    return configs.from_json({configs.to_json(config)!r})\n")
+    config_file = write_config_file(config, workdir.parent / f"{workdir.name}.py")
     env = {**os.environ, "XLA_FLAGS": "", "LLMJAX_FAULTS": faults}
     return subprocess.run([sys.executable, "-m", "llmjax", "train", f"--config={config_file}",
                            f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,

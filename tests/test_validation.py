@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, write_config_file
 from test_cli import ROOT
 
 from llmjax import configs
@@ -21,8 +21,7 @@ def victim(tmp_path_factory):
     c = tiny_config(**{"num_train_steps": 4, "eval_every_steps": 4, "checkpoint_every_steps": 4,
                        "log_every_steps": 2})
     train_and_evaluate(c, d / "run")
-    (d / "cfg.py").write_text("from llmjax import configs\n\ndef get_config():\n"
-                              f"    return configs.from_json({configs.to_json(c)!r})\n")
+    write_config_file(c, d / "cfg.py")
     return d
 
 
