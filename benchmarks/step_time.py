@@ -39,24 +39,16 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     import jax
-    from flax import nnx
 
-    from llmjax.objectives import get_objective
-    from llmjax.train import flops, optim
+    from benchmarks import synthetic
+    from llmjax.train import flops
     from llmjax.train import state as state_lib
-    from llmjax.train.parallel import Parallel
 
     c = FLAGS.config
     c.model.vocab_size = FLAGS.vocab_size
-    graphdef, params = nnx.split(state_lib.build_model(c))
-    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
-    parallel = Parallel("single", graphdef, get_objective(c.objective), tx, schedule)
-    state = parallel.to_device(state_lib.init_state(params, tx, 0))
-    rng = np.random.default_rng(0)
-    shape = (c.batch_size, c.seq_len)
-    batch = {"inputs": rng.integers(5, FLAGS.vocab_size, shape).astype(np.int32),
-             "targets": rng.integers(5, FLAGS.vocab_size, shape).astype(np.int32),
-             "segment_ids": np.ones(shape, np.int32), "weights": np.ones(shape, np.float32)}
+    parallel, host_state, params = synthetic.train_setup(c)
+    state = parallel.to_device(host_state)
+    batch = synthetic.batch(c)
     start = time.perf_counter()
     state, _ = parallel.train_step(state, batch)
     jax.block_until_ready(state)

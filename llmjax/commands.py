@@ -7,6 +7,7 @@ import json
 from absl import flags, logging
 from etils import epath
 
+from llmjax import configs
 from llmjax.configs import ConfigError
 from llmjax.train.writer import MetricWriter
 
@@ -35,7 +36,9 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
     split = FLAGS.split or default_split
     batches = pipeline.eval_batches(config, run.tokenizer, objective, source, split)
     graphdef, params = nnx.split(run.model)
-    parallel = Parallel("single", graphdef, objective, None, None)
+    parallel = Parallel("single", graphdef, objective, None, None,
+                        compiler_options=configs.parse_compiler_options(
+                            config.parallel.compiler_options))
     metrics = evaluate(parallel, params, batches)
     if getattr(objective, "decodes", False):  # seq2seq: BLEU and exact match
         from llmjax.evaluation.decoding import DecodingEval

@@ -157,6 +157,11 @@ def base_config() -> ml_collections.ConfigDict:
     p.mesh.data = -1
     p.mesh.fsdp = 1
     p.mesh.tensor = 1
+    # XLA compiler options for the train and eval steps, 'name=value,name=value' (options of
+    # another backend are ignored). The default sends XLA:CPU's dots through Eigen rather than
+    # YNNPACK: 1.36x faster train steps at 6 x 384 on this project's AVX2 CPU
+    # (benchmarks/compiler_options.py). '' keeps XLA's own defaults.
+    p.compiler_options = "xla_cpu_experimental_ynn_fusion_type="
 
     c.generate = gen = ml_collections.ConfigDict()
     gen.max_new_tokens = 100
@@ -252,6 +257,46 @@ def _check_mesh(mesh: ml_collections.ConfigDict) -> None:
     _check(problem is None, problem or "")
 
 
+def parse_compiler_options(text: str) -> dict[str, bool | int | float | str]:
+    """'name=value,name=value' -> {name: value}: true/false become bools and numbers numbers,
+    as XLA's typed options want; anything else stays a string (an empty value included)."""
+    options: dict[str, bool | int | float | str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"parallel.compiler_options: {item!r} is not name=value (write "
+                              "'name=' for an empty value)")
+        if value.lower() in ("true", "false"):
+            options[name] = value.lower() == "true"
+            continue
+        for kind in (int, float):
+            try:
+                options[name] = kind(value)
+                break
+            except ValueError:
+                pass
+        else:
+            options[name] = value
+    return options
+
+
+def _check_compiler_options(parallel: ml_collections.ConfigDict) -> None:
+    """Compiles a trivial function with the options, so a misspelt option or value is named
+    now rather than after data preparation, at the first step."""
+    options = parse_compiler_options(parallel.compiler_options)
+    if not options:
+        return
+    import jax
+    import jax.numpy as jnp
+
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(
+            jax.ShapeDtypeStruct((), jnp.float32)).compile()
+    except Exception as e:  # XLA's INVALID_ARGUMENT names the option and what is wrong
+        raise ConfigError(f"parallel.compiler_options={parallel.compiler_options!r}: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
 def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> None:
     """Raises ConfigError for contradictions, before anything is compiled or written."""
     check_keys(config)
@@ -297,6 +342,7 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"parallel.mode={config.parallel.mode!r}: use single, pmap or mesh")
     if config.parallel.mode == "mesh":
         _check_mesh(config.parallel.mesh)
+    _check_compiler_options(config.parallel)
     _check(m.remat in ("none", "full", "dots"),
            f"model.remat={m.remat!r}: use none, full or dots")
     _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "relative", "alibi",

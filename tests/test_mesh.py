@@ -34,7 +34,7 @@ def family_setup(tmp_path, family: str, **extra):
     return c, objective, [next(train_iter) for _ in range(3)]
 
 
-def run_steps(c, objective, batches, mode, mesh=None):
+def run_steps(c, objective, batches, mode, mesh=None, compiler_options=None):
     """(losses of three steps, final device state, Parallel) under `mode`."""
     c = configs.ml_collections.ConfigDict(c.to_dict())
     if mesh:
@@ -44,7 +44,7 @@ def run_steps(c, objective, batches, mode, mesh=None):
     host_state = state_lib.init_state(params, tx, c.seed)
     abstract = jax.eval_shape(lambda: host_state)
     parallel = Parallel(mode, graphdef, objective, tx, schedule, mesh_sizes=c.parallel.mesh,
-                        abstract_state=abstract)
+                        abstract_state=abstract, compiler_options=compiler_options)
     state = parallel.to_device(host_state)
     losses = []
     for batch in batches:

@@ -110,6 +110,10 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"model.attention_impl": "xla", "model.attention_dropout_rate": 0.1},
      "has no attention dropout"),
     ({"model.remat": "some"}, "use none, full or dots"),
+    ({"parallel.compiler_options": "xla_cpu_no_such_option=1"},
+     "No such compile option: 'xla_cpu_no_such_option'"),
+    ({"parallel.compiler_options": "xla_cpu_enable_fast_math=maybe"}, "not a valid bool value"),
+    ({"parallel.compiler_options": "xla_cpu_enable_fast_math"}, "is not name=value"),
 ])
 def test_config_contradictions(overrides, expected):
     with pytest.raises(configs.ConfigError, match=expected):

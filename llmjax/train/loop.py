@@ -233,7 +233,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     abstract = jax.eval_shape(lambda p: state_lib.init_state(p, optimizer, config.seed), params)
     parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
                         config.optimizer.accumulation_steps, config.skip_nonfinite_updates,
-                        mesh_sizes=config.parallel.mesh, abstract_state=abstract)
+                        mesh_sizes=config.parallel.mesh, abstract_state=abstract,
+                        compiler_options=configs.parse_compiler_options(
+                            config.parallel.compiler_options))
     ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints_to_keep,
                                    config.async_checkpointing)
     start = ckpt.latest_step()

@@ -25,13 +25,31 @@ from llmjax.train.step import loss_terms, make_eval_step, make_train_step
 AXIS = "batch"
 
 
+def _with_options(pmapped, compiler_options: dict | None):
+    """jax.pmap takes no compiler options but its lowered form does: compile on first use, once
+    per argument shapes, with the options."""
+    if not compiler_options:
+        return pmapped
+    compiled = {}
+
+    def call(*args):
+        leaves, treedef = jax.tree.flatten(args)
+        key = (treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+        if key not in compiled:
+            compiled[key] = pmapped.lower(*args).compile(compiler_options=compiler_options)
+        return compiled[key](*args)
+
+    return call
+
+
 class Parallel:
     """Runs train/eval steps in `mode`; moves state and batches to and from the devices.
     `abstract_state` (shapes of the train state) is needed in mesh mode, for its shardings."""
 
     def __init__(self, mode: str, graphdef: nnx.GraphDef, objective: Objective, optimizer,
                  schedule, accumulation_steps: int = 1, skip_nonfinite: bool = False, *,
-                 mesh_sizes: Any = None, abstract_state: Any = None):
+                 mesh_sizes: Any = None, abstract_state: Any = None,
+                 compiler_options: dict | None = None):
         self.mode = mode
         self.num_replicas = jax.local_device_count() if mode == "pmap" else 1
         self.loss_terms = tuple(loss_terms(objective))
@@ -40,8 +58,9 @@ class Parallel:
                                 axis_name=axis, skip_nonfinite=skip_nonfinite)
         evaluate = make_eval_step(graphdef, objective, axis_name=axis)
         if mode == "pmap":
-            self._train = jax.pmap(train, axis_name=AXIS, donate_argnums=(0,))
-            self._eval = jax.pmap(evaluate, axis_name=AXIS)
+            self._train = _with_options(jax.pmap(train, axis_name=AXIS, donate_argnums=(0,)),
+                                        compiler_options)
+            self._eval = _with_options(jax.pmap(evaluate, axis_name=AXIS), compiler_options)
         elif mode == "mesh":
             self.mesh = sharding.make_mesh(mesh_sizes)
             self.state_shardings = sharding.state_shardings(abstract_state, self.mesh)
@@ -50,13 +69,14 @@ class Parallel:
             params_shardings = self.state_shardings["params"]
             self._train = jax.jit(self._traced_on_mesh(train), donate_argnums=(0,),
                                   in_shardings=(self.state_shardings, self.batch_sharding),
-                                  out_shardings=(self.state_shardings, replicated))
+                                  out_shardings=(self.state_shardings, replicated),
+                                  compiler_options=compiler_options)
             self._eval = jax.jit(self._traced_on_mesh(evaluate),
                                  in_shardings=(params_shardings, self.batch_sharding),
-                                 out_shardings=replicated)
+                                 out_shardings=replicated, compiler_options=compiler_options)
         else:
-            self._train = jax.jit(train, donate_argnums=(0,))
-            self._eval = jax.jit(evaluate)
+            self._train = jax.jit(train, donate_argnums=(0,), compiler_options=compiler_options)
+            self._eval = jax.jit(evaluate, compiler_options=compiler_options)
 
     def _traced_on_mesh(self, fn):
         def on_mesh(*args):
