@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from llmjax.data.masking import mask_tokens
+from llmjax.data.masking import mask_tokens, max_predictions
 
 MASK = 4
 
@@ -18,6 +18,7 @@ def test_masking_statistics_and_exclusions():
         out = mask_tokens(tokens, rng, mask_id=MASK, random_ids=np.arange(10, 100),
                           maskable_L=maskable)
         w = out["weights"].astype(bool)
+        assert w.sum() <= max_predictions(length), "the MLM loss gathers at most this many"
         assert not w[~maskable].any(), "special tokens and padding are never chosen"
         assert (out["inputs"][~w] == tokens[~w]).all(), "unchosen tokens are untouched"
         assert (out["targets"] == tokens).all()
@@ -44,6 +45,17 @@ def test_whole_word_masking_takes_words_whole():
         per_word = out["weights"].reshape(20, 3)
         assert set(per_word.sum(axis=1)) <= {0.0, 3.0}
         assert per_word.sum() == 9  # round(0.15 * 60) = 9 tokens = 3 words
+
+
+def test_whole_words_never_overshoot_the_count():
+    """BERT's rule: a word that would take the chosen tokens past round(0.15 n) is skipped, so
+    max_predictions bounds whole-word masking too (words of 1 to 7 tokens here)."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        starts = rng.random(128) < 0.3
+        out = mask_tokens(np.arange(10, 138), rng, mask_id=MASK, random_ids=np.arange(10, 138),
+                          maskable_L=np.ones(128, bool), word_starts_L=starts)
+        assert 0 < out["weights"].sum() <= round(0.15 * 128) <= max_predictions(128)
 
 
 def test_each_call_draws_a_new_mask():

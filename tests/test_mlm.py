@@ -86,3 +86,47 @@ def test_whole_word_masking_with_wordpiece(tmp_path):
     with pytest.raises(ConfigError, match="whole_word_masking needs a tokenizer"):
         get_objective("mlm").make_examples([{"text": "ab"}], CharTokenizer.train(["ab"]), c,
                                            train=True)
+
+
+def test_mlm_head_at_the_chosen_positions_equals_every_position():
+    """mlm_loss gathers the <= max_predictions(L) chosen positions per row before the vocabulary
+    projection: same loss sum, correct count, count and gradients as running the head at every
+    position; a row with more chosen positions falls back to every position, still exact."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from llmjax.data.masking import max_predictions
+    from llmjax.objectives.base import cross_entropy
+    from llmjax.objectives.mlm import mlm_loss
+    from llmjax.train import state as state_lib
+
+    c = mlm_config(**{"seq_len": 64, "data.generated.train_documents": 30})
+    tok, _ = pipeline.get_tokenizer(c, None)
+    c.model.vocab_size = tok.vocab_size
+    batch = {k: jnp.asarray(v) for k, v in
+             next(iter(pipeline.train_dataset(c, tok, get_objective("mlm")))).items()}
+    assert 0 < batch["weights"].sum(axis=1).max() <= max_predictions(64) < 64
+    graphdef, params = nnx.split(state_lib.build_model(c))
+
+    def gathered(params, batch):
+        model = nnx.merge(graphdef, params)
+        loss, correct, count = mlm_loss(model, model.hidden_states(batch["inputs"]), batch,
+                                        "weights")
+        return loss, (correct, count)
+
+    def everywhere(params, batch):
+        model = nnx.merge(graphdef, params)
+        logits = model.mlm_logits(model.hidden_states(batch["inputs"]))
+        w = batch["weights"]
+        return ((cross_entropy(logits, batch["targets"]) * w).sum(),
+                (((logits.argmax(-1) == batch["targets"]) * w).sum(), w.sum()))
+
+    full = {**batch, "weights": jnp.ones_like(batch["weights"])}  # more than K in every row
+    for b in (batch, full):
+        (loss, aux), grads = jax.value_and_grad(gathered, has_aux=True)(params, b)
+        (ref_loss, ref_aux), ref_grads = jax.value_and_grad(everywhere, has_aux=True)(params, b)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        np.testing.assert_array_equal(aux, ref_aux)
+        jax.tree.map(lambda a, r: np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5),
+                     grads, ref_grads)

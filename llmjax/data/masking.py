@@ -4,7 +4,15 @@ masking: the pipeline calls it with a per-epoch, per-example seed)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+
+def max_predictions(length: int, rate: float = 0.15) -> int:
+    """The most positions `mask_tokens` chooses in a sequence of `length` (round(candidates *
+    rate) <= ceil(length * rate)): the static number of positions the MLM loss gathers."""
+    return max(1, math.ceil(length * rate))
 
 
 def mask_tokens(tokens_L: np.ndarray, rng: np.random.Generator, *, mask_id: int,
@@ -28,9 +36,12 @@ def mask_tokens(tokens_L: np.ndarray, rng: np.random.Generator, *, mask_id: int,
                                 (candidates == candidates[0])]
             word_of = np.searchsorted(starts, candidates, side="right") - 1
             for word in rng.permutation(len(starts)):
-                if chosen.sum() >= count:
+                n = int(chosen.sum())
+                if n >= count:
                     break
-                chosen[candidates[word_of == word]] = True
+                positions = candidates[word_of == word]
+                if n + len(positions) <= count:  # BERT's rule: never more than `count`
+                    chosen[positions] = True
     action = rng.random(len(tokens_L))
     inputs = tokens_L.copy()
     inputs[chosen & (action < 0.8)] = mask_id
