@@ -126,3 +126,14 @@ def test_dropout_is_active_only_with_an_rng():
     toks = tokens((1, 8))
     np.testing.assert_allclose(model(toks), model(toks))
     assert not np.allclose(model(toks, rng=jax.random.PRNGKey(0)), model(toks))
+
+
+def test_exact_gelu_is_jaxs_exact_gelu():
+    """layers' gelu_exact (through erf, cheaper on XLA:CPU) = jax.nn.gelu(approximate=False)."""
+    from llmjax.models.layers import ACTIVATIONS
+
+    x = jnp.linspace(-8.0, 8.0, 4001)
+    ours, reference = ACTIVATIONS["gelu_exact"], lambda v: jax.nn.gelu(v, approximate=False)
+    np.testing.assert_allclose(ours(x), reference(x), atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(jax.grad(ours))(x), jax.vmap(jax.grad(reference))(x),
+                               atol=1e-6)

@@ -115,7 +115,9 @@ class Norm(nnx.Module):
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
+    # 0.5 x (1 + erf(x / sqrt 2)): the same function as jax.nn.gelu(approximate=False), which
+    # XLA:CPU lowers through erfc at ~2.5x the forward cost (measured at [768, 512])
+    "gelu_exact": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0)))),
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
 }
