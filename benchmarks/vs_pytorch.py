@@ -1,20 +1,34 @@
-"""Training throughput, side by side on this machine: an llmjax decoder vs Hugging Face
-transformers' GPT2LMHeadModel on PyTorch, same shape, batch, AdamW and synthetic tokens,
-interleaved A B A B so both see the same machine state. Per size it prints the median ms/step
-and tokens/s of each and the llmjax / PyTorch tokens/s ratio.
+"""Training throughput, side by side on this machine: llmjax vs Hugging Face transformers on
+PyTorch for each model family, same shape, batch, AdamW (clip 1.0) and synthetic tokens,
+interleaved A B A B so both see the same machine state, each round of each framework in a
+fresh process (so neither library's worker threads compete with the other's). Per model it
+prints both parameter counts (equal), the median ms/step and tokens/s of each and the
+llmjax / PyTorch tokens/s ratio.
 
-    .venv/bin/python benchmarks/vs_pytorch.py [--sizes=tiny,small] [--rounds=3] [--steps=10]
+    .venv/bin/python benchmarks/vs_pytorch.py [--models=gpt:tiny,gpt:small,bert:mini,t5:tiny]
+        [--rounds=3] [--steps=10] [--dtype=float32]
 
-Sizes are configs/gpt.py's: tiny = 4 x 128, context 64, batch 12 (nanoGPT's CPU recipe);
-small = 6 x 384, context 256, batch 16. Vocabulary 65 (tiny Shakespeare's characters). Both
-models: GELU (tanh), pre-LayerNorm with biases, tied embeddings, learned positions, no dropout,
-float32. torch and transformers come with the test extra.
+- gpt:SIZE (configs/gpt.py) vs GPT2LMHeadModel: causal LM, vocabulary 65 (tiny Shakespeare's
+  characters), GPT-2's layout in both (biases, tanh GELU, pre-LayerNorm, tied embeddings,
+  learned positions). tiny = 4 x 128, context 64, batch 12 (nanoGPT's CPU recipe); small =
+  6 x 384, context 256, batch 16.
+- bert:SIZE (configs/bert.py) vs BertForMaskedLM: MLM on 15% of positions, vocabulary 8192,
+  post-LayerNorm, exact GELU, token-type and position embeddings. mini = 4 x 256, sequence 128,
+  batch 32.
+- t5:SIZE (configs/t5.py, objective seq2seq) vs T5ForConditionalGeneration: teacher-forced
+  seq2seq, vocabulary 8100, RMSNorm, ReLU, relative position buckets, tied embeddings.
+  tiny = 3 + 3 x 256, source and target 48, batch 32.
+
+No dropout in either. llmjax runs with its config's defaults (parallel.compiler_options
+included); --dtype=bfloat16 sets llmjax's compute dtype only (PyTorch stays float32, as a
+PyTorch user on this CPU would run it). torch and transformers come with the test extra.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -23,69 +37,105 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-flags.DEFINE_list("sizes", ["tiny", "small"], "configs/gpt.py sizes to compare.")
+from benchmarks import synthetic  # noqa: E402
+
+flags.DEFINE_list("models", ["gpt:tiny", "gpt:small", "bert:mini", "t5:tiny"],
+                  "family:size pairs (configs/FAMILY.py sizes).")
 flags.DEFINE_integer("rounds", 3, "A B rounds (medians are reported).")
 flags.DEFINE_integer("steps", 10, "Timed steps per round and framework.")
-flags.DEFINE_integer("vocab_size", 65, "Vocabulary size.")
+flags.DEFINE_string("dtype", "float32", "llmjax compute dtype.")
+flags.DEFINE_enum("worker", "", ["", "llmjax", "pytorch"], "Internal: time one framework in "
+                  "this process and print the result.")
 FLAGS = flags.FLAGS
 
+VOCAB = {"gpt": 65, "bert": 8192, "t5": 8100}
 
-def llmjax_stepper(size: str):
-    """(step() that runs one training step and waits for it, tokens per step)."""
+
+def llmjax_config(family: str, size: str):
+    from configs import bert, gpt, t5
+
+    if family == "gpt":
+        c = gpt.get_config(f"size={size}")
+        # GPT-2's own layout (configs/gpt.py drops biases and uses exact GELU, as nanoGPT does)
+        c.model.use_bias, c.model.activation = True, "gelu"
+    elif family == "bert":
+        c = bert.get_config(f"size={size},objective=mlm")
+    else:
+        c = t5.get_config(f"size={size},objective=seq2seq")
+    c.model.vocab_size = VOCAB[family]
+    c.model.dropout_rate = c.model.attention_dropout_rate = 0.0
+    c.model.dtype = FLAGS.dtype
+    return c
+
+
+def llmjax_stepper(c, batch):
+    """(step() that runs one training step and waits for it, parameter count)."""
     import jax
-    from flax import nnx
 
-    from configs import gpt
-    from llmjax.objectives import get_objective
-    from llmjax.train import optim
     from llmjax.train import state as state_lib
-    from llmjax.train.parallel import Parallel
 
-    c = gpt.get_config(f"size={size}")
-    c.model.vocab_size = FLAGS.vocab_size
-    # GPT-2's own layout (configs/gpt.py drops biases and uses exact GELU, as nanoGPT does)
-    c.model.dropout_rate, c.model.use_bias, c.model.activation = 0.0, True, "gelu"
-    graphdef, params = nnx.split(state_lib.build_model(c))
-    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
-    parallel = Parallel("single", graphdef, get_objective(c.objective), tx, schedule)
-    holder = {"state": parallel.to_device(state_lib.init_state(params, tx, 0))}
-    rng = np.random.default_rng(0)
-    shape = (c.batch_size, c.seq_len)
-    batch = {"inputs": rng.integers(0, FLAGS.vocab_size, shape).astype(np.int32),
-             "targets": rng.integers(0, FLAGS.vocab_size, shape).astype(np.int32),
-             "segment_ids": np.ones(shape, np.int32), "weights": np.ones(shape, np.float32)}
+    parallel, host_state, params = synthetic.train_setup(c)
+    holder = {"state": parallel.to_device(host_state)}
 
     def step():
         holder["state"], _ = parallel.train_step(holder["state"], batch)
         jax.block_until_ready(holder["state"])
 
-    return step, c
+    return step, state_lib.count_params(params)
 
 
-def torch_stepper(c):
+def torch_model(c):
+    import transformers as tf
+
+    m = c.model
+    if c.objective == "causal_lm":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(
+            vocab_size=m.vocab_size, n_positions=m.max_len, n_embd=m.emb_dim,
+            n_layer=m.num_layers, n_head=m.num_heads, n_inner=m.mlp_dim,
+            # GPT-2's tanh GELU through PyTorch's fused kernel (gelu_new, GPT2Config's
+            # default, is the same function in six eager ops)
+            activation_function="gelu_pytorch_tanh", resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, layer_norm_epsilon=m.norm_epsilon))
+    if c.objective == "mlm":
+        return tf.BertForMaskedLM(tf.BertConfig(
+            vocab_size=m.vocab_size, hidden_size=m.emb_dim, num_hidden_layers=m.num_layers,
+            num_attention_heads=m.num_heads, intermediate_size=m.mlp_dim, hidden_act="gelu",
+            max_position_embeddings=m.max_len, type_vocab_size=2, layer_norm_eps=m.norm_epsilon,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    return tf.T5ForConditionalGeneration(tf.T5Config(
+        vocab_size=m.vocab_size, d_model=m.emb_dim, d_kv=m.emb_dim // m.num_heads,
+        d_ff=m.mlp_dim, num_layers=m.num_layers, num_decoder_layers=m.num_layers,
+        num_heads=m.num_heads, relative_attention_num_buckets=m.relative_buckets,
+        relative_attention_max_distance=m.relative_max_distance, dropout_rate=0.0,
+        feed_forward_proj="relu", tie_word_embeddings=True, decoder_start_token_id=0))
+
+
+def torch_stepper(c, batch):
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=FLAGS.vocab_size, n_positions=c.model.max_len,
-                        n_embd=c.model.emb_dim, n_layer=c.model.num_layers,
-                        n_head=c.model.num_heads, n_inner=c.model.mlp_dim,
-                        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, layer_norm_epsilon=1e-5)
-    model = GPT2LMHeadModel(config).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
-    rng = np.random.default_rng(0)
-    tokens = torch.from_numpy(rng.integers(0, FLAGS.vocab_size,
-                                           (c.batch_size, c.seq_len)).astype(np.int64))
+    model = torch_model(c).train()
+    o = c.optimizer
+    opt = torch.optim.AdamW(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2),
+                            eps=o.eps, weight_decay=o.weight_decay)
+    t = {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items() if v.dtype != np.float32}
+    if c.objective == "causal_lm":  # GPT2LMHeadModel shifts the labels itself
+        inputs = {"input_ids": t["inputs"], "labels": t["inputs"]}
+    elif c.objective == "mlm":
+        labels = torch.where(torch.from_numpy(batch["weights"] > 0), t["targets"], -100)
+        inputs = {"input_ids": t["inputs"], "labels": labels}
+    else:
+        inputs = {"input_ids": t["inputs"], "decoder_input_ids": t["decoder_inputs"],
+                  "labels": t["targets"]}
 
     def step():
-        loss = model(input_ids=tokens, labels=tokens).loss
+        loss = model(**inputs).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step
+    return step, sum(p.numel() for p in model.parameters())
 
 
 def timed(step, n: int) -> float:
@@ -95,30 +145,50 @@ def timed(step, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def main(argv):
-    del argv
+def worker(name: str, framework: str) -> dict:
+    """In a fresh process: build one framework's step, warm up, time --steps steps."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    for size in FLAGS.sizes:
-        jax_step, c = llmjax_stepper(size)
-        torch_step = torch_stepper(c)
-        for step in (jax_step, torch_step):  # compile / warm up
-            timed(step, 2)
-        times = {"llmjax": [], "pytorch": []}
+    family, _, size = name.partition(":")
+    c = llmjax_config(family, size)
+    batch = synthetic.batch(c)
+    step, params = (llmjax_stepper if framework == "llmjax" else torch_stepper)(c, batch)
+    timed(step, 2)  # compile / warm up
+    return {"ms": timed(step, FLAGS.steps) * 1e3, "params": params,
+            "tokens": synthetic.tokens_per_step(batch), "batch": c.batch_size}
+
+
+def in_subprocess(name: str, framework: str) -> dict:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--worker={framework}",
+                          f"--models={name}", f"--steps={FLAGS.steps}", f"--dtype={FLAGS.dtype}"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        print(json.dumps(worker(FLAGS.models[0], FLAGS.worker)))
+        return
+    for name in FLAGS.models:
+        runs = {"llmjax": [], "pytorch": []}
         for _ in range(FLAGS.rounds):
-            times["llmjax"].append(timed(jax_step, FLAGS.steps))
-            times["pytorch"].append(timed(torch_step, FLAGS.steps))
-        tokens = c.batch_size * c.seq_len
-        ms = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+            for framework in runs:
+                runs[framework].append(in_subprocess(name, framework))
+        ms = {k: float(np.median([r["ms"] for r in v])) for k, v in runs.items()}
+        first = runs["llmjax"][0]
+        tokens = first["tokens"]
         print(json.dumps({
-            "size": size, "batch": c.batch_size, "seq_len": c.seq_len,
+            "model": name, "dtype": FLAGS.dtype, "batch": first["batch"],
+            "tokens_per_step": tokens, "params_llmjax": first["params"],
+            "params_pytorch": runs["pytorch"][0]["params"],
             "llmjax_ms_per_step": round(ms["llmjax"], 1),
             "pytorch_ms_per_step": round(ms["pytorch"], 1),
             "llmjax_tokens_per_sec": round(tokens / ms["llmjax"] * 1e3),
             "pytorch_tokens_per_sec": round(tokens / ms["pytorch"] * 1e3),
             "llmjax_over_pytorch": round(ms["pytorch"] / ms["llmjax"], 2),
-            "rounds_ms": {k: [round(t * 1e3, 1) for t in v] for k, v in times.items()}}),
+            "rounds_ms": {k: [round(r["ms"], 1) for r in v] for k, v in runs.items()}}),
             flush=True)
 
 

@@ -159,7 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
     p.mesh.tensor = 1
     # XLA compiler options for the train and eval steps, 'name=value,name=value' (options of
     # another backend are ignored). The default sends XLA:CPU's dots through Eigen rather than
-    # YNNPACK: 1.36x faster train steps at 6 x 384 on this project's AVX2 CPU
+    # YNNPACK: 1.2-1.3x faster train steps at 6 x 384 on this project's AVX2 CPU
     # (benchmarks/compiler_options.py). '' keeps XLA's own defaults.
     p.compiler_options = "xla_cpu_experimental_ynn_fusion_type="
 
