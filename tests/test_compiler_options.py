@@ -54,6 +54,7 @@ def test_train_passes_the_options_to_the_steps(tmp_path, monkeypatch):
     assert seen == [{"xla_cpu_enable_fast_math": False}]
 
 
+@pytest.mark.slow  # ~15 s of compiling for 8 devices; the single-device case runs by default
 def test_pmap_compiles_with_the_options(tmp_path):
     c, objective, batches = family_setup(tmp_path, "decoder")
     reference, _, _ = run_steps(c, objective, batches, "single")
