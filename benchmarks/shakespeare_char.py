@@ -29,13 +29,9 @@ FLAGS = flags.FLAGS
 
 
 def recipe(seed: int, data: str):
-    import importlib.util
+    from experiments.shakespeare_char.config import get_config
 
-    path = os.path.join(ROOT, "experiments", "shakespeare_char", "config.py")
-    spec = importlib.util.spec_from_file_location("shakespeare_char_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(f"seed={seed},data={data}")
+    c = get_config(f"seed={seed},data={data}")
     c.progress_bar = False
     return c
 

@@ -46,16 +46,11 @@ def first_at_target(evals: list[tuple[int, float, float]]) -> dict:
 
 
 def run_llmjax(seed: int) -> dict:
-    import importlib.util
-
+    from experiments.shakespeare_char.config import get_config
     from llmjax.train.loop import train_and_evaluate
     from llmjax.train.writer import read_metrics
 
-    path = os.path.join(ROOT, "experiments", "shakespeare_char", "config.py")
-    spec = importlib.util.spec_from_file_location("shakespeare_char_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(f"seed={seed},data={os.path.abspath(FLAGS.data)}")
+    c = get_config(f"seed={seed},data={os.path.abspath(FLAGS.data)}")
     c.model.use_bias = True  # GPT-2's layout, as GPT2LMHeadModel has it
     c.num_train_steps = FLAGS.steps
     c.log_every_steps = c.eval_every_steps = FLAGS.eval_every
