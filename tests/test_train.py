@@ -2,6 +2,8 @@
 fine-tuning, outputs, non-finite losses, and closeness to the generated data's loss floor."""
 
 import struct
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +141,19 @@ def test_outputs_tensorboard_png_config_and_metric_names(tmp_path):
     png = (tmp_path / "plots/loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert '"vocab_size": 17' in (tmp_path / "config.json").read_text()  # 12 letters + 5
+
+
+def test_writing_tensorboard_events_does_not_import_torch(tmp_path):
+    """tensorboardX imports torch whenever it is installed; the writer hides it (2.4 s and
+    torch's libraries per training process, measured)."""
+    pytest.importorskip("torch", reason="only matters where torch is installed")
+    code = ("import sys; from llmjax.train.writer import MetricWriter; "
+            f"MetricWriter({str(tmp_path)!r}, enabled=True).write(3, {{'train/loss': 1.5}}); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
+    assert _event_steps(tmp_path, "train/loss") == [3]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
