@@ -66,7 +66,7 @@ class Run:
         """[batch, length, emb_dim]; position 0 is <bos>, padding positions are zero. For an
         encoder-decoder: the encoder's output over text + <eos>."""
         tokens, segments = self._sources(texts) if self.is_seq2seq else self._batch(texts)
-        h = self.model.hidden_states(jnp.asarray(tokens), segment_ids=jnp.asarray(segments))
+        h = self._apply(_hidden_states, tokens, segments)
         return np.asarray(h, np.float32) * segments[..., None]
 
     def logits(self, texts: Sequence[str], targets: Sequence[str] | None = None) -> np.ndarray:
@@ -74,13 +74,11 @@ class Run:
         encoder-decoder, `texts` are the sources and the decoder reads <bos> + `targets`
         (default: just <bos>)."""
         if not self.is_seq2seq:
-            tokens, segments = self._batch(texts)
-            return np.asarray(self.model(jnp.asarray(tokens), segment_ids=jnp.asarray(segments)))
+            return np.asarray(self._apply(_lm_logits, *self._batch(texts)))
         sources, source_segments = self._sources(texts)
         decoder, decoder_segments = self._batch(targets or [""] * len(texts))
-        return np.asarray(self.model(jnp.asarray(sources), jnp.asarray(decoder),
-                                     segment_ids=jnp.asarray(source_segments),
-                                     decoder_segment_ids=jnp.asarray(decoder_segments)))
+        return np.asarray(self._apply(_seq2seq_logits, sources, decoder, source_segments,
+                                      decoder_segments))
 
     def _head_outputs(self, text: str, text_pair: str | None) -> np.ndarray:
         """The task head's outputs [C] for one text (pair)."""
@@ -90,10 +88,13 @@ class Run:
         from llmjax.objectives.classification import encode_pair
 
         tokens, types = encode_pair(self.tokenizer, text, text_pair, self.config.seq_len)
-        hidden = self.model.hidden_states(jnp.asarray(tokens[None]),
-                                          token_types=jnp.asarray(types[None]),
-                                          segment_ids=jnp.ones((1, len(tokens)), jnp.int32))
-        return np.asarray(self.model.class_logits(hidden)[0], np.float64)
+        return np.asarray(self._apply(_class_logits, tokens[None], types[None])[0], np.float64)
+
+    def _apply(self, fn, *arrays: np.ndarray) -> jax.Array:
+        """fn(model, *arrays), jitted: one compiled program per shape instead of every op
+        dispatched (and compiled) on its own."""
+        graphdef, params = nnx.split(self.model)
+        return _jitted_apply(fn, graphdef, params, *(jnp.asarray(a) for a in arrays))
 
     @property
     def predicts_scores(self) -> bool:
@@ -173,6 +174,30 @@ class Run:
         return self.tokenizer.decode_output(np.asarray(tokens)[0])
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jitted_apply(fn, graphdef, params, *arrays):
+    return fn(nnx.merge(graphdef, params), *arrays)
+
+
+def _hidden_states(model, tokens_BxL, segments_BxL):
+    return model.hidden_states(tokens_BxL, segment_ids=segments_BxL)
+
+
+def _lm_logits(model, tokens_BxL, segments_BxL):
+    return model(tokens_BxL, segment_ids=segments_BxL)
+
+
+def _seq2seq_logits(model, sources_BxS, decoder_BxT, source_segments_BxS, decoder_segments_BxT):
+    return model(sources_BxS, decoder_BxT, segment_ids=source_segments_BxS,
+                 decoder_segment_ids=decoder_segments_BxT)
+
+
+def _class_logits(model, tokens_BxL, types_BxL):
+    hidden = model.hidden_states(tokens_BxL, token_types=types_BxL,
+                                 segment_ids=jnp.ones_like(tokens_BxL))
+    return model.class_logits(hidden)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7, 8, 9))
 def _generate(graphdef, params, prompt, cache_len, max_new, rng, temperature, top_k, top_p,
               eos_id):
@@ -207,7 +232,9 @@ def load(path: str | epath.Path, step: int | None = None,
                                     "written by `llmjax train`")
         config = configs.from_json(config_file.read_text())
     tokenizer = load_tokenizer(workdir / "tokenizer")
-    graphdef, params = nnx.split(state_lib.build_model(config))
+    # Shapes only: every parameter comes from the checkpoint, so initialising them (a compiled
+    # random draw per shape) would be thrown away.
+    graphdef, params = state_lib.abstract_model(config)
     params, step = checkpoint.restore_params(workdir, params, step)
     model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
     return Run(config=config, tokenizer=tokenizer, model=model, step=step)

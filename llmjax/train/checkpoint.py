@@ -130,14 +130,20 @@ def restore_params(workdir: str | epath.Path, params: nnx.State, step: int | Non
 
     subset = params.filter(wanted)
     _check_shapes(saved, subset, directory / str(step))
-    abstract = jax.eval_shape(lambda: subset)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), subset)
     target = {"params": abstract}
     restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray,
                                                           dtype=x.dtype), target)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True)))
     manager.close()
-    return nnx.merge_state(params, restored["state"]["params"]), step
+    merged = nnx.merge_state(params, restored["state"]["params"])
+    unset = [param_path_name(k) for k, v in jax.tree_util.tree_flatten_with_path(merged)[0]
+             if isinstance(v, jax.ShapeDtypeStruct)]
+    if unset:  # abstract `params` (shapes only) must all come from the checkpoint
+        raise ShapeMismatchError(f"{directory / str(step)} lacks parameters the model needs: "
+                                 f"{', '.join(unset)}")
+    return merged, step
 
 
 def param_path_name(path: tuple) -> str:
