@@ -2,6 +2,7 @@
 predict's score, bad labels."""
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from conftest import tiny_config
 from test_cli import llmjax_cli
 
 import llmjax
+from llmjax import commands
 from llmjax.data.text_builder import DataError
 from llmjax.evaluation.metrics import pearson_from_moments
 from llmjax.train.loop import train_and_evaluate
@@ -58,16 +60,23 @@ def regression_config(tmp_path, **overrides):
                           "checkpoint_every_steps": 300, "log_every_steps": 100, **overrides})
 
 
-def test_regression_learns_scores_and_predicts_them(tmp_path):
-    """~15 s. Measured: dev Pearson 0.99996, MSE 0.0001 after 300 steps."""
-    metrics = train_and_evaluate(regression_config(tmp_path), tmp_path / "run")
+def test_regression_learns_scores_and_predicts_them(tmp_path, capsys):
+    """Measured: dev Pearson 0.9995, MSE 0.0016 after these 150 steps."""
+    c = regression_config(tmp_path, **{"num_train_steps": 150, "eval_every_steps": 150,
+                                       "checkpoint_every_steps": 150, "log_every_steps": 50})
+    metrics = train_and_evaluate(c, tmp_path / "run")
     assert set(metrics) == {"eval/loss", "eval/pearson"}
     assert metrics["eval/pearson"] > 0.9 and metrics["eval/loss"] < 0.25  # label variance 1.25
     high = json.loads(llmjax_cli("predict", f"--workdir={tmp_path / 'run'}",
                                  "--text=superb great fine story").stdout)["score"]
     low = llmjax.load(tmp_path / "run").score("the plot was a movie")
     assert high == pytest.approx(3.0, abs=0.6) and low == pytest.approx(0.0, abs=0.6)
-    evaluated = json.loads(llmjax_cli("eval", f"--workdir={tmp_path / 'run'}").stdout)
+    run = llmjax.load(tmp_path / "run")
+    capsys.readouterr()
+    commands.eval(types.SimpleNamespace(workdir=str(tmp_path / "run"), step=None,
+                                        config=run.config, split=None))  # `llmjax eval`
+    out = capsys.readouterr().out
+    evaluated = json.loads(out[out.index("{"):])
     assert evaluated["eval/pearson"] == pytest.approx(metrics["eval/pearson"], abs=1e-6)
 
 
