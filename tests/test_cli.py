@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config, write_config_file
+from conftest import TEST_XLA_FLAGS, tiny_config, write_config_file
 
 import llmjax
 from llmjax.train.loop import train_and_evaluate
@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def llmjax_cli(*args, check=True):
-    env = {**os.environ, "XLA_FLAGS": ""}  # one device, as a user would run it
+    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # one device, as a user would run it
     out = subprocess.run([sys.executable, "-m", "llmjax", *args], capture_output=True,
                          text=True, cwd=ROOT, env=env, timeout=300)
     if check and out.returncode != 0:
@@ -112,7 +112,7 @@ def test_a_signal_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted
                        "log_every_steps": 1, "eval_every_steps": 100000})
     config_file = write_config_file(c, tmp_path / "cfg.py")
     workdir = tmp_path / "run"
-    env = {**os.environ, "XLA_FLAGS": ""}
+    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}
     proc = subprocess.Popen([sys.executable, "-m", "llmjax", "train", f"--config={config_file}",
                              f"--workdir={workdir}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

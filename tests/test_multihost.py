@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import tiny_config, write_config_file
+from conftest import TEST_XLA_FLAGS, tiny_config, write_config_file
 
 from llmjax.train.loop import train_and_evaluate
 from llmjax.train.writer import read_metrics
@@ -31,7 +31,8 @@ def command(config_file, workdir, *extra):
 
 def env_with(devices: int, tfds_dir) -> dict:
     # override the 8 fake devices that conftest gives this process
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    flags = f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
+    return {**os.environ, "XLA_FLAGS": flags,
             "JAX_PLATFORMS": "cpu", "TFDS_DATA_DIR": str(tfds_dir)}
 
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import tiny_config, write_config_file
+from conftest import TEST_XLA_FLAGS, tiny_config, write_config_file
 from test_cli import ROOT
 
 from llmjax.train.checkpoint import Checkpointer, CheckpointWriteError
@@ -64,7 +64,7 @@ def test_skip_nonfinite_updates_leaves_the_state_unchanged_and_counts(tmp_path, 
 
 def _train_subprocess(config, workdir, faults=""):
     config_file = write_config_file(config, workdir.parent / f"{workdir.name}.py")
-    env = {**os.environ, "XLA_FLAGS": "", "LLMJAX_FAULTS": faults}
+    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS, "LLMJAX_FAULTS": faults}
     return subprocess.run([sys.executable, "-m", "llmjax", "train", f"--config={config_file}",
                            f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config, write_config_file
+from conftest import TEST_XLA_FLAGS, tiny_config, write_config_file
 from test_cli import ROOT
 
 from llmjax import configs
@@ -86,7 +86,7 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     before = snapshot(victim / "run")
     out = subprocess.run([sys.executable, "-m", "llmjax", "train",
                           f"--config={victim}/cfg.py", *args], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "XLA_FLAGS": ""})
+                         text=True, timeout=300, env={**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS})
     assert out.returncode != 0
     assert expected in out.stderr, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
