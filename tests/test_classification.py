@@ -88,7 +88,7 @@ def test_classifier_trains_from_scratch_and_reports_all_metrics(tsv, tmp_path):
 def test_finetuning_from_mlm_restores_the_encoder_and_starts_a_fresh_head(tsv, tmp_path):
     pre = tmp_path / "mlm"
     train_and_evaluate(classify_config(tsv, **{"objective": "mlm", "num_train_steps": 20}), pre)
-    c = classify_config(tsv, **{"init.workdir": str(pre)})
+    c = classify_config(tsv, **{"init.workdir": str(pre), "num_train_steps": 2})
     tok, _ = pipeline.get_tokenizer(c, None)  # the pretraining run's tokenizer
     c.model.vocab_size = tok.vocab_size
     get_objective("classification").resolve_config(c)
