@@ -21,7 +21,9 @@ def tokens(shape, seed=0):
     return jnp.asarray(np.random.RandomState(seed).randint(4, 40, shape), jnp.int32)
 
 
-@pytest.mark.parametrize("position", ["relative", "learned", "rotary", "sinusoidal"])
+@pytest.mark.parametrize("position", [  # T5's relative and rotary by default; the rest slow
+    "relative", "rotary", pytest.param("learned", marks=pytest.mark.slow),
+    pytest.param("sinusoidal", marks=pytest.mark.slow)])
 def test_cached_decoding_equals_full_recompute(position):
     model = make(position_embedding=position)
     source = tokens((2, 9), 1)

@@ -32,7 +32,8 @@ def params_at(workdir, step):
     return restored["params"], restored["opt_state"]
 
 
-@pytest.mark.parametrize("objective", ["causal_lm", "mlm_nsp"])
+@pytest.mark.parametrize("objective", ["causal_lm",
+                                       pytest.param("mlm_nsp", marks=pytest.mark.slow)])
 def test_nonfinite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
         tmp_path, monkeypatch, objective):
     from test_mlm_nsp import bert_config  # two loss terms, two weight arrays
