@@ -69,9 +69,9 @@ def test_regression_learns_scores_and_predicts_them(tmp_path, capsys):
     assert metrics["eval/pearson"] > 0.9 and metrics["eval/loss"] < 0.25  # label variance 1.25
     high = json.loads(llmjax_cli("predict", f"--workdir={tmp_path / 'run'}",
                                  "--text=superb great fine story").stdout)["score"]
-    low = llmjax.load(tmp_path / "run").score("the plot was a movie")
-    assert high == pytest.approx(3.0, abs=0.6) and low == pytest.approx(0.0, abs=0.6)
     run = llmjax.load(tmp_path / "run")
+    low = run.score("the plot was a movie")
+    assert high == pytest.approx(3.0, abs=0.6) and low == pytest.approx(0.0, abs=0.6)
     capsys.readouterr()
     commands.eval(types.SimpleNamespace(workdir=str(tmp_path / "run"), step=None,
                                         config=run.config, split=None))  # `llmjax eval`
