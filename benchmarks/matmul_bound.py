@@ -78,7 +78,8 @@ def jax_rate(shape: Shape, compiler_options: dict) -> float:
 
     run = jax.jit(loop, compiler_options=compiler_options)
     jax.block_until_ready(run(x, w))
-    return 2.0 * b * m * k * n * FLAGS.repeats / best_of(lambda: jax.block_until_ready(run(x, w)))
+    seconds = median_seconds(lambda: jax.block_until_ready(run(x, w)))
+    return 2.0 * b * m * k * n * FLAGS.repeats / seconds
 
 
 def torch_rate(shape: Shape) -> float:
@@ -92,10 +93,10 @@ def torch_rate(shape: Shape) -> float:
             torch.bmm(x, w, out=out)
 
     run()
-    return 2.0 * b * m * k * n * FLAGS.repeats / best_of(run)
+    return 2.0 * b * m * k * n * FLAGS.repeats / median_seconds(run)
 
 
-def best_of(run, times: int = 5) -> float:
+def median_seconds(run, times: int = 5) -> float:
     """Median seconds of `times` calls."""
     seconds = []
     for _ in range(times):
