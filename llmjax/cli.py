@@ -117,9 +117,11 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     except (FileNotFoundError, ValueError) as e:
         from llmjax.data.text_builder import DataError
+        from llmjax.data.tokenizers import TokenizerMismatchError
         from llmjax.train.checkpoint import ShapeMismatchError
 
-        if isinstance(e, DataError | ShapeMismatchError | FileNotFoundError):
+        if isinstance(e, DataError | ShapeMismatchError | TokenizerMismatchError |
+                      FileNotFoundError):
             _fail(str(e))
         raise
 

@@ -74,6 +74,25 @@ def test_eval_command_reproduces_the_training_eval_and_records_it(trained):
     out = llmjax_cli("eval", f"--workdir={trained}", "--split=train[:10%]", "--step=10")
     printed = json.loads(out.stdout)
     assert printed["step"] == 10 and "train[:10%]/loss" in printed
+    out = llmjax_cli("eval", f"--workdir={trained}", "--step=15", check=False)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
+        f"llmjax: error: no checkpoint of step 15 in {trained}/checkpoints; its saved steps are "
+        "10, 20: choose one of them, or leave the step unset for the latest")
+
+
+def test_a_tokenizer_of_another_id_layout_is_one_line(tmp_path):
+    """A workdir whose tokenizer an older llmjax wrote with other special tokens."""
+    from llmjax import configs
+    from llmjax.data.tokenizers import CharTokenizer
+
+    (tmp_path / "config.json").write_text(configs.to_json(tiny_config()))
+    CharTokenizer.train(["abc"]).save(tmp_path / "tokenizer")
+    (tmp_path / "tokenizer/tokenizer_config.json").write_text(
+        json.dumps({"kind": "char", "lowercase": False, "vocab_size": 7}))
+    out = llmjax_cli("generate", f"--workdir={tmp_path}", "--prompt=ab", check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"llmjax: error: {tmp_path}/tokenizer/tokenizer_config.json describes another id layout")
 
 
 def test_generate_is_reproducible_and_greedy_follows_the_logits(trained):

@@ -14,6 +14,7 @@ from llmjax.data.tokenizers import (
     UNK_ID,
     ByteTokenizer,
     CharTokenizer,
+    TokenizerMismatchError,
     load_tokenizer,
     train_tokenizer,
 )
@@ -34,6 +35,23 @@ def test_tokenizers_round_trip_and_reload(kind, tmp_path):
     tok.save(tmp_path / "tok")
     again = load_tokenizer(tmp_path / "tok")
     assert again.encode(TEXT) == ids and again.vocab_size == tok.vocab_size
+
+
+def test_a_tokenizer_saved_with_another_id_layout_is_refused(tmp_path):
+    """A char vocabulary saved by a version with four special tokens (before <mask>) would be
+    read one id off: loading names the difference instead."""
+    import json
+
+    CharTokenizer.train(["abc"]).save(tmp_path / "tok")
+    config_file = tmp_path / "tok" / "tokenizer_config.json"
+    saved = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({"kind": "char", "lowercase": False, "vocab_size": 7}))
+    with pytest.raises(TokenizerMismatchError, match="vocab_size 7 when saved, 8 now"):
+        load_tokenizer(tmp_path / "tok")
+    saved["special_ids"]["mask"] = None
+    config_file.write_text(json.dumps(saved))
+    with pytest.raises(TokenizerMismatchError, match="special_ids"):
+        load_tokenizer(tmp_path / "tok")
 
 
 def test_char_tokenizer_maps_unseen_characters_to_unk():

@@ -380,15 +380,38 @@ def load_tokenizer(directory: str | epath.Path, lowercase: bool = False) -> Toke
         return load_hf_tokenizer(directory, lowercase)
     kind, lowercase = config["kind"], config.get("lowercase", False)
     if kind == "char":
-        return CharTokenizer.load(directory, lowercase)
-    if kind == "byte":
-        return ByteTokenizer(lowercase)
-    if kind == "bpe":
-        return BPETokenizer.load(directory, lowercase)
-    if kind == "wordpiece":
-        return WordPieceTokenizer.load(directory, lowercase)
-    if kind == "sentencepiece":
+        tokenizer = CharTokenizer.load(directory, lowercase)
+    elif kind == "byte":
+        tokenizer = ByteTokenizer(lowercase)
+    elif kind == "bpe":
+        tokenizer = BPETokenizer.load(directory, lowercase)
+    elif kind == "wordpiece":
+        tokenizer = WordPieceTokenizer.load(directory, lowercase)
+    elif kind == "sentencepiece":
         from llmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
 
-        return SentencePieceTokenizer.load(directory, lowercase)
-    raise ValueError(f"{config_file}: unknown tokenizer kind {kind!r}")
+        tokenizer = SentencePieceTokenizer.load(directory, lowercase)
+    else:
+        raise ValueError(f"{config_file}: unknown tokenizer kind {kind!r}")
+    _check_same_ids(tokenizer, config, config_file)
+    return tokenizer
+
+
+class TokenizerMismatchError(ValueError):
+    """A saved tokenizer that this llmjax version would read with other ids."""
+
+
+def _check_same_ids(tokenizer: Tokenizer, saved: dict, config_file: epath.Path) -> None:
+    """The loaded tokenizer must give the ids it was saved with: an llmjax version with another
+    set of special tokens would shift every id, and the model would read the wrong embeddings
+    (or past the end of the table) without a word."""
+    now = {"vocab_size": tokenizer.vocab_size,
+           "special_ids": {r: getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES}}
+    differ = [f"{key} {saved[key]} when saved, {now[key]} now" for key in now
+              if key in saved and saved[key] != now[key]]
+    if differ:
+        raise TokenizerMismatchError(
+            f"{config_file} describes another id layout than this llmjax version gives its "
+            f"files ({'; '.join(differ)}): the tokenizer was written by an older llmjax whose "
+            "special tokens differ. Use the llmjax version that trained it, or train again in "
+            "a new --workdir.")
