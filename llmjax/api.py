@@ -223,8 +223,20 @@ def _beam_generate(graphdef, params, prompt, cache_len, max_new, beam_size, alph
 def load(path: str | epath.Path, step: int | None = None,
          config: ml_collections.ConfigDict | None = None) -> Run:
     """A run from its workdir: config.json, tokenizer/ and the checkpoint at `step` (latest by
-    default). `config` replaces the saved config (e.g. with command-line overrides)."""
+    default); or a Hugging Face model folder (config.json with a model_type, the weights and
+    tokenizer files), converted in memory. `config` replaces the saved config (e.g. with
+    command-line overrides)."""
+    from llmjax.convert import hf
+
     workdir = epath.Path(path)
+    if hf.is_hf_folder(workdir):
+        if step not in (None, 0):
+            raise FileNotFoundError(f"{workdir} is a Hugging Face folder, which holds one set of "
+                                    f"weights (step 0): leave the step unset, not {step}")
+        config, tokenizer, params = hf.load_folder(workdir, config)
+        graphdef, _ = state_lib.abstract_model(config)
+        model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
+        return Run(config=config, tokenizer=tokenizer, model=model, step=0)
     if config is None:
         config_file = workdir / "config.json"
         if not config_file.exists():

@@ -49,7 +49,10 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
             logging.info("sample: %r -> %r (reference %r)", src, hyp, ref)
     prefix = "eval" if split == default_split else split
     row = {f"{prefix}/{k}": v for k, v in metrics.items()}
-    MetricWriter(epath.Path(FLAGS.workdir)).write(run.step, row)
+    from llmjax.convert.hf import is_hf_folder
+
+    if not is_hf_folder(FLAGS.workdir):  # a Hugging Face folder is read, never written to
+        MetricWriter(epath.Path(FLAGS.workdir)).write(run.step, row)
     logging.info("evaluated step %d on %s (%s)", run.step, source, split)
     print(json.dumps({"step": run.step, **row}, indent=2))
 

@@ -115,6 +115,24 @@ def test_gpt2_export_round_trip(gpt2_folder, tmp_path):
     assert (tmp_path / "hf" / "tokenizer.json").exists()
 
 
+def test_a_hugging_face_folder_loads_directly(gpt2_folder, tmp_path):
+    """llmjax.load and the CLI read a Hugging Face folder in memory, as its converted workdir."""
+    folder, _ = gpt2_folder
+    convert.import_to_workdir(folder, tmp_path / "run")
+    converted, direct = llmjax.load(tmp_path / "run"), llmjax.load(folder)
+    assert direct.step == 0 and direct.config.to_dict() == converted.config.to_dict()
+    np.testing.assert_array_equal(direct.logits(SENTENCES), converted.logits(SENTENCES))
+    assert direct.tokenizer.encode(SENTENCES[0]) == converted.tokenizer.encode(SENTENCES[0])
+    with pytest.raises(FileNotFoundError, match="holds one set of weights"):
+        llmjax.load(folder, step=3)
+    out = subprocess.run([sys.executable, "-m", "llmjax", "generate", f"--workdir={folder}",
+                          "--prompt=The quick", "--max_new_tokens=8", "--temperature=0"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    greedy = converted.generate("The quick", max_new_tokens=8, temperature=0.0)
+    assert out.stdout.rstrip("\n") == "The quick" + greedy
+
+
 def test_unknown_tensor_is_named(gpt2_folder, tmp_path):
     from safetensors.numpy import load_file, save_file
 

@@ -72,6 +72,18 @@ def read_folder(path: str | epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
                        for k, v in tensors.items()}
 
 
+def is_hf_folder(path: str | epath.Path) -> bool:
+    """Whether `path` is a Hugging Face model folder (its config.json names a model_type)
+    rather than an llmjax workdir."""
+    config_file = epath.Path(path) / "config.json"
+    if not config_file.exists():
+        return False
+    try:
+        return "model_type" in json.loads(config_file.read_text())
+    except json.JSONDecodeError:
+        return False
+
+
 def family_of(hf_config: dict):
     model_type = hf_config.get("model_type")
     if model_type not in FAMILIES:
@@ -141,6 +153,39 @@ def import_folder(path: str | epath.Path, objective: str | None = None
     return config, fill_params(params, named, fresh=tuple(k for k in fresh if k not in named))
 
 
+def folder_tokenizer(path: str | epath.Path, config: ml_collections.ConfigDict):
+    """The folder's tokenizer, checked against the model's vocabulary; sets
+    config.tokenizer.kind to match it."""
+    from llmjax.data.tokenizers import load_hf_tokenizer
+
+    tokenizer = load_hf_tokenizer(path)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise ConversionError(f"the tokenizer in {path} has {tokenizer.vocab_size} tokens, more "
+                              f"than the model's {config.model.vocab_size}")
+    config.tokenizer.kind = tokenizer.kind or "bpe"
+    return tokenizer
+
+
+def import_config(path: str | epath.Path, objective: str | None = None
+                  ) -> ml_collections.ConfigDict:
+    """The llmjax config of a Hugging Face folder (what `load_folder` and a converted
+    workdir's config.json hold)."""
+    hf_config, tensors = read_folder(path)
+    config = configs.base_config()
+    family_of(hf_config).configure(config, hf_config, tensors, objective)
+    folder_tokenizer(path, config)
+    return config
+
+
+def load_folder(path: str | epath.Path, config: ml_collections.ConfigDict | None = None):
+    """(config, tokenizer, parameters) of a Hugging Face folder, read in memory: what
+    `llmjax.load` gives for one. `config` (e.g. with command-line overrides) replaces the
+    imported one; its objective picks the heads."""
+    imported, params = import_folder(path, config.objective if config is not None else None)
+    tokenizer = folder_tokenizer(path, imported)
+    return (imported if config is None else config), tokenizer, params
+
+
 def export_params(config: ml_collections.ConfigDict, params: nnx.State
                   ) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json dict, tensors) of an llmjax model in its Hugging Face family's format."""
@@ -167,15 +212,10 @@ def import_to_workdir(path: str | epath.Path, out: str | epath.Path,
                       objective: str | None = None) -> ml_collections.ConfigDict:
     """Writes an llmjax workdir (config.json, tokenizer/, checkpoints/0 with the parameters)
     that `llmjax.load`, eval / generate and `init.workdir` accept. Returns its config."""
-    from llmjax.data.tokenizers import load_hf_tokenizer
     from llmjax.train.checkpoint import Checkpointer
 
     config, params = import_folder(path, objective)
-    tokenizer = load_hf_tokenizer(path)
-    if tokenizer.vocab_size > config.model.vocab_size:
-        raise ConversionError(f"the tokenizer in {path} has {tokenizer.vocab_size} tokens, more "
-                              f"than the model's {config.model.vocab_size}")
-    config.tokenizer.kind = tokenizer.kind or "bpe"
+    tokenizer = folder_tokenizer(path, config)
     out = epath.Path(out)
     if (out / "checkpoints").exists():
         raise ConfigError(f"{out} already holds checkpoints: convert into a new directory")
