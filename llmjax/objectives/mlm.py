@@ -117,6 +117,11 @@ def mlm_loss(model, hidden_BxLxD: jax.Array, batch: dict[str, jax.Array], weight
 class MaskedLM:
     name = "mlm"
 
+    @staticmethod
+    def vocab_positions(seq_len: int) -> int:
+        """Positions per example the MLM head runs on (for the FLOP count): the gathered ones."""
+        return max_predictions(seq_len, BertMasking.rate)
+
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("mlm",)}
 

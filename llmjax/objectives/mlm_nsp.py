@@ -17,7 +17,7 @@ import numpy as np
 
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums
-from llmjax.objectives.mlm import BertMasking, mlm_loss
+from llmjax.objectives.mlm import BertMasking, MaskedLM, mlm_loss
 from llmjax.objectives.nsp import SegmentPairs, nsp_loss, padding_first, segment_pairs
 from llmjax.objectives.pairs import encode
 
@@ -25,6 +25,7 @@ from llmjax.objectives.pairs import encode
 class MaskedLMAndNextSentence:
     name = "mlm_nsp"
     loss_weights = {"mlm_loss": "mlm_weights", "nsp_loss": "weights"}
+    vocab_positions = staticmethod(MaskedLM.vocab_positions)  # the MLM head's, for FLOPs
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("mlm", "nsp")}

@@ -113,7 +113,7 @@ def padding_first() -> dict[str, np.ndarray]:
 
 class NextSentencePrediction:
     name = "nsp"
-    vocab_logits = False  # for the FLOP count: no output projection over the vocabulary
+    vocab_positions = staticmethod(lambda seq_len: 0)  # FLOP count: no vocabulary projection
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("nsp",)}

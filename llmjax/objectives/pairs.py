@@ -13,7 +13,7 @@ import numpy as np
 class FineTuningTask:
     """A task head on the pooled [CLS] state, fine-tuned from a pretraining run."""
 
-    vocab_logits = False  # for the FLOP count: no output projection over the vocabulary
+    vocab_positions = staticmethod(lambda seq_len: 0)  # FLOP count: no vocabulary projection
     fresh_modules = ("classifier",)  # a fine-tuning run never restores the task head
     optional_modules = ("pooler",)  # restored when the pretraining run had one (NSP)
     prediction = "label"  # what `llmjax predict` prints: a label with probabilities, or a score

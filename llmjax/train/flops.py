@@ -1,8 +1,11 @@
-"""Model FLOPs per token and the peak they are compared with (MFU).
+"""Model FLOPs per step and the peak they are compared with (MFU).
 
-Training FLOPs per token = 6 * N + 12 * layers * heads * head_dim * seq_len (PaLM appendix B, as
-in nanoGPT and MaxText): 6N for the forward and backward matmuls with the N non-position-
-embedding parameters, plus the attention score and value matmuls over the whole context.
+Training FLOPs = 6 x (parameters that multiply activations) x (positions they run on) plus the
+attention score and value matmuls, 12 x layers x heads x head_dim x seq_len^2 per example (PaLM
+appendix B, as in nanoGPT and MaxText). The body runs on every position; the vocabulary
+projection on the positions an objective predicts (all for causal LM, the ~15% chosen ones for
+MLM, none for classification); pooled heads (NSP, classifier) once per example. Embedding tables
+are lookups, not matmuls, except the token table where it is also the (tied) output projection.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from llmjax.models.config import ModelConfig
+from llmjax.train.checkpoint import param_path_name
 
 # Dense bfloat16 datasheet peaks (FLOP/s per device), by jax device_kind.
 DATASHEET_PEAKS = {
@@ -24,60 +28,81 @@ DATASHEET_PEAKS = {
 }
 
 
-def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int,
-                    vocab_logits: bool = True) -> float:
-    """Training FLOPs per token. Embedding tables are lookups, not matmuls: position tables
-    never count, and the token table counts only when it also projects to vocabulary logits
-    (tied LM / MLM heads), not for classification or NSP."""
-    lookups = cfg.max_len * cfg.emb_dim if cfg.position_embedding == "learned" else 0
-    if not vocab_logits:
-        lookups += cfg.vocab_size * cfg.emb_dim
-    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
-    return 6.0 * (num_params - lookups) + attention
+# Top-level modules that run once per example, on the pooled first position.
+POOLED_MODULES = ("pooler", "nsp_head", "classifier")
+
+
+def matmul_params(tree) -> int:
+    """Parameters of `tree` that multiply activations: all but embedding tables (lookups)."""
+    return sum(x.size for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+               if param_path_name(path).split("/")[-1] != "embedding")
+
+
+def flops_per_example(cfg: ModelConfig, params, seq_len: int,
+                      vocab_positions: int | None = None) -> float:
+    """Training FLOPs of one example of a decoder or an encoder with heads: the body on seq_len
+    positions, the output head (lm_head, or the MLM head with the tied token table) on
+    `vocab_positions` (default seq_len), pooled heads once, attention over the context."""
+    vocab_positions = seq_len if vocab_positions is None else vocab_positions
+    sizes = {name: matmul_params(tree) for name, tree in params.items()}
+    pooled = sum(sizes.pop(name, 0) for name in POOLED_MODULES)
+    output = sizes.pop("lm_head", 0) + sizes.pop("mlm_head", 0)
+    if vocab_positions and "lm_head" not in params:  # tied: the token table projects
+        output += cfg.vocab_size * cfg.emb_dim
+    body = sum(sizes.values())
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len**2
+    return 6.0 * (body * seq_len + output * vocab_positions + pooled) + attention
 
 
 def encoder_decoder_flops_per_example(cfg: ModelConfig, params, source_len: int,
                                       target_len: int) -> float:
-    """Training FLOPs of one (source, target) example: 6 x parameters x the tokens they see
-    (encoder parameters the source tokens; decoder parameters and the tied output projection
-    the target tokens) plus self-attention on each side and cross-attention."""
-    def size(tree) -> int:
-        return sum(x.size for x in jax.tree.leaves(tree))
+    """Training FLOPs of one (source, target) example: 6 x parameters x the positions they run
+    on (encoder and the decoder's cross-attention keys and values: the source; the rest of the
+    decoder and the output projection: the target) plus self-attention on each side and
+    cross-attention."""
+    def on_source(path) -> bool:
+        name = param_path_name(path)
+        return "/cross_attention/key/" in name or "/cross_attention/value/" in name
 
-    encoder, decoder = size(params["encoder"]), size(params["decoder"])
-    if cfg.position_embedding == "learned":  # lookups, not matmuls
-        encoder -= cfg.max_len * cfg.emb_dim
-        decoder -= cfg.max_len * cfg.emb_dim
-    output = size(params["lm_head"]) if "lm_head" in params else cfg.vocab_size * cfg.emb_dim
+    decoder = jax.tree_util.tree_flatten_with_path(params["decoder"])[0]
+    cross_kv = sum(x.size for path, x in decoder if on_source(path))
+    source_params = matmul_params(params["encoder"]) + cross_kv
+    target_params = matmul_params(params["decoder"]) - cross_kv + (
+        matmul_params(params["lm_head"]) if "lm_head" in params else cfg.vocab_size * cfg.emb_dim)
     per_layer = 12 * cfg.num_heads * cfg.head_dim
     attention = per_layer * (cfg.encoder_layers * source_len**2
                              + cfg.decoder_layers * (target_len**2 + target_len * source_len))
-    return 6.0 * (encoder * source_len + (decoder + output) * target_len) + attention
+    return 6.0 * (source_params * source_len + target_params * target_len) + attention
 
 
 def step_cost(config: ml_collections.ConfigDict, cfg: ModelConfig, params,
-              vocab_logits: bool = True) -> tuple[int, float]:
+              vocab_positions: int | None = None) -> tuple[int, float]:
     """(tokens, training FLOPs) of one step of `config`: an encoder-decoder counts source and
-    target tokens, other models seq_len tokens per example."""
+    target tokens, other models seq_len tokens per example, of which `vocab_positions` (default
+    all) are projected to the vocabulary."""
     if config.model.arch == "encoder_decoder":
         return (config.batch_size * (config.seq_len + config.target_seq_len),
                 config.batch_size * encoder_decoder_flops_per_example(
                     cfg, params, config.seq_len, config.target_seq_len))
-    tokens = config.batch_size * config.seq_len
-    num_params = sum(x.size for x in jax.tree.leaves(params))
-    return tokens, tokens * flops_per_token(cfg, num_params, config.seq_len, vocab_logits)
+    return (config.batch_size * config.seq_len,
+            config.batch_size * flops_per_example(cfg, params, config.seq_len, vocab_positions))
 
 
-def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float = 0.3) -> float:
-    """FLOP/s of a large jitted matmul in `dtype` on the default device."""
+def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float = 0.3,
+                        fastest: bool = False) -> float:
+    """FLOP/s of a large jitted matmul in `dtype` on the default device: the mean rate over
+    `seconds`, or with `fastest` the rate of the fastest call (what the device can do, robust
+    to other work in the process, such as the input pipeline filling its buffers)."""
     x = jnp.ones((size, size), dtype)
     matmul = jax.jit(lambda a: a @ a)
     matmul(x).block_until_ready()
-    n, start = 0, time.perf_counter()
+    times, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds:
+        call = time.perf_counter()
         matmul(x).block_until_ready()
-        n += 1
-    return 2.0 * size**3 * n / (time.perf_counter() - start)
+        times.append(time.perf_counter() - call)
+    elapsed = min(times) if fastest else time.perf_counter() - start
+    return 2.0 * size**3 * (1 if fastest else len(times)) / elapsed
 
 
 def peak_flops_per_device(dtype: str, configured: float | None = None) -> tuple[float, str]:
@@ -87,4 +112,7 @@ def peak_flops_per_device(dtype: str, configured: float | None = None) -> tuple[
     kind = jax.devices()[0].device_kind
     if kind in DATASHEET_PEAKS:
         return DATASHEET_PEAKS[kind], f"datasheet {kind}"
-    return measure_matmul_peak(dtype), f"measured {dtype} matmul on {kind}"
+    # Measured as training starts, while the input pipeline prefetches: the mean rate of a
+    # T5 run's start-up measured half the idle rate and reported MFU 0.96.
+    return (measure_matmul_peak(dtype, fastest=True),
+            f"fastest 1024^3 {dtype} matmul measured on {kind}")
