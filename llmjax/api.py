@@ -121,48 +121,61 @@ class Run:
         names = label_names(self.config)
         return names[int(probs.argmax())], dict(zip(names, probs.tolist(), strict=True))
 
-    def generate(self, prompt: str, max_new_tokens: int | None = None,
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
-                 beam_size: int | None = None) -> str:
+                 beam_size: int | None = None) -> str | list[str]:
         """The continuation of `prompt` (stops at <eos>); for an encoder-decoder, the output
         for `prompt` as the source (beam search when beam_size > 1). Defaults from
-        config.generate."""
+        config.generate. A list of prompts decodes as one batch (a decoder's left-padded) and
+        gives a list; greedy and beam outputs equal those of one prompt at a time."""
         if not hasattr(self.model, "decode"):
             raise ConfigError(f"generate needs a model that decodes; this run's model.arch is "
                              f"{self.config.model.arch!r}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         g = self.config.generate
         pick = lambda v, d: d if v is None else v  # noqa: E731
-        if self.is_seq2seq:
-            return self._transduce(
-                prompt, pick(max_new_tokens, g.max_new_tokens),
-                float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
-                float(pick(top_p, g.top_p)), pick(seed, g.seed), int(pick(beam_size, g.beam_size)))
-        max_new = pick(max_new_tokens, g.max_new_tokens)
-        ids = np.concatenate([[self.tokenizer.bos_id], self.tokenizer.encode_array(prompt)])
-        ids = ids[-max(self.config.model.max_len - max_new, 1):]  # keep the end of a long prompt
-        total = min(len(ids) + max_new, self.config.model.max_len)
-        max_new = total - len(ids)
-        if max_new <= 0:
-            return ""
-        graphdef, params = nnx.split(self.model)
-        beams = int(pick(beam_size, g.beam_size))
-        if beams > 1:
-            new = _beam_generate(graphdef, params, jnp.asarray(ids[None]), total, max_new, beams,
-                                 float(g.length_penalty), self.tokenizer.eos_id,
-                                 self.tokenizer.pad_id)
-        else:
-            new = _generate(graphdef, params, jnp.asarray(ids[None]), total, max_new,
-                            jax.random.PRNGKey(pick(seed, g.seed)),
-                            float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
-                            float(pick(top_p, g.top_p)), self.tokenizer.eos_id)
-        return self.tokenizer.decode_output(np.asarray(new[0]))
+        options = (pick(max_new_tokens, g.max_new_tokens),
+                   float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
+                   float(pick(top_p, g.top_p)), pick(seed, g.seed),
+                   int(pick(beam_size, g.beam_size)))
+        decode = self._transduce if self.is_seq2seq else self._continue
+        outputs = decode(prompts, *options) if prompts else []
+        return outputs[0] if isinstance(prompt, str) else outputs
 
-    def _transduce(self, source: str, max_new: int, temperature: float, top_k: int,
-                   top_p: float, seed: int, beam_size: int) -> str:
+    def _continue(self, prompts: list[str], max_new: int, temperature: float, top_k: int,
+                  top_p: float, seed: int, beam_size: int) -> list[str]:
+        """A decoder's continuations of left-padded prompts."""
+        keep = max(self.config.model.max_len - max_new, 1)  # the end of a long prompt
+        ids = [np.concatenate([[self.tokenizer.bos_id], self.tokenizer.encode_array(p)])[-keep:]
+               for p in prompts]
+        length = max(len(x) for x in ids)
+        total = min(length + max_new, self.config.model.max_len)
+        max_new = total - length
+        if max_new <= 0:
+            return [""] * len(prompts)
+        tokens = np.full((len(ids), length), self.tokenizer.pad_id, np.int32)
+        valid = np.zeros((len(ids), length), np.int32)
+        for i, x in enumerate(ids):
+            tokens[i, length - len(x):], valid[i, length - len(x):] = x, 1
+        graphdef, params = nnx.split(self.model)
+        tokens, valid = jnp.asarray(tokens), jnp.asarray(valid)
+        if beam_size > 1:
+            new = _beam_generate(graphdef, params, tokens, valid, total, max_new, beam_size,
+                                 float(self.config.generate.length_penalty),
+                                 self.tokenizer.eos_id, self.tokenizer.pad_id)
+        else:
+            new = _generate(graphdef, params, tokens, valid, total, max_new,
+                            jax.random.PRNGKey(seed), temperature, top_k, top_p,
+                            self.tokenizer.eos_id)
+        return [self.tokenizer.decode_output(row) for row in np.asarray(new)]
+
+    def _transduce(self, sources: list[str], max_new: int, temperature: float, top_k: int,
+                   top_p: float, seed: int, beam_size: int) -> list[str]:
+        """An encoder-decoder's outputs for a batch of sources."""
         from llmjax.decoding.encoder_decoder import decode
 
-        inputs, segments = self._sources([source])
+        inputs, segments = self._sources(sources)
         max_new = max(min(max_new, self.config.model.max_len - 1), 1)
         graphdef, params = nnx.split(self.model)
         tokens = decode(graphdef, params, jnp.asarray(inputs), jnp.asarray(segments),
@@ -171,7 +184,7 @@ class Run:
                         bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
                         pad_id=self.tokenizer.pad_id, temperature=temperature, top_k=top_k,
                         top_p=top_p)
-        return self.tokenizer.decode_output(np.asarray(tokens)[0])
+        return [self.tokenizer.decode_output(row) for row in np.asarray(tokens)]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -198,25 +211,26 @@ def _class_logits(model, tokens_BxL, types_BxL):
     return model.class_logits(hidden)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7, 8, 9))
-def _generate(graphdef, params, prompt, cache_len, max_new, rng, temperature, top_k, top_p,
-              eos_id):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 7, 8, 9, 10))
+def _generate(graphdef, params, prompt_BxP, valid_BxP, cache_len, max_new, rng, temperature,
+              top_k, top_p, eos_id):
     model = nnx.merge(graphdef, params)
-    cache = model.init_cache(prompt.shape[0], cache_len)
-    return sampling.sample(model.decode, prompt, jnp.ones_like(prompt), cache, rng,
+    cache = model.init_cache(prompt_BxP.shape[0], cache_len)
+    return sampling.sample(model.decode, prompt_BxP, valid_BxP, cache, rng,
                            max_new_tokens=max_new, eos_id=eos_id, temperature=temperature,
                            top_k=top_k, top_p=top_p)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8))
-def _beam_generate(graphdef, params, prompt, cache_len, max_new, beam_size, alpha, eos_id,
-                   pad_id):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9))
+def _beam_generate(graphdef, params, prompt_BxP, valid_BxP, cache_len, max_new, beam_size,
+                   alpha, eos_id, pad_id):
     from llmjax.decoding.beam_search import beam_search
 
     model = nnx.merge(graphdef, params)
-    cache = model.init_cache(prompt.shape[0] * beam_size, cache_len)
-    tokens, _ = beam_search(model.decode, prompt, cache, beam_size=beam_size,
-                            max_new_tokens=max_new, eos_id=eos_id, pad_id=pad_id, alpha=alpha)
+    cache = model.init_cache(prompt_BxP.shape[0] * beam_size, cache_len)
+    tokens, _ = beam_search(model.decode, prompt_BxP, cache, beam_size=beam_size,
+                            max_new_tokens=max_new, eos_id=eos_id, pad_id=pad_id, alpha=alpha,
+                            prompt_valid_BxP=valid_BxP)
     return tokens
 
 

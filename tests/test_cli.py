@@ -112,6 +112,20 @@ def test_generate_is_reproducible_and_greedy_follows_the_logits(trained):
     assert greedy == expected
 
 
+def test_a_batch_of_prompts_decodes_as_each_prompt_alone(trained):
+    from llmjax.train import state as state_lib
+
+    run = llmjax.load(trained)
+    # freshly initialised weights: the 20-step model continues every prompt with one letter
+    run.model = state_lib.build_model(run.config)
+    prompts = ["abc", "a", "cabbage dab"]  # left-padded to one batch
+    for options in (dict(temperature=0.0), dict(beam_size=3)):
+        batch = run.generate(prompts, max_new_tokens=10, **options)
+        assert batch == [run.generate(p, max_new_tokens=10, **options) for p in prompts]
+        assert len(set(batch)) == 3  # three different continuations
+    assert run.generate([]) == []
+
+
 def test_python_api_shapes(trained):
     run = llmjax.load(trained)
     h = run.hidden_states(["abc", "abcdef"])

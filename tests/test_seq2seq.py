@@ -55,6 +55,9 @@ def test_generate_and_eval_through_the_api_and_cli(reverse_run, capsys):
     workdir, metrics = reverse_run
     run = llmjax.load(workdir)
     assert run.generate("abcdefg", beam_size=4) == run.generate("abcdefg") == "gfedcba"
+    sources = ["abcdefg", "hij", "kalbe"]  # a batch: each as if decoded alone
+    assert run.generate(sources) == run.generate(sources, beam_size=3) == [
+        "gfedcba", "jih", "eblak"]
     flags = types.SimpleNamespace(workdir=str(workdir), step=None, config=run.config,
                                   prompt="hgfe", max_new_tokens=None, temperature=None,
                                   top_k=None, top_p=None, seed=None, beam_size=3)

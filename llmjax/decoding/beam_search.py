@@ -37,15 +37,18 @@ def _gather_beams(cache, beam_indices_BxK: Array, batch: int, beams: int):
 
 def beam_search(tokens_to_logits: TokensToLogits, prompt_BxP: Array, cache: dict, *,
                 beam_size: int, max_new_tokens: int, eos_id: int, pad_id: int = 0,
-                alpha: float = 0.6) -> tuple[Array, Array]:
+                alpha: float = 0.6, prompt_valid_BxP: Array | None = None
+                ) -> tuple[Array, Array]:
     """(best sequence [B, max_new_tokens] with pad after its <eos>, its score [B]).
 
     `cache` holds B * beam_size rows (each batch row repeated beam_size times, e.g. by
-    `repeat_for_beams`); `prompt` [B, P] is fed once to start every beam.
+    `repeat_for_beams`); `prompt` [B, P] is fed once to start every beam, left-padded where
+    `prompt_valid` (1 = token) says so.
     """
     batch, k = prompt_BxP.shape[0], beam_size
     prompt = jnp.repeat(prompt_BxP, k, axis=0)
-    logits, cache = tokens_to_logits(prompt, cache, None)
+    valid = None if prompt_valid_BxP is None else jnp.repeat(prompt_valid_BxP, k, axis=0)
+    logits, cache = tokens_to_logits(prompt, cache, valid)
     vocab = logits.shape[-1]
 
     state = {
