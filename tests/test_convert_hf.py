@@ -324,6 +324,14 @@ def test_classification_fine_tunes_from_an_hf_folder(bert_folder, tmp_path):
     assert_close(hidden, theirs.last_hidden_state, mask)  # the body, restored
     np.testing.assert_allclose(np.asarray(run.model.pooler(hidden)),
                                theirs.pooler_output.numpy(), atol=1e-4)
+    # predict: a padded batch of texts (and pairs) gives each one's own probabilities
+    texts, pairs = ["a fine film", "dull", "the plot was superb and long"], ["x", "y y", "z"]
+    for batch, alone in ((run.predict(texts), [run.predict(t) for t in texts]),
+                         (run.predict(texts, pairs),
+                          [run.predict(t, p) for t, p in zip(texts, pairs, strict=True)])):
+        assert [label for label, _ in batch] == [label for label, _ in alone]
+        np.testing.assert_allclose([list(p.values()) for _, p in batch],
+                                   [list(p.values()) for _, p in alone], atol=1e-6)
 
 
 @pytest.mark.slow

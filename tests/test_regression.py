@@ -72,6 +72,11 @@ def test_regression_learns_scores_and_predicts_them(tmp_path, capsys):
     run = llmjax.load(tmp_path / "run")
     low = run.score("the plot was a movie")
     assert high == pytest.approx(3.0, abs=0.6) and low == pytest.approx(0.0, abs=0.6)
+    texts = ["the plot was a movie", "superb great fine story", "fine"]  # one padded batch
+    np.testing.assert_allclose(run.score(texts), [run.score(t) for t in texts], atol=1e-5)
+    pairs = texts[::-1]
+    np.testing.assert_allclose(run.score(texts, pairs), [
+        run.score(a, b) for a, b in zip(texts, pairs, strict=True)], atol=1e-5)
     capsys.readouterr()
     commands.eval(types.SimpleNamespace(workdir=str(tmp_path / "run"), step=None,
                                         config=run.config, split=None))  # `llmjax eval`
