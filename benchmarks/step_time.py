@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/step_time.py [--config=experiments/shakespeare_char/config.py]
         [--steps=100] [--vocab_size=69]
 
-Prints compile time, milliseconds per step (median of 5 timed blocks), tokens/s, and model
+Prints compile time, milliseconds per step (median of 5 timed blocks), steps/s, tokens/s,
+the process's peak resident memory (and the device's on a GPU), and model
 FLOPs utilisation against a matmul peak measured in the same run (a jitted --peak_size square
 matmul in model.dtype, float32 accumulation), and against the datasheet where the device is
-known. On a GPU it also prints the device's peak memory. The GPT-2 124M shape in bfloat16:
+known. The GPT-2 124M shape in bfloat16:
 
     python benchmarks/step_time.py --config=configs/gpt.py:size=base --vocab_size=50304 \
         --config.model.dtype=bfloat16 --config.batch_size=16 --peak_size=8192
@@ -66,7 +67,8 @@ def main(argv):
     device = jax.devices()[0]
     figures = {"device": device.device_kind, "dtype": c.model.dtype,
                "attention_impl": c.model.attention_impl, "compile_s": round(compile_s, 2),
-               "ms_per_step": round(step * 1e3, 2), "tokens_per_sec": round(tokens / step),
+               "ms_per_step": round(step * 1e3, 2), "steps_per_sec": round(1 / step, 2),
+               "tokens_per_sec": round(tokens / step),
                "model_tflops_per_sec": round(step_flops / step / 1e12, 3),
                "measured_peak_tflops": round(peak / 1e12, 3),
                "mfu_vs_measured_peak": round(step_flops / step / peak, 3)}
@@ -76,6 +78,7 @@ def main(argv):
     stats = device.memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         figures["peak_device_gib"] = round(stats["peak_bytes_in_use"] / 2**30, 2)
+    figures["peak_host_gib"] = round(peak_host_bytes() / 2**30, 2)
     print(json.dumps(figures))
     if FLAGS.profile_steps:
         import jax.profiler
@@ -85,6 +88,14 @@ def main(argv):
                 state, _ = parallel.train_step(state, batch)
             jax.block_until_ready(state)
         print_top_ops(FLAGS.profile_dir, FLAGS.profile_steps)
+
+
+def peak_host_bytes() -> int:
+    """This process's peak resident memory (Linux's ru_maxrss is in KiB); on a CPU it holds
+    the parameters, optimizer state and activations too."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def print_top_ops(profile_dir: str, steps: int, top: int = 30) -> None:

@@ -2,8 +2,9 @@
 PyTorch for each model family, same shape, batch, AdamW (clip 1.0) and synthetic tokens,
 interleaved A B A B so both see the same machine state, each round of each framework in a
 fresh process (so neither library's worker threads compete with the other's). Per model it
-prints both parameter counts (equal), the median ms/step and tokens/s of each and the
-llmjax / PyTorch tokens/s ratio.
+prints both parameter counts (equal), the median ms/step and tokens/s of each, the
+llmjax / PyTorch tokens/s ratio, and each framework's peak resident memory (the largest over
+its rounds' processes: parameters, optimizer state, activations, libraries).
 
     .venv/bin/python benchmarks/vs_pytorch.py [--models=gpt:tiny,gpt:small,bert:mini,t5:tiny]
         [--rounds=3] [--steps=10] [--dtype=float32]
@@ -145,18 +146,28 @@ def timed(step, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def worker(name: str, framework: str) -> dict:
-    """In a fresh process: build one framework's step, warm up, time --steps steps."""
-    import torch
+def peak_host_mib() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    import resource
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(name: str, framework: str) -> dict:
+    """In a fresh process: build one framework's step, warm up, time --steps steps; with the
+    process's peak resident memory (torch is imported only by the PyTorch worker)."""
+    if framework == "pytorch":
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
     family, _, size = name.partition(":")
     c = llmjax_config(family, size)
     batch = synthetic.batch(c)
     step, params = (llmjax_stepper if framework == "llmjax" else torch_stepper)(c, batch)
     timed(step, 2)  # compile / warm up
     return {"ms": timed(step, FLAGS.steps) * 1e3, "params": params,
-            "tokens": synthetic.tokens_per_step(batch), "batch": c.batch_size}
+            "tokens": synthetic.tokens_per_step(batch), "batch": c.batch_size,
+            "peak_host_mib": peak_host_mib()}
 
 
 def in_subprocess(name: str, framework: str) -> dict:
@@ -188,6 +199,8 @@ def main(argv):
             "llmjax_tokens_per_sec": round(tokens / ms["llmjax"] * 1e3),
             "pytorch_tokens_per_sec": round(tokens / ms["pytorch"] * 1e3),
             "llmjax_over_pytorch": round(ms["pytorch"] / ms["llmjax"], 2),
+            "llmjax_peak_host_mib": round(max(r["peak_host_mib"] for r in runs["llmjax"])),
+            "pytorch_peak_host_mib": round(max(r["peak_host_mib"] for r in runs["pytorch"])),
             "rounds_ms": {k: [round(r["ms"], 1) for r in v] for k, v in runs.items()}}),
             flush=True)
 
