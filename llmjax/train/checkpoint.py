@@ -116,18 +116,18 @@ def restore_params(workdir: str | epath.Path, params: nnx.State, step: int | Non
     manager = ocp.CheckpointManager(directory, item_handlers={
         "state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
     saved_steps = sorted(manager.all_steps())
-    if not saved_steps or (step is not None and step not in saved_steps):
-        manager.close()
+    problem = None
     if not saved_steps:
-        raise FileNotFoundError(f"no checkpoint in {directory}: init.workdir must be the workdir "
-                                "of a run that saved at least one checkpoint")
-    if step is None:
-        step = saved_steps[-1]
-    elif step not in saved_steps:
-        raise FileNotFoundError(
-            f"no checkpoint of step {step} in {directory}; its saved steps are "
-            f"{', '.join(map(str, saved_steps))}: choose one of them, or leave the step unset "
-            "for the latest")
+        problem = (f"no checkpoint in {directory}: init.workdir must be the workdir of a run "
+                   "that saved at least one checkpoint")
+    elif step is not None and step not in saved_steps:
+        problem = (f"no checkpoint of step {step} in {directory}; its saved steps are "
+                   f"{', '.join(map(str, saved_steps))}: choose one of them, or leave the step "
+                   "unset for the latest")
+    if problem:
+        manager.close()
+        raise FileNotFoundError(problem)
+    step = saved_steps[-1] if step is None else step
     saved = manager.item_metadata(step)["state"]["params"]
     saved_names = {param_path_name(k) for k, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}
 
