@@ -85,7 +85,7 @@ def test_a_tokenizer_of_another_id_layout_is_one_line(tmp_path):
     from llmjax import configs
     from llmjax.data.tokenizers import CharTokenizer
 
-    (tmp_path / "config.json").write_text(configs.to_json(tiny_config()))
+    (tmp_path / "config.json").write_text(configs.to_json(tiny_config(**{"model.vocab_size": 8})))
     CharTokenizer.train(["abc"]).save(tmp_path / "tokenizer")
     (tmp_path / "tokenizer/tokenizer_config.json").write_text(
         json.dumps({"kind": "char", "lowercase": False, "vocab_size": 7}))
@@ -93,6 +93,9 @@ def test_a_tokenizer_of_another_id_layout_is_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(
         f"llmjax: error: {tmp_path}/tokenizer/tokenizer_config.json describes another id layout")
+    CharTokenizer.train(["abc"]).save(tmp_path / "tokenizer")  # a good tokenizer, no checkpoint
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*saved at least one"):
+        llmjax.load(tmp_path)
 
 
 def test_generate_is_reproducible_and_greedy_follows_the_logits(trained):
