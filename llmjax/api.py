@@ -17,6 +17,7 @@ from llmjax import configs
 from llmjax.configs import ConfigError
 from llmjax.data.tokenizers import Tokenizer, load_tokenizer
 from llmjax.decoding import sampling
+from llmjax.objectives.base import cross_entropy
 from llmjax.train import checkpoint
 from llmjax.train import state as state_lib
 
@@ -79,6 +80,52 @@ class Run:
         decoder, decoder_segments = self._batch(targets or [""] * len(texts))
         return np.asarray(self._apply(_seq2seq_logits, sources, decoder, source_segments,
                                       decoder_segments))
+
+    def log_likelihood(self, texts: Sequence[str], continuations: Sequence[str] | None = None
+                       ) -> np.ndarray:
+        """Natural-log probabilities [B] (for scoring and multiple-choice evaluation). A
+        decoder: of each text's tokens after <bos>; with `continuations`, of each continuation's
+        tokens after its text. An encoder-decoder: of each continuation and <eos> given its text
+        as the source (continuations required)."""
+        if continuations is not None and len(continuations) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(continuations)} continuations")
+        encode = self.tokenizer.encode_array
+        if self.is_seq2seq:
+            if continuations is None:
+                raise ValueError("an encoder-decoder scores continuations (targets) given texts "
+                                 "(sources): pass continuations")
+            from llmjax.objectives.seq2seq import seq2seq_arrays
+
+            sources = [encode(t) for t in texts]
+            targets = [encode(c) for c in continuations]
+            source_len, target_len = (max(len(x) for x in sides) + 1 for sides in
+                                      (sources, targets))
+            if max(source_len, target_len) > self.config.model.max_len:
+                raise ValueError(f"a text is {max(source_len, target_len)} tokens long, over "
+                                 f"model.max_len={self.config.model.max_len}")
+            a = seq2seq_arrays(zip(sources, targets, strict=True), len(texts), source_len,
+                               target_len, self.tokenizer).arrays
+            return np.asarray(self._apply(_seq2seq_log_likelihood, a["inputs"],
+                                          a["decoder_inputs"], a["input_segments"],
+                                          a["target_segments"], a["targets"], a["weights"]),
+                              np.float64)
+        contexts = [np.concatenate([[self.tokenizer.bos_id], encode(t)]) for t in texts]
+        if continuations is None:  # the whole text, after <bos>
+            contexts, continuations = [c[:1] for c in contexts], texts
+        rows = [(ctx, encode(c)) for ctx, c in zip(contexts, continuations, strict=True)]
+        length = max(len(ctx) + len(cont) for ctx, cont in rows)
+        if length > self.config.model.max_len:
+            raise ValueError(f"a text is {length} tokens long, over model.max_len="
+                             f"{self.config.model.max_len}")
+        tokens = np.full((len(rows), length), self.tokenizer.pad_id, np.int32)
+        segments, weights = np.zeros_like(tokens), np.zeros((len(rows), length), np.float32)
+        for i, (ctx, cont) in enumerate(rows):
+            n = len(ctx) + len(cont)
+            tokens[i, :n], segments[i, :n] = np.concatenate([ctx, cont]), 1
+            weights[i, len(ctx) - 1:n - 1] = 1.0  # position j predicts token j + 1
+        targets = np.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
+        return np.asarray(self._apply(_lm_log_likelihood, tokens, segments, targets, weights),
+                          np.float64)
 
     def _head_outputs(self, texts: list[str], pairs: list[str | None]) -> np.ndarray:
         """The task head's outputs [B, C] for a batch of texts (pairs), right-padded."""
@@ -226,6 +273,18 @@ def _lm_logits(model, tokens_BxL, segments_BxL):
 def _seq2seq_logits(model, sources_BxS, decoder_BxT, source_segments_BxS, decoder_segments_BxT):
     return model(sources_BxS, decoder_BxT, segment_ids=source_segments_BxS,
                  decoder_segment_ids=decoder_segments_BxT)
+
+
+def _lm_log_likelihood(model, tokens_BxL, segments_BxL, targets_BxL, weights_BxL):
+    logits = model(tokens_BxL, segment_ids=segments_BxL)
+    return -(cross_entropy(logits, targets_BxL) * weights_BxL).sum(-1)
+
+
+def _seq2seq_log_likelihood(model, sources_BxS, decoder_BxT, source_segments_BxS,
+                            decoder_segments_BxT, targets_BxT, weights_BxT):
+    logits = _seq2seq_logits(model, sources_BxS, decoder_BxT, source_segments_BxS,
+                             decoder_segments_BxT)
+    return -(cross_entropy(logits, targets_BxT) * weights_BxT).sum(-1)
 
 
 def _class_logits(model, tokens_BxL, types_BxL, segments_BxL):

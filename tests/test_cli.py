@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import TEST_XLA_FLAGS, tiny_config, write_config_file
 
@@ -127,6 +128,21 @@ def test_a_batch_of_prompts_decodes_as_each_prompt_alone(trained):
         assert batch == [run.generate(p, max_new_tokens=10, **options) for p in prompts]
         assert len(set(batch)) == 2  # different continuations
     assert run.generate([]) == []
+
+
+def test_log_likelihood_follows_the_logits_and_the_chain_rule(trained):
+    import jax
+
+    run = llmjax.load(trained)
+    texts = ["abcab", "ca"]
+    ll = run.log_likelihood(texts)
+    np.testing.assert_allclose(ll, [run.log_likelihood([t])[0] for t in texts], atol=1e-5)
+    logprobs = np.asarray(jax.nn.log_softmax(run.logits(["ca"])[0]))  # <bos> c a
+    ids = run.tokenizer.encode("ca")
+    assert ll[1] == pytest.approx(logprobs[0, ids[0]] + logprobs[1, ids[1]], abs=1e-5)
+    # char tokens split exactly: log p("abcab") = log p("abc") + log p("ab" | "abc")
+    after = run.log_likelihood(["abc"], ["ab"])
+    assert ll[0] == pytest.approx(run.log_likelihood(["abc"])[0] + after[0], abs=1e-4)
 
 
 def test_python_api_shapes(trained):

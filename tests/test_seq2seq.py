@@ -55,6 +55,10 @@ def test_generate_and_eval_through_the_api_and_cli(reverse_run, capsys):
     workdir, metrics = reverse_run
     run = llmjax.load(workdir)
     assert run.generate("abcdefg", beam_size=4) == run.generate("abcdefg") == "gfedcba"
+    # log p(target | source): the reversal is near-certain, a copy is not; batch = one by one
+    ll = run.log_likelihood(["abcdefg", "hij"], ["gfedcba", "hij"])
+    assert ll[0] > np.log(0.5) and ll[1] < np.log(0.01)
+    np.testing.assert_allclose(ll[1], run.log_likelihood(["hij"], ["hij"])[0], atol=1e-5)
     sources = ["abcdefg", "hij", "kalbe"]  # a batch: each as if decoded alone
     assert run.generate(sources) == run.generate(sources, beam_size=3) == [
         "gfedcba", "jih", "eblak"]
