@@ -31,19 +31,17 @@ class Run:
     model: nnx.Module
     step: int
 
+    def _check_length(self, length: int) -> None:
+        if length > self.config.model.max_len:
+            raise ValueError(f"a text is {length} tokens long, over model.max_len="
+                             f"{self.config.model.max_len}")
+
     def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded [<bos>] + tokens [B, L] and segment ids (1 = token, 0 = padding)."""
         ids = [np.concatenate([[self.tokenizer.bos_id], self.tokenizer.encode_array(t)])
                for t in texts]
-        length = max(len(x) for x in ids)
-        if length > self.config.model.max_len:
-            raise ValueError(f"a text is {length} tokens long, over model.max_len="
-                             f"{self.config.model.max_len}")
-        tokens = np.zeros((len(ids), length), np.int32)
-        segments = np.zeros((len(ids), length), np.int32)
-        for i, x in enumerate(ids):
-            tokens[i, : len(x)], segments[i, : len(x)] = x, 1
-        return tokens, segments
+        self._check_length(max(len(x) for x in ids))
+        return _pad(ids, 0)
 
     @property
     def is_seq2seq(self) -> bool:
@@ -56,9 +54,7 @@ class Run:
         empty = np.zeros((0,), np.int32)
         ids = self.tokenizer.encode_batch(list(texts))
         length = max(len(x) for x in ids) + 1
-        if length > self.config.model.max_len:
-            raise ValueError(f"a text is {length} tokens long, over model.max_len="
-                             f"{self.config.model.max_len}")
+        self._check_length(length)
         arrays = seq2seq_arrays(((x, empty) for x in ids), len(ids), length, 1,
                                 self.tokenizer).arrays
         return arrays["inputs"], arrays["input_segments"]
@@ -100,9 +96,7 @@ class Run:
             targets = [encode(c) for c in continuations]
             source_len, target_len = (max(len(x) for x in sides) + 1 for sides in
                                       (sources, targets))
-            if max(source_len, target_len) > self.config.model.max_len:
-                raise ValueError(f"a text is {max(source_len, target_len)} tokens long, over "
-                                 f"model.max_len={self.config.model.max_len}")
+            self._check_length(max(source_len, target_len))
             a = seq2seq_arrays(zip(sources, targets, strict=True), len(texts), source_len,
                                target_len, self.tokenizer).arrays
             return np.asarray(self._apply(_seq2seq_log_likelihood, a["inputs"],
@@ -113,16 +107,11 @@ class Run:
         if continuations is None:  # the whole text, after <bos>
             contexts, continuations = [c[:1] for c in contexts], texts
         rows = [(ctx, encode(c)) for ctx, c in zip(contexts, continuations, strict=True)]
-        length = max(len(ctx) + len(cont) for ctx, cont in rows)
-        if length > self.config.model.max_len:
-            raise ValueError(f"a text is {length} tokens long, over model.max_len="
-                             f"{self.config.model.max_len}")
-        tokens = np.full((len(rows), length), self.tokenizer.pad_id, np.int32)
-        segments, weights = np.zeros_like(tokens), np.zeros((len(rows), length), np.float32)
-        for i, (ctx, cont) in enumerate(rows):
-            n = len(ctx) + len(cont)
-            tokens[i, :n], segments[i, :n] = np.concatenate([ctx, cont]), 1
-            weights[i, len(ctx) - 1:n - 1] = 1.0  # position j predicts token j + 1
+        tokens, segments = _pad([np.concatenate(row) for row in rows], self.tokenizer.pad_id)
+        self._check_length(tokens.shape[1])
+        weights = np.zeros(tokens.shape, np.float32)
+        for i, (ctx, cont) in enumerate(rows):  # position j predicts token j + 1
+            weights[i, len(ctx) - 1:len(ctx) + len(cont) - 1] = 1.0
         targets = np.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
         return np.asarray(self._apply(_lm_log_likelihood, tokens, segments, targets, weights),
                           np.float64)
@@ -136,11 +125,8 @@ class Run:
 
         encoded = [encode_pair(self.tokenizer, t, p, self.config.seq_len)
                    for t, p in zip(texts, pairs, strict=True)]
-        length = max(len(tokens) for tokens, _ in encoded)
-        tokens = np.full((len(encoded), length), self.tokenizer.pad_id, np.int32)
-        types, segments = np.zeros_like(tokens), np.zeros_like(tokens)
-        for i, (ids, kinds) in enumerate(encoded):
-            tokens[i, :len(ids)], types[i, :len(ids)], segments[i, :len(ids)] = ids, kinds, 1
+        tokens, segments = _pad([ids for ids, _ in encoded], self.tokenizer.pad_id)
+        types, _ = _pad([kinds for _, kinds in encoded], 0)
         return np.asarray(self._apply(_class_logits, tokens, types, segments), np.float64)
 
     @staticmethod
@@ -219,15 +205,11 @@ class Run:
         keep = max(self.config.model.max_len - max_new, 1)  # the end of a long prompt
         ids = [np.concatenate([[self.tokenizer.bos_id], self.tokenizer.encode_array(p)])[-keep:]
                for p in prompts]
-        length = max(len(x) for x in ids)
-        total = min(length + max_new, self.config.model.max_len)
-        max_new = total - length
+        tokens, valid = _pad(ids, self.tokenizer.pad_id, left=True)
+        total = min(tokens.shape[1] + max_new, self.config.model.max_len)
+        max_new = total - tokens.shape[1]
         if max_new <= 0:
             return [""] * len(prompts)
-        tokens = np.full((len(ids), length), self.tokenizer.pad_id, np.int32)
-        valid = np.zeros((len(ids), length), np.int32)
-        for i, x in enumerate(ids):
-            tokens[i, length - len(x):], valid[i, length - len(x):] = x, 1
         graphdef, params = nnx.split(self.model)
         tokens, valid = jnp.asarray(tokens), jnp.asarray(valid)
         if beam_size > 1:
@@ -255,6 +237,19 @@ class Run:
                         pad_id=self.tokenizer.pad_id, temperature=temperature, top_k=top_k,
                         top_p=top_p)
         return [self.tokenizer.decode_output(row) for row in np.asarray(tokens)]
+
+
+def _pad(rows: Sequence[np.ndarray], pad_value: int, left: bool = False
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ids padded with `pad_value` to one length, on the right (or the left): tokens
+    [B, L] int32 and validity [B, L] (1 = token, 0 = padding)."""
+    length = max(len(row) for row in rows)
+    tokens = np.full((len(rows), length), pad_value, np.int32)
+    valid = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        span = slice(length - len(row), length) if left else slice(0, len(row))
+        tokens[i, span], valid[i, span] = row, 1
+    return tokens, valid
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
