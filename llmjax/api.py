@@ -33,8 +33,8 @@ class Run:
 
     def _check_length(self, length: int) -> None:
         if length > self.config.model.max_len:
-            raise ValueError(f"a text is {length} tokens long, over model.max_len="
-                             f"{self.config.model.max_len}")
+            raise ConfigError(f"a text is {length} tokens long (with its special tokens), "
+                              f"over model.max_len={self.config.model.max_len}: shorten it")
 
     def _batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded [<bos>] + tokens [B, L] and segment ids (1 = token, 0 = padding)."""
@@ -195,6 +195,7 @@ class Run:
                    float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
                    float(pick(top_p, g.top_p)), pick(seed, g.seed),
                    int(pick(beam_size, g.beam_size)))
+        configs.check_generate_options(*options[:4], options[5])
         decode = self._transduce if self.is_seq2seq else self._continue
         outputs = decode(prompts, *options) if prompts else []
         return outputs[0] if isinstance(prompt, str) else outputs

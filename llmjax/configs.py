@@ -297,6 +297,17 @@ def _check_compiler_options(parallel: ml_collections.ConfigDict) -> None:
                           f"{str(e).splitlines()[0]}") from None
 
 
+def check_generate_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                           beam_size: int) -> None:
+    """Raises ConfigError for decoding options outside their range (the `generate` flags and
+    the `generate.*` keys alike)."""
+    _check(max_new_tokens >= 1, f"max_new_tokens={max_new_tokens} must be at least 1")
+    _check(temperature >= 0, f"temperature={temperature} must be >= 0 (0 = greedy)")
+    _check(top_k >= 0, f"top_k={top_k} must be >= 0 (0 = no top-k filter)")
+    _check(0 < top_p <= 1, f"top_p={top_p} must be in (0, 1] (1 = no nucleus filter)")
+    _check(beam_size >= 1, f"beam_size={beam_size} must be at least 1 (1 = no beam search)")
+
+
 def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> None:
     """Raises ConfigError for contradictions, before anything is compiled or written."""
     check_keys(config)
@@ -343,6 +354,8 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     if config.parallel.mode == "mesh":
         _check_mesh(config.parallel.mesh)
     _check_compiler_options(config.parallel)
+    g = config.generate
+    check_generate_options(g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.beam_size)
     _check(m.remat in ("none", "full", "dots"),
            f"model.remat={m.remat!r}: use none, full or dots")
     _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "relative", "alibi",

@@ -10,6 +10,7 @@ import pytest
 from conftest import TEST_XLA_FLAGS, tiny_config, write_config_file
 
 import llmjax
+from llmjax.configs import ConfigError
 from llmjax.train.loop import train_and_evaluate
 from llmjax.train.writer import read_metrics
 
@@ -114,6 +115,36 @@ def test_generate_is_reproducible_and_greedy_follows_the_logits(trained):
             break
         expected += run.tokenizer.decode([token])
     assert greedy == expected
+
+
+@pytest.mark.parametrize("option,expected", [
+    (dict(temperature=-1.0), "temperature=-1.0 must be >= 0"),
+    (dict(top_k=-3), "top_k=-3 must be >= 0"),
+    (dict(top_p=0.0), "top_p=0.0 must be in"),
+    (dict(beam_size=0), "beam_size=0 must be at least 1"),
+    (dict(max_new_tokens=0), "max_new_tokens=0 must be at least 1"),
+])
+def test_decoding_options_out_of_range_are_refused(trained, option, expected):
+    with pytest.raises(ConfigError, match=expected):
+        llmjax.load(trained).generate("abc", **option)
+
+
+def test_a_text_over_max_len_is_refused_but_a_long_prompt_keeps_its_end(trained):
+    run = llmjax.load(trained)  # model.max_len = 64
+    with pytest.raises(ConfigError, match="a text is 65 tokens long .* over model.max_len=64"):
+        run.logits(["a" * 64])  # <bos> + 64
+    # generate keeps the prompt's last max_len - max_new_tokens tokens
+    long_prompt = "cab" * 40
+    assert (run.generate(long_prompt, max_new_tokens=8, temperature=0.0)
+            == run.generate(long_prompt[-56:], max_new_tokens=8, temperature=0.0))
+
+
+def test_a_bad_generate_flag_is_one_cli_line(trained):
+    out = llmjax_cli("generate", f"--workdir={trained}", "--prompt=ab", "--top_p=1.5",
+                     check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "llmjax: error: top_p=1.5 must be in (0, 1] (1 = no nucleus filter)")
 
 
 def test_a_batch_of_prompts_decodes_as_each_prompt_alone(trained):

@@ -114,6 +114,8 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
      "No such compile option: 'xla_cpu_no_such_option'"),
     ({"parallel.compiler_options": "xla_cpu_enable_fast_math=maybe"}, "not a valid bool value"),
     ({"parallel.compiler_options": "xla_cpu_enable_fast_math"}, "is not name=value"),
+    ({"generate.top_p": 1.5}, r"top_p=1.5 must be in \(0, 1\]"),
+    ({"generate.top_k": -1}, "top_k=-1 must be >= 0"),
 ])
 def test_config_contradictions(overrides, expected):
     with pytest.raises(configs.ConfigError, match=expected):
