@@ -158,6 +158,20 @@ def test_same_seed_same_batches_and_hosts_read_disjoint_shards():
     assert not rows[0] & rows[1]
 
 
+def test_block_reads_return_every_record_in_order(tmp_path):
+    """iter_records reads READ_BLOCK keys per call; blocks must not skip, repeat or reorder."""
+    rows = [f"row {i}\t{i % 3}" for i in range(2 * sources.READ_BLOCK + 37)]
+    (tmp_path / "t.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    c = tiny_config(**{"data.validation_fraction": 0.0})
+    records = sources.open_split(f"tsv:{tmp_path}/t.tsv", "train", c)
+    assert [r["sentence"] for r in sources.iter_records(records)] == [
+        f"row {i}".encode() for i in range(len(rows))]
+    part = sources.shard_records(records, 1, 3)  # a host's block, offset into the split
+    assert ([r["sentence"] for r in sources.iter_records(part)]
+            == [part[i]["sentence"] for i in range(len(part))])
+    assert part[0]["sentence"] == f"row {len(rows) // 3}".encode()
+
+
 def test_eval_batches_pad_with_weightless_examples():
     c = tiny_config(**{"batch_size": 7})
     tok, _ = pipeline.get_tokenizer(c, None)

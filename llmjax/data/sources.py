@@ -10,7 +10,7 @@ are chunks of one, joined back here. Each host reads only its shard of the recor
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import ml_collections
@@ -121,6 +121,31 @@ class RecordSlice(Sequence):
             raise IndexError(i)
         return self.records[self.lo + i]
 
+    def __getitems__(self, keys: Sequence[int]) -> list[dict]:
+        if any(not 0 <= i < len(self) for i in keys):
+            raise IndexError(keys)
+        return _read_block(self.records, [self.lo + i for i in keys])
+
+
+# Records read per call when a whole split is read in order. A TFDS ArrayRecord source reads a
+# block of keys in one call ~6x faster than one key per call (SST-2's 67k rows: 15 s -> 2.5 s).
+READ_BLOCK = 1024
+
+
+def _read_block(records: Sequence[dict], keys: list[int]) -> list[dict]:
+    if hasattr(records, "__getitems__"):  # TFDS data sources (and RecordSlice)
+        try:
+            return list(records.__getitems__(keys))
+        except TypeError:  # tfds.testing.mock_data's sources lack a working __getitems__
+            pass
+    return [records[i] for i in keys]
+
+
+def iter_records(records: Sequence[dict]) -> Iterator[dict]:
+    """Every record of `records` in order, read READ_BLOCK at a time."""
+    for lo in range(0, len(records), READ_BLOCK):
+        yield from _read_block(records, list(range(lo, min(lo + READ_BLOCK, len(records)))))
+
 
 def shard_records(records: Sequence[dict], index: int, count: int) -> RecordSlice:
     """The index-th of `count` contiguous, disjoint blocks of records."""
@@ -143,8 +168,7 @@ def read_documents(records: Sequence[dict], text_column: str,
         raise DataError("the data split is empty; point data.source at non-empty data")
     docs: list[str] = []
     last_doc, chars = None, 0
-    for i in range(len(records)):
-        record = records[i]
+    for record in iter_records(records):
         text = column_text(record, text_column)
         doc = record.get("document")
         if doc is not None and doc == last_doc:

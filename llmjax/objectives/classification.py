@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from llmjax.data.packing import pack_pair
-from llmjax.data.sources import column_text, open_split
+from llmjax.data.sources import column_text, iter_records, open_split
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums, cross_entropy
@@ -48,8 +48,8 @@ class Classification(FineTuningTask):
         """Fills data.labels (from the training split) and model.num_classes."""
         if config.data.labels is None:
             records = open_split(config.data.source, config.data.train_split, config)
-            values = {column_text(records[i], config.data.label_column)
-                      for i in range(len(records))}
+            values = {column_text(record, config.data.label_column)
+                      for record in iter_records(records)}
             config.data.labels = ",".join(sorted(values, key=_label_order))
         config.model.num_classes = len(label_names(config))
 
@@ -62,8 +62,7 @@ class Classification(FineTuningTask):
         d = config.data
 
         def items():
-            for i in range(len(records)):
-                record = records[i]
+            for i, record in enumerate(iter_records(records)):
                 label = column_text(record, d.label_column).strip()
                 if label not in labels:
                     raise DataError(f"label {label!r} (record {i}) is not in the label set "

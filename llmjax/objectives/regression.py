@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llmjax.data.sources import column_text
+from llmjax.data.sources import column_text, iter_records
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums
@@ -50,8 +50,7 @@ class Regression(FineTuningTask):
         d = config.data
 
         def items():
-            for i in range(len(records)):
-                record = records[i]
+            for i, record in enumerate(iter_records(records)):
                 score = parse_score(column_text(record, d.label_column).strip(), i,
                                     d.label_column)
                 pair = column_text(record, d.text_pair_column) if d.text_pair_column else None

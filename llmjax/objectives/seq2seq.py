@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from llmjax.data.sources import column_text
+from llmjax.data.sources import column_text, iter_records
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums, cross_entropy
 from llmjax.objectives.pairs import ArrayExamples
@@ -62,9 +62,9 @@ def source_target_texts(records: Sequence[dict], config: ml_collections.ConfigDi
                         ) -> tuple[list[str], list[str]]:
     d = config.data
     sources, targets = [], []
-    for i in range(len(records)):
-        sources.append(column_text(records[i], d.source_column))
-        targets.append(column_text(records[i], d.target_column))
+    for record in iter_records(records):
+        sources.append(column_text(record, d.source_column))
+        targets.append(column_text(record, d.target_column))
     return sources, targets
 
 
@@ -80,9 +80,9 @@ class Seq2Seq:
         """Both sides, for one shared vocabulary (alternating, so a cut keeps both)."""
         texts, chars = [], 0
         d = config.data
-        for i in range(len(records)):
+        for record in iter_records(records):
             for column in (d.source_column, d.target_column):
-                texts.append(column_text(records[i], column))
+                texts.append(column_text(record, column))
                 chars += len(texts[-1])
             if chars >= limit_chars:
                 break
