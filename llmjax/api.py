@@ -129,15 +129,20 @@ class Run:
         types, _ = _pad([kinds for _, kinds in encoded], 0)
         return np.asarray(self._apply(_class_logits, tokens, types, segments), np.float64)
 
-    @staticmethod
-    def _texts_and_pairs(text: str | Sequence[str], text_pair: str | Sequence[str] | None
+    def _texts_and_pairs(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None
                          ) -> tuple[list[str], list[str | None]]:
         texts = [text] if isinstance(text, str) else list(text)
         if text_pair is None:
+            # a run trained on pairs has only seen pairs (an imported head's task is unknown)
+            pair_column = self.config.data.text_pair_column
+            if pair_column:
+                raise ConfigError(f"this run classifies text pairs (data.text_pair_column="
+                                  f"{pair_column!r}): give text_pair (--text_pair=TEXT)")
             return texts, [None] * len(texts)
         pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
         if len(pairs) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+            raise ConfigError(f"{len(texts)} texts but {len(pairs)} text pairs: give one pair "
+                              "per text")
         return texts, pairs
 
     def _apply(self, fn, *arrays: np.ndarray) -> jax.Array:

@@ -11,6 +11,7 @@ from test_cli import llmjax_cli
 
 import llmjax
 from llmjax import commands
+from llmjax.configs import ConfigError
 from llmjax.data.text_builder import DataError
 from llmjax.evaluation.metrics import pearson_from_moments
 from llmjax.train.loop import train_and_evaluate
@@ -77,6 +78,12 @@ def test_regression_learns_scores_and_predicts_them(tmp_path, capsys):
     pairs = texts[::-1]
     np.testing.assert_allclose(run.score(texts, pairs), [
         run.score(a, b) for a, b in zip(texts, pairs, strict=True)], atol=1e-5)
+    with pytest.raises(ConfigError, match="3 texts but 2 text pairs"):
+        run.score(texts, pairs[:2])
+    run.config.data.text_pair_column = "sentence2"  # as if trained on pairs
+    with pytest.raises(ConfigError, match="this run classifies text pairs .* give text_pair"):
+        run.score(texts)
+    run.config.data.text_pair_column = None
     capsys.readouterr()
     commands.eval(types.SimpleNamespace(workdir=str(tmp_path / "run"), step=None,
                                         config=run.config, split=None))  # `llmjax eval`
