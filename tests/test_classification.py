@@ -60,6 +60,35 @@ def test_pair_encoding_truncates_the_longer_part_first():
     assert types.tolist() == [0] * 6 + [1] * 3
 
 
+def test_examples_are_encoded_as_predict_encodes_each_text_pair(tmp_path):
+    """Training examples are tokenized a block at a time; each must equal encode_pair, which
+    predict uses on one text (pair)."""
+    from llmjax.data import sources
+
+    n = sources.READ_BLOCK + 5  # two blocks
+    rows = [f"a film {'very ' * (i % 9)}fine\tand a plot {'quite ' * (i % 7)}dull\t{i % 3}"
+            for i in range(n)]
+    (tmp_path / "pairs.tsv").write_text("s1\ts2\tlabel\n" + "\n".join(rows) + "\n")
+    c = tiny_config(**{"model.arch": "encoder", "objective": "classification",
+                       "data.source": f"tsv:{tmp_path}/pairs.tsv", "data.text_column": "s1",
+                       "data.text_pair_column": "s2", "data.validation_fraction": 0.0,
+                       "tokenizer.kind": "wordpiece", "tokenizer.vocab_size": 60,
+                       "seq_len": 12})
+    objective = get_objective("classification")
+    objective.resolve_config(c)
+    tok, _ = pipeline.get_tokenizer(c, None)
+    examples = pipeline.load_examples(c, tok, objective, c.data.source, "train", train=True,
+                                      shard=pipeline.HostShard())
+    batch = examples[np.arange(n)]
+    for i, row in enumerate(rows):
+        text, pair, label = row.split("\t")
+        tokens, types = encode_pair(tok, text, pair, c.seq_len)
+        assert batch["tokens"][i, :len(tokens)].tolist() == tokens.tolist()
+        assert batch["token_types"][i, :len(types)].tolist() == types.tolist()
+        assert batch["segment_ids"][i].sum() == len(tokens)
+        assert batch["label"][i] == int(label)
+
+
 @pytest.mark.slow
 def test_classifier_trains_from_scratch_and_reports_all_metrics(tsv, tmp_path):
     """~15 s. Measured: dev accuracy 1.0 after 150 steps (one word decides the label)."""

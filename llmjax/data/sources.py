@@ -141,10 +141,16 @@ def _read_block(records: Sequence[dict], keys: list[int]) -> list[dict]:
     return [records[i] for i in keys]
 
 
+def iter_record_blocks(records: Sequence[dict]) -> Iterator[tuple[int, list[dict]]]:
+    """(index of the first record, up to READ_BLOCK records), in order, covering `records`."""
+    for lo in range(0, len(records), READ_BLOCK):
+        yield lo, _read_block(records, list(range(lo, min(lo + READ_BLOCK, len(records)))))
+
+
 def iter_records(records: Sequence[dict]) -> Iterator[dict]:
     """Every record of `records` in order, read READ_BLOCK at a time."""
-    for lo in range(0, len(records), READ_BLOCK):
-        yield from _read_block(records, list(range(lo, min(lo + READ_BLOCK, len(records)))))
+    for _, block in iter_record_blocks(records):
+        yield from block
 
 
 def shard_records(records: Sequence[dict], index: int, count: int) -> RecordSlice:

@@ -25,7 +25,7 @@ from llmjax.objectives.pairs import (
     ArrayExamples,
     FineTuningTask,
     encode,
-    labelled_pairs,
+    encoded_pair_examples,
     padding_pair,
 )
 
@@ -59,22 +59,16 @@ class Classification(FineTuningTask):
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
         labels = {name: i for i, name in enumerate(label_names(config))}
-        d = config.data
 
-        def items():
-            for i, record in enumerate(iter_records(records)):
-                label = column_text(record, d.label_column).strip()
-                if label not in labels:
-                    raise DataError(f"label {label!r} (record {i}) is not in the label set "
-                                    f"{sorted(labels)}; an eval source needs labels from the "
-                                    "training set (unlabelled data, e.g. GLUE test, cannot be "
-                                    "evaluated)")
-                pair = column_text(record, d.text_pair_column) if d.text_pair_column else None
-                tokens, types = encode_pair(tokenizer, column_text(record, d.text_column), pair,
-                                            config.seq_len)
-                yield tokens, types, labels[label]
+        def parse_label(label: str, index: int) -> int:
+            if label not in labels:
+                raise DataError(f"label {label!r} (record {index}) is not in the label set "
+                                f"{sorted(labels)}; an eval source needs labels from the "
+                                "training set (unlabelled data, e.g. GLUE test, cannot be "
+                                "evaluated)")
+            return labels[label]
 
-        return labelled_pairs(items(), len(records), config.seq_len)
+        return encoded_pair_examples(records, tokenizer, config, parse_label)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         return padding_pair(seq_len)

@@ -4,10 +4,15 @@ what a fine-tuning task on the pooled state declares."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
+import ml_collections
 import numpy as np
+
+from llmjax.data.packing import pack_pair
+from llmjax.data.sources import column_text, iter_record_blocks
+from llmjax.data.tokenizers import Tokenizer
 
 
 class FineTuningTask:
@@ -39,6 +44,29 @@ class ArrayExamples:
     def padding_example(self) -> dict[str, np.ndarray]:
         """An all-zero example: with weights 0 it contributes nothing."""
         return {k: np.zeros(v.shape[1:], v.dtype) for k, v in self.arrays.items()}
+
+
+def encoded_pair_examples(records: Sequence[dict], tokenizer: Tokenizer,
+                          config: ml_collections.ConfigDict,
+                          parse_label: Callable[[str, int], float],
+                          label_dtype: type = np.int32) -> ArrayExamples:
+    """labelled_pairs of `records`: data.text_column (and data.text_pair_column) packed by
+    packing.pack_pair, the label `parse_label(label column text, record index)`. Records are
+    read and tokenized a block at a time (one batched tokenizer call per column)."""
+    d = config.data
+
+    def items():
+        for start, block in iter_record_blocks(records):
+            labels = [parse_label(column_text(r, d.label_column).strip(), start + j)
+                      for j, r in enumerate(block)]
+            firsts = tokenizer.encode_batch([column_text(r, d.text_column) for r in block])
+            seconds = (tokenizer.encode_batch([column_text(r, d.text_pair_column)
+                                               for r in block])
+                       if d.text_pair_column else [None] * len(block))
+            for a, b, label in zip(firsts, seconds, labels, strict=True):
+                yield (*pack_pair(a, b, config.seq_len, tokenizer), label)
+
+    return labelled_pairs(items(), len(records), config.seq_len, label_dtype)
 
 
 def labelled_pairs(items: Iterable[tuple[np.ndarray, np.ndarray, float]], count: int,

@@ -16,16 +16,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llmjax.data.sources import column_text, iter_records
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import MetricSums
-from llmjax.objectives.classification import encode_pair
 from llmjax.objectives.pairs import (
     ArrayExamples,
     FineTuningTask,
     encode,
-    labelled_pairs,
+    encoded_pair_examples,
     padding_pair,
 )
 
@@ -47,18 +45,9 @@ class Regression(FineTuningTask):
 
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
-        d = config.data
-
-        def items():
-            for i, record in enumerate(iter_records(records)):
-                score = parse_score(column_text(record, d.label_column).strip(), i,
-                                    d.label_column)
-                pair = column_text(record, d.text_pair_column) if d.text_pair_column else None
-                tokens, types = encode_pair(tokenizer, column_text(record, d.text_column), pair,
-                                            config.seq_len)
-                yield tokens, types, score
-
-        return labelled_pairs(items(), len(records), config.seq_len, np.float32)
+        column = config.data.label_column
+        return encoded_pair_examples(
+            records, tokenizer, config, lambda text, i: parse_score(text, i, column), np.float32)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         return padding_pair(seq_len, np.float32)
