@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 import llmjax
+from llmjax.configs import ConfigError
 from llmjax.convert import hf as convert
 from llmjax.decoding.sampling import sample
 
@@ -113,6 +114,13 @@ def test_gpt2_export_round_trip(gpt2_folder, tmp_path):
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
     assert_same_import(folder, tmp_path / "hf")
     assert (tmp_path / "hf" / "tokenizer.json").exists()
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")  # a Hugging Face folder: rewritten
+    assert_same_import(folder, tmp_path / "hf")
+    # an export never writes over a run (its config.json would become Hugging Face's)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="already holds .* is not a Hugging Face model folder"):
+        convert.export_workdir(tmp_path / "hf", tmp_path / "run")
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
 def test_a_hugging_face_folder_loads_directly(gpt2_folder, tmp_path):

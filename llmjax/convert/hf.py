@@ -234,9 +234,12 @@ def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
                    step: int | None = None) -> None:
     """Writes a run's parameters (latest checkpoint or `step`) as a Hugging Face folder that
     `transformers.AutoModel*.from_pretrained` loads, with its tokenizer when Hugging Face can
-    read it (tokenizer.json, spiece.model)."""
+    read it (tokenizer.json, spiece.model). An existing Hugging Face folder at `out` is
+    overwritten (as save_pretrained does); anything else there is refused, so an export never
+    writes over a run."""
     from llmjax import api
 
+    _check_export_target(epath.Path(out))
     run = api.load(workdir, step)
     hf_config, tensors = export_params(run.config, nnx.state(run.model, nnx.Param))
     tok = run.tokenizer
@@ -248,6 +251,17 @@ def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
         (out / "tokenizer.json").write_text(tok.hf.to_str())
     elif hasattr(tok, "proto"):
         (out / "spiece.model").write_bytes(tok.proto)
+
+
+def _check_export_target(out: epath.Path) -> None:
+    if not out.exists() or is_hf_folder(out):
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out={out} is a file: export into a directory")
+    held = sorted(p.name for p in out.iterdir())
+    if held:
+        raise ConfigError(f"--out={out} already holds {held[:4]} and is not a Hugging Face "
+                          "model folder (an llmjax run?): export into a new directory")
 
 
 # Model settings a fine-tuning config keeps when `init.hf_path` supplies the rest.
