@@ -121,6 +121,12 @@ def test_gpt2_export_round_trip(gpt2_folder, tmp_path):
     with pytest.raises(ConfigError, match="already holds .* is not a Hugging Face model folder"):
         convert.export_workdir(tmp_path / "hf", tmp_path / "run")
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+    # nor does an import (into the run, or into the Hugging Face folder itself)
+    for out in ("run", "hf"):
+        with pytest.raises(ConfigError, match=r"already holds \[.*convert into a new"):
+            convert.import_to_workdir(folder, tmp_path / out)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+    assert_same_import(folder, tmp_path / "hf")
 
 
 def test_a_hugging_face_folder_loads_directly(gpt2_folder, tmp_path):

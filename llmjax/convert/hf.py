@@ -214,11 +214,12 @@ def import_to_workdir(path: str | epath.Path, out: str | epath.Path,
     that `llmjax.load`, eval / generate and `init.workdir` accept. Returns its config."""
     from llmjax.train.checkpoint import Checkpointer
 
+    out = epath.Path(out)
+    occupied = _occupied(out)
+    if occupied:
+        raise ConfigError(f"--out={out} {occupied}: convert into a new (or empty) directory")
     config, params = import_folder(path, objective)
     tokenizer = folder_tokenizer(path, config)
-    out = epath.Path(out)
-    if (out / "checkpoints").exists():
-        raise ConfigError(f"{out} already holds checkpoints: convert into a new directory")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / "tokenizer")
     (out / "config.json").write_text(configs.to_json(config))
@@ -253,15 +254,22 @@ def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
         (out / "spiece.model").write_bytes(tok.proto)
 
 
-def _check_export_target(out: epath.Path) -> None:
-    if not out.exists() or is_hf_folder(out):
-        return
+def _occupied(out: epath.Path) -> str | None:
+    """Why `out` cannot take new files ('is a file', 'already holds [...]'); None if it is
+    absent or an empty directory."""
+    if not out.exists():
+        return None
     if not out.is_dir():
-        raise ConfigError(f"--out={out} is a file: export into a directory")
-    held = sorted(p.name for p in out.iterdir())
-    if held:
-        raise ConfigError(f"--out={out} already holds {held[:4]} and is not a Hugging Face "
-                          "model folder (an llmjax run?): export into a new directory")
+        return "is a file"
+    names = sorted(p.name for p in out.iterdir())
+    return f"already holds {names[:4]}" if names else None
+
+
+def _check_export_target(out: epath.Path) -> None:
+    occupied = None if is_hf_folder(out) else _occupied(out)
+    if occupied:
+        raise ConfigError(f"--out={out} {occupied} and is not a Hugging Face model folder (an "
+                          "llmjax run?): export into a new directory")
 
 
 # Model settings a fine-tuning config keeps when `init.hf_path` supplies the rest.
