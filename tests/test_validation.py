@@ -39,6 +39,8 @@ def data_files(d):
     (d / "a_file").write_text("not a directory")
     (d / "src.en").write_text("one\ntwo\nthree\n")
     (d / "tgt.de").write_text("eins\nzwei\n")
+    (d / "hf").mkdir(exist_ok=True)
+    (d / "hf" / "config.json").write_text('{"model_type": "gpt2"}')
 
 
 # Classification runs go to a new workdir (the victim would refuse another model first), which
@@ -68,6 +70,8 @@ CASES = {
     "bytes that are not UTF-8": (["--config.data.source=text:{victim}/latin1.txt"],
                                  "latin1.txt: bytes at offset 3 are not UTF-8"),
     "unwritable workdir": (["--workdir={victim}/a_file/run"], "is not writable"),
+    "workdir is a Hugging Face folder": (["--workdir={victim}/hf"],
+                                         "is a Hugging Face model folder: train into a new"),
     "parallel sides of different lengths": (
         ["--config.model.arch=encoder_decoder", "--config.objective=seq2seq",
          "--config.data.source=parallel:{victim}/src.en|{victim}/tgt.de", "--workdir={victim}/new"],

@@ -31,6 +31,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def prepare_workdir(workdir: epath.Path) -> None:
+    """Creates the workdir and checks that it is writable and not a Hugging Face folder."""
+    from llmjax.convert.hf import is_hf_folder
+
+    if is_hf_folder(workdir):  # training would replace its config.json with the run's
+        raise configs.ConfigError(
+            f"--workdir={workdir} is a Hugging Face model folder: train into a new directory "
+            f"(to fine-tune from it, set --config.init.hf_path={workdir})")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / f".write_test.{jax.process_index()}"  # hosts may share the workdir
