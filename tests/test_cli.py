@@ -72,6 +72,9 @@ def test_eval_command_reproduces_the_training_eval_and_records_it(trained):
     printed = json.loads(out.stdout)
     assert printed["step"] == 20
     assert printed["eval/loss"] == pytest.approx(before["eval/loss"], abs=1e-5)
+    assert set(printed) == set(before)  # the same metrics, the data's loss floor included
+    assert printed["eval/best_achievable_loss"] == pytest.approx(
+        before["eval/best_achievable_loss"], abs=1e-9)
     assert read_metrics(trained)[-1]["eval/loss"] == printed["eval/loss"]
     out = llmjax_cli("eval", f"--workdir={trained}", "--split=train[:10%]", "--step=10")
     printed = json.loads(out.stdout)
