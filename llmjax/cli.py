@@ -7,6 +7,7 @@ error), then calls library functions. eval/generate/predict read the run's confi
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -95,8 +96,6 @@ def _fail(message: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from llmjax import configs
-
     if len(argv) < 2 or argv[1] not in COMMANDS:
         _fail(f"usage: llmjax {{{'|'.join(COMMANDS)}}} --workdir=DIR [flags]; got {argv[1:2]}")
     command = argv[1]
@@ -113,17 +112,31 @@ def main(argv: list[str]) -> None:
         from llmjax import commands
 
         getattr(commands, command)(FLAGS)
-    except configs.ConfigError as e:
-        _fail(str(e))
-    except (FileNotFoundError, ValueError) as e:
-        from llmjax.data.text_builder import DataError
-        from llmjax.data.tokenizers import TokenizerMismatchError
-        from llmjax.train.checkpoint import ShapeMismatchError
+    except Exception as e:
+        message = _user_error(e)
+        if message is None:  # a bug, not bad input: keep the traceback
+            raise
+        _fail(message)
 
-        if isinstance(e, DataError | ShapeMismatchError | TokenizerMismatchError |
-                      FileNotFoundError):
-            _fail(str(e))
-        raise
+
+def _user_error(e: Exception) -> str | None:
+    """The one-line message of an error a user can fix (bad input, a full disk, a diverged
+    run); None for anything else."""
+    from llmjax import configs
+    from llmjax.data.text_builder import DataError
+    from llmjax.data.tokenizers import TokenizerMismatchError
+    from llmjax.train.checkpoint import CheckpointWriteError, ShapeMismatchError
+    from llmjax.train.loop import NonFiniteLossError
+
+    if isinstance(e, configs.ConfigError | DataError | ShapeMismatchError |
+                  TokenizerMismatchError | FileNotFoundError | CheckpointWriteError |
+                  NonFiniteLossError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{e.strerror} while writing {e.filename or 'a file'}: free disk space and run "
+                "the same command again (train resumes from its newest complete checkpoint, "
+                "which a failed write never touches)")
+    return None
 
 
 def run() -> None:

@@ -98,3 +98,18 @@ def test_a_full_disk_names_the_intact_checkpoint_and_loses_nothing(tmp_path, mon
     monkeypatch.delenv("LLMJAX_FAULTS")
     assert train_and_evaluate(c, tmp_path / "run")["eval/loss"] == \
         pytest.approx(train_and_evaluate(c, tmp_path / "full")["eval/loss"], abs=0)
+
+
+def test_the_cli_reports_a_full_disk_and_a_diverged_run_in_one_line(tmp_path):
+    """What a user sees: one line naming the intact checkpoint, no traceback."""
+    c = fault_config(**{"async_checkpointing": False})
+    for fault, expected in (("disk_full_at_step=8", "could not write the checkpoint of step 8"),
+                            ("nan_at_step=7", "non-finite training loss (nan)")):
+        out = _train_subprocess(c, tmp_path / fault.split("=")[0], fault)
+        assert out.returncode == 2, out.stderr[-2000:]
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"llmjax: error: {expected}"), last
+        assert "the last complete checkpoint is step 4" in last or \
+            "the last good checkpoint is step 4" in last
+        assert "Traceback" not in out.stderr
+
