@@ -122,6 +122,8 @@ def main(argv: list[str]) -> None:
 def _user_error(e: Exception) -> str | None:
     """The one-line message of an error a user can fix (bad input, a full disk, a diverged
     run); None for anything else."""
+    import jax
+
     from llmjax import configs
     from llmjax.data.text_builder import DataError
     from llmjax.data.tokenizers import TokenizerMismatchError
@@ -132,6 +134,12 @@ def _user_error(e: Exception) -> str | None:
                   TokenizerMismatchError | FileNotFoundError | CheckpointWriteError |
                   NonFiniteLossError):
         return str(e)
+    if isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(e):
+        reason = str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+        return (f"the device ran out of memory ({reason}): lower batch_size or seq_len, raise "
+                "optimizer.accumulation_steps (the same batch in smaller pieces), set "
+                "model.remat=full, or shard the state over more devices (parallel.mode=mesh, "
+                "parallel.mesh.fsdp)")
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"{e.strerror} while writing {e.filename or 'a file'}: free disk space and run "
                 "the same command again (train resumes from its newest complete checkpoint, "

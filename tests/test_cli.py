@@ -57,6 +57,26 @@ def test_bad_value_and_missing_data_are_clear_errors(tmp_path):
         "path (globs such as data/*.txt are allowed)")
 
 
+def test_errors_a_user_can_fix_are_one_line_and_bugs_keep_their_traceback():
+    """The CLI's triage (llmjax.cli._user_error), for errors that tests cannot cause on demand
+    (an allocation the machine refuses, a disk that fills outside a checkpoint)."""
+    import errno
+
+    import jax
+
+    from llmjax import cli
+
+    oom = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1234 bytes.")
+    assert cli._user_error(oom).startswith(
+        "the device ran out of memory (Out of memory allocating 1234 bytes.): lower batch_size")
+    full = OSError(errno.ENOSPC, "No space left on device", "/w/metrics.jsonl")
+    assert cli._user_error(full).startswith(
+        "No space left on device while writing /w/metrics.jsonl: free disk space")
+    for bug in (ValueError("a bug"), KeyError("x"), jax.errors.JaxRuntimeError("INTERNAL: x"),
+                OSError(errno.EIO, "I/O error")):
+        assert cli._user_error(bug) is None
+
+
 def test_config_argument_selects_variants():
     from configs import gpt  # noqa: PLC0415
 

@@ -16,6 +16,7 @@ import numpy as np
 from etils import epath
 
 from llmjax.data import sources
+from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from llmjax.objectives import Objective
 from llmjax.objectives.base import Examples
@@ -126,7 +127,7 @@ def _shard_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
                              config.data.train_split, train=True, shard=shard)
     n = len(examples)
     if n < batch_size:
-        raise ValueError(f"the training split gives {n} examples of seq_len={config.seq_len} in "
+        raise DataError(f"the training split gives {n} examples of seq_len={config.seq_len} in "
                          f"data shard {shard.index} of {shard.count}, fewer than one batch of "
                          f"{batch_size}: use more data, a smaller batch_size or a smaller seq_len")
     ds = (grain.MapDataset.range(n).shuffle(seed=config.seed).repeat(None)
