@@ -126,12 +126,12 @@ def _user_error(e: Exception) -> str | None:
 
     from llmjax import configs
     from llmjax.data.text_builder import DataError
-    from llmjax.data.tokenizers import TokenizerMismatchError
+    from llmjax.data.tokenizers import TokenizerFileError
     from llmjax.train.checkpoint import CheckpointWriteError, ShapeMismatchError
     from llmjax.train.loop import NonFiniteLossError
 
     if isinstance(e, configs.ConfigError | DataError | ShapeMismatchError |
-                  TokenizerMismatchError | FileNotFoundError | CheckpointWriteError |
+                  TokenizerFileError | FileNotFoundError | CheckpointWriteError |
                   NonFiniteLossError):
         return str(e)
     if isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(e):

@@ -9,7 +9,7 @@ from conftest import tiny_config
 
 from llmjax.configs import ConfigError
 from llmjax.data import pipeline
-from llmjax.data.tokenizers import load_tokenizer, train_tokenizer
+from llmjax.data.tokenizers import TokenizerFileError, load_tokenizer, train_tokenizer
 from llmjax.objectives import get_objective
 from llmjax.train.loop import train_and_evaluate
 
@@ -102,6 +102,10 @@ def test_tokenizer_json_without_a_mask_token(tmp_path):
 def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match="holding tokenizer.json, vocab.txt or spiece.model"):
+        load_tokenizer(tmp_path)
+    # a vocabulary without an unknown-token piece
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[CLS]\n[SEP]\nthe\ncat\n")
+    with pytest.raises(TokenizerFileError, match="has no unk token .* needs pad, bos, eos and unk"):
         load_tokenizer(tmp_path)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from etils import epath
 
-from llmjax.data.tokenizers import SPECIALS, Tokenizer
+from llmjax.data.tokenizers import SPECIALS, Tokenizer, TokenizerFileError
 
 MODEL_FILE = "spiece.model"
 _MAX_SENTENCE_CHARS = 4000  # sentencepiece skips longer training sentences: cut them
@@ -33,7 +33,8 @@ class SentencePieceTokenizer(Tokenizer):
         ids = {"pad": self.sp.pad_id(), "bos": self.sp.bos_id(), "eos": self.sp.eos_id(),
                "unk": self.sp.unk_id(), "mask": self.sp.piece_to_id("<mask>")}
         if ids["eos"] < 0 or ids["unk"] < 0:
-            raise ValueError("the SentencePiece model has no </s> or <unk> piece")
+            raise TokenizerFileError("the SentencePiece model has no </s> or <unk> piece; "
+                                     "llmjax needs both")
         if ids["pad"] < 0:
             ids["pad"] = ids["eos"]
         if ids["bos"] < 0:  # T5: the decoder starts from <pad>

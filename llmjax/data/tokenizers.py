@@ -32,6 +32,14 @@ _HF_SPECIAL_NAMES = {
 }
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer file that llmjax cannot use; the message names what is missing."""
+
+
+class TokenizerMismatchError(TokenizerFileError):
+    """A saved tokenizer that this llmjax version would read with other ids."""
+
+
 class Tokenizer:
     """Common interface; subclasses implement _encode_array, decode, vocab_size, _save."""
 
@@ -170,8 +178,9 @@ class HFTokenizer(Tokenizer):
             if role == "mask" or found:
                 setattr(self, f"{role}_id", found[0] if found else None)
             else:
-                raise ValueError(f"the tokenizer vocabulary has no {role} token (looked for "
-                                 f"{', '.join((ours, *names))})")
+                raise TokenizerFileError(f"the tokenizer vocabulary has no {role} token "
+                                         f"(looked for {', '.join((ours, *names))}); llmjax "
+                                         "needs pad, bos, eos and unk tokens")
 
     @property
     def special_ids(self) -> list[int]:
@@ -392,13 +401,9 @@ def load_tokenizer(directory: str | epath.Path, lowercase: bool = False) -> Toke
 
         tokenizer = SentencePieceTokenizer.load(directory, lowercase)
     else:
-        raise ValueError(f"{config_file}: unknown tokenizer kind {kind!r}")
+        raise TokenizerFileError(f"{config_file}: unknown tokenizer kind {kind!r}")
     _check_same_ids(tokenizer, config, config_file)
     return tokenizer
-
-
-class TokenizerMismatchError(ValueError):
-    """A saved tokenizer that this llmjax version would read with other ids."""
 
 
 def _check_same_ids(tokenizer: Tokenizer, saved: dict, config_file: epath.Path) -> None:
