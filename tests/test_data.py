@@ -172,6 +172,30 @@ def test_block_reads_return_every_record_in_order(tmp_path):
     assert part[0]["sentence"] == f"row {len(rows) // 3}".encode()
 
 
+def test_an_unreachable_download_host_fails_fast_with_the_offline_fix(tmp_path, monkeypatch):
+    """tfds alone would retry an unreachable URL for minutes without a word."""
+    import socket
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = socket.create_server(("127.0.0.1", 0))  # listening: reachable
+    sources.check_download_hosts([f"https://127.0.0.1:{server.getsockname()[1]}/a.txt"],
+                                 "tfds:x", "/d")
+    closed = server.getsockname()[1]
+    server.close()  # nothing listens there now: refused at once
+    with pytest.raises(DataError, match=rf"'tfds:x' is not prepared in /d and its download host "
+                                        rf"127.0.0.1:{closed} cannot be reached .* "
+                                        r"set data.tfds_data_dir=DIR"):
+        sources.check_download_hosts([f"https://127.0.0.1:{closed}/a.txt"], "tfds:x", "/d")
+    monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")  # downloads go through it
+    sources.check_download_hosts([f"https://127.0.0.1:{closed}/a.txt"], "tfds:x", "/d")
+    builder = tfds.builder("tiny_shakespeare", data_dir=str(tmp_path))
+    assert sources._download_is_real(builder)
+    with tfds.testing.mock_data(num_examples=1):
+        assert not sources._download_is_real(builder)  # mock_data downloads nothing
+
+
 def test_eval_batches_pad_with_weightless_examples():
     c = tiny_config(**{"batch_size": 7})
     tok, _ = pipeline.get_tokenizer(c, None)

@@ -9,8 +9,12 @@ are chunks of one, joined back here. Each host reads only its shard of the recor
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Iterator, Sequence
+import socket
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -60,11 +64,52 @@ def _prepared_builder(spec: str, config: ml_collections.ConfigDict) -> tfds.core
         except tfds.core.registered.DatasetNotFoundError as e:
             raise DataError(f"data source 'tfds:{arg}': {str(e).splitlines()[0]}") from None
         if not builder.is_prepared():
+            if _download_is_real(builder):
+                check_download_hosts(builder.url_infos or {}, spec, builder.data_dir)
             builder.download_and_prepare(file_format="array_record")
     else:
         raise DataError(f"data source {spec!r}: use generated, generated:reverse|sort|copy, "
                         "tfds:NAME[/CONFIG], text:GLOB, tsv:GLOB or parallel:SRC_GLOB|TGT_GLOB")
     return builder
+
+
+_TFDS_DOWNLOAD_AND_PREPARE = inspect.getattr_static(tfds.core.DatasetBuilder,
+                                                    "download_and_prepare")
+
+
+def _download_is_real(builder: tfds.core.DatasetBuilder) -> bool:
+    """False under tfds.testing.mock_data, which replaces download_and_prepare with a no-op
+    that downloads nothing (so there is no host to probe)."""
+    method = inspect.getattr_static(type(builder), "download_and_prepare")
+    return method is _TFDS_DOWNLOAD_AND_PREPARE
+
+# How long a catalog dataset's download host may take to accept a connection. Without the
+# probe, tfds retries an unreachable URL for many minutes without a word (10 retries, each
+# waiting for the system's connect timeout).
+DOWNLOAD_PROBE_SECONDS = 10.0
+
+
+def check_download_hosts(urls: Iterable[str], spec: str, data_dir: str) -> None:
+    """Raises DataError, with the offline fix, when a host of `urls` cannot be reached. Skipped
+    behind a proxy (tfds downloads through it; a direct probe would fail)."""
+    if urllib.request.getproxies():
+        return
+    for host, port in sorted({_host_and_port(url) for url in urls}):
+        try:
+            socket.create_connection((host, port), timeout=DOWNLOAD_PROBE_SECONDS).close()
+        except OSError as e:
+            name = spec.removeprefix("tfds:")
+            raise DataError(
+                f"data source {spec!r} is not prepared in {data_dir} and its download host "
+                f"{host}:{port} cannot be reached ({e}). Offline: prepare it where there is "
+                f"network access (`tfds build {name} --data_dir=DIR`, or this same command), "
+                "copy DIR here and set data.tfds_data_dir=DIR (or TFDS_DATA_DIR); or use "
+                "data.source=text:FILE") from None
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlparse(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _prepared_in_turn(prepare):
