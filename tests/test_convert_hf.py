@@ -147,6 +147,14 @@ def test_a_hugging_face_folder_loads_directly(gpt2_folder, tmp_path):
     assert out.stdout.rstrip("\n") == "The quick" + greedy
 
 
+def test_a_hub_name_is_not_downloaded_and_the_error_says_how(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"reads local folders only .* "
+                                                r"`hf download no-org/no-model --local-dir DIR`"):
+        convert.read_folder("no-org/no-model")
+    with pytest.raises(FileNotFoundError, match=r"model.safetensors or pytorch_model.bin\)$"):
+        convert.read_folder(tmp_path / "missing")  # a path, not a Hub name: no download hint
+
+
 def test_unknown_tensor_is_named(gpt2_folder, tmp_path):
     from safetensors.numpy import load_file, save_file
 

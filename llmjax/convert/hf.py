@@ -49,8 +49,13 @@ def read_folder(path: str | epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
     path = epath.Path(path)
     config_file = path / "config.json"
     if not config_file.exists():
+        hub_hint = ("; llmjax reads local folders only (no downloads): fetch a Hub model first, "
+                    f"e.g. `hf download {path} --local-dir DIR` (huggingface_hub)"
+                    if not path.exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(path))
+                    else "")
         raise FileNotFoundError(f"{config_file} does not exist: point at a Hugging Face model "
-                                "folder (config.json + model.safetensors or pytorch_model.bin)")
+                                "folder (config.json + model.safetensors or pytorch_model.bin)"
+                                f"{hub_hint}")
     hf_config = json.loads(config_file.read_text())
     safetensors_file, bin_file = path / "model.safetensors", path / "pytorch_model.bin"
     if safetensors_file.exists():
