@@ -285,6 +285,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
     last_step = config.num_train_steps if stop_at_step is None else min(
         stop_at_step, config.num_train_steps)
+    if start >= last_step:
+        logging.info("%s is already at step %d, the last to train here (num_train_steps=%d): "
+                     "nothing to do; raise num_train_steps to train further", workdir, start,
+                     config.num_train_steps)
     eval_metrics: dict[str, Any] = {}
     last_saved = start if start else None
     pending: list[dict] = []
