@@ -196,13 +196,13 @@ class Run:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         g = self.config.generate
         pick = lambda v, d: d if v is None else v  # noqa: E731
-        options = (pick(max_new_tokens, g.max_new_tokens),
-                   float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
-                   float(pick(top_p, g.top_p)), pick(seed, g.seed),
-                   int(pick(beam_size, g.beam_size)))
-        configs.check_generate_options(*options[:4], options[5])
+        max_new_tokens = int(pick(max_new_tokens, g.max_new_tokens))
+        temperature, top_p = float(pick(temperature, g.temperature)), float(pick(top_p, g.top_p))
+        top_k, beam_size = int(pick(top_k, g.top_k)), int(pick(beam_size, g.beam_size))
+        configs.check_generate_options(max_new_tokens, temperature, top_k, top_p, beam_size)
         decode = self._transduce if self.is_seq2seq else self._continue
-        outputs = decode(prompts, *options) if prompts else []
+        outputs = decode(prompts, max_new_tokens, temperature, top_k, top_p,
+                         pick(seed, g.seed), beam_size) if prompts else []
         return outputs[0] if isinstance(prompt, str) else outputs
 
     def _continue(self, prompts: list[str], max_new: int, temperature: float, top_k: int,

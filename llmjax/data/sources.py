@@ -83,6 +83,7 @@ def _download_is_real(builder: tfds.core.DatasetBuilder) -> bool:
     method = inspect.getattr_static(type(builder), "download_and_prepare")
     return method is _TFDS_DOWNLOAD_AND_PREPARE
 
+
 # How long a catalog dataset's download host may take to accept a connection. Without the
 # probe, tfds retries an unreachable URL for many minutes without a word (10 retries, each
 # waiting for the system's connect timeout).
