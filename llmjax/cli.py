@@ -97,7 +97,8 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        _fail(f"usage: llmjax {{{'|'.join(COMMANDS)}}} --workdir=DIR [flags]; got {argv[1:2]}")
+        _fail(f"usage: llmjax {{{'|'.join(COMMANDS)}}} --workdir=DIR [flags]; got {argv[1:2]} "
+              "(llmjax --help lists the commands and flags)")
     command = argv[1]
     if len(argv) > 2:
         _fail(f"unexpected arguments {argv[2:]}: flags take the form --name=value")
@@ -147,8 +148,28 @@ def _user_error(e: Exception) -> str | None:
     return None
 
 
+USAGE = """llmjax: train, evaluate, sample from and convert Transformer language models.
+
+  llmjax train    --config=configs/FILE.py[:k=v,k=v] --workdir=DIR [--config.a.b=v ...] [--stop_at_step=N]
+  llmjax eval     --workdir=DIR [--step=N] [--split=NAME] [--config.data.eval_source=...]
+  llmjax generate --workdir=DIR --prompt="..." [--max_new_tokens=N --temperature=T --top_k=K --top_p=P --beam_size=B --seed=S]
+  llmjax predict  --workdir=DIR --text="..." [--text_pair="..."]
+  llmjax convert  --from=hf --path=HF_DIR --out=WORKDIR | --to=hf --workdir=DIR --out=HF_DIR [--step=N]
+
+Every config key and its meaning: README.md, "Config reference".
+"""  # noqa: E501 (command lines read best unbroken)
+
+
+def _help_text() -> str:
+    """USAGE and this module's flags, as `--help` prints them (absl shows the __main__
+    module's docstring, then that module's flags: a console script has neither)."""
+    return f"{USAGE}\nflags:\n{FLAGS.module_help(sys.modules[__name__])}"
+
+
 def run() -> None:
     """Console-script entry point."""
+    # absl formats the docstring with %: escape the literal ones
+    sys.modules["__main__"].__doc__ = _help_text().replace("%", "%%")
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -77,6 +77,19 @@ def test_errors_a_user_can_fix_are_one_line_and_bugs_keep_their_traceback():
         assert cli._user_error(bug) is None
 
 
+def test_help_lists_every_command_and_flag():
+    from llmjax import cli
+
+    out = llmjax_cli("--help", check=False)  # absl's --help exits 1
+    for command in cli.COMMANDS:
+        assert f"  llmjax {command} " in out.stdout
+    for name in ("workdir", "config", "stop_at_step", "top_p", "text_pair", "from", "to",
+                 "coordinator_address"):
+        assert f"--{name}" in out.stdout or f"--[no]{name}" in out.stdout, name
+    out = llmjax_cli(check=False)
+    assert out.returncode == 2 and "llmjax --help lists the commands" in out.stderr
+
+
 def test_config_argument_selects_variants():
     from configs import gpt  # noqa: PLC0415
 
