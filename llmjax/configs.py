@@ -308,9 +308,50 @@ def check_generate_options(max_new_tokens: int, temperature: float, top_k: int, 
     _check(beam_size >= 1, f"beam_size={beam_size} must be at least 1 (1 = no beam search)")
 
 
+_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+_OPEN_FRACTION = (lambda v: 0 < v < 1, "in (0, 1)")
+# The range of every numeric key that has one (None, a placeholder's unset value, is allowed).
+_RANGES = {
+    **dict.fromkeys(("num_train_steps", "log_every_steps", "eval_every_steps",
+                     "checkpoint_every_steps", "batch_size", "seq_len", "target_seq_len",
+                     "max_checkpoints_to_keep", "model.num_layers", "model.num_encoder_layers",
+                     "model.num_decoder_layers", "model.num_heads", "model.head_dim",
+                     "model.emb_dim", "model.mlp_dim", "model.max_len", "model.vocab_size",
+                     "model.num_classes", "model.relative_buckets",
+                     "model.relative_max_distance", "tokenizer.vocab_size",
+                     "optimizer.accumulation_steps", "optimizer.decay_steps",
+                     "data.tokenizer_sample_chars", "data.mean_noise_span_length",
+                     "data.generated.alphabet_size", "data.generated.train_documents",
+                     "data.generated.eval_documents", "data.generated.max_pair_length"),
+                    _AT_LEAST_1),
+    **dict.fromkeys(("model.rotary_base", "peak_flops_per_device",
+                     "data.generated.concentration"), _POSITIVE),
+    **dict.fromkeys(("optimizer.learning_rate", "optimizer.end_learning_rate",
+                     "optimizer.warmup_steps",
+                     "optimizer.weight_decay", "optimizer.eps", "optimizer.grad_clip_norm",
+                     "model.norm_epsilon", "eval_steps", "eval_decode_examples", "eval_samples",
+                     "data.prefetch_batches", "data.train_window_stride",
+                     "tokenizer.extra_ids", "data.generated.order"), _NON_NEGATIVE),
+    **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
+                     "model.attention_dropout_rate", "data.validation_fraction"), _FRACTION),
+    **dict.fromkeys(("data.noise_density", "data.generated.end_probability"), _OPEN_FRACTION),
+}
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    values = dict(flatten(config))
+    for key, (within, allowed) in _RANGES.items():
+        value = values.get(key)
+        _check(value is None or within(value), f"{key}={value!r} must be {allowed}")
+
+
 def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> None:
     """Raises ConfigError for contradictions, before anything is compiled or written."""
     check_keys(config)
+    _check_ranges(config)
     m, o = config.model, config.optimizer
     _check(m.arch in OBJECTIVES_BY_ARCH, f"model.arch={m.arch!r}: use one of "
            f"{sorted(OBJECTIVES_BY_ARCH)}")
@@ -344,9 +385,6 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.batch_size % shards == 0,
            f"batch_size={config.batch_size} is not divisible by data.shards={shards}: use a "
            f"multiple of {shards}")
-    for key in ("num_train_steps", "log_every_steps", "eval_every_steps",
-                "checkpoint_every_steps", "batch_size", "seq_len"):
-        _check(config[key] > 0, f"{key}={config[key]} must be positive")
     _check(o.schedule in ("cosine", "linear", "constant"),
            f"optimizer.schedule={o.schedule!r}: use cosine, linear or constant")
     _check(config.parallel.mode in ("single", "pmap", "mesh"),

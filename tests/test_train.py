@@ -159,8 +159,8 @@ def test_writing_tensorboard_events_does_not_import_torch(tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     c = tiny_config()
     train_and_evaluate(c, tmp_path, stop_at_step=10)
-    c.optimizer.learning_rate = float("nan")
-    # update 11 applies a NaN learning rate, so update 12 is the first with a NaN loss
+    c.optimizer.learning_rate = float("inf")  # in range (>= 0), and diverges at once
+    # update 11 applies an infinite learning rate, so update 12 is the first with a NaN loss
     with pytest.raises(NonFiniteLossError, match=r"at step 12; the last good checkpoint is "
                        r"step 10"):
         train_and_evaluate(c, tmp_path)

@@ -121,8 +121,31 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"parallel.compiler_options": "xla_cpu_enable_fast_math=maybe"}, "not a valid bool value"),
     ({"parallel.compiler_options": "xla_cpu_enable_fast_math"}, "is not name=value"),
     ({"generate.top_p": 1.5}, r"top_p=1.5 must be in \(0, 1\]"),
+    ({"optimizer.learning_rate": -1e-3}, "optimizer.learning_rate=-0.001 must be >= 0"),
+    ({"optimizer.accumulation_steps": 0}, "optimizer.accumulation_steps=0 must be at least 1"),
+    ({"model.num_heads": 0}, "model.num_heads=0 must be at least 1"),
+    ({"optimizer.b2": 1.0}, r"optimizer.b2=1.0 must be in \[0, 1\)"),
+    ({"model.dropout_rate": 1.0}, r"model.dropout_rate=1.0 must be in \[0, 1\)"),
+    ({"data.noise_density": 0.0}, r"data.noise_density=0.0 must be in \(0, 1\)"),
     ({"generate.top_k": -1}, "top_k=-1 must be >= 0"),
 ])
 def test_config_contradictions(overrides, expected):
     with pytest.raises(configs.ConfigError, match=expected):
         configs.validate(tiny_config(**overrides))
+
+
+def test_every_ranged_key_exists_and_the_shipped_configs_are_in_range():
+    """A misspelt key in the range table would never be checked."""
+    import importlib.util
+    import pathlib
+
+    valid = dict(configs.flatten(configs.base_config()))
+    assert set(configs._RANGES) <= set(valid)
+    root = pathlib.Path(ROOT)
+    for path in [*sorted((root / "configs").glob("*.py")),
+                 root / "experiments/shakespeare_char/config.py"]:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        configs._check_ranges(module.get_config(None))
+
