@@ -69,6 +69,10 @@ def test_errors_a_user_can_fix_are_one_line_and_bugs_keep_their_traceback():
     oom = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1234 bytes.")
     assert cli._user_error(oom).startswith(
         "the device ran out of memory (Out of memory allocating 1234 bytes.): lower batch_size")
+    from llmjax.train.loop import NonFiniteLossError
+
+    diverged = NonFiniteLossError("non-finite training loss (nan) at step 7; ...")
+    assert cli._user_error(diverged) == str(diverged)
     full = OSError(errno.ENOSPC, "No space left on device", "/w/metrics.jsonl")
     assert cli._user_error(full).startswith(
         "No space left on device while writing /w/metrics.jsonl: free disk space")

@@ -196,6 +196,13 @@ def test_an_unreachable_download_host_fails_fast_with_the_offline_fix(tmp_path, 
         assert not sources._download_is_real(builder)  # mock_data downloads nothing
 
 
+def test_fewer_examples_than_one_batch_is_a_data_error():
+    c = tiny_config(**{"batch_size": 65536})  # ~30k training windows
+    tok, _ = pipeline.get_tokenizer(c, None)
+    with pytest.raises(DataError, match="fewer than one batch of 65536: use more data"):
+        pipeline.train_dataset(c, tok, get_objective("causal_lm"))
+
+
 def test_eval_batches_pad_with_weightless_examples():
     c = tiny_config(**{"batch_size": 7})
     tok, _ = pipeline.get_tokenizer(c, None)

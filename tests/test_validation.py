@@ -60,8 +60,6 @@ CASES = {
                                     "but model.vocab_size=8"),
     "init from another architecture": ([*ENCODER, "--config.init.workdir={victim}/run"],
                                        "is a model.arch='decoder' run"),
-    "fewer examples than one batch": (["--config.batch_size=65536"],
-                                      "fewer than one batch of 65536"),
     "missing data": (["--config.data.source=text:{victim}/nothing/*.txt"], "matches no file"),
     "empty data": (["--config.data.source=text:{victim}/empty.txt"], "empty"),
     "tsv row with wrong fields": ([*ENCODER, "--config.data.source=tsv:{victim}/bad.tsv"],
