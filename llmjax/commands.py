@@ -25,7 +25,7 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
 
     from llmjax import api
     from llmjax.data import pipeline
-    from llmjax.evaluation.evaluator import evaluate
+    from llmjax.evaluation.evaluator import evaluate, loss_floor
     from llmjax.objectives import get_objective
     from llmjax.train.parallel import Parallel
 
@@ -40,10 +40,9 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
                         compiler_options=configs.parse_compiler_options(
                             config.parallel.compiler_options))
     metrics = evaluate(parallel, params, batches)
-    if hasattr(objective, "loss_floor"):  # as in training: known for the generated language
-        floor = objective.loss_floor(config, run.tokenizer, batches)
-        if floor is not None:
-            metrics["best_achievable_loss"] = floor
+    floor = loss_floor(objective, config, run.tokenizer, batches)
+    if floor is not None:
+        metrics["best_achievable_loss"] = floor
     if getattr(objective, "decodes", False):  # seq2seq: BLEU and exact match
         from llmjax.evaluation.decoding import DecodingEval
 

@@ -16,3 +16,14 @@ def evaluate(parallel, params: Any, batches: list[dict[str, np.ndarray]]) -> dic
     host_sums = [jax.device_get(parallel.unreplicate_metrics(s)) for s in device_sums]
     total = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0), *host_sums)
     return finalize(total, parallel.loss_terms)
+
+
+def loss_floor(objective, config, tokenizer, batches: list[dict[str, np.ndarray]]
+               ) -> float | None:
+    """The best achievable eval loss over `batches`, where the objective knows it for the
+    data (the generated language), else None: `eval/best_achievable_loss` in training and in
+    `llmjax eval` alike."""
+    if not hasattr(objective, "loss_floor"):
+        return None
+    return objective.loss_floor(config, tokenizer, batches)
+

@@ -17,7 +17,7 @@ from flax import nnx
 
 from llmjax import configs
 from llmjax.data import pipeline
-from llmjax.evaluation.evaluator import evaluate
+from llmjax.evaluation.evaluator import evaluate, loss_floor
 from llmjax.objectives import get_objective
 from llmjax.train import checkpoint, faults, flops, optim
 from llmjax.train import state as state_lib
@@ -223,11 +223,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         if not (workdir / "tokenizer" / "tokenizer_config.json").exists():
             tokenizer.save(workdir / "tokenizer")
         (workdir / "config.json").write_text(configs.to_json(config))
-    floor = None
-    if hasattr(objective, "loss_floor"):  # known only for some data (the generated language)
-        floor = objective.loss_floor(config, tokenizer, eval_data)
-        if floor is not None:
-            logging.info("best achievable eval loss on this data: %.4f nats/token", floor)
+    floor = loss_floor(objective, config, tokenizer, eval_data)
+    if floor is not None:
+        logging.info("best achievable eval loss on this data: %.4f nats/token", floor)
 
     # A fresh mesh run needs only shapes here: its state is created already sharded.
     sharded_init = mode == "mesh" and not (config.init.workdir or config.init.hf_path)
