@@ -63,7 +63,7 @@ class Run:
         """[batch, length, emb_dim]; position 0 is <bos>, padding positions are zero. For an
         encoder-decoder: the encoder's output over text + <eos>."""
         tokens, segments = self._sources(texts) if self.is_seq2seq else self._batch(texts)
-        h = self._apply(_hidden_states, tokens, segments)
+        h = self._apply(_hidden_states, tokens, segments, positions=tokens.shape[1])
         return np.asarray(h, np.float32) * segments[..., None]
 
     def logits(self, texts: Sequence[str], targets: Sequence[str] | None = None) -> np.ndarray:
@@ -71,11 +71,13 @@ class Run:
         encoder-decoder, `texts` are the sources and the decoder reads <bos> + `targets`
         (default: just <bos>)."""
         if not self.is_seq2seq:
-            return np.asarray(self._apply(_lm_logits, *self._batch(texts)))
+            tokens, segments = self._batch(texts)
+            return np.asarray(self._apply(_lm_logits, tokens, segments,
+                                          positions=tokens.shape[1]))
         sources, source_segments = self._sources(texts)
         decoder, decoder_segments = self._batch(targets or [""] * len(texts))
         return np.asarray(self._apply(_seq2seq_logits, sources, decoder, source_segments,
-                                      decoder_segments))
+                                      decoder_segments, positions=decoder.shape[1]))
 
     def log_likelihood(self, texts: Sequence[str], continuations: Sequence[str] | None = None
                        ) -> np.ndarray:
@@ -145,11 +147,19 @@ class Run:
                               "per text")
         return texts, pairs
 
-    def _apply(self, fn, *arrays: np.ndarray) -> jax.Array:
-        """fn(model, *arrays), jitted: one compiled program per shape instead of every op
-        dispatched (and compiled) on its own."""
+    def _apply(self, fn, *arrays: np.ndarray, positions: int | None = None) -> np.ndarray:
+        """fn(model, *arrays) for arrays [B, L] (right-padded, segment 0 = padding), jitted.
+        The arrays are grown to bucket sizes first, so one compiled program serves many batch
+        sizes and lengths; the outputs are cut back to B rows (and, for outputs per position,
+        to `positions`)."""
         graphdef, params = nnx.split(self.model)
-        return _jitted_apply(fn, graphdef, params, *(jnp.asarray(a) for a in arrays))
+        rows = arrays[0].shape[0]
+        grown = [_grow(a, _bucket(rows), self._length_bucket(a.shape[1]), 0) for a in arrays]
+        out = np.asarray(_jitted_apply(fn, graphdef, params, *(jnp.asarray(a) for a in grown)))
+        return out[:rows] if positions is None else out[:rows, :positions]
+
+    def _length_bucket(self, length: int) -> int:
+        return _bucket(length, smallest=16, cap=self.config.model.max_len)
 
     @property
     def predicts_scores(self) -> bool:
@@ -212,6 +222,12 @@ class Run:
         ids = [np.concatenate([[self.tokenizer.bos_id], self.tokenizer.encode_array(p)])[-keep:]
                for p in prompts]
         tokens, valid = _pad(ids, self.tokenizer.pad_id, left=True)
+        # A longer bucket only where the decoded tokens still fit after it.
+        length = tokens.shape[1]
+        length = min(self._length_bucket(length),
+                     max(self.config.model.max_len - max_new, length))
+        tokens = _grow(tokens, _bucket(len(prompts)), length, self.tokenizer.pad_id, left=True)
+        valid = _grow(valid, _bucket(len(prompts)), length, 0, left=True)
         total = min(tokens.shape[1] + max_new, self.config.model.max_len)
         max_new = total - tokens.shape[1]
         if max_new <= 0:
@@ -226,7 +242,7 @@ class Run:
             new = _generate(graphdef, params, tokens, valid, total, max_new,
                             jax.random.PRNGKey(seed), temperature, top_k, top_p,
                             self.tokenizer.eos_id)
-        return [self.tokenizer.decode_output(row) for row in np.asarray(new)]
+        return [self.tokenizer.decode_output(row) for row in np.asarray(new)[:len(prompts)]]
 
     def _transduce(self, sources: list[str], max_new: int, temperature: float, top_k: int,
                    top_p: float, seed: int, beam_size: int) -> list[str]:
@@ -234,6 +250,9 @@ class Run:
         from llmjax.decoding.encoder_decoder import decode
 
         inputs, segments = self._sources(sources)
+        rows, length = _bucket(len(sources)), self._length_bucket(inputs.shape[1])
+        inputs = _grow(inputs, rows, length, self.tokenizer.pad_id)
+        segments = _grow(segments, rows, length, 0)
         max_new = max(min(max_new, self.config.model.max_len - 1), 1)
         graphdef, params = nnx.split(self.model)
         tokens = decode(graphdef, params, jnp.asarray(inputs), jnp.asarray(segments),
@@ -242,7 +261,7 @@ class Run:
                         bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
                         pad_id=self.tokenizer.pad_id, temperature=temperature, top_k=top_k,
                         top_p=top_p)
-        return [self.tokenizer.decode_output(row) for row in np.asarray(tokens)]
+        return [self.tokenizer.decode_output(row) for row in np.asarray(tokens)[:len(sources)]]
 
 
 def _pad(rows: Sequence[np.ndarray], pad_value: int, left: bool = False
@@ -256,6 +275,25 @@ def _pad(rows: Sequence[np.ndarray], pad_value: int, left: bool = False
         span = slice(length - len(row), length) if left else slice(0, len(row))
         tokens[i, span], valid[i, span] = row, 1
     return tokens, valid
+
+
+def _bucket(n: int, smallest: int = 1, cap: int | None = None) -> int:
+    """The size `n` is padded to: the next power of two >= max(n, smallest), at most `cap`
+    but never below n. A handful of sizes means a handful of compiled programs."""
+    size = max(smallest, 1 << (n - 1).bit_length())
+    return max(n, size if cap is None else min(size, cap))
+
+
+def _grow(array_BxL: np.ndarray, rows: int, length: int, fill: int, left: bool = False
+          ) -> np.ndarray:
+    """`array_BxL` grown to [rows, length]: new positions hold `fill` (on the right, or on the
+    left), new rows repeat row 0, so they compute nothing degenerate; their outputs are
+    dropped."""
+    b, current = array_BxL.shape
+    grown = np.full((b, length), fill, array_BxL.dtype)
+    span = slice(length - current, length) if left else slice(0, current)
+    grown[:, span] = array_BxL
+    return np.concatenate([grown, np.repeat(grown[:1], rows - b, axis=0)])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -10,7 +10,7 @@ from conftest import tiny_config
 from test_cli import llmjax_cli
 
 import llmjax
-from llmjax import commands
+from llmjax import api, commands
 from llmjax.configs import ConfigError
 from llmjax.data.text_builder import DataError
 from llmjax.evaluation.metrics import pearson_from_moments
@@ -75,9 +75,12 @@ def test_regression_learns_scores_and_predicts_them(tmp_path, capsys):
     assert high == pytest.approx(3.0, abs=0.6) and low == pytest.approx(0.0, abs=0.6)
     texts = ["the plot was a movie", "superb great fine story", "fine"]  # one padded batch
     np.testing.assert_allclose(run.score(texts), [run.score(t) for t in texts], atol=1e-5)
+    compiled = api._jitted_apply._cache_size()
     pairs = texts[::-1]
     np.testing.assert_allclose(run.score(texts, pairs), [
         run.score(a, b) for a, b in zip(texts, pairs, strict=True)], atol=1e-5)
+    # inputs are padded to bucket sizes: other lengths and batch sizes reuse those programs
+    assert api._jitted_apply._cache_size() == compiled
     with pytest.raises(ConfigError, match="3 texts but 2 text pairs"):
         run.score(texts, pairs[:2])
     run.config.data.text_pair_column = "sentence2"  # as if trained on pairs
