@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices (set before jax is imported), faster-compiling XLA flags, a
 private TFDS data dir, a session-wide JAX compilation cache, and tiny configs."""
 
+import functools
 import os
 
 # The tests compile far more than they run: LLVM at -O1 instead of XLA's default -O2 compiled
@@ -47,6 +48,27 @@ def tiny_config(**overrides):
     c.async_checkpointing = False
     c.peak_flops_per_device = 1e12
     return apply_overrides(c, overrides)
+
+
+def jitted(model, method: str = "__call__"):
+    """`model.<method>` as one jitted function of its (array or None) arguments. Called
+    eagerly, a model compiles every op on its own for every new input shape (a decoder test
+    took 35 s that way); the training and decoding code runs jitted anyway."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    return lambda *args, **kwargs: _method_caller()(graphdef, method, state, args, kwargs)
+
+
+@functools.cache
+def _method_caller():
+    import jax
+    from flax import nnx
+
+    def call(graphdef, method, state, args, kwargs):
+        return getattr(nnx.merge(graphdef, state), method)(*args, **kwargs)
+
+    return jax.jit(call, static_argnums=(0, 1))
 
 
 def write_config_file(config, path: pathlib.Path) -> pathlib.Path:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import jitted
 from flax import nnx
 
 from llmjax.models import Decoder, EncoderDecoder, ModelConfig
@@ -39,20 +40,21 @@ SEG = jnp.array([[1] * 5 + [2] * 4 + [0] * 3, [1] * 12])  # packed + padded, and
     pytest.param(dict(position_embedding="alibi", embed_norm=True), marks=pytest.mark.slow)])
 def test_decoder_xla_attention_equals_einsum(kw):
     reference, other = pair(Decoder, "xla", **kw)
+    forward, forward_xla, decode_xla = jitted(reference), jitted(other), jitted(other, "decode")
     toks = tokens((2, 12))
-    np.testing.assert_allclose(other(toks, segment_ids=SEG), reference(toks, segment_ids=SEG),
+    np.testing.assert_allclose(forward_xla(toks, segment_ids=SEG), forward(toks, segment_ids=SEG),
                                atol=2e-5)
     # and with a KV cache, one token at a time
     cache = other.init_cache(2, 12)
     steps = []
     for t in range(12):
-        logits, cache = other.decode(toks[:, t:t + 1], cache)
+        logits, cache = decode_xla(toks[:, t:t + 1], cache)
         steps.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), reference(toks), atol=2e-5)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), forward(toks), atol=2e-5)
 
 
 def test_encoder_xla_attention_equals_einsum():
-    reference, other = pair(Encoder, "xla", causal=False, norm_position="post")
+    reference, other = map(jitted, pair(Encoder, "xla", causal=False, norm_position="post"))
     toks = tokens((2, 12))
     np.testing.assert_allclose(other(toks, segment_ids=SEG), reference(toks, segment_ids=SEG),
                                atol=2e-5)
@@ -61,8 +63,8 @@ def test_encoder_xla_attention_equals_einsum():
 @pytest.mark.parametrize("position", ["relative",
                                       pytest.param("learned", marks=pytest.mark.slow)])
 def test_encoder_decoder_xla_attention_equals_einsum(position):
-    reference, other = pair(EncoderDecoder, "xla", position_embedding=position,
-                            num_decoder_layers=3)
+    reference, other = map(jitted, pair(EncoderDecoder, "xla", position_embedding=position,
+                                        num_decoder_layers=3))
     source, target = tokens((2, 12), 1), tokens((2, 7), 2)
     source_seg = jnp.array([[1] * 12, [1] * 8 + [0] * 4])
     np.testing.assert_allclose(other(source, target, segment_ids=source_seg),
@@ -87,7 +89,7 @@ def test_cudnn_attention_matches_einsum_in_bfloat16():
 def test_bfloat16_compute_stays_close_to_float32():
     """bfloat16 matmuls (float32 params, norms, softmax and accumulation) change the logits by
     about bfloat16's precision, not more."""
-    reference, other = (Decoder(ModelConfig(**BASE, dtype=dtype), rngs=nnx.Rngs(0))
+    reference, other = (jitted(Decoder(ModelConfig(**BASE, dtype=dtype), rngs=nnx.Rngs(0)))
                         for dtype in ("float32", "bfloat16"))
     toks = tokens((2, 12))
     want = np.asarray(reference(toks, segment_ids=SEG))

@@ -52,15 +52,19 @@ def test_beam_size_one_equals_greedy_on_a_model():
     model = EncoderDecoder(cfg, rngs=nnx.Rngs(3))
     source = jnp.asarray(np.random.RandomState(0).randint(5, 30, (4, 7)), jnp.int32)
     seg = jnp.ones_like(source)
-    encoded = model.encode(source, segment_ids=seg)
     prompt = jnp.full((4, 1), 1, jnp.int32)
-    for eos in (7,):  # greedy == beam 1, rows that reach <eos> or not
-        cache = model.init_cache(encoded, seg, 12)
+
+    @jax.jit  # one program each (run eagerly, every op would compile on its own)
+    def greedy_and_beam(source, seg):
+        cache = model.init_cache(model.encode(source, segment_ids=seg), seg, 12)
         greedy = sample(model.decode_step, prompt, jnp.ones_like(prompt), cache,
-                        jax.random.PRNGKey(0), max_new_tokens=10, eos_id=eos, temperature=0.0)
+                        jax.random.PRNGKey(0), max_new_tokens=10, eos_id=7, temperature=0.0)
         beam, _ = beam_search(model.decode_step, prompt, repeat_for_beams(cache, 1),
-                              beam_size=1, max_new_tokens=10, eos_id=eos, alpha=0.0)
-        np.testing.assert_array_equal(beam, greedy)
+                              beam_size=1, max_new_tokens=10, eos_id=7, alpha=0.0)
+        return greedy, beam
+
+    greedy, beam = greedy_and_beam(source, seg)  # rows that reach <eos> (7) and rows that do not
+    np.testing.assert_array_equal(beam, greedy)
 
 
 def test_wide_beam_matches_exhaustive_search():

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import jitted
 from flax import nnx
 
 from llmjax.models import ModelConfig
@@ -33,7 +34,7 @@ def test_every_position_sees_every_other():
 
 
 def test_padding_does_not_change_real_positions():
-    enc = Encoder(CFG, rngs=nnx.Rngs(0))
+    enc = jitted(Encoder(CFG, rngs=nnx.Rngs(0)))
     toks = tokens((1, 6))
     types = jnp.array([[0, 0, 0, 1, 1, 1]])
     alone = enc(toks, token_types=types)
@@ -43,7 +44,7 @@ def test_padding_does_not_change_real_positions():
 
 
 def test_token_types_change_the_output():
-    enc = Encoder(CFG, rngs=nnx.Rngs(0))
+    enc = jitted(Encoder(CFG, rngs=nnx.Rngs(0)))
     toks = tokens((1, 6))
     a = enc(toks, token_types=jnp.zeros((1, 6), jnp.int32))
     b = enc(toks, token_types=jnp.ones((1, 6), jnp.int32))

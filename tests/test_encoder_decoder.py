@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import jitted
 from flax import nnx
 
 from llmjax.models import EncoderDecoder, ModelConfig
@@ -26,23 +27,24 @@ def tokens(shape, seed=0):
     pytest.param("sinusoidal", marks=pytest.mark.slow)])
 def test_cached_decoding_equals_full_recompute(position):
     model = make(position_embedding=position)
+    decode_step = jitted(model, "decode_step")
     source = tokens((2, 9), 1)
     source_seg = jnp.array([[1] * 9, [1] * 6 + [0] * 3])  # the second source is padded
     target = tokens((2, 7), 2)
-    full = model(source, target, segment_ids=source_seg)
-    encoded = model.encode(source, segment_ids=source_seg)
+    full = jitted(model)(source, target, segment_ids=source_seg)
+    encoded = jitted(model, "encode")(source, segment_ids=source_seg)
     cache = model.init_cache(encoded, source_seg, max_len=12)
     # the first three tokens at once, then one at a time
-    logits, cache = model.decode_step(target[:, :3], cache)
+    logits, cache = decode_step(target[:, :3], cache)
     steps = [logits]
     for t in range(3, 7):
-        logits, cache = model.decode_step(target[:, t:t + 1], cache)
+        logits, cache = decode_step(target[:, t:t + 1], cache)
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
 
 
 def test_decoder_is_causal_and_reads_the_source():
-    model = make()
+    model = jitted(make())
     source, target = tokens((1, 8), 1), tokens((1, 6), 2)
     base = model(source, target)
     changed_later = model(source, target.at[0, 4].set(5))
@@ -53,7 +55,7 @@ def test_decoder_is_causal_and_reads_the_source():
 
 
 def test_source_padding_changes_nothing():
-    model = make()
+    model = jitted(make())
     source, target = tokens((1, 5), 1), tokens((1, 6), 2)
     alone = model(source, target)
     padded = jnp.concatenate([source, jnp.full((1, 4), 7, jnp.int32)], axis=1)
