@@ -19,10 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n auto --maxprocesses=4
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadgroup
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses=4 -m slow
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadgroup -m slow
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/shakespeare_char.py

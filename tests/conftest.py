@@ -97,3 +97,15 @@ def shared_file(*parts: str) -> pathlib.Path:
         pytest.skip(f"{path} is absent: this test reads ../shared/data, which only the "
                     "project's own checkouts have")
     return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups from the markers
+def pytest_collection_modifyitems(items):
+    """Under `--dist loadgroup`, the tests that share a module-scoped fixture (a trained run, a
+    converted checkpoint) go to one worker, so the fixture is built once instead of once per
+    worker (measured: test_cli's trained run was built twice, 12 s and 9 s)."""
+    for item in items:
+        fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        shared = sorted(name for name, defs in fixtures.items() if defs[-1].scope == "module")
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{'+'.join(shared)}"))
