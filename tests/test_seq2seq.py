@@ -60,12 +60,12 @@ def test_generate_and_eval_through_the_api_and_cli(reverse_run, capsys):
     assert ll[0] > np.log(0.5) and ll[1] < np.log(0.01)
     np.testing.assert_allclose(ll[1], run.log_likelihood(["hij"], ["hij"])[0], atol=1e-5)
     sources = ["abcdefg", "hij", "kalbe"]  # a batch: each as if decoded alone
-    assert run.generate(sources) == run.generate(sources, beam_size=3) == [
+    assert run.generate(sources) == run.generate(sources, beam_size=4) == [
         "gfedcba", "jih", "eblak"]
     flags = types.SimpleNamespace(workdir=str(workdir), step=None, config=run.config,
                                   prompt="hgfe", max_new_tokens=None, temperature=None,
-                                  top_k=None, top_p=None, seed=None, beam_size=3)
-    commands.generate(flags)  # what `llmjax generate --beam_size=3` runs
+                                  top_k=None, top_p=None, seed=None, beam_size=4)
+    commands.generate(flags)  # what `llmjax generate --beam_size=4` runs
     assert capsys.readouterr().out.strip() == "efgh"  # the output alone, not the prompt
     assert run.hidden_states(["abc", "a"]).shape == (2, 4, 64)  # text + <eos>
     run.config.generate.beam_size = 2
