@@ -223,11 +223,11 @@ class Run:
                for p in prompts]
         tokens, valid = _pad(ids, self.tokenizer.pad_id, left=True)
         # A longer bucket only where the decoded tokens still fit after it.
-        length = tokens.shape[1]
+        rows, length = _bucket(len(prompts)), tokens.shape[1]
         length = min(self._length_bucket(length),
                      max(self.config.model.max_len - max_new, length))
-        tokens = _grow(tokens, _bucket(len(prompts)), length, self.tokenizer.pad_id, left=True)
-        valid = _grow(valid, _bucket(len(prompts)), length, 0, left=True)
+        tokens = _grow(tokens, rows, length, self.tokenizer.pad_id, left=True)
+        valid = _grow(valid, rows, length, 0, left=True)
         total = min(tokens.shape[1] + max_new, self.config.model.max_len)
         max_new = total - tokens.shape[1]
         if max_new <= 0:
