@@ -4,6 +4,7 @@ fine-tuning, outputs, non-finite losses, and closeness to the generated data's l
 import struct
 import subprocess
 import sys
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +14,10 @@ from conftest import tiny_config
 from etils import epath
 
 import llmjax
+from llmjax.configs import ConfigError
 from llmjax.data import pipeline
 from llmjax.objectives import get_objective
-from llmjax.train import optim
+from llmjax.train import loop, optim
 from llmjax.train.loop import NonFiniteLossError, train_and_evaluate
 from llmjax.train.writer import read_metrics
 
@@ -77,6 +79,13 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
     stopped = train_and_evaluate(c, tmp_path / "resumed", stop_at_step=10)
     assert stopped["eval/loss"] > 0  # step 10 is an eval step
     assert sorted(int(p.name) for p in (tmp_path / "resumed/checkpoints").iterdir()) == [10]
+    with mock.patch.object(loop.logging, "info") as info:  # a step already reached
+        train_and_evaluate(c, tmp_path / "resumed", stop_at_step=8)
+    assert any("at or past --stop_at_step=%d: nothing to do" in str(call.args[0])
+               and call.args[-1] == 8 for call in info.call_args_list)
+    with pytest.raises(ConfigError, match="--stop_at_step=0: give a step of at least 1"):
+        train_and_evaluate(c, tmp_path / "never", stop_at_step=0)
+    assert not (tmp_path / "never").exists()  # refused before anything is written
     train_and_evaluate(c, tmp_path / "resumed")
     full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
     assert sorted(full) == sorted(resumed) == [5, 10, 15, 20]
@@ -189,16 +198,12 @@ def test_resuming_with_another_model_is_refused_before_anything_is_written(tmp_p
     train_and_evaluate(c, tmp_path)
     saved = (tmp_path / "config.json").read_text()
     c.model.emb_dim = 48
-    from llmjax.configs import ConfigError
-
     with pytest.raises(ConfigError, match=r"model.emb_dim: 32 -> 48"):
         train_and_evaluate(c, tmp_path)
     assert (tmp_path / "config.json").read_text() == saved
 
 
 def test_an_objective_that_does_not_fit_the_architecture_is_a_clear_error(tmp_path):
-    from llmjax.configs import ConfigError
-
     c = tiny_config(**{"model.arch": "encoder_decoder", "objective": "mlm"})
     with pytest.raises(ConfigError, match="objective='mlm' does not fit "
                                           "model.arch='encoder_decoder'"):

@@ -203,6 +203,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     mode = config.parallel.mode
     shards = Parallel.num_data_shards(mode, config.parallel.mesh)
     configs.validate(config, num_data_shards=shards)
+    if stop_at_step is not None and stop_at_step < 1:
+        raise configs.ConfigError(f"--stop_at_step={stop_at_step}: give a step of at least 1 "
+                                  "(a checkpoint is saved there), or leave it out to train "
+                                  "all num_train_steps")
     objective = get_objective(config.objective)
     check_init_compatible(config)
     if config.init.hf_path:  # the architecture comes from the Hugging Face config
@@ -283,10 +287,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
     last_step = config.num_train_steps if stop_at_step is None else min(
         stop_at_step, config.num_train_steps)
-    if start >= last_step:
+    if start >= config.num_train_steps:
         logging.info("%s is already at step %d, the last to train here (num_train_steps=%d): "
                      "nothing to do; raise num_train_steps to train further", workdir, start,
                      config.num_train_steps)
+    elif start >= last_step:
+        logging.info("%s is already at step %d, at or past --stop_at_step=%d: nothing to do; "
+                     "give a later step to train further", workdir, start, stop_at_step)
     eval_metrics: dict[str, Any] = {}
     last_saved = start if start else None
     pending: list[dict] = []
