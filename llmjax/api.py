@@ -62,6 +62,8 @@ class Run:
     def hidden_states(self, texts: Sequence[str]) -> np.ndarray:
         """[batch, length, emb_dim]; position 0 is <bos>, padding positions are zero. For an
         encoder-decoder: the encoder's output over text + <eos>."""
+        if not texts:
+            return np.zeros((0, 0, self.config.model.emb_dim), np.float32)
         tokens, segments = self._sources(texts) if self.is_seq2seq else self._batch(texts)
         h = self._apply(_hidden_states, tokens, segments, positions=tokens.shape[1])
         return np.asarray(h, np.float32) * segments[..., None]
@@ -70,6 +72,8 @@ class Run:
         """LM logits [batch, length, vocab] (position i predicts token i + 1). For an
         encoder-decoder, `texts` are the sources and the decoder reads <bos> + `targets`
         (default: just <bos>)."""
+        if not texts:
+            return np.zeros((0, 0, self.config.model.vocab_size), np.float32)
         if not self.is_seq2seq:
             tokens, segments = self._batch(texts)
             return np.asarray(self._apply(_lm_logits, tokens, segments,
@@ -87,6 +91,8 @@ class Run:
         as the source (continuations required)."""
         if continuations is not None and len(continuations) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(continuations)} continuations")
+        if not texts:
+            return np.zeros((0,), np.float64)
         encode = self.tokenizer.encode_array
         if self.is_seq2seq:
             if continuations is None:
@@ -123,6 +129,8 @@ class Run:
         if getattr(self.model, "classifier", None) is None:  # the capability, not a name
             raise ConfigError(f"predict needs a classification or regression run; this run's "
                               f"objective is {self.config.objective!r}")
+        if not texts:
+            return np.zeros((0, self.config.model.num_classes or 1), np.float64)
         from llmjax.objectives.classification import encode_pair
 
         encoded = [encode_pair(self.tokenizer, t, p, self.config.seq_len)

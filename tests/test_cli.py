@@ -222,6 +222,10 @@ def test_python_api_shapes(trained):
     assert h.shape == (2, 7, 32) and (h[0, 4:] == 0).all()
     assert run.logits(["ab"]).shape == (1, 3, run.config.model.vocab_size)
     assert run.config.model.vocab_size == run.tokenizer.vocab_size
+    # an empty list (say, the last chunk of a dataset) gives empty results
+    assert run.hidden_states([]).shape == (0, 0, 32) and run.generate([]) == []
+    assert run.logits([]).shape == (0, 0, run.config.model.vocab_size)
+    assert run.log_likelihood([]).shape == (0,)
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])

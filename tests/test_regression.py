@@ -81,6 +81,7 @@ def test_regression_learns_scores_and_predicts_them(tmp_path, capsys):
         run.score(a, b) for a, b in zip(texts, pairs, strict=True)], atol=1e-5)
     # inputs are padded to bucket sizes: other lengths and batch sizes reuse those programs
     assert api._jitted_apply._cache_size() == compiled
+    assert run.score([]) == []
     with pytest.raises(ConfigError, match="3 texts but 2 text pairs"):
         run.score(texts, pairs[:2])
     run.config.data.text_pair_column = "sentence2"  # as if trained on pairs
