@@ -136,8 +136,9 @@ def test_a_tokenizer_of_another_id_layout_is_one_line(tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith(
         f"llmjax: error: {tmp_path}/tokenizer/tokenizer_config.json describes another id layout")
     CharTokenizer.train(["abc"]).save(tmp_path / "tokenizer")  # a good tokenizer, no checkpoint
-    with pytest.raises(FileNotFoundError, match="no checkpoint in .*saved at least one"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*saved at least one") as e:
         llmjax.load(tmp_path)
+    assert "init.workdir" not in str(e.value)  # the message fits load/eval/generate too
 
 
 def test_generate_is_reproducible_and_greedy_follows_the_logits(trained):

@@ -1,6 +1,7 @@
 """Training: schedules, weight-decay mask, accumulation and pmap equivalence, checkpoint/resume,
 fine-tuning, outputs, non-finite losses, and closeness to the generated data's loss floor."""
 
+import shutil
 import struct
 import subprocess
 import sys
@@ -201,6 +202,11 @@ def test_resuming_with_another_model_is_refused_before_anything_is_written(tmp_p
     with pytest.raises(ConfigError, match=r"model.emb_dim: 32 -> 48"):
         train_and_evaluate(c, tmp_path)
     assert (tmp_path / "config.json").read_text() == saved
+    # fine-tuning from a run that has no checkpoint names the setting that pointed there
+    shutil.rmtree(tmp_path / "checkpoints")
+    fine = tiny_config(**{"num_train_steps": 2, "init.workdir": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match=r"init.workdir=.*: no checkpoint in .*checkp"):
+        train_and_evaluate(fine, tmp_path / "fine")
 
 
 def test_an_objective_that_does_not_fit_the_architecture_is_a_clear_error(tmp_path):

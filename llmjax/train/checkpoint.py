@@ -118,8 +118,9 @@ def restore_params(workdir: str | epath.Path, params: nnx.State, step: int | Non
     saved_steps = sorted(manager.all_steps())
     problem = None
     if not saved_steps:
-        problem = (f"no checkpoint in {directory}: init.workdir must be the workdir of a run "
-                   "that saved at least one checkpoint")
+        problem = (f"no checkpoint in {directory}: give the workdir of a run that saved at "
+                   "least one checkpoint (a train run stopped before its first save has none; "
+                   "run train there to make one)")
     elif step is not None and step not in saved_steps:
         problem = (f"no checkpoint of step {step} in {directory}; its saved steps are "
                    f"{', '.join(map(str, saved_steps))}: choose one of them, or leave the step "

@@ -108,10 +108,13 @@ def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.
         return hf_initial_params(config, params, getattr(objective, "fresh_modules", ()))
     if not config.init.workdir:
         return params
-    restored, step = checkpoint.restore_params(
-        config.init.workdir, params, config.init.step,
-        fresh=getattr(objective, "fresh_modules", ()),
-        optional=getattr(objective, "optional_modules", ()))
+    try:
+        restored, step = checkpoint.restore_params(
+            config.init.workdir, params, config.init.step,
+            fresh=getattr(objective, "fresh_modules", ()),
+            optional=getattr(objective, "optional_modules", ()))
+    except FileNotFoundError as e:  # say which setting pointed there
+        raise FileNotFoundError(f"init.workdir={config.init.workdir}: {e}") from e
     logging.info("initialised parameters from %s step %d", config.init.workdir, step)
     return restored
 
