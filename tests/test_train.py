@@ -202,6 +202,14 @@ def test_resuming_with_another_model_is_refused_before_anything_is_written(tmp_p
     with pytest.raises(ConfigError, match=r"model.emb_dim: 32 -> 48"):
         train_and_evaluate(c, tmp_path)
     assert (tmp_path / "config.json").read_text() == saved
+    # other settings may change on resume, and the log names each change
+    longer = tiny_config(**{"num_train_steps": 3, "optimizer.learning_rate": 1e-2})
+    with mock.patch.object(loop.logging, "warning") as warning:
+        train_and_evaluate(longer, tmp_path)
+    logged = [call.args[0] % call.args[1:] for call in warning.call_args_list
+              if "changed settings" in call.args[0]]
+    assert len(logged) == 1 and "num_train_steps: 2 -> 3" in logged[0], logged
+    assert "optimizer.learning_rate: 0.003 -> 0.01" in logged[0]
     # fine-tuning from a run that has no checkpoint names the setting that pointed there
     shutil.rmtree(tmp_path / "checkpoints")
     fine = tiny_config(**{"num_train_steps": 2, "init.workdir": str(tmp_path)})

@@ -79,6 +79,14 @@ def check_resume_compatible(config: ml_collections.ConfigDict, workdir: epath.Pa
         raise configs.ConfigError(
             f"{workdir} holds checkpoints of another model ({'; '.join(changed)}): use a new "
             "--workdir, or the original settings to resume")
+    # Anything else may change on resume (e.g. num_train_steps, to train further); config.json
+    # will hold the new values, so the log keeps the old ones.
+    before = dict(configs.flatten(saved))
+    others = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in configs.flatten(config)
+              if before.get(k) != v]
+    if others:
+        logging.warning("resuming %s with changed settings (the run continues under the new "
+                        "ones): %s", workdir, "; ".join(others))
 
 
 def check_init_compatible(config: ml_collections.ConfigDict) -> None:
