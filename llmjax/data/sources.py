@@ -134,7 +134,8 @@ def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequ
     known = builder.info.splits  # empty under tfds.testing.mock_data: nothing to check
     if known and split != "all" and any(name not in known for name in names):
         raise DataError(f"data source {spec!r} has no split {split!r}; it has "
-                        f"{sorted(known)} (set data.train_split / data.eval_split)")
+                        f"{sorted(known)} (choose with data.train_split, data.eval_split or "
+                        "eval's --split)")
     return builder.as_data_source(split=split)
 
 
