@@ -66,6 +66,7 @@ def generate(FLAGS: flags.FlagValues) -> None:
     if FLAGS.prompt is None:
         raise ConfigError("generate needs --prompt=TEXT")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
+    _warn_unknown(run, FLAGS.prompt)
     text = run.generate(FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k,
                         FLAGS.top_p, FLAGS.seed, FLAGS.beam_size)
     # a decoder continues the prompt; an encoder-decoder's output replaces it (translation)
@@ -78,11 +79,22 @@ def predict(FLAGS: flags.FlagValues) -> None:
     if FLAGS.text is None:
         raise ConfigError("predict needs --text=TEXT (and --text_pair=TEXT for pair tasks)")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
+    _warn_unknown(run, FLAGS.text, FLAGS.text_pair)
     if run.predicts_scores:
         print(json.dumps({"score": run.score(FLAGS.text, FLAGS.text_pair)}))
         return
     label, probabilities = run.predict(FLAGS.text, FLAGS.text_pair)
     print(json.dumps({"label": label, "probabilities": probabilities}, indent=2))
+
+
+def _warn_unknown(run, *texts: str | None) -> None:
+    """Text the tokenizer has never seen (e.g. a character outside a char vocabulary) reads as
+    <unk>, so the output answers another input than the one typed: say so."""
+    tokenizer = run.tokenizer
+    unknown = sum(int((tokenizer.encode_array(t) == tokenizer.unk_id).sum()) for t in texts if t)
+    if unknown:
+        logging.warning("%d token(s) of the input are unknown to the tokenizer and read as "
+                        "<unk>: the output is for that text", unknown)
 
 
 def convert(FLAGS: flags.FlagValues) -> None:

@@ -188,6 +188,25 @@ def test_a_bad_generate_flag_is_one_cli_line(trained):
         "llmjax: error: top_p=1.5 must be in (0, 1] (1 = no nucleus filter)")
 
 
+def test_a_prompt_the_tokenizer_does_not_know_is_warned_about(trained, capsys):
+    import types
+    from unittest import mock
+
+    from llmjax import commands
+
+    run = llmjax.load(trained)  # a char tokenizer of the generated letters a, b, ...
+    flags = types.SimpleNamespace(workdir=str(trained), step=None, config=run.config,
+                                  prompt="abxyz", max_new_tokens=1, temperature=0.0, top_k=None,
+                                  top_p=None, seed=None, beam_size=None)
+    with mock.patch.object(commands.logging, "warning") as warning:
+        commands.generate(flags)  # what `llmjax generate --prompt=abxyz` runs
+    assert capsys.readouterr().out.startswith("abxyz")
+    assert [call.args[1] for call in warning.call_args_list] == [3]  # x, y and z
+    with mock.patch.object(commands.logging, "warning") as warning:
+        commands.generate(types.SimpleNamespace(**{**vars(flags), "prompt": "abc"}))
+    assert not warning.called
+
+
 def test_a_batch_of_prompts_decodes_as_each_prompt_alone(trained):
     from llmjax.train import state as state_lib
 
