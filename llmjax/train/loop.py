@@ -70,23 +70,19 @@ def check_resume_compatible(config: ml_collections.ConfigDict, workdir: epath.Pa
     saved_file = workdir / "config.json"
     if not saved_file.exists() or not (workdir / "checkpoints").exists():
         return
-    saved = configs.from_json(saved_file.read_text())
-    changed = [f"model.{k}: {saved.model[k]!r} -> {v!r}" for k, v in config.model.items()
-               if saved.model[k] != v]
-    if changed or saved.objective != config.objective:
-        changed += [f"objective: {saved.objective!r} -> {config.objective!r}"] * (
-            saved.objective != config.objective)
+    saved = dict(configs.flatten(configs.from_json(saved_file.read_text())))
+    changed = [(k, f"{k}: {saved.get(k)!r} -> {v!r}") for k, v in configs.flatten(config)
+               if saved.get(k) != v]
+    model = [text for k, text in changed if k.startswith("model.") or k == "objective"]
+    if model:
         raise configs.ConfigError(
-            f"{workdir} holds checkpoints of another model ({'; '.join(changed)}): use a new "
+            f"{workdir} holds checkpoints of another model ({'; '.join(model)}): use a new "
             "--workdir, or the original settings to resume")
     # Anything else may change on resume (e.g. num_train_steps, to train further); config.json
     # will hold the new values, so the log keeps the old ones.
-    before = dict(configs.flatten(saved))
-    others = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in configs.flatten(config)
-              if before.get(k) != v]
-    if others:
+    if changed:
         logging.warning("resuming %s with changed settings (the run continues under the new "
-                        "ones): %s", workdir, "; ".join(others))
+                        "ones): %s", workdir, "; ".join(text for _, text in changed))
 
 
 def check_init_compatible(config: ml_collections.ConfigDict) -> None:
