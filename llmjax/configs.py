@@ -48,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
     # a NaN/Inf loss or gradient norm: False stops the run (nothing bad is saved); True skips
     # that update (parameters and optimizer state unchanged) and counts it
     c.skip_nonfinite_updates = False
+    # training-loss regularisers of every cross-entropy (eval loss stays the plain one)
+    c.label_smoothing = 0.0  # target = (1 - e) one-hot + e / vocabulary size
+    c.z_loss = 0.0  # + z * log(Z)^2 per token, Z the softmax normaliser (PaLM uses 1e-4)
 
     c.model = m = ml_collections.ConfigDict()
     m.arch = "decoder"
@@ -334,9 +337,10 @@ _RANGES = {
                      "optimizer.weight_decay", "optimizer.eps", "optimizer.grad_clip_norm",
                      "model.norm_epsilon", "eval_steps", "eval_decode_examples", "eval_samples",
                      "data.prefetch_batches", "data.train_window_stride",
-                     "tokenizer.extra_ids", "data.generated.order"), _NON_NEGATIVE),
+                     "tokenizer.extra_ids", "data.generated.order", "z_loss"), _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
-                     "model.attention_dropout_rate", "data.validation_fraction"), _FRACTION),
+                     "model.attention_dropout_rate", "data.validation_fraction",
+                     "label_smoothing"), _FRACTION),
     **dict.fromkeys(("data.noise_density", "data.generated.end_probability"), _OPEN_FRACTION),
 }
 
@@ -358,6 +362,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.objective in OBJECTIVES_BY_ARCH[m.arch],
            f"objective={config.objective!r} does not fit model.arch={m.arch!r}: use one of "
            f"{OBJECTIVES_BY_ARCH[m.arch]}")
+    _check(config.objective != "regression" or not (config.label_smoothing or config.z_loss),
+           "label_smoothing and z_loss regularise cross-entropy losses; objective=regression "
+           "is squared error: set them to 0")
     _check(config.seq_len <= m.max_len,
            f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}: "
            "raise model.max_len or lower seq_len")

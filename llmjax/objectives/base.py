@@ -7,6 +7,7 @@ exactly: psum(sum) / psum(count), never a mean of means.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -16,6 +17,19 @@ import ml_collections
 import numpy as np
 
 MetricSums = dict[str, tuple[jax.Array, jax.Array]]  # name -> (weighted sum, weight count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularizers:
+    """Terms the training loss adds to every cross-entropy (config keys `label_smoothing`,
+    `z_loss`); evaluation and the API always use the plain cross-entropy, so eval loss and
+    perplexity stay comparable across runs."""
+
+    label_smoothing: float = 0.0  # target = (1 - e) one-hot + e / V, as torch and optax
+    z_loss: float = 0.0  # + z * log(Z)^2 per token (PaLM, t5x): keeps the softmax normaliser near 1
+
+
+NO_REGULARIZERS = Regularizers()
 
 
 class Examples(Protocol):
@@ -53,8 +67,10 @@ class Objective(Protocol):
     # the step differentiates the sum of the terms' means, each term's sum divided by the global
     # sum of its weights. Default {'loss': 'weights'}.
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
-        """Metric sums; the loss terms ('loss' by default) are the ones differentiated."""
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
+        """Metric sums; the loss terms ('loss' by default) are the ones differentiated.
+        Training passes `regularizers` on to every cross_entropy of the loss terms."""
 
 
 def finalize(sums: dict[str, tuple], loss_terms: Sequence[str] = ("loss",)
@@ -81,9 +97,17 @@ def add_sums(a: MetricSums, b: MetricSums) -> MetricSums:
     return jax.tree.map(jnp.add, a, b)
 
 
-def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
-    """Per-token -log p(target) [B, L], computed in float32."""
+def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
+                  regularizers: Regularizers = NO_REGULARIZERS) -> jax.Array:
+    """Per-token -log p(target) [B, L], computed in float32; with `regularizers`, the label-
+    smoothed cross-entropy (-sum_v q_v log p_v) plus z_loss * log(Z)^2."""
     logits = logits_BxLxV.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
-    return log_z - target_logit
+    loss = log_z - target_logit
+    if regularizers.label_smoothing:
+        e = regularizers.label_smoothing
+        loss = (1 - e) * loss + e * (log_z - logits.mean(-1))  # the uniform part: -mean log p
+    if regularizers.z_loss:
+        loss = loss + regularizers.z_loss * jnp.square(log_z)
+    return loss

@@ -11,7 +11,12 @@ import numpy as np
 from llmjax.data import packing
 from llmjax.data.sources import read_documents
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.base import (
+    NO_REGULARIZERS,
+    MetricSums,
+    Regularizers,
+    cross_entropy,
+)
 
 
 class CausalLM:
@@ -35,11 +40,11 @@ class CausalLM:
         return {"inputs": zeros, "targets": zeros, "segment_ids": zeros,
                 "weights": np.zeros((seq_len,), np.float32)}
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
-             ) -> MetricSums:
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
         logits = model(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
         weights = batch["weights"]
-        loss_sum = (cross_entropy(logits, batch["targets"]) * weights).sum()
+        loss_sum = (cross_entropy(logits, batch["targets"], regularizers) * weights).sum()
         correct = (logits.argmax(-1) == batch["targets"]) * weights
         count = weights.sum()
         return {"loss": (loss_sum, count), "token_accuracy": (correct.sum(), count)}

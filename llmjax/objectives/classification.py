@@ -20,7 +20,12 @@ from llmjax.data.packing import pack_pair
 from llmjax.data.sources import column_text, iter_records, open_split
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.base import (
+    NO_REGULARIZERS,
+    MetricSums,
+    Regularizers,
+    cross_entropy,
+)
 from llmjax.objectives.pairs import (
     ArrayExamples,
     FineTuningTask,
@@ -73,11 +78,11 @@ class Classification(FineTuningTask):
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         return padding_pair(seq_len)
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None
-             ) -> MetricSums:
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
         logits = model.class_logits(encode(model, batch, rng), rng)
         weights = batch["weights"]
-        loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
+        loss_sum = (cross_entropy(logits, batch["label"], regularizers) * weights).sum()
         predicted = logits.argmax(-1)
         correct = ((predicted == batch["label"]) * weights).sum()
         classes = logits.shape[-1]

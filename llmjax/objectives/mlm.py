@@ -20,7 +20,12 @@ from llmjax.data import packing
 from llmjax.data.masking import mask_tokens, max_predictions
 from llmjax.data.sources import read_documents
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.base import (
+    NO_REGULARIZERS,
+    MetricSums,
+    Regularizers,
+    cross_entropy,
+)
 
 
 class TokenWindows:
@@ -82,7 +87,8 @@ class BertMasking:
                                                          np.int32) for k in rows[0]}
 
 
-def mlm_loss(model, hidden_BxLxD: jax.Array, batch: dict[str, jax.Array], weights_key: str
+def mlm_loss(model, hidden_BxLxD: jax.Array, batch: dict[str, jax.Array], weights_key: str,
+             regularizers: Regularizers = NO_REGULARIZERS
              ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(loss sum, correct predictions, chosen positions) of the MLM head over a batch.
 
@@ -95,7 +101,7 @@ def mlm_loss(model, hidden_BxLxD: jax.Array, batch: dict[str, jax.Array], weight
 
     def sums(hidden, targets, weights):
         logits = model.mlm_logits(hidden)
-        loss_sum = (cross_entropy(logits, targets) * weights).sum()
+        loss_sum = (cross_entropy(logits, targets, regularizers) * weights).sum()
         correct = ((logits.argmax(-1) == targets) * weights).sum()
         return loss_sum, correct
 
@@ -138,7 +144,8 @@ class MaskedLM:
         zeros = np.zeros((seq_len,), np.int32)
         return {"tokens": zeros, "segment_ids": zeros}
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
         hidden = model.hidden_states(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
-        loss_sum, correct, count = mlm_loss(model, hidden, batch, "weights")
+        loss_sum, correct, count = mlm_loss(model, hidden, batch, "weights", regularizers)
         return {"loss": (loss_sum, count), "mlm_accuracy": (correct, count)}

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import MetricSums
+from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers
 from llmjax.objectives.mlm import BertMasking, MaskedLM, mlm_loss
 from llmjax.objectives.nsp import SegmentPairs, nsp_loss, padding_first, segment_pairs
 from llmjax.objectives.pairs import encode
@@ -38,9 +38,11 @@ class MaskedLMAndNextSentence:
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         return padding_first()
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
         hidden = encode(model, batch, rng, tokens_key="inputs")
-        mlm_sum, mlm_correct, mlm_count = mlm_loss(model, hidden, batch, "mlm_weights")
-        nsp_sum, nsp_correct, nsp_count = nsp_loss(model, hidden, batch, rng)
+        mlm_sum, mlm_correct, mlm_count = mlm_loss(model, hidden, batch, "mlm_weights",
+                                                   regularizers)
+        nsp_sum, nsp_correct, nsp_count = nsp_loss(model, hidden, batch, rng, regularizers)
         return {"mlm_loss": (mlm_sum, mlm_count), "mlm_accuracy": (mlm_correct, mlm_count),
                 "nsp_loss": (nsp_sum, nsp_count), "nsp_accuracy": (nsp_correct, nsp_count)}

@@ -21,7 +21,12 @@ from llmjax.data.packing import SpecialIds, pack_pair
 from llmjax.data.sources import read_documents
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.base import (
+    NO_REGULARIZERS,
+    MetricSums,
+    Regularizers,
+    cross_entropy,
+)
 from llmjax.objectives.pairs import encode, labelled_pairs
 
 IS_NEXT, NOT_NEXT = 0, 1
@@ -98,11 +103,12 @@ def segment_pairs(records: Sequence[dict], tokenizer: Tokenizer,
 
 
 def nsp_loss(model, hidden_BxLxD: jax.Array, batch: dict[str, jax.Array],
-             rng: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+             rng: jax.Array | None, regularizers: Regularizers = NO_REGULARIZERS
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(loss sum, correct predictions, pairs) of the NSP head over a batch."""
     logits = model.nsp_logits(hidden_BxLxD, rng)
     weights = batch["weights"]
-    loss_sum = (cross_entropy(logits, batch["label"]) * weights).sum()
+    loss_sum = (cross_entropy(logits, batch["label"], regularizers) * weights).sum()
     correct = ((logits.argmax(-1) == batch["label"]) * weights).sum()
     return loss_sum, correct, weights.sum()
 
@@ -125,6 +131,8 @@ class NextSentencePrediction:
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         return padding_first()
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
-        loss_sum, correct, count = nsp_loss(model, encode(model, batch, rng), batch, rng)
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
+        loss_sum, correct, count = nsp_loss(model, encode(model, batch, rng), batch, rng,
+                                            regularizers)
         return {"loss": (loss_sum, count), "nsp_accuracy": (correct, count)}

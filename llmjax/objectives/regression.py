@@ -18,7 +18,7 @@ import numpy as np
 
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import MetricSums
+from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers
 from llmjax.objectives.pairs import (
     ArrayExamples,
     FineTuningTask,
@@ -52,7 +52,9 @@ class Regression(FineTuningTask):
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         return padding_pair(seq_len, np.float32)
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
+        """Squared error; `regularizers` are for cross-entropies (validation refuses them)."""
         predicted = model.class_logits(encode(model, batch, rng), rng)[:, 0]
         target, weights = batch["label"], batch["weights"]
         count = weights.sum()

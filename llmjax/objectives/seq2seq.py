@@ -17,7 +17,12 @@ import numpy as np
 
 from llmjax.data.sources import column_text, iter_records
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import MetricSums, cross_entropy
+from llmjax.objectives.base import (
+    NO_REGULARIZERS,
+    MetricSums,
+    Regularizers,
+    cross_entropy,
+)
 from llmjax.objectives.pairs import ArrayExamples
 
 
@@ -47,12 +52,13 @@ def seq2seq_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int, s
     return ArrayExamples(arrays)
 
 
-def seq2seq_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
+def seq2seq_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None,
+                 regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
     """Teacher-forced cross-entropy and token accuracy over the weighted target tokens."""
     logits = model(batch["inputs"], batch["decoder_inputs"], segment_ids=batch["input_segments"],
                    decoder_segment_ids=batch["target_segments"], rng=rng)
     weights = batch["weights"]
-    loss_sum = (cross_entropy(logits, batch["targets"]) * weights).sum()
+    loss_sum = (cross_entropy(logits, batch["targets"], regularizers) * weights).sum()
     correct = ((logits.argmax(-1) == batch["targets"]) * weights).sum()
     count = weights.sum()
     return {"loss": (loss_sum, count), "token_accuracy": (correct, count)}
@@ -96,5 +102,6 @@ class Seq2Seq:
         return seq2seq_arrays(pairs, len(sources), config.seq_len, config.target_seq_len,
                               tokenizer)
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
-        return seq2seq_loss(model, batch, rng)
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
+        return seq2seq_loss(model, batch, rng, regularizers)

@@ -22,7 +22,7 @@ import numpy as np
 from llmjax.data.sources import read_documents
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import MetricSums
+from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers
 from llmjax.objectives.seq2seq import seq2seq_arrays, seq2seq_loss
 
 
@@ -160,6 +160,7 @@ class SpanCorruption:
         lengths[-1] = len(stream) - (count - 1) * length
         return SpanChunks(chunks, lengths, tokenizer, config)
 
-    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None) -> MetricSums:
-        return seq2seq_loss(model, batch, rng)
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
+        return seq2seq_loss(model, batch, rng, regularizers)
 

@@ -19,6 +19,7 @@ from llmjax import configs
 from llmjax.data import pipeline
 from llmjax.evaluation.evaluator import evaluate, loss_floor
 from llmjax.objectives import get_objective
+from llmjax.objectives.base import Regularizers
 from llmjax.train import checkpoint, faults, flops, optim
 from llmjax.train import state as state_lib
 from llmjax.train.parallel import Parallel
@@ -251,7 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                         config.optimizer.accumulation_steps, config.skip_nonfinite_updates,
                         mesh_sizes=config.parallel.mesh, abstract_state=abstract,
                         compiler_options=configs.parse_compiler_options(
-                            config.parallel.compiler_options))
+                            config.parallel.compiler_options),
+                        regularizers=Regularizers(config.label_smoothing, config.z_loss))
     ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints_to_keep,
                                    config.async_checkpointing)
     start = ckpt.latest_step()

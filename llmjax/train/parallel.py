@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llmjax import sharding
 from llmjax.objectives import Objective
+from llmjax.objectives.base import NO_REGULARIZERS, Regularizers
 from llmjax.train.step import loss_terms, make_eval_step, make_train_step
 
 AXIS = "batch"
@@ -44,18 +45,21 @@ def _with_options(pmapped, compiler_options: dict | None):
 
 class Parallel:
     """Runs train/eval steps in `mode`; moves state and batches to and from the devices.
-    `abstract_state` (shapes of the train state) is needed in mesh mode, for its shardings."""
+    `abstract_state` (shapes of the train state) is needed in mesh mode, for its shardings;
+    `regularizers` are the training loss's (label smoothing, z-loss)."""
 
     def __init__(self, mode: str, graphdef: nnx.GraphDef, objective: Objective, optimizer,
                  schedule, accumulation_steps: int = 1, skip_nonfinite: bool = False, *,
                  mesh_sizes: Any = None, abstract_state: Any = None,
-                 compiler_options: dict | None = None):
+                 compiler_options: dict | None = None,
+                 regularizers: Regularizers = NO_REGULARIZERS):
         self.mode = mode
         self.num_replicas = jax.local_device_count() if mode == "pmap" else 1
         self.loss_terms = tuple(loss_terms(objective))
         axis = AXIS if mode == "pmap" else None
         train = make_train_step(graphdef, objective, optimizer, schedule, accumulation_steps,
-                                axis_name=axis, skip_nonfinite=skip_nonfinite)
+                                axis_name=axis, skip_nonfinite=skip_nonfinite,
+                                regularizers=regularizers)
         evaluate = make_eval_step(graphdef, objective, axis_name=axis)
         if mode == "pmap":
             self._train = _with_options(jax.pmap(train, axis_name=AXIS, donate_argnums=(0,)),

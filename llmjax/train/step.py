@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 
 from llmjax.objectives import Objective
+from llmjax.objectives.base import NO_REGULARIZERS, Regularizers
 from llmjax.train.state import TrainState
 
 
@@ -37,7 +38,8 @@ def mean_metrics(sums: dict, terms: dict[str, str]) -> dict:
 def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
                     optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     accumulation_steps: int = 1, axis_name: str | None = None,
-                    skip_nonfinite: bool = False
+                    skip_nonfinite: bool = False,
+                    regularizers: Regularizers = NO_REGULARIZERS
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """train_step(state, batch) -> (state, metrics). The batch's leading axis is split into
     `accumulation_steps` micro-batches; gradients and metrics are summed over micro-batches
@@ -45,12 +47,13 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
 
     With `skip_nonfinite`, a step whose loss or gradient norm is NaN/Inf leaves parameters and
     optimizer state as they were and reports skipped_updates=1 with weight 0 (its metrics are
-    zeros, so they drop out of the log interval's means)."""
+    zeros, so they drop out of the log interval's means). `regularizers` (label smoothing,
+    z-loss) enter the differentiated loss and the reported train loss, not the eval step."""
 
     terms = loss_terms(objective)
 
     def loss_fn(params, batch, rng, scale):
-        sums = objective.loss(nnx.merge(graphdef, params), batch, rng)
+        sums = objective.loss(nnx.merge(graphdef, params), batch, rng, regularizers)
         # Each term's sum over this micro-batch / that term's weight over the global batch:
         # summing over micro-batches and devices gives exactly sum_t mean_t.
         return sum(sums[t][0] * scale[t] for t in terms), sums
