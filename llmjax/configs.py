@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_samples = 3  # seq2seq: decoded examples written to the log at each eval
     c.checkpoint_every_steps = 500
     c.max_checkpoints_to_keep = 3
+    # an eval metric (e.g. eval/accuracy): its best eval's parameters are kept in WORKDIR/best
+    c.checkpoint_best_metric = config_dict.placeholder(str)
+    c.checkpoint_best_mode = "auto"  # min | max | auto: min for losses and perplexity, else max
     c.async_checkpointing = True
     c.peak_flops_per_device = config_dict.placeholder(float)  # None: datasheet, or measured on CPU
     c.progress_bar = True
@@ -394,6 +397,8 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"multiple of {shards}")
     _check(o.schedule in ("cosine", "linear", "constant"),
            f"optimizer.schedule={o.schedule!r}: use cosine, linear or constant")
+    _check(config.checkpoint_best_mode in ("auto", "min", "max"),
+           f"checkpoint_best_mode={config.checkpoint_best_mode!r}: use auto, min or max")
     _check(config.parallel.mode in ("single", "pmap", "mesh"),
            f"parallel.mode={config.parallel.mode!r}: use single, pmap or mesh")
     if config.parallel.mode == "mesh":

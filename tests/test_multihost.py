@@ -72,14 +72,15 @@ def multihost_config(**overrides):
 
 
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
-    config_file = write_config_file(multihost_config(), tmp_path / "config.py")
+    best = {"eval_every_steps": 2, "checkpoint_best_metric": "loss"}  # saved by both hosts
+    config_file = write_config_file(multihost_config(**best), tmp_path / "config.py")
     outputs = finish(launch_pair(config_file, tmp_path / "two", tmp_path / "tfds2"))
     for i, (code, err) in enumerate(outputs):
         assert code == 0, f"process {i}: {err[-3000:]}"
     # One process (here, in-process): data.shards=2 reads both hosts' data shards, so its
     # global batches are the two hosts' batches; tests/test_mesh.py shows that the mesh and
     # device count do not change the losses.
-    train_and_evaluate(multihost_config(**{"data.shards": 2, "parallel.mode": "single"}),
+    train_and_evaluate(multihost_config(**{"data.shards": 2, "parallel.mode": "single", **best}),
                        tmp_path / "one")
     two, single = train_losses(tmp_path / "two"), train_losses(tmp_path / "one")
     assert sorted(two) == list(range(1, 5))
@@ -90,6 +91,8 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     assert "step 4: " in outputs[0][1] and "step 4: " not in outputs[1][1]
     assert len(list((tmp_path / "two").glob("events.out.tfevents*"))) == 1
     assert sorted(p.name for p in (tmp_path / "two/checkpoints").iterdir()) == ["2", "4"]
+    assert [p.name for p in (tmp_path / "two/best/checkpoints").iterdir()] == \
+        [p.name for p in (tmp_path / "one/best/checkpoints").iterdir()]
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ def victim(tmp_path_factory):
     """A finished run (checkpoints, tokenizer, metrics) and its config file."""
     d = tmp_path_factory.mktemp("victim")
     c = tiny_config(**{"num_train_steps": 4, "eval_every_steps": 4, "checkpoint_every_steps": 4,
-                       "log_every_steps": 2})
+                       "log_every_steps": 2, "checkpoint_best_metric": "loss"})
     train_and_evaluate(c, d / "run")
     write_config_file(c, d / "cfg.py")
     return d
@@ -72,6 +72,10 @@ CASES = {
     "unwritable workdir": (["--workdir={victim}/a_file/run"], "is not writable"),
     "workdir is a Hugging Face folder": (["--workdir={victim}/hf"],
                                          "is a Hugging Face model folder: train into a new"),
+    "workdir holding parameters only": (["--workdir={victim}/run/best"],
+                                        "holds parameters only"),
+    "best metric the eval does not report": (["--config.checkpoint_best_metric=bleu"],
+                                             "'bleu' is not reported by this run's eval"),
     "parallel sides of different lengths": (
         ["--config.model.arch=encoder_decoder", "--config.objective=seq2seq",
          "--config.data.source=parallel:{victim}/src.en|{victim}/tgt.de", "--workdir={victim}/new"],

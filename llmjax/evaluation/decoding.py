@@ -18,6 +18,8 @@ from llmjax.objectives.seq2seq import seq2seq_arrays, source_target_texts
 class DecodingEval:
     """Holds the (sources, references) of an eval split; `__call__(params)` scores a model."""
 
+    metric_names = ("bleu", "exact_match")  # what __call__ reports
+
     def __init__(self, config: ml_collections.ConfigDict, tokenizer, graphdef: nnx.GraphDef,
                  source: str, split: str):
         self.config, self.tokenizer, self.graphdef = config, tokenizer, graphdef

@@ -2,7 +2,9 @@
 data-iterator state (grain's own handler, one file per process), saved together per step.
 
 Layout: WORKDIR/checkpoints/<step>/{state,data}. Saves are async; `max_to_keep` prunes old ones.
-`restore_params` reads only the parameters of another run (fine-tuning).
+`restore_params` reads only the parameters of another run (fine-tuning). A checkpoint written
+without a data iterator holds parameters only (converted models, a run's best/ folder): it can be
+read, fine-tuned from and evaluated, not resumed.
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def holds_parameters_only(workdir: str | epath.Path) -> bool:
+    """Whether the newest checkpoint in `workdir` has parameters but no training state to
+    resume (no data-iterator item): a `convert --from=hf` output or a run's `best/` folder."""
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        return False
+    steps = [p for p in directory.iterdir() if p.name.isdigit()]
+    return bool(steps) and not (max(steps, key=lambda p: int(p.name)) / "data").exists()
 
 
 class CheckpointWriteError(OSError):

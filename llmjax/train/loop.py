@@ -20,10 +20,11 @@ from llmjax.data import pipeline
 from llmjax.evaluation.evaluator import evaluate, loss_floor
 from llmjax.objectives import get_objective
 from llmjax.objectives.base import Regularizers
+from llmjax.train import best as best_lib
 from llmjax.train import checkpoint, faults, flops, optim
 from llmjax.train import state as state_lib
 from llmjax.train.parallel import Parallel
-from llmjax.train.step import loss_terms
+from llmjax.train.step import loss_terms, make_eval_step
 from llmjax.train.writer import MetricWriter
 
 
@@ -222,10 +223,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
         apply_hf_model_config(config)
         configs.validate(config, num_data_shards=shards)
+    if checkpoint.holds_parameters_only(workdir):
+        raise configs.ConfigError(
+            f"--workdir={workdir} holds parameters only (a converted Hugging Face model or a "
+            "run's best/ checkpoint), no training state to resume: fine-tune from it into a new "
+            f"workdir with --config.init.workdir={workdir}")
     created = not workdir.exists()
     prepare_workdir(workdir)
     try:  # every check and all data loading come before the first write to the workdir
         tokenizer, train_iter, eval_data = _prepare_data(config, workdir, objective)
+        floor = loss_floor(objective, config, tokenizer, eval_data)
+        best_metric = _best_metric(config, objective, eval_data, floor)
     except Exception:
         if created and not any(workdir.iterdir()):
             workdir.rmdir()  # a run that never started leaves no empty workdir behind
@@ -235,7 +243,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         if not (workdir / "tokenizer" / "tokenizer_config.json").exists():
             tokenizer.save(workdir / "tokenizer")
         (workdir / "config.json").write_text(configs.to_json(config))
-    floor = loss_floor(objective, config, tokenizer, eval_data)
     if floor is not None:
         logging.info("best achievable eval loss on this data: %.4f nats/token", floor)
 
@@ -283,6 +290,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                                      *pipeline.eval_source_and_split(config))
     writer = MetricWriter(workdir)
     writer.truncate_after(start)
+    best = None
+    if best_metric:
+        best = best_lib.BestCheckpoint(
+            workdir, best_metric, best_lib.lower_is_better(best_metric,
+                                                           config.checkpoint_best_mode),
+            start, config, tokenizer)
     cfg = state_lib.model_config(config)
     vocab_positions = (objective.vocab_positions(config.seq_len)
                        if hasattr(objective, "vocab_positions") else None)
@@ -357,6 +370,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                 writer.write(step, eval_metrics)
                 if is_primary:
                     logging.info("step %d: %s", step, _format(eval_metrics))
+                if best is not None:
+                    best.update(step, eval_metrics,
+                                parallel.to_host({"params": parallel.params(state)})["params"])
                 interval_start, interval_steps = time.perf_counter(), 0
             stopping = stop.should_stop(step)
             if step % config.checkpoint_every_steps == 0 or is_last or stopping:
@@ -369,6 +385,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     progress.close()
     ckpt.wait()
     ckpt.close()
+    if best is not None:
+        best.close()
     if is_primary:
         writer.plot()
     writer.close()
@@ -377,6 +395,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     elif stop_at_step is not None and step == stop_at_step:
         logging.info("stopped at step %d (--stop_at_step); run train again to continue", step)
     return eval_metrics
+
+
+def _best_metric(config: ml_collections.ConfigDict, objective, eval_data: list[dict],
+                 floor: float | None) -> str | None:
+    """`checkpoint_best_metric` as reported (`eval/...`), checked against the names this run's
+    eval reports (from the eval step's shapes: nothing is compiled)."""
+    if not config.checkpoint_best_metric:
+        return None
+    from llmjax.evaluation.decoding import DecodingEval
+
+    graphdef, params = state_lib.abstract_model(config)
+    extra = (("best_achievable_loss",) if floor is not None else ()) + (
+        DecodingEval.metric_names if getattr(objective, "decodes", False) else ())
+    names = best_lib.eval_metric_names(make_eval_step(graphdef, objective), params,
+                                       eval_data[0], tuple(loss_terms(objective)), extra)
+    return best_lib.check_metric(config.checkpoint_best_metric, names)
 
 
 def _check_finite(pending: list[dict], step: int, last_saved: int | None,
