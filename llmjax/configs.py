@@ -45,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     # an eval metric (e.g. eval/accuracy): its best eval's parameters are kept in WORKDIR/best
     c.checkpoint_best_metric = config_dict.placeholder(str)
     c.checkpoint_best_mode = "auto"  # min | max | auto: min for losses and perplexity, else max
+    # stop (with a checkpoint) when checkpoint_best_metric has not improved for this many evals
+    c.early_stopping_evals = config_dict.placeholder(int)
     c.async_checkpointing = True
     c.peak_flops_per_device = config_dict.placeholder(float)  # None: datasheet, or measured on CPU
     c.progress_bar = True
@@ -323,10 +325,10 @@ _OPEN_FRACTION = (lambda v: 0 < v < 1, "in (0, 1)")
 _RANGES = {
     **dict.fromkeys(("num_train_steps", "log_every_steps", "eval_every_steps",
                      "checkpoint_every_steps", "batch_size", "seq_len", "target_seq_len",
-                     "max_checkpoints_to_keep", "model.num_layers", "model.num_encoder_layers",
-                     "model.num_decoder_layers", "model.num_heads", "model.head_dim",
-                     "model.emb_dim", "model.mlp_dim", "model.max_len", "model.vocab_size",
-                     "model.num_classes", "model.relative_buckets",
+                     "max_checkpoints_to_keep", "early_stopping_evals", "model.num_layers",
+                     "model.num_encoder_layers", "model.num_decoder_layers", "model.num_heads",
+                     "model.head_dim", "model.emb_dim", "model.mlp_dim", "model.max_len",
+                     "model.vocab_size", "model.num_classes", "model.relative_buckets",
                      "model.relative_max_distance", "tokenizer.vocab_size",
                      "optimizer.accumulation_steps", "optimizer.decay_steps",
                      "data.tokenizer_sample_chars", "data.mean_noise_span_length",
@@ -397,6 +399,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"multiple of {shards}")
     _check(o.schedule in ("cosine", "linear", "constant"),
            f"optimizer.schedule={o.schedule!r}: use cosine, linear or constant")
+    _check(not config.early_stopping_evals or config.checkpoint_best_metric,
+           f"early_stopping_evals={config.early_stopping_evals} counts evals without improvement "
+           "of checkpoint_best_metric: set it too (e.g. checkpoint_best_metric=eval/loss)")
     _check(config.checkpoint_best_mode in ("auto", "min", "max"),
            f"checkpoint_best_mode={config.checkpoint_best_mode!r}: use auto, min or max")
     _check(config.parallel.mode in ("single", "pmap", "mesh"),

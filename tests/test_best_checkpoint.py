@@ -122,3 +122,23 @@ def test_classification_reports_its_confusion_metrics():
                                        ("loss",))
     assert names == ["eval/accuracy", "eval/f1", "eval/loss", "eval/mcc", "eval/perplexity",
                      "eval/precision", "eval/recall"]
+
+
+def test_early_stopping_stops_after_n_evals_without_improvement(run, tmp_path):
+    """The same run with early_stopping_evals=2 stops two evals after its best one, with a
+    checkpoint; training it again has nothing to do, until the patience is raised."""
+    accuracy = _evals(run, "eval/token_accuracy")
+    best_step = max(accuracy, key=lambda s: (accuracy[s], -s))
+    stop_step = best_step + 2 * SETTINGS["eval_every_steps"]
+    assert stop_step < SETTINGS["num_train_steps"]  # measured: best at 8, stop at 16
+    early = tmp_path / "early"
+    c = tiny_config(**SETTINGS, early_stopping_evals=2)
+    train_and_evaluate(c, early)
+    assert _saved_steps(early) == [stop_step]
+    assert _saved_steps(early / "best") == [best_step]
+    assert max(r["step"] for r in read_metrics(early)) == stop_step
+    train_and_evaluate(c, early)  # nothing to do
+    assert max(r["step"] for r in read_metrics(early)) == stop_step
+    train_and_evaluate(tiny_config(**SETTINGS, early_stopping_evals=5), early)
+    assert _saved_steps(early) == [SETTINGS["num_train_steps"]]
+    assert _evals(early, "eval/token_accuracy") == accuracy  # the same trajectory throughout

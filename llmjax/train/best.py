@@ -76,7 +76,8 @@ class BestCheckpoint:
         for step in self.manager.all_steps():
             if step > start_step:  # from steps this resumed run will redo
                 self.manager.delete(step)
-        self.best = self._recorded_value(self.manager.latest_step())
+        self.step = self.manager.latest_step()  # of the best eval so far (None: none yet)
+        self.best = self._recorded_value(self.step)
 
     def _recorded_value(self, step: int | None) -> float | None:
         value = None
@@ -114,8 +115,18 @@ class BestCheckpoint:
             previous = "" if self.best is None else f" (was {self.best:.4g})"
             logging.info("step %d: best %s so far, %.4g%s: saved in %s", step, self.metric,
                          value, previous, self.directory)
-        self.best = value
+        self.best, self.step = value, step
         return True
+
+    def summary(self) -> str:
+        if self.step is None:
+            return f"no eval has had a finite {self.metric}"
+        return f"the best, {self.best:.4g} at step {self.step}, is in {self.directory}"
+
+    def evals_since_best(self, step: int, is_eval_step) -> int:
+        """Evals after the best one up to `step` (all of them when none was finite): what
+        `early_stopping_evals` counts. Derived from the steps, so a resumed run counts alike."""
+        return sum(1 for s in range((self.step or 0) + 1, step + 1) if is_eval_step(s))
 
     def close(self) -> None:
         self.manager.close()

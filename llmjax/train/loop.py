@@ -316,6 +316,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     elif start >= last_step:
         logging.info("%s is already at step %d, at or past --stop_at_step=%d: nothing to do; "
                      "give a later step to train further", workdir, start, stop_at_step)
+
+    def is_eval_step(step: int) -> bool:
+        return step % config.eval_every_steps == 0 or step == config.num_train_steps
+
+    def stalled(step: int) -> bool:  # early stopping: no improvement in the last N evals
+        return bool(config.early_stopping_evals) and best.evals_since_best(
+            step, is_eval_step) >= config.early_stopping_evals
+
+    if start < last_step and stalled(start):
+        logging.info("%s stopped early at step %d (%s has not improved for %d evals; %s): "
+                     "nothing to do; raise early_stopping_evals to train further", workdir,
+                     start, best.metric, config.early_stopping_evals, best.summary())
+        last_step = start
     eval_metrics: dict[str, Any] = {}
     last_saved = start if start else None
     pending: list[dict] = []
@@ -359,7 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                 if progress.disable and is_primary:
                     logging.info("step %d: %s", step, _format(train))
                 interval_start, interval_steps = time.perf_counter(), 0
-            if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+            stopping_early = False
+            if is_eval_step(step):
                 eval_metrics = {f"eval/{k}": v for k, v in
                                 evaluate(parallel, parallel.params(state), eval_data).items()}
                 if floor is not None:
@@ -373,11 +387,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                 if best is not None:
                     best.update(step, eval_metrics,
                                 parallel.to_host({"params": parallel.params(state)})["params"])
+                    stopping_early = stalled(step)
                 interval_start, interval_steps = time.perf_counter(), 0
             stopping = stop.should_stop(step)
-            if step % config.checkpoint_every_steps == 0 or is_last or stopping:
+            if step % config.checkpoint_every_steps == 0 or is_last or stopping or stopping_early:
                 save(step)
             progress.update(1)
+            if stopping_early:
+                logging.info("stopping early at step %d: %s has not improved for %d evals; %s",
+                             step, best.metric, config.early_stopping_evals, best.summary())
+                break
             if stopping:
                 logging.warning("received signal %d: saved a checkpoint at step %d in %s; run "
                                 "the same command to resume", stop.received, step, ckpt.directory)
