@@ -142,3 +142,18 @@ def test_early_stopping_stops_after_n_evals_without_improvement(run, tmp_path):
     train_and_evaluate(tiny_config(**SETTINGS, early_stopping_evals=5), early)
     assert _saved_steps(early) == [SETTINGS["num_train_steps"]]
     assert _evals(early, "eval/token_accuracy") == accuracy  # the same trajectory throughout
+
+
+def test_a_full_disk_while_saving_the_best_loses_nothing(run, tmp_path, monkeypatch):
+    from llmjax.train.checkpoint import CheckpointWriteError
+
+    monkeypatch.setenv("LLMJAX_FAULTS", "disk_full_at_step=8")  # best improves at step 8
+    with pytest.raises(CheckpointWriteError, match=r"best checkpoint of step 8 .*No space left on "
+                                                   r"device\); the best before it \(step 4\)"):
+        train_and_evaluate(tiny_config(**SETTINGS), tmp_path / "full")
+    assert _saved_steps(tmp_path / "full/best") == [4]
+    assert _saved_steps(tmp_path / "full") == [4]
+    monkeypatch.delenv("LLMJAX_FAULTS")
+    train_and_evaluate(tiny_config(**SETTINGS), tmp_path / "full")  # resumes from step 4
+    assert _saved_steps(tmp_path / "full/best") == _saved_steps(run / "best")
+    assert _evals(tmp_path / "full", "eval/token_accuracy") == _evals(run, "eval/token_accuracy")

@@ -24,6 +24,8 @@ from etils import epath
 
 from llmjax import configs
 from llmjax.objectives import finalize
+from llmjax.train import faults
+from llmjax.train.checkpoint import CheckpointWriteError
 from llmjax.train.writer import read_metrics
 
 BEST_DIR = "best"
@@ -105,9 +107,19 @@ class BestCheckpoint:
         value = eval_metrics[self.metric]
         if not self._improves(value):
             return False
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave({"params": host_params})), force=True)
-        self.manager.wait_until_finished()
+        try:
+            faults.before_save(step)
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"params": host_params})), force=True)
+            self.manager.wait_until_finished()
+        except OSError as e:  # the previous best is deleted only after a complete save
+            kept = (f"the best before it (step {self.step}) is intact" if self.step is not None
+                    else "no earlier best was saved")
+            raise CheckpointWriteError(
+                f"could not write the best checkpoint of step {step} in {self.directory} "
+                f"({e.strerror or e}); {kept}, and so are the run's checkpoints. Free disk "
+                "space and run the same command to resume from the run's last checkpoint."
+            ) from e
         if jax.process_index() == 0:
             (self.directory / "config.json").write_text(configs.to_json(self.config))
             if not (self.directory / "tokenizer").exists():

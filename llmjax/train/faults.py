@@ -5,7 +5,8 @@ faults to place exactly, e.g. LLMJAX_FAULTS="nan_at_step=7,kill_in_save_at_step=
   flows through the real train step);
 - `kill_in_save_at_step=N`: SIGKILL once the checkpoint of step N has started writing and
   before it is complete (a machine lost mid-save);
-- `disk_full_at_step=N`: saving the checkpoint of step N fails with ENOSPC.
+- `disk_full_at_step=N`: saving the checkpoint of step N (and the best one, first) fails with
+  ENOSPC.
 
 Unset (always, outside tests), every hook is a no-op.
 """
