@@ -397,8 +397,8 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.batch_size % shards == 0,
            f"batch_size={config.batch_size} is not divisible by data.shards={shards}: use a "
            f"multiple of {shards}")
-    _check(o.schedule in ("cosine", "linear", "constant"),
-           f"optimizer.schedule={o.schedule!r}: use cosine, linear or constant")
+    _check(o.schedule in ("cosine", "linear", "constant", "rsqrt"),
+           f"optimizer.schedule={o.schedule!r}: use cosine, linear, constant or rsqrt")
     _check(not config.early_stopping_evals or config.checkpoint_best_metric,
            f"early_stopping_evals={config.early_stopping_evals} counts evals without improvement "
            "of checkpoint_best_metric: set it too (e.g. checkpoint_best_metric=eval/loss)")

@@ -40,6 +40,10 @@ def test_schedules_give_their_documented_values():
     assert float(linear(60)) == pytest.approx(0.55) and float(linear(110)) == pytest.approx(0.1)
     c.optimizer.schedule = "constant"
     assert float(optim.learning_rate_schedule(c.optimizer, 110)(90)) == pytest.approx(1.0)
+    c.optimizer.schedule = "rsqrt"  # 1 * sqrt(10 / step) after warmup, with no end
+    rsqrt = optim.learning_rate_schedule(c.optimizer, 110)
+    assert float(rsqrt(5)) == pytest.approx(0.5) and float(rsqrt(10)) == pytest.approx(1.0)
+    assert float(rsqrt(40)) == pytest.approx(0.5) and float(rsqrt(1000)) == pytest.approx(0.1)
 
 
 def test_weight_decay_skips_biases_and_norm_scales():

@@ -1,5 +1,5 @@
-"""The optimizer from config: warmup + cosine/linear/constant schedule, global-norm clipping and
-AdamW without weight decay on 1-D parameters (biases, norm scales)."""
+"""The optimizer from config: warmup + cosine/linear/constant/rsqrt schedule, global-norm
+clipping and AdamW without weight decay on 1-D parameters (biases, norm scales)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ import optax
 
 def learning_rate_schedule(o: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
     """Linear warmup 0 -> learning_rate over warmup_steps, then decay to end_learning_rate at
-    decay_steps (default num_train_steps), constant afterwards."""
+    decay_steps (default num_train_steps), constant afterwards; or, for `rsqrt` (fairseq's
+    inverse_sqrt, T5's rsqrt decay), learning_rate * sqrt(warmup_steps / step) after warmup,
+    with no end."""
     decay_steps = o.decay_steps or num_train_steps
     peak, end = o.learning_rate, o.end_learning_rate
     if o.schedule == "constant":
         end = peak
     remaining = max(decay_steps - o.warmup_steps, 1)
-    if o.schedule == "cosine":
+    if o.schedule == "rsqrt":
+        width = max(o.warmup_steps, 1)
+        decay = lambda s: peak * jax.lax.rsqrt((s + width) / width)  # noqa: E731 (s after warmup)
+    elif o.schedule == "cosine":
         decay = optax.cosine_decay_schedule(peak, remaining, alpha=end / peak if peak else 0.0)
     else:
         decay = optax.linear_schedule(peak, end, remaining)
