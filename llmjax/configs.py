@@ -147,6 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
     i.step = config_dict.placeholder(int)  # None: the latest checkpoint of init.workdir
 
     c.optimizer = o = ml_collections.ConfigDict()
+    o.name = "adamw"  # adamw | adafactor (T5's: factored second moments, a fraction of the memory)
     o.learning_rate = 1e-3
     o.end_learning_rate = 1e-4
     o.schedule = "cosine"  # cosine | linear | constant
@@ -397,6 +398,8 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.batch_size % shards == 0,
            f"batch_size={config.batch_size} is not divisible by data.shards={shards}: use a "
            f"multiple of {shards}")
+    _check(o.name in ("adamw", "adafactor"),
+           f"optimizer.name={o.name!r}: use adamw or adafactor")
     _check(o.schedule in ("cosine", "linear", "constant", "rsqrt"),
            f"optimizer.schedule={o.schedule!r}: use cosine, linear, constant or rsqrt")
     _check(not config.early_stopping_evals or config.checkpoint_best_metric,

@@ -1,5 +1,6 @@
 """Same config and seed -> bit-identical metrics (all but the timing keys), and stopping +
-resuming equals not stopping, for every objective."""
+resuming equals not stopping, for every objective (and for the causal LM with Adafactor, the
+rsqrt schedule, label smoothing, z-loss and a best checkpoint)."""
 
 import pytest
 from conftest import tiny_config
@@ -17,9 +18,16 @@ SHORT = {"num_train_steps": 8, "log_every_steps": 2, "eval_every_steps": 4,
          "checkpoint_every_steps": 4}
 
 
+# The training options that carry state or change the loss, together on the causal LM.
+OPTIONS = {"optimizer.name": "adafactor", "optimizer.schedule": "rsqrt", "label_smoothing": 0.1,
+           "z_loss": 1e-4, "checkpoint_best_metric": "loss"}
+
+
 def config_for(objective, tmp_path):
     if objective == "causal_lm":
         return tiny_config(**SHORT)
+    if objective == "causal_lm+options":
+        return tiny_config(**SHORT, **OPTIONS)
     if objective == "mlm":
         return mlm_config(**SHORT)
     if objective in ("nsp", "mlm_nsp"):
@@ -48,7 +56,7 @@ def rows_without_timing(workdir):
 
 # One single-term and one two-term objective run by default; every other one is marked slow.
 CASES = [pytest.param(o, marks=() if o in ("causal_lm", "mlm_nsp") else pytest.mark.slow)
-         for o in sorted(OBJECTIVES)]
+         for o in sorted(OBJECTIVES)] + ["causal_lm+options"]
 
 
 @pytest.mark.parametrize("objective", CASES)
@@ -60,3 +68,6 @@ def test_reruns_and_resumes_give_bit_identical_metrics(tmp_path, objective):
     once, twice = rows_without_timing(tmp_path / "once"), rows_without_timing(tmp_path / "twice")
     assert [r["step"] for r in once] == [2, 4, 4, 6, 8, 8]
     assert once == twice  # exact equality: the same floats, not approximately
+    if c.checkpoint_best_metric:
+        assert [p.name for p in (tmp_path / "once/best/checkpoints").iterdir()] == \
+            [p.name for p in (tmp_path / "twice/best/checkpoints").iterdir()]

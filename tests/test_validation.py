@@ -131,6 +131,7 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"data.noise_density": 0.0}, r"data.noise_density=0.0 must be in \(0, 1\)"),
     ({"generate.top_k": -1}, "top_k=-1 must be >= 0"),
     ({"early_stopping_evals": 3}, "set it too"),
+    ({"optimizer.name": "sgd"}, "use adamw or adafactor"),
     ({"checkpoint_best_mode": "largest"}, "use auto, min or max"),
     ({"label_smoothing": 1.0}, r"label_smoothing=1.0 must be in \[0, 1\)"),
     ({"z_loss": -1e-4}, "z_loss=-0.0001 must be >= 0"),

@@ -75,11 +75,12 @@ def check_resume_compatible(config: ml_collections.ConfigDict, workdir: epath.Pa
     saved = dict(configs.flatten(configs.from_json(saved_file.read_text())))
     changed = [(k, f"{k}: {saved.get(k)!r} -> {v!r}") for k, v in configs.flatten(config)
                if saved.get(k) != v]
-    model = [text for k, text in changed if k.startswith("model.") or k == "objective"]
+    model = [text for k, text in changed
+             if k.startswith("model.") or k in ("objective", "optimizer.name")]
     if model:
         raise configs.ConfigError(
-            f"{workdir} holds checkpoints of another model ({'; '.join(model)}): use a new "
-            "--workdir, or the original settings to resume")
+            f"{workdir} holds checkpoints of another model or optimizer ({'; '.join(model)}): "
+            "use a new --workdir, or the original settings to resume")
     # Anything else may change on resume (e.g. num_train_steps, to train further); config.json
     # will hold the new values, so the log keeps the old ones.
     if changed:

@@ -1,5 +1,5 @@
 """The optimizer from config: warmup + cosine/linear/constant/rsqrt schedule, global-norm
-clipping and AdamW without weight decay on 1-D parameters (biases, norm scales)."""
+clipping and AdamW (or Adafactor) without weight decay on 1-D parameters (biases, norm scales)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,18 @@ def make_optimizer(o: ml_collections.ConfigDict, num_train_steps: int
     parts = []
     if o.grad_clip_norm and o.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
-    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
-                             weight_decay=o.weight_decay, mask=weight_decay_mask))
+    if o.name == "adafactor":
+        # T5's defaults (factored second moments, update clipping 1.0, steps scaled by each
+        # parameter's RMS, no momentum). optax adds Adafactor's weight decay after the learning
+        # rate, so it is scaled by the schedule here: weight_decay means lr x decay x p per
+        # step, as for AdamW.
+        # Factoring needs the two largest dims >= min_dim_size_to_factor: optax's 128 would
+        # leave every [emb, heads, head_dim] attention kernel with head_dim 64 unfactored.
+        parts.append(optax.adafactor(
+            schedule, min_dim_size_to_factor=32,
+            weight_decay_rate=lambda step: o.weight_decay * schedule(step),
+            weight_decay_mask=weight_decay_mask))
+    else:
+        parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
+                                 weight_decay=o.weight_decay, mask=weight_decay_mask))
     return optax.chain(*parts), schedule
