@@ -3,7 +3,8 @@ from XLA's memory analysis of the step compiled on abstract shapes (nothing is a
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 .venv/bin/python benchmarks/memory.py
 
-Prints one JSON line per mesh: parameters + optimizer state per device (the step's donated
+`--optimizer=adafactor` measures Adafactor's factored state instead of AdamW's. Prints one JSON
+line per mesh: parameters + optimizer state per device (the step's donated
 state arguments), temporaries, and the compile time; then the fsdp=8 / data-only ratio of
 parameter + optimizer memory (ZeRO-3 divides it by the fsdp size).
 """
@@ -25,6 +26,7 @@ flags.DEFINE_integer("seq_len", 1024, "Tokens per example.")
 flags.DEFINE_integer("batch_size", 16, "Global batch.")
 flags.DEFINE_string("remat", "full", "model.remat for the step.")
 flags.DEFINE_bool("scan_layers", True, "model.scan_layers (one compiled block: fast compile).")
+flags.DEFINE_enum("optimizer", "adamw", ["adamw", "adafactor"], "optimizer.name.")
 FLAGS = flags.FLAGS
 
 MESHES = {"data-only (8,1,1)": (8, 1, 1), "fsdp=8 (1,8,1)": (1, 8, 1),
@@ -48,6 +50,7 @@ def main(argv):
     c.model.max_len, c.model.vocab_size = FLAGS.seq_len, 32768
     c.model.remat, c.model.scan_layers = FLAGS.remat, FLAGS.scan_layers
     c.seq_len, c.batch_size = FLAGS.seq_len, FLAGS.batch_size
+    c.optimizer.name = FLAGS.optimizer
     graphdef, params = state_lib.abstract_model(c)
     num_params = state_lib.count_params(params)
     tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
@@ -56,7 +59,8 @@ def main(argv):
     shape = (c.batch_size, c.seq_len)
     batch = {"inputs": np.int32, "targets": np.int32, "segment_ids": np.int32,
              "weights": np.float32}
-    print(json.dumps({"parameters": num_params, "state_gib": round(state_bytes / 2**30, 2),
+    print(json.dumps({"parameters": num_params, "optimizer": c.optimizer.name,
+                      "state_gib": round(state_bytes / 2**30, 2),
                       "devices": jax.device_count(), "remat": c.model.remat,
                       "scan_layers": c.model.scan_layers}))
     per_device = {}
