@@ -12,7 +12,6 @@ those rows of metrics.jsonl): the re-run recomputes it.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import jax
@@ -25,7 +24,7 @@ from etils import epath
 from llmjax import configs
 from llmjax.objectives import finalize
 from llmjax.train import faults
-from llmjax.train.checkpoint import CheckpointWriteError
+from llmjax.train.checkpoint import CheckpointWriteError, checkpoint_dir
 from llmjax.train.writer import read_metrics
 
 BEST_DIR = "best"
@@ -70,11 +69,11 @@ class BestCheckpoint:
         self.config, self.tokenizer = config, tokenizer
         self.directory = self.workdir / BEST_DIR
         self.metric, self.lower_better = metric, lower_better
-        path = os.path.abspath(os.fspath(self.directory / "checkpoints"))  # orbax: absolute
         options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                                enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(
-            path, options=options, item_handlers={"state": ocp.StandardCheckpointHandler()})
+            checkpoint_dir(self.directory), options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler()})
         for step in self.manager.all_steps():
             if step > start_step:  # from steps this resumed run will redo
                 self.manager.delete(step)
