@@ -117,6 +117,38 @@ def test_text_source_errors_name_the_problem(tmp_path):
         sources.open_split(f"text:{tmp_path}/ok.txt", "test", c)
 
 
+def test_jsonl_source_reads_the_same_records_as_tsv(tmp_path):
+    """The same rows as JSON Lines (a label as a JSON number) and as TSV: equal records, split
+    alike, so every objective reads jsonl: as it reads tsv:."""
+    import json
+
+    rows = [(f"film number {i} was {'fine' if i % 3 else 'dull'}", i % 3) for i in range(40)]
+    (tmp_path / "rows.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    (tmp_path / "rows.jsonl").write_text(
+        "".join(json.dumps({"sentence": t, "label": y}) + "\n" for t, y in rows))
+    c = tiny_config()
+    for split in ("train", "validation"):
+        tsv = list(sources.iter_records(sources.open_split(f"tsv:{tmp_path}/rows.tsv", split, c)))
+        jsonl = list(sources.iter_records(
+            sources.open_split(f"jsonl:{tmp_path}/rows.jsonl", split, c)))
+        assert jsonl == tsv and len(tsv) == (36 if split == "train" else 4)
+    assert jsonl[0] == {"sentence": b"film number 36 was dull", "label": b"0"}  # validation
+
+
+@pytest.mark.parametrize("lines,expected", [
+    (['{"text": "a"}', '{"text": "b"'], r"bad.jsonl:2: not JSON \(Expecting"),
+    (['["text", "a"]'], r"bad.jsonl:1: a JSON list, not an object"),
+    (['{"text": "a", "label": 1}', '{"text": "b"}'],
+     r"bad.jsonl:2: keys differ .* \(missing \['label'\], extra \[\]\)"),
+    (["", "  "], "hold no JSON objects"),
+])
+def test_jsonl_errors_name_the_line(tmp_path, lines, expected):
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=expected):
+        sources.open_split(f"jsonl:{tmp_path}/bad.jsonl", "train", tiny_config())
+
+
 def test_catalog_dataset_through_tfds_mock_data():
     c = tiny_config(**{"data.source": "tfds:lm1b", "tokenizer.kind": "byte"})
     with tfds.testing.mock_data(num_examples=64):

@@ -36,13 +36,13 @@ class HostShard:
 
 def eval_source_and_split(config: ml_collections.ConfigDict) -> tuple[str, str]:
     """Where evaluation reads from: `data.eval_source` (default: the train source) and
-    `data.eval_split` (default 'validation'; a separate text:/tsv:/parallel: eval source is read
-    whole, as
-    tfds's 'all' split). Splits take tfds syntax: 'train[:10%]', 'train+validation', 'all'."""
+    `data.eval_split` (default 'validation'; a separate text:/tsv:/jsonl:/parallel: eval source
+    is read whole, as tfds's 'all' split). Splits take tfds syntax: 'train[:10%]',
+    'train+validation', 'all'."""
     source = config.data.eval_source or config.data.source
     split = config.data.eval_split
     if split is None:
-        separate_file = (source.split(":")[0] in ("text", "tsv", "parallel")
+        separate_file = (source.split(":")[0] in ("text", "tsv", "jsonl", "parallel")
                          and source != config.data.source)
         split = "all" if separate_file else "validation"
     return source, split

@@ -38,15 +38,17 @@ def read_rows(files: list[epath.Path]) -> tuple[list[str], list[list[str]]]:
 
 
 class LocalTsv(tfds.core.GeneratorBasedBuilder):
-    """Local TSV files as a TFDS dataset; construct through `prepare_local_tsv`."""
+    """Local TSV files as a TFDS dataset; construct through `prepare_local_tsv`. Subclasses
+    read other row formats into the same (header, rows) table (jsonl_builder.py)."""
 
     VERSION = tfds.core.Version("1.0.0")
     pkg_dir_path = epath.Path(__file__).parent  # see text_builder.LocalText
+    read_rows = staticmethod(read_rows)
 
     def __init__(self, *, files: list[epath.Path], validation_fraction: float, **kwargs):
         self._files = files
         self._validation_fraction = validation_fraction
-        self._header, self._rows = read_rows(files)
+        self._header, self._rows = self.read_rows(files)
         name = content_hash(files, repr(validation_fraction))
         super().__init__(config=tfds.core.BuilderConfig(name=name), **kwargs)
 
@@ -68,8 +70,9 @@ class LocalTsv(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare_local_tsv(pattern: str, validation_fraction: float, data_dir: str | None,
-                      what: str) -> tfds.core.DatasetBuilder:
-    builder = LocalTsv(files=resolve_files(pattern, what),
-                       validation_fraction=validation_fraction, data_dir=data_dir)
+                      what: str, builder_class: type[LocalTsv] = LocalTsv
+                      ) -> tfds.core.DatasetBuilder:
+    builder = builder_class(files=resolve_files(pattern, what),
+                            validation_fraction=validation_fraction, data_dir=data_dir)
     builder.download_and_prepare(file_format="array_record")
     return builder
