@@ -172,6 +172,12 @@ def base_config() -> ml_collections.ConfigDict:
     # (benchmarks/compiler_options.py). '' keeps XLA's own defaults.
     p.compiler_options = "xla_cpu_experimental_ynn_fusion_type="
 
+    # a jax.profiler trace of training steps [start_step, start_step + num_steps), written to
+    # WORKDIR/plugins/profile for TensorBoard's Profile tab (and Perfetto)
+    c.profile = ml_collections.ConfigDict()
+    c.profile.start_step = config_dict.placeholder(int)  # None: no trace
+    c.profile.num_steps = 3
+
     c.generate = gen = ml_collections.ConfigDict()
     gen.max_new_tokens = 100
     gen.temperature = 1.0
@@ -326,7 +332,8 @@ _OPEN_FRACTION = (lambda v: 0 < v < 1, "in (0, 1)")
 _RANGES = {
     **dict.fromkeys(("num_train_steps", "log_every_steps", "eval_every_steps",
                      "checkpoint_every_steps", "batch_size", "seq_len", "target_seq_len",
-                     "max_checkpoints_to_keep", "early_stopping_evals", "model.num_layers",
+                     "max_checkpoints_to_keep", "early_stopping_evals", "profile.start_step",
+                     "profile.num_steps", "model.num_layers",
                      "model.num_encoder_layers", "model.num_decoder_layers", "model.num_heads",
                      "model.head_dim", "model.emb_dim", "model.mlp_dim", "model.max_len",
                      "model.vocab_size", "model.num_classes", "model.relative_buckets",

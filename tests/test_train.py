@@ -191,6 +191,19 @@ def test_z_loss_pulls_the_softmax_normaliser_towards_one(tmp_path):
     assert mean_abs_log_z(1.0) < 0.6 * mean_abs_log_z(0.0)
 
 
+def test_profile_traces_the_chosen_training_steps(tmp_path):
+    import gzip
+    import json
+
+    c = tiny_config(**{"num_train_steps": 6, "profile.start_step": 3, "profile.num_steps": 2})
+    train_and_evaluate(c, tmp_path)
+    runs = list((tmp_path / "plugins/profile").iterdir())  # where TensorBoard looks
+    assert len(runs) == 1 and list(runs[0].glob("*.xplane.pb"))
+    with gzip.open(next(runs[0].glob("*.trace.json.gz"))) as f:
+        names = [e.get("name", "") for e in json.load(f)["traceEvents"]]
+    assert any("train_step" in n for n in names)  # the jitted step's calls are in it
+
+
 def _event_steps(workdir: epath.Path, tag: str) -> list[int]:
     """Steps of the scalar `tag` in TensorBoard event files (TFRecord framing, parsed here)."""
     from tensorboardX.proto import event_pb2

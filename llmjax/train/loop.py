@@ -126,6 +126,36 @@ def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.
     return restored
 
 
+class _Profile:
+    """A jax.profiler trace of training steps [start_step, start_step + num_steps) (`profile.*`
+    keys) into WORKDIR/plugins/profile/<time>/, where TensorBoard's Profile tab finds it."""
+
+    def __init__(self, options: ml_collections.ConfigDict, workdir: epath.Path):
+        self.first = options.start_step
+        self.last = None if self.first is None else self.first + options.num_steps - 1
+        self.workdir, self.tracing = workdir, False
+
+    def before_step(self, step: int, state: Any) -> None:
+        if step == self.first:
+            jax.block_until_ready(state)  # earlier steps' work stays out of the trace
+            jax.profiler.start_trace(str(self.workdir))
+            self.tracing = True
+
+    def after_step(self, step: int, state: Any) -> None:
+        if step == self.last:
+            self.stop(state)
+
+    def stop(self, state: Any) -> None:
+        if not self.tracing:
+            return
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        self.tracing = False
+        logging.info("wrote a profile of steps %d-%d to %s (tensorboard --logdir=%s, Profile "
+                     "tab, with tensorboard-plugin-profile; or the trace.json.gz in Perfetto)",
+                     self.first, self.last, self.workdir / "plugins" / "profile", self.workdir)
+
+
 class _StopSignal:
     """SIGTERM/SIGINT -> finish the step, checkpoint, exit cleanly.
 
@@ -344,16 +374,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         last_saved = step
 
     weight_keys = set(loss_terms(objective).values())  # the batch keys of the loss weights
+    profile = _Profile(config.profile, workdir)
     nan_step = faults.planned("nan_at_step")  # read once, off the hot path; None outside tests
     with _StopSignal() as stop:
         while step < last_step:
             batch = next(train_iter)
+            profile.before_step(step + 1, state)
             if step + 1 == nan_step:
                 batch = faults.poison_batch(batch, weight_keys)
             state, metrics = parallel.train_step(state, batch)
             pending.append(parallel.unreplicate_metrics(metrics))
             step += 1
             interval_steps += 1
+            profile.after_step(step, state)
             if step == start + 1:  # the first step includes compilation: time it apart
                 jax.block_until_ready(state)
                 logging.info("first step (compile + run) took %.1f s",
@@ -402,6 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                 logging.warning("received signal %d: saved a checkpoint at step %d in %s; run "
                                 "the same command to resume", stop.received, step, ckpt.directory)
                 break
+    profile.stop(state)  # a run that ended inside the traced steps
     progress.close()
     ckpt.wait()
     ckpt.close()
