@@ -134,10 +134,5 @@ class BestCheckpoint:
             return f"no eval has had a finite {self.metric}"
         return f"the best, {self.best:.4g} at step {self.step}, is in {self.directory}"
 
-    def evals_since_best(self, step: int, is_eval_step) -> int:
-        """Evals after the best one up to `step` (all of them when none was finite): what
-        `early_stopping_evals` counts. Derived from the steps, so a resumed run counts alike."""
-        return sum(1 for s in range((self.step or 0) + 1, step + 1) if is_eval_step(s))
-
     def close(self) -> None:
         self.manager.close()

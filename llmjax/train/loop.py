@@ -351,9 +351,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     def is_eval_step(step: int) -> bool:
         return step % config.eval_every_steps == 0 or step == config.num_train_steps
 
-    def stalled(step: int) -> bool:  # early stopping: no improvement in the last N evals
-        return bool(config.early_stopping_evals) and best.evals_since_best(
-            step, is_eval_step) >= config.early_stopping_evals
+    def stalled(step: int) -> bool:
+        """Early stopping: the last early_stopping_evals evals up to `step` came after the
+        best one (all evals, when none had a finite value). Counted from the eval steps, so
+        a resumed run stops where an uninterrupted one would."""
+        if not config.early_stopping_evals:
+            return False
+        after, every = best.step or 0, config.eval_every_steps
+        evals = step // every - after // every + (
+            after < config.num_train_steps <= step and config.num_train_steps % every != 0)
+        return evals >= config.early_stopping_evals
 
     if start < last_step and stalled(start):
         logging.info("%s stopped early at step %d (%s has not improved for %d evals; %s): "
