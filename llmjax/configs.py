@@ -412,6 +412,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(not config.early_stopping_evals or config.checkpoint_best_metric,
            f"early_stopping_evals={config.early_stopping_evals} counts evals without improvement "
            "of checkpoint_best_metric: set it too (e.g. checkpoint_best_metric=eval/loss)")
+    _check((config.profile.start_step or 0) <= config.num_train_steps,
+           f"profile.start_step={config.profile.start_step} is after the run's last step "
+           f"(num_train_steps={config.num_train_steps}): choose a step the run trains")
     _check(config.checkpoint_best_mode in ("auto", "min", "max"),
            f"checkpoint_best_mode={config.checkpoint_best_mode!r}: use auto, min or max")
     _check(config.parallel.mode in ("single", "pmap", "mesh"),
