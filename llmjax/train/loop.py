@@ -24,6 +24,7 @@ from llmjax.train import best as best_lib
 from llmjax.train import checkpoint, faults, flops, optim
 from llmjax.train import state as state_lib
 from llmjax.train.parallel import Parallel
+from llmjax.train.profile import StepProfile
 from llmjax.train.step import loss_terms, make_eval_step
 from llmjax.train.writer import MetricWriter
 
@@ -124,36 +125,6 @@ def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.
         raise FileNotFoundError(f"init.workdir={config.init.workdir}: {e}") from e
     logging.info("initialised parameters from %s step %d", config.init.workdir, step)
     return restored
-
-
-class _Profile:
-    """A jax.profiler trace of training steps [start_step, start_step + num_steps) (`profile.*`
-    keys) into WORKDIR/plugins/profile/<time>/, where TensorBoard's Profile tab finds it."""
-
-    def __init__(self, options: ml_collections.ConfigDict, workdir: epath.Path):
-        self.first = options.start_step
-        self.last = None if self.first is None else self.first + options.num_steps - 1
-        self.workdir, self.tracing = workdir, False
-
-    def before_step(self, step: int, state: Any) -> None:
-        if step == self.first:
-            jax.block_until_ready(state)  # earlier steps' work stays out of the trace
-            jax.profiler.start_trace(str(self.workdir))
-            self.tracing = True
-
-    def after_step(self, step: int, state: Any) -> None:
-        if step == self.last:
-            self.stop(state)
-
-    def stop(self, state: Any) -> None:
-        if not self.tracing:
-            return
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-        self.tracing = False
-        logging.info("wrote a profile of steps %d-%d to %s (tensorboard --logdir=%s, Profile "
-                     "tab, with tensorboard-plugin-profile; or the trace.json.gz in Perfetto)",
-                     self.first, self.last, self.workdir / "plugins" / "profile", self.workdir)
 
 
 class _StopSignal:
@@ -381,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         last_saved = step
 
     weight_keys = set(loss_terms(objective).values())  # the batch keys of the loss weights
-    profile = _Profile(config.profile, workdir)
+    profile = StepProfile(config.profile, workdir)
     nan_step = faults.planned("nan_at_step")  # read once, off the hot path; None outside tests
     with _StopSignal() as stop:
         while step < last_step:
