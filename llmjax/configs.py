@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.num_encoder_layers = config_dict.placeholder(int)
     m.num_decoder_layers = config_dict.placeholder(int)
     m.num_heads = 4
+    m.num_kv_heads = config_dict.placeholder(int)  # None: num_heads (grouped-query attention)
     m.head_dim = config_dict.placeholder(int)  # None: emb_dim // num_heads
     m.emb_dim = 128
     m.mlp_dim = 512
@@ -335,6 +336,7 @@ _RANGES = {
                      "max_checkpoints_to_keep", "early_stopping_evals", "profile.start_step",
                      "profile.num_steps", "model.num_layers",
                      "model.num_encoder_layers", "model.num_decoder_layers", "model.num_heads",
+                     "model.num_kv_heads",
                      "model.head_dim", "model.emb_dim", "model.mlp_dim", "model.max_len",
                      "model.vocab_size", "model.num_classes", "model.relative_buckets",
                      "model.relative_max_distance", "tokenizer.vocab_size",
@@ -391,6 +393,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.emb_dim % m.num_heads == 0 or m.head_dim is not None,
            f"model.emb_dim={m.emb_dim} is not divisible by model.num_heads={m.num_heads}: "
            "set model.head_dim or change one of them")
+    _check(m.num_kv_heads is None or m.num_heads % m.num_kv_heads == 0,
+           f"model.num_kv_heads={m.num_kv_heads} does not divide model.num_heads={m.num_heads}:"
+           " each key/value head serves a whole group of query heads")
     per_step = num_data_shards * o.accumulation_steps
     _check(config.batch_size % per_step == 0,
            f"batch_size={config.batch_size} is not divisible by data-parallel size "

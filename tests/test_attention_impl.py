@@ -36,6 +36,7 @@ SEG = jnp.array([[1] * 5 + [2] * 4 + [0] * 3, [1] * 12])  # packed + padded, and
 
 @pytest.mark.parametrize("kw", [
     dict(position_embedding="learned"),
+    dict(position_embedding="rotary", num_heads=4, num_kv_heads=2, head_dim=4),  # grouped
     pytest.param(dict(position_embedding="rotary"), marks=pytest.mark.slow),
     pytest.param(dict(position_embedding="alibi", embed_norm=True), marks=pytest.mark.slow)])
 def test_decoder_xla_attention_equals_einsum(kw):

@@ -67,6 +67,18 @@ def test_pmap_and_meshes_give_one_devices_losses(tmp_path, family):
         np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=f"mesh {name}")
 
 
+def test_grouped_query_attention_on_a_tensor_parallel_mesh(tmp_path):
+    """Key/value heads split over the tensor axis (2 of 4 query heads' groups per device)."""
+    c, objective, batches = family_setup(tmp_path, "decoder", **{
+        "model.num_heads": 4, "model.num_kv_heads": 2, "model.position_embedding": "rotary"})
+    single, _, _ = run_steps(c, objective, batches, "single")
+    losses, state, _ = run_steps(c, objective, batches, "mesh", (2, 2, 2))
+    np.testing.assert_allclose(losses, single, atol=1e-5)
+    kernel = state["params"]["layers"][0]["attention"]["key"]["kernel"][...]
+    assert kernel.shape == (32, 2, 8)
+    assert shard_shapes(kernel) == {(16, 1, 8)}  # fsdp x tensor
+
+
 def shard_shapes(array) -> set[tuple]:
     return {s.data.shape for s in array.addressable_shards}
 

@@ -81,6 +81,7 @@ def test_attention_mask_blocks_padding_and_future():
     dict(position_embedding="rotary", use_bias=False, tie_embeddings=False),
     dict(position_embedding="learned", norm_position="post"),
     dict(position_embedding="alibi", embed_norm=True),
+    dict(position_embedding="rotary", num_heads=4, num_kv_heads=2, head_dim=4),
 ])
 def test_kv_cache_decoding_equals_full_forward(kw):
     model = make(**kw)
@@ -111,6 +112,32 @@ def test_kv_cache_with_left_padded_prompts(position):
     step, _ = decode(nxt, cache)
     np.testing.assert_allclose(step[0, 0], forward(jnp.concatenate([short, nxt[:1]], 1))[0, -1],
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_attention_is_multi_head_with_shared_key_value_heads(kv_heads):
+    """num_kv_heads=N: query head h reads key/value head h // (H / N), i.e. the multi-head
+    model whose key and value projections repeat each of the N heads H / N times in a row
+    (Hugging Face's repeat_kv); the cache holds N heads."""
+    kw = dict(num_heads=4, head_dim=4, position_embedding="rotary")
+    grouped = make(num_kv_heads=kv_heads, **kw)
+    full = make(**kw)
+
+    def repeated(path, x):
+        name = "/".join(map(str, path))
+        if "/key/" in name or "/value/" in name:  # kernel [D, N, K], bias [N, K]
+            assert x.shape[-2] == kv_heads
+            return jnp.repeat(x, 4 // kv_heads, axis=x.ndim - 2)
+        return x
+
+    nnx.update(full, jax.tree_util.tree_map_with_path(
+        lambda p, x: repeated([getattr(k, "key", k) for k in p], x),
+        nnx.state(grouped, nnx.Param)))
+    toks = tokens((2, 10))
+    seg = jnp.array([[1] * 6 + [2] * 4, [1] * 7 + [0] * 3])
+    np.testing.assert_allclose(jitted(grouped)(toks, segment_ids=seg),
+                               jitted(full)(toks, segment_ids=seg), atol=1e-5)
+    assert grouped.init_cache(2, 16)["layers"][0]["k"].shape == (2, 16, kv_heads, 4)
 
 
 def test_options_change_the_parameter_set():

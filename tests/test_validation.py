@@ -126,6 +126,7 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"optimizer.learning_rate": -1e-3}, "optimizer.learning_rate=-0.001 must be >= 0"),
     ({"optimizer.accumulation_steps": 0}, "optimizer.accumulation_steps=0 must be at least 1"),
     ({"model.num_heads": 0}, "model.num_heads=0 must be at least 1"),
+    ({"model.num_kv_heads": 3}, "num_kv_heads=3 does not divide model.num_heads=2"),
     ({"optimizer.b2": 1.0}, r"optimizer.b2=1.0 must be in \[0, 1\)"),
     ({"model.dropout_rate": 1.0}, r"model.dropout_rate=1.0 must be in \[0, 1\)"),
     ({"data.noise_density": 0.0}, r"data.noise_density=0.0 must be in \(0, 1\)"),

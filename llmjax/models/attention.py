@@ -38,15 +38,42 @@ def segment_positions(segment_ids_BxL: Array) -> Array:
     return idx - start_idx
 
 
+def _scores(q_BxQxHxK: Array, k_BxSxNxK: Array) -> Array:
+    """Attention logits [B, H, Q, S] in float32. With N < H key/value heads (grouped-query
+    attention), query head h reads key head h // (H / N), as Hugging Face's repeat_kv; the
+    grouped einsum does it without copying the keys H / N times."""
+    b, q_len, h, d = q_BxQxHxK.shape
+    n, s = k_BxSxNxK.shape[2], k_BxSxNxK.shape[1]
+    if n == h:
+        return jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxNxK,
+                          preferred_element_type=jnp.float32)
+    grouped = q_BxQxHxK.reshape(b, q_len, n, h // n, d)
+    return jnp.einsum("bqngk,bsnk->bngqs", grouped, k_BxSxNxK,
+                      preferred_element_type=jnp.float32).reshape(b, h, q_len, s)
+
+
+def _mix(probs_BxHxQxS: Array, v_BxSxNxK: Array) -> Array:
+    """Attention output [B, Q, H, K]: each head's probabilities over its (grouped) values."""
+    b, h, q_len, s = probs_BxHxQxS.shape
+    n = v_BxSxNxK.shape[2]
+    if n == h:
+        return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxQxS, v_BxSxNxK)
+    grouped = probs_BxHxQxS.reshape(b, n, h // n, q_len, s)
+    out = jnp.einsum("bngqs,bsnk->bqngk", grouped, v_BxSxNxK)
+    return out.reshape(b, q_len, h, v_BxSxNxK.shape[3])
+
+
 class MultiHeadAttention(nnx.Module):
-    """Self- or cross-attention; rotary positions are applied to queries and keys when enabled."""
+    """Self- or cross-attention; rotary positions are applied to queries and keys when enabled.
+    Keys and values have cfg.kv_heads heads (fewer than the queries' for grouped-query
+    attention), which shrinks their projections and the decoding cache alike."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        d, h, k = cfg.emb_dim, cfg.num_heads, cfg.head_dim
+        d, h, n, k = cfg.emb_dim, cfg.num_heads, cfg.kv_heads, cfg.head_dim
         self.cfg = cfg
         self.query = Dense((d,), (h, k), cfg, rngs=rngs)
-        self.key = Dense((d,), (h, k), cfg, rngs=rngs)
-        self.value = Dense((d,), (h, k), cfg, rngs=rngs)
+        self.key = Dense((d,), (n, k), cfg, rngs=rngs)
+        self.value = Dense((d,), (n, k), cfg, rngs=rngs)
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
         self.out = Dense((h, k), (d,), cfg, rngs=rngs, std=out_std)
 
@@ -55,7 +82,7 @@ class MultiHeadAttention(nnx.Module):
                  cache: dict | None = None, cache_index: Array | None = None,
                  bias_BxHxQxK: Array | None = None, static_kv: dict | None = None,
                  rng: Array | None = None) -> tuple[Array, dict | None]:
-        """Returns (output [B, Q, D], updated cache). With a cache {'k','v': [B, S, H, K]}, the
+        """Returns (output [B, Q, D], updated cache). With a cache {'k','v': [B, S, N, K]}, the
         new keys/values are written at `cache_index` and the mask covers all S slots.
         `static_kv` ({'k','v'} from `key_values`) are cross-attention keys/values computed once
         per source; `bias` is added to the logits (relative positions)."""
@@ -85,17 +112,15 @@ class MultiHeadAttention(nnx.Module):
                 q, k.astype(q.dtype), v.astype(q.dtype), bias=bias_BxHxQxK, mask=mask_Bx1xQxK,
                 scale=1.0, implementation=cfg.attention_impl)
             return self.out(out), cache
-        logits = jnp.einsum("bqhk,bshk->bhqs", q, k.astype(q.dtype),
-                            preferred_element_type=jnp.float32)
+        logits = _scores(q, k.astype(q.dtype))
         if bias_BxHxQxK is not None:
             logits = logits + bias_BxHxQxK
         # A finite minimum, not -inf: fully masked rows (padding queries) stay NaN-free.
         logits = jnp.where(mask_Bx1xQxK, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
         probs = dropout(probs, cfg.attention_dropout_rate, rng)
-        out = jnp.einsum("bhqs,bshk->bqhk", probs, v.astype(q.dtype))
-        return self.out(out), cache
+        return self.out(_mix(probs, v.astype(q.dtype))), cache
 
     def key_values(self, kv_BxKxD: Array) -> dict:
-        """{'k', 'v': [B, K, H, head_dim]} of a fixed memory (cross-attention's encoder output)."""
+        """{'k', 'v': [B, K, N, head_dim]} of a fixed memory (cross-attention's encoder output)."""
         return {"k": self.key(kv_BxKxD), "v": self.value(kv_BxKxD)}

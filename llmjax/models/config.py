@@ -15,6 +15,7 @@ class ModelConfig:
     num_encoder_layers: int | None = None  # encoder_decoder: None = num_layers
     num_decoder_layers: int | None = None
     num_heads: int = 4
+    num_kv_heads: int | None = None  # grouped-query attention; None = num_heads (multi-head)
     head_dim: int = 32
     emb_dim: int = 128
     mlp_dim: int = 512
@@ -50,6 +51,11 @@ class ModelConfig:
     @property
     def decoder_layers(self) -> int:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: num_heads (multi-head), 1 (multi-query) or a divisor (grouped)."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @property
     def compute_dtype(self) -> jnp.dtype:

@@ -72,10 +72,10 @@ class Decoder(nnx.Module):
                                                segment_ids=segment_ids, rng=rng))
 
     def init_cache(self, batch_size: int, max_len: int | None = None) -> dict:
-        """An empty KV cache for `decode`: per-layer keys/values [B, S, H, K] and bookkeeping."""
+        """An empty KV cache for `decode`: per-layer keys/values [B, S, H_kv, K] and bookkeeping."""
         cfg = self.cfg
         s = max_len or cfg.max_len
-        shape = (batch_size, s, cfg.num_heads, cfg.head_dim)
+        shape = (batch_size, s, cfg.kv_heads, cfg.head_dim)
         return {
             "layers": [{"k": jnp.zeros(shape, cfg.compute_dtype),
                         "v": jnp.zeros(shape, cfg.compute_dtype)} for _ in self.layers],

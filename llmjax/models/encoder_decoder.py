@@ -126,11 +126,11 @@ class EncoderDecoder(nnx.Module):
 
     def init_cache(self, encoded_BxSxD: Array, encoder_segment_ids: Array, max_len: int
                    ) -> dict:
-        """A decoding cache for `decode_step`: empty self-attention keys/values [B, max_len, H,
-        K] per layer, and each layer's cross-attention keys/values of the encoder output."""
+        """A decoding cache for `decode_step`: empty self-attention keys/values [B, max_len,
+        H_kv, K] per layer, and each layer's cross-attention keys/values of the encoder output."""
         cfg = self.cfg
         batch = encoded_BxSxD.shape[0]
-        shape = (batch, max_len, cfg.num_heads, cfg.head_dim)
+        shape = (batch, max_len, cfg.kv_heads, cfg.head_dim)
         return {
             "layers": [{"k": jnp.zeros(shape, cfg.compute_dtype),
                         "v": jnp.zeros(shape, cfg.compute_dtype)} for _ in self.decoder.layers],
