@@ -105,7 +105,7 @@ def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
         load_tokenizer(tmp_path)
     # a vocabulary without an unknown-token piece
     (tmp_path / "vocab.txt").write_text("[PAD]\n[CLS]\n[SEP]\nthe\ncat\n")
-    with pytest.raises(TokenizerFileError, match="has no unk token .* needs pad, bos, eos and unk"):
+    with pytest.raises(TokenizerFileError, match="has no unk token .* needs bos, eos, unk tokens"):
         load_tokenizer(tmp_path)
 
 

@@ -24,9 +24,9 @@ SPECIAL_ROLES = ("pad", "bos", "eos", "unk", "mask")
 _WORD_START = "\u2581"  # marks word starts while a WordPiece vocabulary is learnt
 # Names a Hugging Face vocabulary gives each role, most specific first (BERT, RoBERTa/BART, GPT-2).
 _HF_SPECIAL_NAMES = {
-    "pad": ("[PAD]", "<pad>", "<|endoftext|>"),
-    "bos": ("[CLS]", "<s>", "<bos>", "<|endoftext|>"),
-    "eos": ("[SEP]", "</s>", "<eos>", "<|endoftext|>"),
+    "pad": ("[PAD]", "<pad>", "<|endoftext|>", "<|finetune_right_pad_id|>"),
+    "bos": ("[CLS]", "<s>", "<bos>", "<|begin_of_text|>", "<|endoftext|>"),
+    "eos": ("[SEP]", "</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>"),
     "unk": ("[UNK]", "<unk>", "<|endoftext|>"),
     "mask": ("[MASK]", "<mask>"),
 }
@@ -166,21 +166,33 @@ class ByteTokenizer(Tokenizer):
 
 class HFTokenizer(Tokenizer):
     """A Hugging Face `tokenizers` model (tokenizer.json); special ids found in its vocabulary
-    (llmjax-trained ones have ours at 0..4)."""
+    (llmjax-trained ones have ours at 0..4).
 
-    def __init__(self, hf_tokenizer, lowercase: bool = False):
+    `special_tokens` names a role's token ({'bos': '<|begin_of_text|>', ...}, from the folder's
+    tokenizer_config.json) before the usual names are tried. The `required` roles must exist;
+    a vocabulary without a pad token pads with eos (as Hugging Face fine-tuning recipes set
+    pad = eos for LLaMA), one without unk (byte-level BPE never needs it) or mask has None.
+    """
+
+    required = ("bos", "eos")
+
+    def __init__(self, hf_tokenizer, lowercase: bool = False,
+                 special_tokens: dict[str, str] | None = None):
         super().__init__(lowercase)
         self.hf = hf_tokenizer
         vocab = hf_tokenizer.get_vocab()
+        special_tokens = special_tokens or {}
         for role, names in _HF_SPECIAL_NAMES.items():
             ours = SPECIALS[SPECIAL_ROLES.index(role)]
-            found = [vocab[n] for n in (ours, *names) if n in vocab]
-            if role == "mask" or found:
-                setattr(self, f"{role}_id", found[0] if found else None)
-            else:
+            candidates = [t for t in (special_tokens.get(role), ours, *names) if t]
+            found = [vocab[n] for n in candidates if n in vocab]
+            if not found and role in self.required:
                 raise TokenizerFileError(f"the tokenizer vocabulary has no {role} token "
-                                         f"(looked for {', '.join((ours, *names))}); llmjax "
-                                         "needs pad, bos, eos and unk tokens")
+                                         f"(looked for {', '.join(candidates)}); llmjax "
+                                         f"needs {', '.join(self.required)} tokens")
+            setattr(self, f"{role}_id", found[0] if found else None)
+        if self.pad_id is None:
+            self.pad_id = self.eos_id
 
     @property
     def special_ids(self) -> list[int]:
@@ -208,10 +220,13 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def load(cls, directory: epath.Path, lowercase: bool) -> HFTokenizer:
+        """The tokenizer as saved, with the special ids it was saved with."""
         from tokenizers import Tokenizer as HFTokenizerModel
 
-        return cls(HFTokenizerModel.from_str((directory / "tokenizer.json").read_text()),
-                   lowercase)
+        hf = HFTokenizerModel.from_str((directory / "tokenizer.json").read_text())
+        saved = json.loads((directory / _CONFIG_FILE).read_text()).get("special_ids", {})
+        tokens = {role: hf.id_to_token(i) for role, i in saved.items() if i is not None}
+        return cls(hf, lowercase, {role: t for role, t in tokens.items() if t is not None})
 
 
 class BPETokenizer(HFTokenizer):
@@ -247,6 +262,7 @@ class WordPieceTokenizer(HFTokenizer):
     """BERT's WordPiece: whitespace/punctuation pre-splitting, '##' continuation pieces."""
 
     kind = "wordpiece"
+    required = ("bos", "eos", "unk")  # words outside the vocabulary become unk
 
     def word_starts(self) -> np.ndarray:
         """Every piece but the '##' continuations starts a word."""
@@ -352,8 +368,8 @@ def load_hf_tokenizer(path: str | epath.Path, lowercase: bool = False) -> Tokeni
         return SentencePieceTokenizer.load(spiece, lowercase)
     folder = path if path.is_dir() else path.parent
     hf_config = folder / _CONFIG_FILE
-    if hf_config.exists():
-        lowercase = lowercase or bool(json.loads(hf_config.read_text()).get("do_lower_case"))
+    folder_config = json.loads(hf_config.read_text()) if hf_config.exists() else {}
+    lowercase = lowercase or bool(folder_config.get("do_lower_case"))
     if path.is_dir():
         path = next((path / n for n in ("tokenizer.json", "vocab.txt") if (path / n).exists()),
                     path / "tokenizer.json")
@@ -376,7 +392,20 @@ def load_hf_tokenizer(path: str | epath.Path, lowercase: bool = False) -> Tokeni
         hf.add_special_tokens(sorted(set(specials)))  # never split, skipped by decode
         hf_lowercase = False  # the normaliser lower-cases
     kinds = {"wordpiece": WordPieceTokenizer, "bpe": BPETokenizer}
-    return kinds.get(_hf_kind(hf), HFTokenizer)(hf, hf_lowercase)
+    return kinds.get(_hf_kind(hf), HFTokenizer)(hf, hf_lowercase,
+                                                _named_special_tokens(folder_config))
+
+
+def _named_special_tokens(tokenizer_config: dict) -> dict[str, str]:
+    """{role: token} of a Hugging Face tokenizer_config.json ('bos_token': '<s>' or
+    {'content': '<s>', ...})."""
+    named = {}
+    for role in SPECIAL_ROLES:
+        value = tokenizer_config.get(f"{role}_token")
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            named[role] = value
+    return named
 
 
 def load_tokenizer(directory: str | epath.Path, lowercase: bool = False) -> Tokenizer:
