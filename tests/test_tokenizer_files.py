@@ -99,6 +99,32 @@ def test_tokenizer_json_without_a_mask_token(tmp_path):
         train_and_evaluate(c, tmp_path / "mlm")
 
 
+def test_tokenizer_config_names_the_special_tokens(tmp_path):
+    """Special tokens under names llmjax does not know, named in the folder's
+    tokenizer_config.json; no pad token: eos pads; the saved copy keeps the ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(["the cat sat on the mat"] * 50, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|start|>", "<|stop|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    hf.save(str(folder / "tokenizer.json"))
+    with pytest.raises(TokenizerFileError, match=r"no bos token \(looked for <bos>, \[CLS\]"):
+        load_tokenizer(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|start|>", "eos_token": {"content": "<|stop|>", "special": True}}))
+    tok = load_tokenizer(folder)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.unk_id, tok.mask_id) == (0, 1, 1, None, None)
+    tok.save(tmp_path / "saved")
+    again = load_tokenizer(tmp_path / "saved")
+    assert (again.bos_id, again.eos_id, again.pad_id, again.unk_id) == (0, 1, 1, None)
+    assert again.encode("the cat") == tok.encode("the cat")
+
+
 def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match="holding tokenizer.json, vocab.txt or spiece.model"):
