@@ -36,6 +36,14 @@ def byte_bpe_tokenizer_json(folder, vocab_size=300):
     return tok
 
 
+def saved_random_model(model_class, config, folder):
+    """A transformers model of `config` with seed-0 random weights, saved in `folder`."""
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
 def padded_batch(lengths, vocab, seed=0):
     rng = np.random.RandomState(seed)
     ids = np.zeros((len(lengths), max(lengths)), np.int64)
@@ -54,6 +62,31 @@ def assert_same_import(folder_a, folder_b):
         np.testing.assert_array_equal(x, y)
 
 
+def assert_same_greedy_tokens(model, hf_model, prompt_1xL, new_tokens=12):
+    """A decoder's greedy continuation over its KV cache == transformers' generate (no <eos>
+    stop on either side)."""
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor(prompt_1xL), max_new_tokens=new_tokens,
+                                   do_sample=False, eos_token_id=None, pad_token_id=0)
+    prompt = jnp.asarray(prompt_1xL)
+    ours = sample(model.decode, prompt, jnp.ones_like(prompt), model.init_cache(1, 32),
+                  jax.random.PRNGKey(0), max_new_tokens=new_tokens, eos_id=-1, temperature=0.0)
+    np.testing.assert_array_equal(np.asarray(ours[0]), theirs[0, prompt.shape[1]:].numpy())
+
+
+def assert_same_causal_lm(model, hf_model):
+    """Logits of a right-padded batch (hidden states too) and greedy tokens == transformers'."""
+    ids, mask = padded_batch([9, 5, 12], 300)
+    with torch.no_grad():
+        out = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                       output_hidden_states=True)
+    seg = jnp.asarray(mask, jnp.int32)
+    assert_close(model(jnp.asarray(ids), segment_ids=seg), out.logits, mask)
+    assert_close(model.hidden_states(jnp.asarray(ids), segment_ids=seg), out.hidden_states[-1],
+                 mask)
+    assert_same_greedy_tokens(model, hf_model, ids[:1, :9])
+
+
 def assert_close(ours, theirs, mask):
     ours, theirs = np.asarray(ours), theirs.detach().numpy()
     keep = mask.astype(bool)
@@ -66,33 +99,14 @@ def gpt2_folder(tmp_path_factory):
     byte_bpe_tokenizer_json(folder)
     config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2,
                                      n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    model.save_pretrained(folder)
-    return folder, model
+    return folder, saved_random_model(transformers.GPT2LMHeadModel, config, folder)
 
 
 def test_gpt2_import_matches_transformers(gpt2_folder, tmp_path):
     folder, hf_model = gpt2_folder
     convert.import_to_workdir(folder, tmp_path / "run")
     run = llmjax.load(tmp_path / "run")
-    ids, mask = padded_batch([9, 5, 12], 300)
-    with torch.no_grad():
-        out = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                       output_hidden_states=True)
-    seg = jnp.asarray(mask, jnp.int32)
-    assert_close(run.model(jnp.asarray(ids), segment_ids=seg), out.logits, mask)
-    assert_close(run.model.hidden_states(jnp.asarray(ids), segment_ids=seg),
-                 out.hidden_states[-1], mask)
-    # greedy generation: the same 12 tokens (no <eos> stop on either side)
-    prompt = ids[:1, :9]
-    with torch.no_grad():
-        theirs = hf_model.generate(torch.tensor(prompt), max_new_tokens=12, do_sample=False,
-                                   eos_token_id=None, pad_token_id=0)[0, 9:].numpy()
-    ours = sample(run.model.decode, jnp.asarray(prompt), jnp.ones_like(jnp.asarray(prompt)),
-                  run.model.init_cache(1, 32), jax.random.PRNGKey(0), max_new_tokens=12,
-                  eos_id=-1, temperature=0.0)[0]
-    np.testing.assert_array_equal(np.asarray(ours), theirs)
+    assert_same_causal_lm(run.model, hf_model)
     # the tokenizer: transformers' encoding of the same tokenizer.json
     hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
     for text in SENTENCES + UNSEEN:
@@ -208,10 +222,7 @@ def bert_folder(tmp_path_factory):
                                      num_attention_heads=4, intermediate_size=64,
                                      max_position_embeddings=64, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    model = transformers.BertForPreTraining(config).eval()
-    model.save_pretrained(folder)
-    return folder, model
+    return folder, saved_random_model(transformers.BertForPreTraining, config, folder)
 
 
 def test_bert_import_matches_transformers(bert_folder, tmp_path):
@@ -276,10 +287,7 @@ def t5_folder(request, tmp_path_factory):
                                    feed_forward_proj="gated-gelu" if v11 else "relu",
                                    tie_word_embeddings=not v11, decoder_start_token_id=0,
                                    pad_token_id=0, eos_token_id=1)
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(config).eval()
-    model.save_pretrained(folder)
-    return folder, model
+    return folder, saved_random_model(transformers.T5ForConditionalGeneration, config, folder)
 
 
 def test_t5_import_matches_transformers(t5_folder, tmp_path):
@@ -384,10 +392,7 @@ def bart_folder(tmp_path_factory):
         activation_dropout=0.0, scale_embedding=True, pad_token_id=1, bos_token_id=0,
         eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None,
         forced_eos_token_id=None)
-    torch.manual_seed(0)
-    model = transformers.BartForConditionalGeneration(config).eval()
-    model.save_pretrained(folder)
-    return folder, model
+    return folder, saved_random_model(transformers.BartForConditionalGeneration, config, folder)
 
 
 @pytest.mark.slow
@@ -432,10 +437,7 @@ def bloom_folder(tmp_path_factory):
     byte_bpe_tokenizer_json(folder)
     config = transformers.BloomConfig(vocab_size=300, hidden_size=48, n_layer=2, n_head=6,
                                       hidden_dropout=0.0, attention_dropout=0.0)
-    torch.manual_seed(0)
-    model = transformers.BloomForCausalLM(config).eval()
-    model.save_pretrained(folder)
-    return folder, model
+    return folder, saved_random_model(transformers.BloomForCausalLM, config, folder)
 
 
 @pytest.mark.slow
@@ -443,26 +445,92 @@ def test_bloom_import_export_matches_transformers(bloom_folder, tmp_path):
     folder, hf_model = bloom_folder
     convert.import_to_workdir(folder, tmp_path / "run")
     run = llmjax.load(tmp_path / "run")
-    ids, mask = padded_batch([9, 5, 12], 300)
-    with torch.no_grad():
-        out = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                       output_hidden_states=True)
-    seg = jnp.asarray(mask, jnp.int32)
-    assert_close(run.model(jnp.asarray(ids), segment_ids=seg), out.logits, mask)
-    prompt = ids[:1, :9]
-    with torch.no_grad():
-        theirs = hf_model.generate(torch.tensor(prompt), max_new_tokens=12, do_sample=False,
-                                   eos_token_id=None, pad_token_id=0)[0, 9:].numpy()
-    ours = sample(run.model.decode, jnp.asarray(prompt), jnp.ones_like(jnp.asarray(prompt)),
-                  run.model.init_cache(1, 32), jax.random.PRNGKey(0), max_new_tokens=12,
-                  eos_id=-1, temperature=0.0)[0]
-    np.testing.assert_array_equal(np.asarray(ours), theirs)
+    assert_same_causal_lm(run.model, hf_model)
     convert.export_workdir(tmp_path / "run", tmp_path / "hf")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.tensor(padded_batch([12, 12], 300)[0])
     with torch.no_grad():
-        np.testing.assert_allclose(reloaded(torch.tensor(ids)).logits.numpy(),
-                                   hf_model(torch.tensor(ids)).logits.numpy(), atol=1e-5)
+        np.testing.assert_allclose(reloaded(ids).logits.numpy(), hf_model(ids).logits.numpy(),
+                                   atol=1e-5)
     assert_same_import(folder, tmp_path / "hf")
+
+
+def llama_tokenizer_folder(folder):
+    """A LLaMA-2-style tokenizer: <unk>, <s>, </s> and no pad token, named in
+    tokenizer_config.json as Hugging Face writes it."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": {"content": "<s>", "special": True}, "eos_token": "</s>",
+        "unk_token": "<unk>", "pad_token": None, "add_bos_token": True}))
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    """Grouped-query attention (4 query heads, 2 key/value heads), untied embeddings."""
+    folder = tmp_path_factory.mktemp("llama")
+    llama_tokenizer_folder(folder)
+    config = transformers.LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-5, rope_theta=500000.0, bos_token_id=1, eos_token_id=2)
+    return folder, saved_random_model(transformers.LlamaForCausalLM, config, folder)
+
+
+def test_llama_import_export_matches_transformers(llama_folder, tmp_path):
+    folder, hf_model = llama_folder
+    config = convert.import_to_workdir(folder, tmp_path / "run")
+    assert (config.model.num_kv_heads, config.model.rotary_base) == (2, 500000.0)
+    run = llmjax.load(tmp_path / "run")
+    tok = run.tokenizer
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.unk_id) == (1, 2, 2, 0)  # pad = eos
+    assert_same_causal_lm(run.model, hf_model)
+    # generate: <s> + the prompt, as transformers' tokenizer encodes it for LLaMA
+    prompt = [tok.bos_id, *tok.encode("The quick brown")]
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[0, len(prompt):]
+    assert run.generate("The quick brown", max_new_tokens=6, temperature=0.0) == tok.decode(
+        theirs.tolist())
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert reloaded.config.num_key_value_heads == 2
+    ids = torch.tensor(padded_batch([12, 12], 300)[0])
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(ids).logits.numpy(), hf_model(ids).logits.numpy(),
+                                   atol=1e-5)
+    assert_same_import(folder, tmp_path / "hf")
+
+
+def test_mistral_within_its_window_matches_transformers(tmp_path):
+    """Mistral: LLaMA's tensors and a sliding window; max_len is capped at the window."""
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    llama_tokenizer_folder(folder)
+    config = transformers.MistralConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+        sliding_window=16, tie_word_embeddings=True)
+    hf_model = saved_random_model(transformers.MistralForCausalLM, config, folder)
+    from llmjax.train.state import build_model
+
+    imported, params = convert.import_folder(folder)
+    assert (imported.model.max_len, imported.model.num_kv_heads) == (16, 1)
+    model = nnx.merge(nnx.graphdef(build_model(imported)), params)
+    ids, mask = padded_batch([16, 7], 300)
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    assert_close(model(jnp.asarray(ids), segment_ids=jnp.asarray(mask, jnp.int32)), theirs,
+                 mask)
 
 
 def test_real_minilm_checkpoint_matches_transformers(tmp_path):
@@ -499,7 +567,12 @@ def test_a_run_the_family_cannot_express_is_refused_with_its_settings():
 
     from llmjax.configs import ConfigError
 
-    c = tiny_config(**{"model.position_embedding": "rotary", "model.use_bias": False})
-    with pytest.raises(ConfigError, match=r"gpt2 model: model.position_embedding='rotary' "
+    c = tiny_config(**{"model.position_embedding": "rotary", "model.norm": "layernorm"})
+    with pytest.raises(ConfigError, match=r"llama model: model.norm='layernorm' \(LLaMA has "
+                                          r"'rmsnorm'\); model.use_bias=True"):
+        convert.export_params(c, params=None)
+    c = tiny_config(**{"model.position_embedding": "sinusoidal", "model.use_bias": False})
+    with pytest.raises(ConfigError, match=r"gpt2 model: model.position_embedding='sinusoidal' "
                                           r"\(GPT-2 has 'learned'\); model.use_bias=False"):
         convert.export_params(c, params=None)
+

@@ -23,11 +23,12 @@ from flax import nnx
 
 from llmjax import configs
 from llmjax.configs import ConfigError
-from llmjax.convert import bart, bert, bloom, gpt2, t5
+from llmjax.convert import bart, bert, bloom, gpt2, llama, t5
 from llmjax.train.checkpoint import param_path_name
 
 # HF model_type -> its name map module
-FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom}
+FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom,
+            **dict.fromkeys(llama.MODEL_TYPES, llama)}
 
 
 def export_family(config: ml_collections.ConfigDict):
@@ -36,7 +37,7 @@ def export_family(config: ml_collections.ConfigDict):
     if m.arch == "encoder_decoder":  # post-norm with learned positions: BART; else T5
         return bart if m.norm_position == "post" else t5
     if m.arch == "decoder":
-        return bloom if m.position_embedding == "alibi" else gpt2
+        return {"alibi": bloom, "rotary": llama}.get(m.position_embedding, gpt2)
     return bert
 
 

@@ -1,0 +1,128 @@
+"""LLaMA (LlamaModel / LlamaForCausalLM) and Mistral <-> llmjax Decoder.
+
+LLaMA is a pre-RMSNorm decoder with rotary positions (rotate-half layout, as llmjax's), a
+SwiGLU feed-forward (down(silu(gate(x)) * up(x)): gate is llmjax's `wi`, up its `wg`), no
+biases, grouped-query attention (num_key_value_heads) and, mostly, untied embeddings. Mistral
+has the same tensors and a sliding attention window: with model.max_len at most the window,
+no query ever reaches past it, so full causal attention computes the same function. PyTorch
+Linear weights are [out, in], transposed into llmjax's [in, out] kernels.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from llmjax.convert.common import TensorReader, settings_problems
+
+MODEL_TYPE = "llama"
+MODEL_TYPES = ("llama", "mistral")
+HEADS = ()
+IGNORED = (r"lm_head\.weight", r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+_ACTIVATIONS = {"silu": "silu", "gelu": "gelu_exact", "gelu_pytorch_tanh": "gelu",
+                "relu": "relu"}
+
+
+def _rope(hf: dict) -> tuple[float, dict | None]:
+    """(rotary base, scaling) from transformers >= 5's `rope_parameters` or the older
+    top-level `rope_theta` / `rope_scaling`."""
+    params = hf.get("rope_parameters") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling")
+    if params.get("rope_type", "default") != "default":
+        scaling = params
+    return float(theta), scaling
+
+
+def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, objective: str | None
+              ) -> None:
+    from llmjax.convert.hf import ConversionError
+
+    m = config.model
+    m.arch, config.objective = "decoder", objective or "causal_lm"
+    theta, scaling = _rope(hf)
+    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+        raise ConversionError(f"rope scaling {scaling} has no llmjax match yet (llmjax reads "
+                              "LLaMA-family checkpoints with plain rotary positions)")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise ConversionError(f"{key}=true has no llmjax match (llmjax's LLaMA has no "
+                                  "biases)")
+    activation = hf.get("hidden_act", "silu")
+    if activation not in _ACTIVATIONS:
+        raise ConversionError(f"hidden_act {activation!r} has no llmjax match")
+    m.emb_dim, m.num_layers = hf["hidden_size"], hf["num_hidden_layers"]
+    m.num_heads = hf["num_attention_heads"]
+    kv_heads = hf.get("num_key_value_heads") or m.num_heads
+    m.num_kv_heads = None if kv_heads == m.num_heads else kv_heads
+    m.head_dim = hf.get("head_dim") or m.emb_dim // m.num_heads
+    m.mlp_dim, m.vocab_size = hf["intermediate_size"], hf["vocab_size"]
+    m.max_len = hf.get("max_position_embeddings", 2048)
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    if window:
+        m.max_len = min(m.max_len, window)
+    m.norm, m.norm_position, m.norm_epsilon = "rmsnorm", "pre", hf.get("rms_norm_eps", 1e-6)
+    m.position_embedding, m.rotary_base = "rotary", theta
+    m.activation, m.gated_mlp, m.use_bias = _ACTIVATIONS[activation], True, False
+    m.tie_embeddings = bool(hf.get("tie_word_embeddings", False))
+    m.dropout_rate = m.attention_dropout_rate = 0.0
+    config.seq_len = min(config.seq_len, m.max_len)
+
+
+def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
+                   ) -> tuple[dict[str, np.ndarray], set[str]]:
+    """({llmjax parameter name: array}, the HF names used)."""
+    m = config.model
+    d, k = m.emb_dim, m.head_dim
+    get = TensorReader(tensors, "model.")
+    out = {"embed/embedding": get("embed_tokens.weight"), "final_norm/scale": get("norm.weight")}
+    if not m.tie_embeddings:
+        out["lm_head/kernel"] = get("lm_head.weight").T
+    for i in range(m.num_layers):
+        p, q = f"layers.{i}.", f"layers/{i}/"
+        for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            out[q + f"attention/{ours}/kernel"] = get(p + f"self_attn.{theirs}.weight").T.reshape(
+                d, -1, k)  # [D, heads, K]
+        out[q + "attention/out/kernel"] = get(p + "self_attn.o_proj.weight").T.reshape(-1, k, d)
+        out[q + "attention_norm/scale"] = get(p + "input_layernorm.weight")
+        out[q + "mlp_norm/scale"] = get(p + "post_attention_layernorm.weight")
+        for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
+            out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight").T
+    return out, get.used
+
+
+def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
+    wanted = {"position_embedding": "rotary", "norm": "rmsnorm", "norm_position": "pre",
+              "use_bias": False, "gated_mlp": True, "activation": "silu", "embed_norm": False,
+              "scale_attention": True}
+    return settings_problems(config.model, wanted, "LLaMA", whole_heads=False)
+
+
+def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray]
+                   ) -> tuple[dict, dict[str, np.ndarray]]:
+    m = config.model
+    d = m.emb_dim
+    head_dim = m.head_dim or d // m.num_heads
+    t = {"model.embed_tokens.weight": flat["embed/embedding"],
+         "model.norm.weight": flat["final_norm/scale"]}
+    if not m.tie_embeddings:
+        t["lm_head.weight"] = flat["lm_head/kernel"].T
+    for i in range(m.num_layers):
+        p, q = f"model.layers.{i}.", f"layers/{i}/"
+        for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            t[p + f"self_attn.{theirs}.weight"] = flat[q + f"attention/{ours}/kernel"].reshape(
+                d, -1).T
+        t[p + "self_attn.o_proj.weight"] = flat[q + "attention/out/kernel"].reshape(-1, d).T
+        t[p + "input_layernorm.weight"] = flat[q + "attention_norm/scale"]
+        t[p + "post_attention_layernorm.weight"] = flat[q + "mlp_norm/scale"]
+        for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
+            t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"].T
+    hf = {"model_type": MODEL_TYPE, "architectures": ["LlamaForCausalLM"],
+          "vocab_size": m.vocab_size, "hidden_size": d, "intermediate_size": m.mlp_dim,
+          "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
+          "num_key_value_heads": m.num_kv_heads or m.num_heads, "head_dim": head_dim,
+          "max_position_embeddings": m.max_len, "rms_norm_eps": m.norm_epsilon,
+          "rope_theta": m.rotary_base, "hidden_act": "silu", "attention_bias": False,
+          "mlp_bias": False, "tie_word_embeddings": bool(m.tie_embeddings),
+          "attention_dropout": 0.0}
+    return hf, t
