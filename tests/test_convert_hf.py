@@ -576,3 +576,17 @@ def test_a_run_the_family_cannot_express_is_refused_with_its_settings():
                                           r"\(GPT-2 has 'learned'\); model.use_bias=False"):
         convert.export_params(c, params=None)
 
+
+def test_the_llama_style_gpt_config_exports_as_llama():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "configs" / "gpt.py"
+    spec = importlib.util.spec_from_file_location("gpt", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("size=small,style=llama")
+    family = convert.export_family(c)
+    assert family.MODEL_TYPE == "llama" and family.inexpressible(c) == []
+    assert (c.model.num_kv_heads, c.model.mlp_dim) == (3, 1024)
+    assert convert.export_family(module.get_config("size=small")).MODEL_TYPE == "gpt2"
