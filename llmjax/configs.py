@@ -76,6 +76,11 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"
     m.position_embedding = "learned"  # learned | sinusoidal | rotary | relative | none
     m.rotary_base = 10000.0
+    m.rope_scaling = "none"  # none | linear | llama3: RoPE frequencies for longer contexts
+    m.rope_scaling_factor = 8.0
+    m.rope_original_max_len = 8192  # llama3: the context of the first training
+    m.rope_low_freq_factor = 1.0
+    m.rope_high_freq_factor = 4.0
     m.relative_buckets = 32  # position_embedding=relative (T5): buckets per direction pair
     m.relative_max_distance = 128  # distances beyond this share the last bucket
     m.norm = "layernorm"  # layernorm | rmsnorm
@@ -345,7 +350,9 @@ _RANGES = {
                      "data.generated.alphabet_size", "data.generated.train_documents",
                      "data.generated.eval_documents", "data.generated.max_pair_length"),
                     _AT_LEAST_1),
-    **dict.fromkeys(("model.rotary_base", "peak_flops_per_device",
+    **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor",
+                     "model.rope_original_max_len", "model.rope_low_freq_factor",
+                     "model.rope_high_freq_factor", "peak_flops_per_device",
                      "data.generated.concentration"), _POSITIVE),
     **dict.fromkeys(("optimizer.learning_rate", "optimizer.end_learning_rate",
                      "optimizer.warmup_steps",
@@ -435,6 +442,14 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                                     "none"),
            f"model.position_embedding={m.position_embedding!r}: use learned, sinusoidal, "
            "rotary, relative, alibi or none")
+    _check(m.rope_scaling in ("none", "linear", "llama3"),
+           f"model.rope_scaling={m.rope_scaling!r}: use none, linear or llama3")
+    _check(m.rope_scaling == "none" or m.position_embedding == "rotary",
+           f"model.rope_scaling={m.rope_scaling!r} scales rotary positions: set "
+           "model.position_embedding=rotary, or model.rope_scaling=none")
+    _check(m.rope_scaling != "llama3" or m.rope_high_freq_factor > m.rope_low_freq_factor,
+           f"model.rope_high_freq_factor={m.rope_high_freq_factor} must exceed "
+           f"model.rope_low_freq_factor={m.rope_low_freq_factor} (llama3 interpolates between)")
     _check(m.position_embedding != "alibi" or m.arch == "decoder",
            f"model.position_embedding='alibi' is built for decoder models (BLOOM), not "
            f"model.arch={m.arch!r}")

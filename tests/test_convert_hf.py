@@ -511,6 +511,37 @@ def test_llama_import_export_matches_transformers(llama_folder, tmp_path):
     assert_same_import(folder, tmp_path / "hf")
 
 
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 128},  # wavelengths 6 (kept), 63 (smoothed), 628, 6283
+    {"rope_type": "linear", "factor": 2.0}])
+def test_llama_rope_scaling_matches_transformers(rope, tmp_path):
+    """Llama 3.1's 'llama3' and the 'linear' rope scaling: same logits, and exported back."""
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    llama_tokenizer_folder(folder)
+    config = transformers.LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=256,
+        rope_parameters={**rope, "rope_theta": 10000.0})
+    hf_model = saved_random_model(transformers.LlamaForCausalLM, config, folder)
+    convert.import_to_workdir(folder, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    assert (run.config.model.rope_scaling, run.config.model.rope_scaling_factor) == (
+        rope["rope_type"], rope["factor"])
+    ids, mask = padded_batch([40, 23], 300)
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    assert_close(run.model(jnp.asarray(ids), segment_ids=jnp.asarray(mask, jnp.int32)), theirs,
+                 mask)
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert reloaded.config.rope_parameters["rope_type"] == rope["rope_type"]
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(torch.tensor(ids)).logits.numpy(),
+                                   hf_model(torch.tensor(ids)).logits.numpy(), atol=1e-5)
+
+
 def test_mistral_within_its_window_matches_transformers(tmp_path):
     """Mistral: LLaMA's tensors and a sliding window; max_len is capped at the window."""
     folder = tmp_path / "mistral"

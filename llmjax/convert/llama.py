@@ -41,9 +41,10 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m = config.model
     m.arch, config.objective = "decoder", objective or "causal_lm"
     theta, scaling = _rope(hf)
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) or "default"
+    if kind not in ("default", "linear", "llama3"):
         raise ConversionError(f"rope scaling {scaling} has no llmjax match yet (llmjax reads "
-                              "LLaMA-family checkpoints with plain rotary positions)")
+                              "plain, linear and llama3 rotary positions)")
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             raise ConversionError(f"{key}=true has no llmjax match (llmjax's LLaMA has no "
@@ -63,6 +64,12 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
         m.max_len = min(m.max_len, window)
     m.norm, m.norm_position, m.norm_epsilon = "rmsnorm", "pre", hf.get("rms_norm_eps", 1e-6)
     m.position_embedding, m.rotary_base = "rotary", theta
+    if kind != "default":
+        m.rope_scaling, m.rope_scaling_factor = kind, float(scaling["factor"])
+    if kind == "llama3":
+        m.rope_original_max_len = scaling["original_max_position_embeddings"]
+        m.rope_low_freq_factor = float(scaling["low_freq_factor"])
+        m.rope_high_freq_factor = float(scaling["high_freq_factor"])
     m.activation, m.gated_mlp, m.use_bias = _ACTIVATIONS[activation], True, False
     m.tie_embeddings = bool(hf.get("tie_word_embeddings", False))
     m.dropout_rate = m.attention_dropout_rate = 0.0
@@ -117,12 +124,21 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         t[p + "post_attention_layernorm.weight"] = flat[q + "mlp_norm/scale"]
         for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
             t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"].T
+    rope = {"rope_type": "default" if m.rope_scaling == "none" else m.rope_scaling,
+            "rope_theta": m.rotary_base}
+    if m.rope_scaling != "none":
+        rope["factor"] = m.rope_scaling_factor
+    if m.rope_scaling == "llama3":
+        rope.update(original_max_position_embeddings=m.rope_original_max_len,
+                    low_freq_factor=m.rope_low_freq_factor,
+                    high_freq_factor=m.rope_high_freq_factor)
     hf = {"model_type": MODEL_TYPE, "architectures": ["LlamaForCausalLM"],
           "vocab_size": m.vocab_size, "hidden_size": d, "intermediate_size": m.mlp_dim,
           "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
           "num_key_value_heads": m.num_kv_heads or m.num_heads, "head_dim": head_dim,
           "max_position_embeddings": m.max_len, "rms_norm_eps": m.norm_epsilon,
-          "rope_theta": m.rotary_base, "hidden_act": "silu", "attention_bias": False,
+          "rope_theta": m.rotary_base, "rope_scaling": None if m.rope_scaling == "none" else rope,
+          "rope_parameters": rope, "hidden_act": "silu", "attention_bias": False,
           "mlp_bias": False, "tie_word_embeddings": bool(m.tie_embeddings),
           "attention_dropout": 0.0}
     return hf, t

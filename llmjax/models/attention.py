@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmjax.models.config import ModelConfig
-from llmjax.models.layers import Dense, apply_rotary, dropout
+from llmjax.models.layers import Dense, apply_rotary, dropout, rotary_frequencies
 from llmjax.sharding import constrain
 
 Array = jax.Array
@@ -96,9 +96,10 @@ class MultiHeadAttention(nnx.Module):
         heads = ("batch", None, "heads", None)  # tensor parallelism splits heads
         q, k, v = constrain(q, heads), constrain(k, heads), constrain(v, heads)
         if cfg.position_embedding == "rotary" and positions_BxQ is not None:
-            q = apply_rotary(q, positions_BxQ, cfg.rotary_base)
+            inv_freq = rotary_frequencies(cfg.head_dim, cfg)
+            q = apply_rotary(q, positions_BxQ, inv_freq)
             kp = positions_BxQ if kv_positions_BxK is None else kv_positions_BxK
-            k = apply_rotary(k, kp, cfg.rotary_base)
+            k = apply_rotary(k, kp, inv_freq)
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
                                                     cache_index, axis=1)

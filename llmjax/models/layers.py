@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -171,10 +172,31 @@ def sinusoidal(positions_BxL: Array, dim: int) -> Array:
     return jnp.pad(enc, [(0, 0)] * (enc.ndim - 1) + [(0, dim - 2 * half)])
 
 
-def apply_rotary(x_BxLxHxK: Array, positions_BxL: Array, base: float) -> Array:
-    """Rotary position embedding (RoPE, rotate-half convention) on the last axis."""
+def rotary_frequencies(head_dim: int, cfg: ModelConfig) -> np.ndarray:
+    """RoPE's inverse frequencies [head_dim / 2]: base^(-i / half), then cfg.rope_scaling's
+    change for contexts beyond the training one: 'linear' divides every frequency by the factor
+    (positions / factor); 'llama3' (Llama 3.1) divides only the low frequencies (wavelengths
+    beyond original_max_len / low_freq_factor), keeps the high ones (below original_max_len /
+    high_freq_factor) and interpolates smoothly between them."""
+    half = head_dim // 2
+    inv_freq = cfg.rotary_base ** (-np.arange(half, dtype=np.float64) / half)
+    factor = cfg.rope_scaling_factor
+    if cfg.rope_scaling == "linear":
+        inv_freq = inv_freq / factor
+    elif cfg.rope_scaling == "llama3":
+        wavelength = 2 * math.pi / inv_freq
+        context = cfg.rope_original_max_len
+        low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        smooth = np.clip((context / wavelength - low) / (high - low), 0.0, 1.0)
+        # smooth = 0 beyond the low-frequency wavelength (all scaled), 1 below the high one
+        inv_freq = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return inv_freq.astype(np.float32)
+
+
+def apply_rotary(x_BxLxHxK: Array, positions_BxL: Array, inv_freq: np.ndarray) -> Array:
+    """Rotary position embedding (RoPE, rotate-half convention) on the last axis, with the
+    inverse frequencies of `rotary_frequencies`."""
     half = x_BxLxHxK.shape[-1] // 2
-    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions_BxL[..., None, None].astype(jnp.float32) * inv_freq  # [B, L, 1, half]
     sin, cos = jnp.sin(angles), jnp.cos(angles)
     x = x_BxLxHxK.astype(jnp.float32)
