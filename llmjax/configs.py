@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.activation = "gelu"  # gelu | relu | silu
     m.gated_mlp = False
     m.use_bias = True
+    m.qkv_bias = config_dict.placeholder(bool)  # None: use_bias (Qwen2: True with use_bias off)
     m.tie_embeddings = True
     m.scale_attention = True  # attention logits / sqrt(head_dim); T5 checkpoints: False
     m.scale_decoder_outputs = False  # T5 v1.0: decoder output states / sqrt(emb_dim)

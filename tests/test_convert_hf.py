@@ -542,6 +542,37 @@ def test_llama_rope_scaling_matches_transformers(rope, tmp_path):
                                    hf_model(torch.tensor(ids)).logits.numpy(), atol=1e-5)
 
 
+def test_qwen2_query_key_value_biases_match_transformers(tmp_path):
+    """Qwen2: LLaMA with biases on the query, key and value projections (random here, since
+    transformers starts them at zero), tied embeddings."""
+    folder = tmp_path / "qwen2"
+    folder.mkdir()
+    llama_tokenizer_folder(folder)
+    config = transformers.Qwen2Config(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=True)
+    torch.manual_seed(0)
+    hf_model = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, tensor in hf_model.named_parameters():
+            if name.endswith("_proj.bias"):
+                tensor.normal_(0.0, 0.5)
+    hf_model.save_pretrained(folder)
+    config = convert.import_to_workdir(folder, tmp_path / "run")
+    assert (config.model.qkv_bias, config.model.use_bias) == (True, False)
+    run = llmjax.load(tmp_path / "run")
+    assert_same_causal_lm(run.model, hf_model)
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(reloaded).__name__ == "Qwen2ForCausalLM"
+    ids = torch.tensor(padded_batch([12, 12], 300)[0])
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(ids).logits.numpy(), hf_model(ids).logits.numpy(),
+                                   atol=1e-5)
+    assert_same_import(folder, tmp_path / "hf")
+
+
 def test_mistral_within_its_window_matches_transformers(tmp_path):
     """Mistral: LLaMA's tensors and a sliding window; max_len is capped at the window."""
     folder = tmp_path / "mistral"

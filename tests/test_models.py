@@ -146,6 +146,8 @@ def test_options_change_the_parameter_set():
 
     base = names(make())
     assert not any("bias" in n for n in names(make(use_bias=False)))
+    qkv_only = {n for n in names(make(use_bias=False, qkv_bias=True)) if "bias" in n}
+    assert {n.split("/")[-2] for n in qkv_only} == {"query", "key", "value"}
     assert any("lm_head" in n for n in names(make(tie_embeddings=False)))
     assert not any("lm_head" in n for n in base)
     assert any("wg" in n for n in names(make(gated_mlp=True)))

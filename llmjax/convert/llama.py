@@ -1,11 +1,12 @@
-"""LLaMA (LlamaModel / LlamaForCausalLM) and Mistral <-> llmjax Decoder.
+"""LLaMA (LlamaModel / LlamaForCausalLM), Mistral and Qwen2 <-> llmjax Decoder.
 
 LLaMA is a pre-RMSNorm decoder with rotary positions (rotate-half layout, as llmjax's), a
 SwiGLU feed-forward (down(silu(gate(x)) * up(x)): gate is llmjax's `wi`, up its `wg`), no
 biases, grouped-query attention (num_key_value_heads) and, mostly, untied embeddings. Mistral
 has the same tensors and a sliding attention window: with model.max_len at most the window,
-no query ever reaches past it, so full causal attention computes the same function. PyTorch
-Linear weights are [out, in], transposed into llmjax's [in, out] kernels.
+no query ever reaches past it, so full causal attention computes the same function. Qwen2 is
+LLaMA with biases on the query, key and value projections (model.qkv_bias). PyTorch Linear
+weights are [out, in], transposed into llmjax's [in, out] kernels.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from llmjax.convert.common import TensorReader, settings_problems
 
 MODEL_TYPE = "llama"
-MODEL_TYPES = ("llama", "mistral")
+MODEL_TYPES = ("llama", "mistral", "qwen2")
 HEADS = ()
 IGNORED = (r"lm_head\.weight", r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 _ACTIVATIONS = {"silu": "silu", "gelu": "gelu_exact", "gelu_pytorch_tanh": "gelu",
@@ -71,6 +72,7 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
         m.rope_low_freq_factor = float(scaling["low_freq_factor"])
         m.rope_high_freq_factor = float(scaling["high_freq_factor"])
     m.activation, m.gated_mlp, m.use_bias = _ACTIVATIONS[activation], True, False
+    m.qkv_bias = True if hf.get("model_type") == "qwen2" else None
     m.tie_embeddings = bool(hf.get("tie_word_embeddings", False))
     m.dropout_rate = m.attention_dropout_rate = 0.0
     config.seq_len = min(config.seq_len, m.max_len)
@@ -90,6 +92,9 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
         for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
             out[q + f"attention/{ours}/kernel"] = get(p + f"self_attn.{theirs}.weight").T.reshape(
                 d, -1, k)  # [D, heads, K]
+            if m.qkv_bias:
+                out[q + f"attention/{ours}/bias"] = get(p + f"self_attn.{theirs}.bias").reshape(
+                    -1, k)
         out[q + "attention/out/kernel"] = get(p + "self_attn.o_proj.weight").T.reshape(-1, k, d)
         out[q + "attention_norm/scale"] = get(p + "input_layernorm.weight")
         out[q + "mlp_norm/scale"] = get(p + "post_attention_layernorm.weight")
@@ -119,6 +124,8 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
             t[p + f"self_attn.{theirs}.weight"] = flat[q + f"attention/{ours}/kernel"].reshape(
                 d, -1).T
+            if m.qkv_bias:
+                t[p + f"self_attn.{theirs}.bias"] = flat[q + f"attention/{ours}/bias"].reshape(-1)
         t[p + "self_attn.o_proj.weight"] = flat[q + "attention/out/kernel"].reshape(-1, d).T
         t[p + "input_layernorm.weight"] = flat[q + "attention_norm/scale"]
         t[p + "post_attention_layernorm.weight"] = flat[q + "mlp_norm/scale"]
@@ -132,7 +139,9 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         rope.update(original_max_position_embeddings=m.rope_original_max_len,
                     low_freq_factor=m.rope_low_freq_factor,
                     high_freq_factor=m.rope_high_freq_factor)
-    hf = {"model_type": MODEL_TYPE, "architectures": ["LlamaForCausalLM"],
+    model_type, architecture = (("qwen2", "Qwen2ForCausalLM") if m.qkv_bias
+                                else (MODEL_TYPE, "LlamaForCausalLM"))
+    hf = {"model_type": model_type, "architectures": [architecture],
           "vocab_size": m.vocab_size, "hidden_size": d, "intermediate_size": m.mlp_dim,
           "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
           "num_key_value_heads": m.num_kv_heads or m.num_heads, "head_dim": head_dim,

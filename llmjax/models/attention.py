@@ -71,9 +71,10 @@ class MultiHeadAttention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h, n, k = cfg.emb_dim, cfg.num_heads, cfg.kv_heads, cfg.head_dim
         self.cfg = cfg
-        self.query = Dense((d,), (h, k), cfg, rngs=rngs)
-        self.key = Dense((d,), (n, k), cfg, rngs=rngs)
-        self.value = Dense((d,), (n, k), cfg, rngs=rngs)
+        bias = cfg.qkv_bias  # None: cfg.use_bias
+        self.query = Dense((d,), (h, k), cfg, rngs=rngs, use_bias=bias)
+        self.key = Dense((d,), (n, k), cfg, rngs=rngs, use_bias=bias)
+        self.value = Dense((d,), (n, k), cfg, rngs=rngs, use_bias=bias)
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
         self.out = Dense((h, k), (d,), cfg, rngs=rngs, std=out_std)
 

@@ -39,6 +39,7 @@ class ModelConfig:
     activation: str = "gelu"
     gated_mlp: bool = False
     use_bias: bool = True
+    qkv_bias: bool | None = None  # biases on query/key/value only; None = use_bias (Qwen2: True)
     tie_embeddings: bool = True
     scale_attention: bool = True  # queries times head_dim ** -0.5 (T5 folds it into its init)
     scale_decoder_outputs: bool = False  # T5 v1.0: final states times emb_dim ** -0.5
