@@ -16,7 +16,6 @@ from flax import nnx
 from llmjax import configs
 from llmjax.configs import ConfigError
 from llmjax.data.tokenizers import Tokenizer, load_tokenizer
-from llmjax.decoding import sampling
 from llmjax.objectives.base import cross_entropy
 from llmjax.train import checkpoint
 from llmjax.train import state as state_lib
@@ -87,8 +86,8 @@ class Run:
                        ) -> np.ndarray:
         """Natural-log probabilities [B] (for scoring and multiple-choice evaluation). A
         decoder: of each text's tokens after <bos>; with `continuations`, of each continuation's
-        tokens after its text. An encoder-decoder: of each continuation and <eos> given its text
-        as the source (continuations required)."""
+        tokens after its text. A seq2seq run (encoder-decoder, or decoder trained on pairs): of
+        each continuation and <eos> given its text as the source (continuations required)."""
         if continuations is not None and len(continuations) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(continuations)} continuations")
         if not texts:
@@ -111,10 +110,21 @@ class Run:
                                           a["decoder_inputs"], a["input_segments"],
                                           a["target_segments"], a["targets"], a["weights"]),
                               np.float64)
-        contexts = [np.concatenate([[self.tokenizer.bos_id], encode(t)]) for t in texts]
-        if continuations is None:  # the whole text, after <bos>
-            contexts, continuations = [c[:1] for c in contexts], texts
-        rows = [(ctx, encode(c)) for ctx, c in zip(contexts, continuations, strict=True)]
+        if self.answers_prompts:  # a seq2seq decoder: <bos> source <eos> | target <eos>
+            if continuations is None:
+                raise ValueError("a seq2seq run scores continuations (targets) given texts "
+                                 "(sources): pass continuations")
+            from llmjax.objectives.seq2seq import prompt_ids
+
+            eos = [self.tokenizer.eos_id]
+            rows = [(prompt_ids(encode(t), self.config.seq_len, self.tokenizer),
+                     np.concatenate([encode(c), eos]).astype(np.int32))
+                    for t, c in zip(texts, continuations, strict=True)]
+        else:
+            contexts = [np.concatenate([[self.tokenizer.bos_id], encode(t)]) for t in texts]
+            if continuations is None:  # the whole text, after <bos>
+                contexts, continuations = [c[:1] for c in contexts], texts
+            rows = [(ctx, encode(c)) for ctx, c in zip(contexts, continuations, strict=True)]
         tokens, segments = _pad([np.concatenate(row) for row in rows], self.tokenizer.pad_id)
         self._check_length(tokens.shape[1])
         weights = np.zeros(tokens.shape, np.float32)
@@ -223,34 +233,44 @@ class Run:
                          pick(seed, g.seed), beam_size) if prompts else []
         return outputs[0] if isinstance(prompt, str) else outputs
 
+    @property
+    def answers_prompts(self) -> bool:
+        """A seq2seq run (an encoder-decoder, or a decoder fine-tuned on source -> target
+        pairs): generate's output answers the prompt rather than continuing it."""
+        return self.is_seq2seq or self.config.objective == "seq2seq"
+
     def _continue(self, prompts: list[str], max_new: int, temperature: float, top_k: int,
                   top_p: float, seed: int, beam_size: int) -> list[str]:
-        """A decoder's continuations of left-padded prompts."""
-        keep = max(self.config.model.max_len - max_new, 1)  # the end of a long prompt
-        ids = [np.concatenate([[self.tokenizer.bos_id], self.tokenizer.encode_array(p)])[-keep:]
-               for p in prompts]
-        tokens, valid = _pad(ids, self.tokenizer.pad_id, left=True)
+        """A decoder's continuations of left-padded prompts: <bos> + the prompt, or for a
+        seq2seq decoder the prompt laid out as in its training (<bos> source <eos>)."""
+        from llmjax.decoding.decoder import continue_prompts
+        from llmjax.objectives.seq2seq import prompt_ids
+
+        tok = self.tokenizer
+        if self.config.objective == "seq2seq":
+            ids = [prompt_ids(tok.encode_array(p), self.config.seq_len, tok) for p in prompts]
+        else:
+            keep = max(self.config.model.max_len - max_new, 1)  # the end of a long prompt
+            ids = [np.concatenate([[tok.bos_id], tok.encode_array(p)])[-keep:] for p in prompts]
+        tokens, valid = _pad(ids, tok.pad_id, left=True)
         # A longer bucket only where the decoded tokens still fit after it.
         rows, length = _bucket(len(prompts)), tokens.shape[1]
         length = min(self._length_bucket(length),
                      max(self.config.model.max_len - max_new, length))
-        tokens = _grow(tokens, rows, length, self.tokenizer.pad_id, left=True)
+        tokens = _grow(tokens, rows, length, tok.pad_id, left=True)
         valid = _grow(valid, rows, length, 0, left=True)
         total = min(tokens.shape[1] + max_new, self.config.model.max_len)
         max_new = total - tokens.shape[1]
         if max_new <= 0:
             return [""] * len(prompts)
         graphdef, params = nnx.split(self.model)
-        tokens, valid = jnp.asarray(tokens), jnp.asarray(valid)
-        if beam_size > 1:
-            new = _beam_generate(graphdef, params, tokens, valid, total, max_new, beam_size,
-                                 float(self.config.generate.length_penalty),
-                                 self.tokenizer.eos_id, self.tokenizer.pad_id)
-        else:
-            new = _generate(graphdef, params, tokens, valid, total, max_new,
-                            jax.random.PRNGKey(seed), temperature, top_k, top_p,
-                            self.tokenizer.eos_id)
-        return [self.tokenizer.decode_output(row) for row in np.asarray(new)[:len(prompts)]]
+        new = continue_prompts(graphdef, params, jnp.asarray(tokens), jnp.asarray(valid),
+                               jax.random.PRNGKey(seed), cache_len=total, max_new_tokens=max_new,
+                               beam_size=beam_size,
+                               alpha=float(self.config.generate.length_penalty),
+                               eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=temperature,
+                               top_k=top_k, top_p=top_p)
+        return [tok.decode_output(row) for row in np.asarray(new)[:len(prompts)]]
 
     def _transduce(self, sources: list[str], max_new: int, temperature: float, top_k: int,
                    top_p: float, seed: int, beam_size: int) -> list[str]:
@@ -337,29 +357,6 @@ def _seq2seq_log_likelihood(model, sources_BxS, decoder_BxT, source_segments_BxS
 def _class_logits(model, tokens_BxL, types_BxL, segments_BxL):
     hidden = model.hidden_states(tokens_BxL, token_types=types_BxL, segment_ids=segments_BxL)
     return model.class_logits(hidden)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 7, 8, 9, 10))
-def _generate(graphdef, params, prompt_BxP, valid_BxP, cache_len, max_new, rng, temperature,
-              top_k, top_p, eos_id):
-    model = nnx.merge(graphdef, params)
-    cache = model.init_cache(prompt_BxP.shape[0], cache_len)
-    return sampling.sample(model.decode, prompt_BxP, valid_BxP, cache, rng,
-                           max_new_tokens=max_new, eos_id=eos_id, temperature=temperature,
-                           top_k=top_k, top_p=top_p)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9))
-def _beam_generate(graphdef, params, prompt_BxP, valid_BxP, cache_len, max_new, beam_size,
-                   alpha, eos_id, pad_id):
-    from llmjax.decoding.beam_search import beam_search
-
-    model = nnx.merge(graphdef, params)
-    cache = model.init_cache(prompt_BxP.shape[0] * beam_size, cache_len)
-    tokens, _ = beam_search(model.decode, prompt_BxP, cache, beam_size=beam_size,
-                            max_new_tokens=max_new, eos_id=eos_id, pad_id=pad_id, alpha=alpha,
-                            prompt_valid_BxP=valid_BxP)
-    return tokens
 
 
 def load(path: str | epath.Path, step: int | None = None,

@@ -70,7 +70,7 @@ def generate(FLAGS: flags.FlagValues) -> None:
     text = run.generate(FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k,
                         FLAGS.top_p, FLAGS.seed, FLAGS.beam_size)
     # a decoder continues the prompt; an encoder-decoder's output replaces it (translation)
-    print(text if run.is_seq2seq else FLAGS.prompt + text)
+    print(text if run.answers_prompts else FLAGS.prompt + text)
 
 
 def predict(FLAGS: flags.FlagValues) -> None:

@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 OBJECTIVES_BY_ARCH = {
-    "decoder": ("causal_lm",),
+    "decoder": ("causal_lm", "seq2seq"),
     "encoder": ("mlm", "nsp", "mlm_nsp", "classification", "regression"),
     "encoder_decoder": ("span_corruption", "seq2seq"),
 }
@@ -391,6 +391,11 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.seq_len <= m.max_len,
            f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}: "
            "raise model.max_len or lower seq_len")
+    if m.arch == "decoder" and config.objective == "seq2seq":
+        _check(config.seq_len + config.target_seq_len <= m.max_len,
+               f"a seq2seq decoder reads prompt and target as one sequence: seq_len="
+               f"{config.seq_len} + target_seq_len={config.target_seq_len} is longer than "
+               f"model.max_len={m.max_len}: raise model.max_len or shorten them")
     if m.arch == "encoder_decoder":
         _check(config.target_seq_len <= m.max_len,
                f"target_seq_len={config.target_seq_len} is longer than model.max_len="

@@ -511,6 +511,44 @@ def test_llama_import_export_matches_transformers(llama_folder, tmp_path):
     assert_same_import(folder, tmp_path / "hf")
 
 
+def test_llama_fine_tunes_on_prompt_completion_pairs_from_jsonl(llama_folder, tmp_path):
+    """Supervised fine-tuning as a researcher runs it: `init.hf_path` + objective=seq2seq on a
+    jsonl file of {"prompt", "response"}: the first step's loss is transformers' cross-entropy
+    on the response tokens (and <eos>) alone, after <s> prompt </s>."""
+    import json
+
+    from conftest import tiny_config
+
+    from llmjax.train.loop import train_and_evaluate
+    from llmjax.train.writer import read_metrics
+
+    folder, hf_model = llama_folder
+    pairs = [("Two dogs play", "Zwei Hunde spielen"), ("The quick brown fox", "jumps!"),
+             ("A man in an orange hat", "starring at something."), ("Ça coûte", "3,50 €")]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": a, "response": b}) + "\n" for a, b in pairs))
+    c = tiny_config(**{"init.hf_path": str(folder), "objective": "seq2seq",
+                       "data.source": f"jsonl:{data}", "data.validation_fraction": 0.0,
+                       "data.eval_source": f"jsonl:{data}", "data.eval_split": "train",
+                       "data.source_column": "prompt",
+                       "data.target_column": "response", "seq_len": 24, "target_seq_len": 16,
+                       "batch_size": 4, "num_train_steps": 1, "log_every_steps": 1,
+                       "eval_decode_examples": 2})
+    train_and_evaluate(c, tmp_path / "sft")
+    first = next(r for r in read_metrics(tmp_path / "sft") if "train/loss" in r)
+    tok = llmjax.load(tmp_path / "sft").tokenizer
+    losses, count = 0.0, 0
+    for prompt, response in pairs:
+        head = [tok.bos_id, *tok.encode(prompt), tok.eos_id]
+        tail = [*tok.encode(response), tok.eos_id]
+        with torch.no_grad():
+            logits = hf_model(torch.tensor([head + tail])).logits[0, len(head) - 1: -1]
+        losses += torch.nn.functional.cross_entropy(logits, torch.tensor(tail),
+                                                    reduction="sum").item()
+        count += len(tail)
+    np.testing.assert_allclose(first["train/loss"], losses / count, rtol=1e-4)
+
+
 @pytest.mark.parametrize("rope", [
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 128},  # wavelengths 6 (kept), 63 (smoothed), 628, 6283

@@ -110,6 +110,8 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"model.arch": "encoder_decoder", "objective": "span_corruption", "tokenizer.extra_ids": 0},
      "span_corruption needs sentinel ids"),
     ({"model.arch": "encoder_decoder"}, "objective='causal_lm' does not fit"),
+    ({"objective": "seq2seq", "seq_len": 48, "target_seq_len": 32},
+     r"seq_len=48 \+ target_seq_len=32 is longer than model.max_len=64"),
     ({"parallel.mode": "mesh", "parallel.mesh.data": 3}, "does not fit the 8 devices"),
     ({"parallel.mode": "mesh", "parallel.mesh.data": -1, "parallel.mesh.fsdp": -1},
      "at most one -1"),

@@ -1,10 +1,17 @@
-"""Sequence-to-sequence fine-tuning (translation, summarisation): the encoder reads the source,
-the decoder predicts the target token by token (teacher forcing).
+"""Sequence-to-sequence fine-tuning (translation, summarisation, instructions): the target is
+predicted token by token from the source (teacher forcing).
 
-Example layout, shared with span corruption: `inputs`, `input_segments` [S] (source + <eos>,
-segment 1 = token, 0 = padding); `decoder_inputs` [T] (<bos> + target), `targets` [T] (target +
-<eos>), `target_segments`, `weights` [T]. Sources are cut to `seq_len`, targets to
-`target_seq_len`. Evaluation adds BLEU and exact match on decoded outputs (evaluation/decoding.py).
+An encoder-decoder reads the source with its encoder. Example layout, shared with span
+corruption: `inputs`, `input_segments` [S] (source + <eos>, segment 1 = token, 0 = padding);
+`decoder_inputs` [T] (<bos> + target), `targets` [T] (target + <eos>), `target_segments`,
+`weights` [T].
+
+A decoder reads one sequence, the prompt then the completion: <bos> source <eos> target <eos>,
+as `inputs` / `targets` (shifted by one) / `segment_ids` / `weights` [S + T], with weight only
+where the target (and its closing <eos>) is predicted, so the loss is the completion's alone.
+
+Sources are cut to `seq_len` tokens with their special tokens, targets to `target_seq_len`.
+Evaluation adds BLEU and exact match on decoded outputs (evaluation/decoding.py).
 """
 
 from __future__ import annotations
@@ -52,11 +59,43 @@ def seq2seq_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int, s
     return ArrayExamples(arrays)
 
 
+def prompt_ids(source: np.ndarray, source_len: int, tokenizer: Tokenizer) -> np.ndarray:
+    """A decoder's prompt for `source` tokens: <bos> source <eos>, the source cut to fit
+    `source_len` tokens in all."""
+    return np.concatenate([[tokenizer.bos_id], source[: source_len - 2], [tokenizer.eos_id]]
+                          ).astype(np.int32)
+
+
+def prompt_completion_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int,
+                             source_len: int, target_len: int, tokenizer: Tokenizer
+                             ) -> ArrayExamples:
+    """A decoder's ArrayExamples (the layout above) from `count` (source tokens, target
+    tokens) pairs without special tokens; the target is cut to target_len - 1 tokens + <eos>."""
+    length = source_len + target_len
+    arrays = {name: np.full((count, length), tokenizer.pad_id, np.int32)
+              for name in ("inputs", "targets")}
+    arrays["segment_ids"] = np.zeros((count, length), np.int32)
+    arrays["weights"] = np.zeros((count, length), np.float32)
+    for i, (source, target) in enumerate(pairs):
+        prompt = prompt_ids(source, source_len, tokenizer)
+        sequence = np.concatenate([prompt, target[: target_len - 1], [tokenizer.eos_id]])
+        n = len(sequence) - 1
+        arrays["inputs"][i, :n], arrays["targets"][i, :n] = sequence[:-1], sequence[1:]
+        arrays["segment_ids"][i, :n] = 1
+        arrays["weights"][i, len(prompt) - 1: n] = 1.0  # from the prompt's <eos> on
+    return ArrayExamples(arrays)
+
+
 def seq2seq_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None,
                  regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
-    """Teacher-forced cross-entropy and token accuracy over the weighted target tokens."""
-    logits = model(batch["inputs"], batch["decoder_inputs"], segment_ids=batch["input_segments"],
-                   decoder_segment_ids=batch["target_segments"], rng=rng)
+    """Teacher-forced cross-entropy and token accuracy over the weighted target tokens, for
+    either layout (an encoder-decoder's batches have `decoder_inputs`)."""
+    if "decoder_inputs" in batch:
+        logits = model(batch["inputs"], batch["decoder_inputs"],
+                       segment_ids=batch["input_segments"],
+                       decoder_segment_ids=batch["target_segments"], rng=rng)
+    else:
+        logits = model(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
     weights = batch["weights"]
     loss_sum = (cross_entropy(logits, batch["targets"], regularizers) * weights).sum()
     correct = ((logits.argmax(-1) == batch["targets"]) * weights).sum()
@@ -99,8 +138,9 @@ class Seq2Seq:
         sources, targets = source_target_texts(records, config)
         pairs = zip(tokenizer.encode_batch(sources), tokenizer.encode_batch(targets),
                     strict=True)
-        return seq2seq_arrays(pairs, len(sources), config.seq_len, config.target_seq_len,
-                              tokenizer)
+        arrays = (prompt_completion_arrays if config.model.arch == "decoder"
+                  else seq2seq_arrays)
+        return arrays(pairs, len(sources), config.seq_len, config.target_seq_len, tokenizer)
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
              regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
