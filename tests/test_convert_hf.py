@@ -504,6 +504,10 @@ def test_llama_import_export_matches_transformers(llama_folder, tmp_path):
     convert.export_workdir(tmp_path / "run", tmp_path / "hf")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert reloaded.config.num_key_value_heads == 2
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (1, 2, 2)
+    assert hf_tok.encode("The quick brown", add_special_tokens=False) == tok.encode(
+        "The quick brown")
     ids = torch.tensor(padded_batch([12, 12], 300)[0])
     with torch.no_grad():
         np.testing.assert_allclose(reloaded(ids).logits.numpy(), hf_model(ids).logits.numpy(),

@@ -24,6 +24,7 @@ from flax import nnx
 from llmjax import configs
 from llmjax.configs import ConfigError
 from llmjax.convert import bart, bert, bloom, gpt2, llama, t5
+from llmjax.data.tokenizers import SPECIAL_ROLES
 from llmjax.train.checkpoint import param_path_name
 
 # HF model_type -> its name map module
@@ -256,6 +257,11 @@ def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
     out = epath.Path(out)
     if hasattr(tok, "hf"):
         (out / "tokenizer.json").write_text(tok.hf.to_str())
+        # names the special tokens, for AutoTokenizer and for importing the folder again
+        named = {f"{role}_token": tok.hf.id_to_token(i) for role in SPECIAL_ROLES
+                 if (i := getattr(tok, f"{role}_id")) is not None}
+        (out / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "PreTrainedTokenizerFast", **named}, indent=2))
     elif hasattr(tok, "proto"):
         (out / "spiece.model").write_bytes(tok.proto)
 
