@@ -515,6 +515,23 @@ def test_llama_import_export_matches_transformers(llama_folder, tmp_path):
     assert_same_import(folder, tmp_path / "hf")
 
 
+def test_a_bfloat16_checkpoint_sharded_over_files_imports(llama_folder, tmp_path):
+    """Hub LLaMA-family checkpoints are mostly bfloat16, the larger ones split over
+    model-0000k-of-0000n.safetensors files listed in model.safetensors.index.json."""
+    import copy
+
+    from llmjax.train.state import build_model
+
+    _, hf_model = llama_folder
+    rounded = copy.deepcopy(hf_model).to(torch.bfloat16)
+    rounded.save_pretrained(tmp_path / "bf16", max_shard_size="40KB")
+    assert (tmp_path / "bf16" / "model.safetensors.index.json").exists()
+    assert len(list((tmp_path / "bf16").glob("model-*.safetensors"))) > 1
+    config, params = convert.import_folder(tmp_path / "bf16")
+    model = nnx.merge(nnx.graphdef(build_model(config)), params)
+    assert_same_causal_lm(model, rounded.float())  # the bfloat16 weights, read exactly
+
+
 def test_llama_fine_tunes_on_prompt_completion_pairs_from_jsonl(llama_folder, tmp_path):
     """Supervised fine-tuning as a researcher runs it: `init.hf_path` + objective=seq2seq on a
     jsonl file of {"prompt", "response"}: the first step's loss is transformers' cross-entropy

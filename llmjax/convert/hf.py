@@ -60,10 +60,12 @@ def read_folder(path: str | epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
                                 f"{hub_hint}")
     hf_config = json.loads(config_file.read_text())
     safetensors_file, bin_file = path / "model.safetensors", path / "pytorch_model.bin"
+    index_file = path / "model.safetensors.index.json"  # a checkpoint sharded over files
     if safetensors_file.exists():
-        from safetensors.numpy import load_file
-
-        tensors = load_file(os.fspath(safetensors_file))
+        tensors = _read_safetensors([safetensors_file])
+    elif index_file.exists():
+        shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+        tensors = _read_safetensors([path / name for name in shards])
     elif bin_file.exists():
         try:
             import torch
@@ -74,9 +76,28 @@ def read_folder(path: str | epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
         tensors = {k: v.float().numpy() if v.is_floating_point() else v.numpy()
                    for k, v in state.items()}
     else:
-        raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin")
-    return hf_config, {k: np.asarray(v, np.float32) if v.dtype.kind == "f" else np.asarray(v)
-                       for k, v in tensors.items()}
+        raise FileNotFoundError(f"{path} has no model.safetensors (or its shards' "
+                                "model.safetensors.index.json) or pytorch_model.bin")
+    return hf_config, tensors
+
+
+def _read_safetensors(files: list[epath.Path]) -> dict[str, np.ndarray]:
+    """Every tensor of these safetensors files, floating-point ones as float32. Read through
+    safetensors' flax API, one tensor at a time: its numpy API cannot hold the bfloat16 that
+    most LLaMA-family checkpoints are stored in."""
+    from safetensors import safe_open
+
+    tensors = {}
+    for file in files:
+        if not file.exists():
+            raise FileNotFoundError(f"{file} is missing: the checkpoint's "
+                                    "model.safetensors.index.json lists it")
+        with safe_open(os.fspath(file), framework="flax") as f:
+            for name in f.keys():
+                x = f.get_tensor(name)
+                tensors[name] = np.asarray(x.astype(np.float32) if jax.numpy.issubdtype(
+                    x.dtype, jax.numpy.floating) else x)
+    return tensors
 
 
 def is_hf_folder(path: str | epath.Path) -> bool:
