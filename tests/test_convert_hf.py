@@ -692,6 +692,10 @@ def test_a_run_the_family_cannot_express_is_refused_with_its_settings():
     with pytest.raises(ConfigError, match=r"llama model: model.norm='layernorm' \(LLaMA has "
                                           r"'rmsnorm'\); model.use_bias=True"):
         convert.export_params(c, params=None)
+    c = tiny_config(**{"model.num_kv_heads": 1, "model.qkv_bias": False})
+    with pytest.raises(ConfigError, match=r"model.num_kv_heads=1 \(GPT-2 has a key/value head "
+                                          r"per query head\); model.qkv_bias=False"):
+        convert.export_params(c, params=None)
     c = tiny_config(**{"model.position_embedding": "sinusoidal", "model.use_bias": False})
     with pytest.raises(ConfigError, match=r"gpt2 model: model.position_embedding='sinusoidal' "
                                           r"\(GPT-2 has 'learned'\); model.use_bias=False"):

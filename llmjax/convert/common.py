@@ -6,14 +6,25 @@ import ml_collections
 
 
 def settings_problems(model: ml_collections.ConfigDict, wanted: dict, family: str,
-                      whole_heads: bool = True) -> list[str]:
+                      whole_heads: bool = True, llama_like: bool = False) -> list[str]:
     """The model.* settings that differ from what `family` requires (empty: none); with
-    `whole_heads`, heads must split emb_dim exactly (fused or reshaped projections)."""
+    `whole_heads`, heads must split emb_dim exactly (fused or reshaped projections). Only
+    `llama_like` families have grouped key/value heads, query/key/value-only biases and rope
+    scaling."""
     problems = [f"model.{k}={model[k]!r} ({family} has {v!r})" for k, v in wanted.items()
                 if model[k] != v]
     if whole_heads and (model.head_dim or model.emb_dim // model.num_heads) * \
             model.num_heads != model.emb_dim:
         problems.append("model.head_dim x num_heads != emb_dim")
+    if not llama_like:
+        if model.num_kv_heads not in (None, model.num_heads):
+            problems.append(f"model.num_kv_heads={model.num_kv_heads} ({family} has a key/value "
+                            "head per query head)")
+        if model.qkv_bias not in (None, model.use_bias):
+            problems.append(f"model.qkv_bias={model.qkv_bias} ({family} has biases on every "
+                            "projection or on none)")
+        if model.rope_scaling != "none":
+            problems.append(f"model.rope_scaling={model.rope_scaling!r} ({family} has none)")
     return problems
 
 

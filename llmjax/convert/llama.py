@@ -107,7 +107,7 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     wanted = {"position_embedding": "rotary", "norm": "rmsnorm", "norm_position": "pre",
               "use_bias": False, "gated_mlp": True, "activation": "silu", "embed_norm": False,
               "scale_attention": True}
-    return settings_problems(config.model, wanted, "LLaMA", whole_heads=False)
+    return settings_problems(config.model, wanted, "LLaMA", whole_heads=False, llama_like=True)
 
 
 def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray]
