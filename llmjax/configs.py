@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.num_decoder_layers = config_dict.placeholder(int)
     m.num_heads = 4
     m.num_kv_heads = config_dict.placeholder(int)  # None: num_heads (grouped-query attention)
+    m.attention_window = config_dict.placeholder(int)  # decoder: each token sees this many keys
     m.head_dim = config_dict.placeholder(int)  # None: emb_dim // num_heads
     m.emb_dim = 128
     m.mlp_dim = 512
@@ -342,7 +343,7 @@ _RANGES = {
                      "max_checkpoints_to_keep", "early_stopping_evals", "profile.start_step",
                      "profile.num_steps", "model.num_layers",
                      "model.num_encoder_layers", "model.num_decoder_layers", "model.num_heads",
-                     "model.num_kv_heads",
+                     "model.num_kv_heads", "model.attention_window",
                      "model.head_dim", "model.emb_dim", "model.mlp_dim", "model.max_len",
                      "model.vocab_size", "model.num_classes", "model.relative_buckets",
                      "model.relative_max_distance", "tokenizer.vocab_size",
@@ -456,6 +457,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.rope_scaling != "llama3" or m.rope_high_freq_factor > m.rope_low_freq_factor,
            f"model.rope_high_freq_factor={m.rope_high_freq_factor} must exceed "
            f"model.rope_low_freq_factor={m.rope_low_freq_factor} (llama3 interpolates between)")
+    _check(m.attention_window is None or m.arch == "decoder",
+           f"model.attention_window is sliding-window causal attention, built for decoder "
+           f"models, not model.arch={m.arch!r}: unset it")
     _check(m.position_embedding != "alibi" or m.arch == "decoder",
            f"model.position_embedding='alibi' is built for decoder models (BLOOM), not "
            f"model.arch={m.arch!r}")

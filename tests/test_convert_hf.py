@@ -632,26 +632,27 @@ def test_qwen2_query_key_value_biases_match_transformers(tmp_path):
     assert_same_import(folder, tmp_path / "hf")
 
 
-def test_mistral_within_its_window_matches_transformers(tmp_path):
-    """Mistral: LLaMA's tensors and a sliding window; max_len is capped at the window."""
+def test_mistral_sliding_window_matches_transformers(tmp_path):
+    """Mistral: LLaMA's tensors and a sliding window (4 keys here, on sequences of 12): logits,
+    greedy tokens over the KV cache past the window, and the export back to Mistral."""
     folder = tmp_path / "mistral"
     folder.mkdir()
     llama_tokenizer_folder(folder)
     config = transformers.MistralConfig(
         vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
-        sliding_window=16, tie_word_embeddings=True)
+        sliding_window=4, tie_word_embeddings=True)
     hf_model = saved_random_model(transformers.MistralForCausalLM, config, folder)
-    from llmjax.train.state import build_model
-
-    imported, params = convert.import_folder(folder)
-    assert (imported.model.max_len, imported.model.num_kv_heads) == (16, 1)
-    model = nnx.merge(nnx.graphdef(build_model(imported)), params)
-    ids, mask = padded_batch([16, 7], 300)
-    with torch.no_grad():
-        theirs = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
-    assert_close(model(jnp.asarray(ids), segment_ids=jnp.asarray(mask, jnp.int32)), theirs,
-                 mask)
+    convert.import_to_workdir(folder, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    m = run.config.model
+    assert (m.attention_window, m.max_len, m.num_kv_heads) == (4, 64, 1)
+    assert_same_causal_lm(run.model, hf_model)
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(reloaded).__name__ == "MistralForCausalLM"
+    assert reloaded.config.sliding_window == 4
+    assert_same_import(folder, tmp_path / "hf")
 
 
 def test_real_minilm_checkpoint_matches_transformers(tmp_path):

@@ -69,6 +69,16 @@ def test_default_positions_restart_per_segment():
     np.testing.assert_array_equal(segment_positions(seg), [[0, 1, 2, 0, 1, 0, 1]])
 
 
+def test_sliding_window_mask_keeps_the_last_window_keys():
+    seg = jnp.array([[1, 1, 1, 1, 1, 2, 2, 0]])
+    mask = np.asarray(make_attention_mask(seg, seg, causal=True, window=2)[0, 0])
+    expected = np.zeros((8, 8), bool)
+    for q, k in [(0, 0), (1, 0), (1, 1), (2, 1), (2, 2), (3, 2), (3, 3), (4, 3), (4, 4),
+                 (5, 5), (6, 5), (6, 6)]:  # itself and the one before, in its own document
+        expected[q, k] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
 def test_attention_mask_blocks_padding_and_future():
     seg = jnp.array([[1, 1, 0]])
     mask = make_attention_mask(seg, seg, causal=True)[0, 0]
@@ -82,6 +92,7 @@ def test_attention_mask_blocks_padding_and_future():
     dict(position_embedding="learned", norm_position="post"),
     dict(position_embedding="alibi", embed_norm=True),
     dict(position_embedding="rotary", num_heads=4, num_kv_heads=2, head_dim=4),
+    dict(position_embedding="rotary", attention_window=3),
 ])
 def test_kv_cache_decoding_equals_full_forward(kw):
     model = make(**kw)

@@ -9,8 +9,8 @@ def settings_problems(model: ml_collections.ConfigDict, wanted: dict, family: st
                       whole_heads: bool = True, llama_like: bool = False) -> list[str]:
     """The model.* settings that differ from what `family` requires (empty: none); with
     `whole_heads`, heads must split emb_dim exactly (fused or reshaped projections). Only
-    `llama_like` families have grouped key/value heads, query/key/value-only biases and rope
-    scaling."""
+    `llama_like` families have grouped key/value heads, query/key/value-only biases, rope
+    scaling and sliding-window attention."""
     problems = [f"model.{k}={model[k]!r} ({family} has {v!r})" for k, v in wanted.items()
                 if model[k] != v]
     if whole_heads and (model.head_dim or model.emb_dim // model.num_heads) * \
@@ -23,6 +23,9 @@ def settings_problems(model: ml_collections.ConfigDict, wanted: dict, family: st
         if model.qkv_bias not in (None, model.use_bias):
             problems.append(f"model.qkv_bias={model.qkv_bias} ({family} has biases on every "
                             "projection or on none)")
+        if model.attention_window is not None:
+            problems.append(f"model.attention_window={model.attention_window} ({family} "
+                            "attends to every earlier token)")
         if model.rope_scaling != "none":
             problems.append(f"model.rope_scaling={model.rope_scaling!r} ({family} has none)")
     return problems

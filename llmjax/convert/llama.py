@@ -3,8 +3,7 @@
 LLaMA is a pre-RMSNorm decoder with rotary positions (rotate-half layout, as llmjax's), a
 SwiGLU feed-forward (down(silu(gate(x)) * up(x)): gate is llmjax's `wi`, up its `wg`), no
 biases, grouped-query attention (num_key_value_heads) and, mostly, untied embeddings. Mistral
-has the same tensors and a sliding attention window: with model.max_len at most the window,
-no query ever reaches past it, so full causal attention computes the same function. Qwen2 is
+has the same tensors and a sliding attention window (model.attention_window). Qwen2 is
 LLaMA with biases on the query, key and value projections (model.qkv_bias). PyTorch Linear
 weights are [out, in], transposed into llmjax's [in, out] kernels.
 """
@@ -60,9 +59,11 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.head_dim = hf.get("head_dim") or m.emb_dim // m.num_heads
     m.mlp_dim, m.vocab_size = hf["intermediate_size"], hf["vocab_size"]
     m.max_len = hf.get("max_position_embeddings", 2048)
-    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
-    if window:
-        m.max_len = min(m.max_len, window)
+    if hf.get("model_type") == "mistral":
+        m.attention_window = hf.get("sliding_window")  # None: full attention
+    elif hf.get("use_sliding_window"):  # Qwen2: a window on the layers past max_window_layers
+        raise ConversionError("use_sliding_window=true (Qwen2's per-layer window) has no "
+                              "llmjax match yet")
     m.norm, m.norm_position, m.norm_epsilon = "rmsnorm", "pre", hf.get("rms_norm_eps", 1e-6)
     m.position_embedding, m.rotary_base = "rotary", theta
     if kind != "default":
@@ -107,7 +108,12 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     wanted = {"position_embedding": "rotary", "norm": "rmsnorm", "norm_position": "pre",
               "use_bias": False, "gated_mlp": True, "activation": "silu", "embed_norm": False,
               "scale_attention": True}
-    return settings_problems(config.model, wanted, "LLaMA", whole_heads=False, llama_like=True)
+    problems = settings_problems(config.model, wanted, "LLaMA", whole_heads=False,
+                                 llama_like=True)
+    if config.model.qkv_bias and config.model.attention_window:
+        problems.append("model.attention_window with model.qkv_bias (Qwen2's window is per "
+                        "layer; Mistral has no biases)")
+    return problems
 
 
 def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray]
@@ -139,8 +145,10 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         rope.update(original_max_position_embeddings=m.rope_original_max_len,
                     low_freq_factor=m.rope_low_freq_factor,
                     high_freq_factor=m.rope_high_freq_factor)
-    model_type, architecture = (("qwen2", "Qwen2ForCausalLM") if m.qkv_bias
-                                else (MODEL_TYPE, "LlamaForCausalLM"))
+    model_type, architecture = (
+        ("qwen2", "Qwen2ForCausalLM") if m.qkv_bias
+        else ("mistral", "MistralForCausalLM") if m.attention_window
+        else (MODEL_TYPE, "LlamaForCausalLM"))
     hf = {"model_type": model_type, "architectures": [architecture],
           "vocab_size": m.vocab_size, "hidden_size": d, "intermediate_size": m.mlp_dim,
           "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
@@ -149,5 +157,5 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
           "rope_theta": m.rotary_base, "rope_scaling": None if m.rope_scaling == "none" else rope,
           "rope_parameters": rope, "hidden_act": "silu", "attention_bias": False,
           "mlp_bias": False, "tie_word_embeddings": bool(m.tie_embeddings),
-          "attention_dropout": 0.0}
+          "attention_dropout": 0.0, "sliding_window": m.attention_window}
     return hf, t

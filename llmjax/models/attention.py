@@ -16,15 +16,21 @@ Array = jax.Array
 
 
 def make_attention_mask(query_segments_BxQ: Array, key_segments_BxK: Array, *,
-                        causal: bool, query_offset: Array | int = 0) -> Array:
+                        causal: bool, query_offset: Array | int = 0,
+                        window: int | None = None) -> Array:
     """Boolean mask [B, 1, Q, K]: same segment, key not padding (segment 0), and key <= query
-    when causal. `query_offset` is the key index of query 0 (decoding with a cache)."""
+    when causal. `query_offset` is the key index of query 0 (decoding with a cache). A causal
+    `window` keeps only the last `window` keys of each query, itself included (sliding-window
+    attention, Mistral's: key > query - window); indices count tokens, since a segment's tokens
+    and a cache row's slots are contiguous."""
     mask = (query_segments_BxQ[:, :, None] == key_segments_BxK[:, None, :])
     mask &= key_segments_BxK[:, None, :] != 0
     if causal:
         q = jnp.arange(query_segments_BxQ.shape[1])[:, None] + query_offset
         k = jnp.arange(key_segments_BxK.shape[1])[None, :]
         mask &= (k <= q)[None]
+        if window is not None:
+            mask &= (k > q - window)[None]
     return mask[:, None]
 
 

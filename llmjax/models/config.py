@@ -47,6 +47,7 @@ class ModelConfig:
     embed_norm: bool = False  # decoder: a norm on the embeddings (BLOOM)
     remat: str = "none"  # none | full | dots: what the backward pass recomputes per block
     scan_layers: bool = False  # blocks under jax.lax.scan (parameters stay one per layer)
+    attention_window: int | None = None  # decoder: sliding-window attention (Mistral)
     attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)
     causal: bool = True
 

@@ -59,7 +59,8 @@ class Decoder(nnx.Module):
         """Last layer's output [B, L, D] (after the final norm for pre-norm models)."""
         seg = jnp.ones_like(tokens_BxL) if segment_ids is None else segment_ids
         pos = segment_positions(seg) if positions is None else positions
-        mask = make_attention_mask(seg, seg, causal=self.cfg.causal)
+        mask = make_attention_mask(seg, seg, causal=self.cfg.causal,
+                                   window=self.cfg.attention_window)
         x = self._embed(tokens_BxL, pos, fold(rng, 0))
         bias = self._bias(pos, pos)
         x = apply_blocks(self.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias)
@@ -100,7 +101,8 @@ class Decoder(nnx.Module):
         slot = jnp.arange(key_valid.shape[1])
         is_new = (slot >= index) & (slot < index + tokens_BxT.shape[1])
         k_seg = jnp.where((k_seg == 2) & ~is_new[None], 0, k_seg)
-        mask = make_attention_mask(q_seg, k_seg, causal=True, query_offset=index)
+        mask = make_attention_mask(q_seg, k_seg, causal=True, query_offset=index,
+                                   window=self.cfg.attention_window)
         x = self._embed(tokens_BxT, positions, None)
         # a slot's position: how many valid tokens come before it in its row
         bias = self._bias(positions, jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0))
