@@ -154,6 +154,11 @@ def base_config() -> ml_collections.ConfigDict:
     i.hf_path = config_dict.placeholder(str)
     i.step = config_dict.placeholder(int)  # None: the latest checkpoint of init.workdir
 
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # 0: no adapters (every parameter trains)
+    c.lora.alpha = 16.0  # adapter output scale alpha / rank
+    c.lora.targets = "query|value"  # regex over dense-layer paths, e.g. 'layers/0/attention/query'
+
     c.optimizer = o = ml_collections.ConfigDict()
     o.name = "adamw"  # adamw | adafactor (T5's: factored second moments, a fraction of the memory)
     o.learning_rate = 1e-3
@@ -352,7 +357,7 @@ _RANGES = {
                      "data.generated.alphabet_size", "data.generated.train_documents",
                      "data.generated.eval_documents", "data.generated.max_pair_length"),
                     _AT_LEAST_1),
-    **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor",
+    **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor", "lora.alpha",
                      "model.rope_original_max_len", "model.rope_low_freq_factor",
                      "model.rope_high_freq_factor", "peak_flops_per_device",
                      "data.generated.concentration"), _POSITIVE),
@@ -361,7 +366,8 @@ _RANGES = {
                      "optimizer.weight_decay", "optimizer.eps", "optimizer.grad_clip_norm",
                      "model.norm_epsilon", "eval_steps", "eval_decode_examples", "eval_samples",
                      "data.prefetch_batches", "data.train_window_stride",
-                     "tokenizer.extra_ids", "data.generated.order", "z_loss"), _NON_NEGATIVE),
+                     "tokenizer.extra_ids", "data.generated.order", "z_loss", "lora.rank"),
+                    _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
                      "model.attention_dropout_rate", "data.validation_fraction",
                      "label_smoothing"), _FRACTION),
@@ -457,6 +463,14 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.rope_scaling != "llama3" or m.rope_high_freq_factor > m.rope_low_freq_factor,
            f"model.rope_high_freq_factor={m.rope_high_freq_factor} must exceed "
            f"model.rope_low_freq_factor={m.rope_low_freq_factor} (llama3 interpolates between)")
+    if config.lora.rank:
+        import re
+
+        try:
+            re.compile(config.lora.targets)
+        except re.error as e:
+            raise ConfigError(f"lora.targets={config.lora.targets!r} is not a regular "
+                              f"expression ({e}): e.g. 'query|value'") from None
     _check(m.attention_window is None or m.arch == "decoder",
            f"model.attention_window is sliding-window causal attention, built for decoder "
            f"models, not model.arch={m.arch!r}: unset it")

@@ -133,6 +133,7 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
      "use none, linear or llama3"),
     ({"model.arch": "encoder", "objective": "mlm", "model.attention_window": 8},
      "built for decoder models, not model.arch='encoder'"),
+    ({"lora.rank": 4, "lora.targets": "query|(value"}, "is not a regular expression"),
     ({"model.num_kv_heads": 3}, "num_kv_heads=3 does not divide model.num_heads=2"),
     ({"optimizer.b2": 1.0}, r"optimizer.b2=1.0 must be in \[0, 1\)"),
     ({"model.dropout_rate": 1.0}, r"model.dropout_rate=1.0 must be in \[0, 1\)"),

@@ -223,6 +223,10 @@ def export_params(config: ml_collections.ConfigDict, params: nnx.State
         raise ConfigError(f"this run cannot be written as a Hugging Face {family.MODEL_TYPE} "
                           f"model: {'; '.join(problems)}")
     flat = {k: np.asarray(v, np.float32) for k, v in _flat(params).items()}
+    if config.lora.rank:  # Hugging Face models have no adapters: fold them into the kernels
+        from llmjax.models import lora
+
+        flat = lora.merge(flat, config.lora)
     return family.export_tensors(config, flat)
 
 

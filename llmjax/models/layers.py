@@ -82,12 +82,27 @@ class Dense(nnx.Module):
         self.kernel = nnx.Param((init * std).astype(cfg.weight_dtype))
         use_bias = cfg.use_bias if use_bias is None else use_bias
         self.bias = nnx.Param(jnp.zeros(self.out_shape, cfg.weight_dtype)) if use_bias else None
+        self.lora_a = self.lora_b = None  # LoRA adapters (models/lora.py), when added
+        self.lora_scale = 0.0
+
+    def add_adapter(self, rank: int, alpha: float, key: Array) -> None:
+        """LoRA: A [in, rank] ~ N(0, 1 / in), B [rank, out] = 0 (the output is unchanged)."""
+        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        dtype = self.kernel[...].dtype
+        # nnx.data: the attributes were None (static) until now
+        self.lora_a = nnx.data(nnx.Param(
+            (jax.random.normal(key, (n_in, rank)) / math.sqrt(n_in)).astype(dtype)))
+        self.lora_b = nnx.data(nnx.Param(jnp.zeros((rank, n_out), dtype)))
+        self.lora_scale = alpha / rank
 
     def __call__(self, x: Array) -> Array:
         batch = x.shape[: x.ndim - len(self.in_shape)]
         n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
-        y = matmul(x.reshape(-1, n_in).astype(self.dtype),
-                   self.kernel[...].reshape(n_in, n_out).astype(self.dtype))
+        x2 = x.reshape(-1, n_in).astype(self.dtype)
+        y = matmul(x2, self.kernel[...].reshape(n_in, n_out).astype(self.dtype))
+        if self.lora_a is not None:
+            down = matmul(x2, self.lora_a[...].astype(self.dtype)).astype(self.dtype)
+            y = y + matmul(down, self.lora_b[...].astype(self.dtype)) * self.lora_scale
         if self.bias is not None:
             y = y + self.bias[...].reshape(n_out).astype(jnp.float32)
         return y.reshape(*batch, *self.out_shape).astype(self.dtype)

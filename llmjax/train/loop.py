@@ -18,6 +18,7 @@ from flax import nnx
 from llmjax import configs
 from llmjax.data import pipeline
 from llmjax.evaluation.evaluator import evaluate, loss_floor
+from llmjax.models import lora
 from llmjax.objectives import get_objective
 from llmjax.objectives.base import Regularizers
 from llmjax.train import best as best_lib
@@ -103,10 +104,28 @@ def check_init_compatible(config: ml_collections.ConfigDict) -> None:
             f"init.workdir={config.init.workdir} is a model.arch={saved.model.arch!r} run, and "
             f"this config trains model.arch={config.model.arch!r}: fine-tune from a run of the "
             "same architecture (or change model.arch)")
+    if saved.get("lora") and saved.lora.rank:
+        raise configs.ConfigError(
+            f"init.workdir={config.init.workdir} is a LoRA run: its adapters would not carry "
+            f"over. Fold them into its weights with `llmjax convert --to=hf "
+            f"--workdir={config.init.workdir} --out=DIR` and fine-tune with "
+            "--config.init.hf_path=DIR")
 
 
 def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.State:
-    """Fresh parameters, or those of `init.workdir` / `init.hf_path` (fine-tuning)."""
+    """Fresh parameters, or those of `init.workdir` / `init.hf_path` (fine-tuning); LoRA
+    adapters always start fresh (their base layers restored)."""
+    if not config.lora.rank:
+        return _restored_params(config, params)
+
+    def adapter(path, _) -> bool:
+        return lora.is_adapter(checkpoint.param_path_name(path))
+
+    base = _restored_params(config, params.filter(lambda p, v: not adapter(p, v)))
+    return nnx.merge_state(base, params.filter(adapter))
+
+
+def _restored_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.State:
     objective = get_objective(config.objective)
     if config.init.hf_path:
         from llmjax.convert.hf import hf_initial_params
@@ -255,7 +274,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     else:
         graphdef, params = nnx.split(state_lib.build_model(config))
     num_params = state_lib.count_params(params)
-    optimizer, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    optimizer, schedule = optim.make_optimizer(
+        config.optimizer, config.num_train_steps,
+        trainable=lora.is_adapter if config.lora.rank else None)
     abstract = jax.eval_shape(lambda p: state_lib.init_state(p, optimizer, config.seed), params)
     parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
                         config.optimizer.accumulation_steps, config.skip_nonfinite_updates,

@@ -3,9 +3,13 @@ clipping and AdamW (or Adafactor) without weight decay on 1-D parameters (biases
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import ml_collections
 import optax
+
+from llmjax.train.checkpoint import param_path_name
 
 
 def learning_rate_schedule(o: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
@@ -36,9 +40,27 @@ def weight_decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(o: ml_collections.ConfigDict, num_train_steps: int
+def make_optimizer(o: ml_collections.ConfigDict, num_train_steps: int,
+                   trainable: Callable[[str], bool] | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(the optimizer of `o`, its learning-rate schedule). With `trainable` (a parameter path
+    -> bool, e.g. lora.is_adapter), only those parameters are updated, clipped and given
+    optimizer state; the others stay as they are."""
     schedule = learning_rate_schedule(o, num_train_steps)
+    optimizer = _optimizer(o, schedule)
+    if trainable is None:
+        return optimizer, schedule
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "train" if trainable(param_path_name(path)) else "frozen", params)
+
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()},
+                                 labels), schedule
+
+
+def _optimizer(o: ml_collections.ConfigDict, schedule: optax.Schedule
+               ) -> optax.GradientTransformation:
     parts = []
     if o.grad_clip_norm and o.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
@@ -56,4 +78,4 @@ def make_optimizer(o: ml_collections.ConfigDict, num_train_steps: int
     else:
         parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
                                  weight_decay=o.weight_decay, mask=weight_decay_mask))
-    return optax.chain(*parts), schedule
+    return optax.chain(*parts)

@@ -29,7 +29,12 @@ def build_model(config: ml_collections.ConfigDict, seed: int | None = None) -> n
     cls = MODELS[config.model.arch]
     seed = config.seed if seed is None else seed
     kwargs = get_objective(config.objective).model_kwargs(config)
-    return cls(model_config(config), rngs=nnx.Rngs(params=seed), **kwargs)
+    model = cls(model_config(config), rngs=nnx.Rngs(params=seed), **kwargs)
+    if config.lora.rank:  # adapters from their own stream: the base parameters are unchanged
+        from llmjax.models import lora
+
+        lora.attach(model, config.lora, seed + 2)
+    return model
 
 
 def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:

@@ -1,0 +1,128 @@
+"""LoRA: adapters start as the base model and read the kernels' error signal, fine-tuning from a
+run trains them alone (every base parameter bit-identical afterwards, optimizer state for the
+adapters only), the run resumes, and an export folds them into the weights (same logits)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import jitted, tiny_config
+from flax import nnx
+
+import llmjax
+from llmjax.configs import ConfigError
+from llmjax.convert import hf as convert
+from llmjax.models import lora
+from llmjax.train import state as state_lib
+from llmjax.train.checkpoint import param_path_name
+from llmjax.train.loop import train_and_evaluate
+
+LORA = {"lora.rank": 4, "lora.targets": "attention/(query|value)|mlp/wi"}
+
+
+def flat_params(model) -> dict[str, np.ndarray]:
+    return {param_path_name(p): np.asarray(x) for p, x in
+            jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
+
+
+def test_adapters_start_as_the_base_model():
+    base = state_lib.build_model(tiny_config(**{"model.vocab_size": 40}))
+    adapted = state_lib.build_model(tiny_config(**{"model.vocab_size": 40, **LORA}))
+    base_flat, adapted_flat = flat_params(base), flat_params(adapted)
+    adapters = sorted(k for k in adapted_flat if lora.is_adapter(k))
+    assert adapters[:3] == ["layers/0/attention/query/lora_a", "layers/0/attention/query/lora_b",
+                            "layers/0/attention/value/lora_a"]
+    assert len(adapters) == 2 * 3 * 2  # 2 layers x 3 targets x (A, B)
+    assert adapted_flat["layers/0/mlp/wi/lora_a"].shape == (32, 4)
+    assert adapted_flat["layers/0/mlp/wi/lora_b"].shape == (4, 64)
+    for name, value in base_flat.items():  # the base parameters are unchanged
+        np.testing.assert_array_equal(adapted_flat[name], value)
+    tokens = jnp.asarray(np.random.RandomState(0).randint(5, 40, (2, 12)), jnp.int32)
+    np.testing.assert_array_equal(jitted(adapted)(tokens), jitted(base)(tokens))  # B = 0
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    train_and_evaluate(tiny_config(), root / "base")
+    c = tiny_config(**{**LORA, "init.workdir": str(root / "base"), "num_train_steps": 20,
+                       "optimizer.learning_rate": 1e-2})
+    c.data.generated.seed = 99  # another language: something to adapt to
+    metrics = train_and_evaluate(c, root / "lora")
+    return root, c, metrics
+
+
+def test_fine_tuning_trains_the_adapters_alone(lora_run):
+    root, c, _ = lora_run
+    base, tuned = llmjax.load(root / "base"), llmjax.load(root / "lora")
+    base_flat, tuned_flat = flat_params(base.model), flat_params(tuned.model)
+    for name, value in base_flat.items():
+        np.testing.assert_array_equal(tuned_flat[name], value, err_msg=name)
+    trained_b = [tuned_flat[k] for k in tuned_flat if k.endswith("lora_b")]
+    assert all(np.abs(b).max() > 1e-3 for b in trained_b)
+    # resuming with more steps continues the run: its adapters and their optimizer state
+    c.num_train_steps = 30
+    resumed = train_and_evaluate(c, root / "lora")
+    assert llmjax.load(root / "lora").step == 30 and np.isfinite(resumed["eval/loss"])
+
+
+def test_adapter_gradients_are_the_kernels_projected():
+    """At the start (B = 0): dL/dB = alpha / rank * A^T dL/dW for the kernel W the adapter sits
+    on, and dL/dA = 0: the adapter reads the same error signal as full fine-tuning would."""
+    c = tiny_config(**{"model.vocab_size": 40, **LORA})
+    model = state_lib.build_model(c)
+    graphdef, params = nnx.split(model)
+    tokens = jnp.asarray(np.random.RandomState(0).randint(5, 40, (2, 12)), jnp.int32)
+
+    def loss(p):
+        logits = nnx.merge(graphdef, p)(tokens[:, :-1])
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1).mean()
+
+    grads = {param_path_name(k): np.asarray(g) for k, g in
+             jax.tree_util.tree_flatten_with_path(jax.grad(loss)(params))[0]}
+    values = flat_params(model)
+    scale = c.lora.alpha / c.lora.rank
+    for layer in ("layers/0/attention/query", "layers/1/mlp/wi"):
+        a = values[f"{layer}/lora_a"]
+        kernel_grad = grads[f"{layer}/kernel"].reshape(a.shape[0], -1)
+        np.testing.assert_allclose(grads[f"{layer}/lora_b"], scale * a.T @ kernel_grad,
+                                   rtol=1e-4, atol=1e-7)
+        np.testing.assert_array_equal(grads[f"{layer}/lora_a"], 0.0)
+
+
+def test_only_adapters_get_optimizer_state():
+    from llmjax.train import optim
+
+    c = tiny_config(**{"model.vocab_size": 40, **LORA})
+    _, params = nnx.split(state_lib.build_model(c))
+    tx, _ = optim.make_optimizer(c.optimizer, 10, trainable=lora.is_adapter)
+    state_size = sum(x.size for x in jax.tree.leaves(tx.init(params)))
+    adapters = sum(v.size for k, v in flat_params(state_lib.build_model(c)).items()
+                   if lora.is_adapter(k))
+    assert 2 * adapters <= state_size <= 2 * adapters + 8  # Adam's mu and nu (+ counts)
+
+
+def test_export_folds_the_adapters_into_the_weights(lora_run, tmp_path):
+    root, _, _ = lora_run
+    tuned = llmjax.load(root / "lora")
+    convert.export_workdir(root / "lora", tmp_path / "hf")
+    imported, params = convert.import_folder(tmp_path / "hf")
+    assert imported.lora.rank == 0
+    merged = nnx.merge(nnx.graphdef(state_lib.build_model(imported)), params)
+    vocab = tuned.config.model.vocab_size
+    tokens = jnp.asarray(np.random.RandomState(1).randint(5, vocab, (2, 16)), jnp.int32)
+    ours = np.asarray(jitted(tuned.model)(tokens))
+    base = np.asarray(jitted(llmjax.load(root / "base").model)(tokens))
+    assert np.isfinite(ours).all() and np.abs(ours - base).max() > 1e-2  # the adapters act
+    np.testing.assert_allclose(jitted(merged)(tokens), ours, atol=1e-4)
+
+
+def test_lora_settings_are_checked(lora_run, tmp_path):
+    root, _, _ = lora_run
+    with pytest.raises(ConfigError, match=r"lora.targets='attn' matches none of the model's "
+                                          r"dense layers \(.*attention/query"):
+        state_lib.build_model(tiny_config(**{"model.vocab_size": 40, "lora.rank": 2,
+                                             "lora.targets": "attn"}))
+    c = tiny_config(**{"init.workdir": str(root / "lora")})
+    with pytest.raises(ConfigError, match="is a LoRA run: its adapters would not carry over"):
+        train_and_evaluate(c, tmp_path / "again")
