@@ -90,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.activation = "gelu"  # gelu | relu | silu
     m.gated_mlp = False
     m.use_bias = True
+    m.qk_norm = False  # norm queries and keys per head before attention (Qwen3)
     m.qkv_bias = config_dict.placeholder(bool)  # None: use_bias (Qwen2: True with use_bias off)
     m.tie_embeddings = True
     m.scale_attention = True  # attention logits / sqrt(head_dim); T5 checkpoints: False

@@ -632,6 +632,32 @@ def test_qwen2_query_key_value_biases_match_transformers(tmp_path):
     assert_same_import(folder, tmp_path / "hf")
 
 
+def test_qwen3_qk_norm_matches_transformers(tmp_path):
+    """Qwen3: LLaMA with an RMSNorm over head_dim on queries and keys (random scales here) and
+    a head_dim other than hidden_size / heads."""
+    folder = tmp_path / "qwen3"
+    folder.mkdir()
+    llama_tokenizer_folder(folder)
+    config = transformers.Qwen3Config(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64)
+    torch.manual_seed(0)
+    hf_model = transformers.Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, tensor in hf_model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                tensor.uniform_(0.5, 2.0)
+    hf_model.save_pretrained(folder)
+    config = convert.import_to_workdir(folder, tmp_path / "run")
+    assert (config.model.qk_norm, config.model.head_dim) == (True, 16)
+    run = llmjax.load(tmp_path / "run")
+    assert_same_causal_lm(run.model, hf_model)
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(reloaded).__name__ == "Qwen3ForCausalLM"
+    assert_same_import(folder, tmp_path / "hf")
+
+
 def test_mistral_sliding_window_matches_transformers(tmp_path):
     """Mistral: LLaMA's tensors and a sliding window (4 keys here, on sequences of 12): logits,
     greedy tokens over the KV cache past the window, and the export back to Mistral."""

@@ -93,6 +93,7 @@ def test_attention_mask_blocks_padding_and_future():
     dict(position_embedding="alibi", embed_norm=True),
     dict(position_embedding="rotary", num_heads=4, num_kv_heads=2, head_dim=4),
     dict(position_embedding="rotary", attention_window=3),
+    dict(position_embedding="rotary", qk_norm=True, norm="rmsnorm"),
 ])
 def test_kv_cache_decoding_equals_full_forward(kw):
     model = make(**kw)
@@ -157,6 +158,7 @@ def test_options_change_the_parameter_set():
 
     base = names(make())
     assert not any("bias" in n for n in names(make(use_bias=False)))
+    assert {"query_norm", "key_norm"} <= {n.split("/")[-2] for n in names(make(qk_norm=True))}
     qkv_only = {n for n in names(make(use_bias=False, qkv_bias=True)) if "bias" in n}
     assert {n.split("/")[-2] for n in qkv_only} == {"query", "key", "value"}
     assert any("lm_head" in n for n in names(make(tie_embeddings=False)))

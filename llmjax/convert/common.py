@@ -26,6 +26,8 @@ def settings_problems(model: ml_collections.ConfigDict, wanted: dict, family: st
         if model.attention_window is not None:
             problems.append(f"model.attention_window={model.attention_window} ({family} "
                             "attends to every earlier token)")
+        if model.qk_norm:
+            problems.append(f"model.qk_norm=True ({family} has no norm on queries and keys)")
         if model.rope_scaling != "none":
             problems.append(f"model.rope_scaling={model.rope_scaling!r} ({family} has none)")
     return problems

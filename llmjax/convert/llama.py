@@ -1,10 +1,11 @@
-"""LLaMA (LlamaModel / LlamaForCausalLM), Mistral and Qwen2 <-> llmjax Decoder.
+"""LLaMA (LlamaModel / LlamaForCausalLM), Mistral, Qwen2 and Qwen3 <-> llmjax Decoder.
 
 LLaMA is a pre-RMSNorm decoder with rotary positions (rotate-half layout, as llmjax's), a
 SwiGLU feed-forward (down(silu(gate(x)) * up(x)): gate is llmjax's `wi`, up its `wg`), no
 biases, grouped-query attention (num_key_value_heads) and, mostly, untied embeddings. Mistral
 has the same tensors and a sliding attention window (model.attention_window). Qwen2 is
-LLaMA with biases on the query, key and value projections (model.qkv_bias). PyTorch Linear
+LLaMA with biases on the query, key and value projections (model.qkv_bias); Qwen3 is LLaMA
+with an RMSNorm over head_dim on queries and keys (model.qk_norm). PyTorch Linear
 weights are [out, in], transposed into llmjax's [in, out] kernels.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from llmjax.convert.common import TensorReader, settings_problems
 
 MODEL_TYPE = "llama"
-MODEL_TYPES = ("llama", "mistral", "qwen2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 HEADS = ()
 IGNORED = (r"lm_head\.weight", r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 _ACTIVATIONS = {"silu": "silu", "gelu": "gelu_exact", "gelu_pytorch_tanh": "gelu",
@@ -61,8 +62,8 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.max_len = hf.get("max_position_embeddings", 2048)
     if hf.get("model_type") == "mistral":
         m.attention_window = hf.get("sliding_window")  # None: full attention
-    elif hf.get("use_sliding_window"):  # Qwen2: a window on the layers past max_window_layers
-        raise ConversionError("use_sliding_window=true (Qwen2's per-layer window) has no "
+    elif hf.get("use_sliding_window"):  # Qwen: a window on the layers past max_window_layers
+        raise ConversionError("use_sliding_window=true (Qwen's per-layer window) has no "
                               "llmjax match yet")
     m.norm, m.norm_position, m.norm_epsilon = "rmsnorm", "pre", hf.get("rms_norm_eps", 1e-6)
     m.position_embedding, m.rotary_base = "rotary", theta
@@ -74,6 +75,7 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
         m.rope_high_freq_factor = float(scaling["high_freq_factor"])
     m.activation, m.gated_mlp, m.use_bias = _ACTIVATIONS[activation], True, False
     m.qkv_bias = True if hf.get("model_type") == "qwen2" else None
+    m.qk_norm = hf.get("model_type") == "qwen3"
     m.tie_embeddings = bool(hf.get("tie_word_embeddings", False))
     m.dropout_rate = m.attention_dropout_rate = 0.0
     config.seq_len = min(config.seq_len, m.max_len)
@@ -97,6 +99,9 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
                 out[q + f"attention/{ours}/bias"] = get(p + f"self_attn.{theirs}.bias").reshape(
                     -1, k)
         out[q + "attention/out/kernel"] = get(p + "self_attn.o_proj.weight").T.reshape(-1, k, d)
+        if m.qk_norm:
+            out[q + "attention/query_norm/scale"] = get(p + "self_attn.q_norm.weight")
+            out[q + "attention/key_norm/scale"] = get(p + "self_attn.k_norm.weight")
         out[q + "attention_norm/scale"] = get(p + "input_layernorm.weight")
         out[q + "mlp_norm/scale"] = get(p + "post_attention_layernorm.weight")
         for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
@@ -110,9 +115,12 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
               "scale_attention": True}
     problems = settings_problems(config.model, wanted, "LLaMA", whole_heads=False,
                                  llama_like=True)
-    if config.model.qkv_bias and config.model.attention_window:
-        problems.append("model.attention_window with model.qkv_bias (Qwen2's window is per "
-                        "layer; Mistral has no biases)")
+    m = config.model
+    if (m.qkv_bias or m.qk_norm) and m.attention_window:
+        problems.append("model.attention_window with model.qkv_bias or qk_norm (Qwen's window "
+                        "is per layer; Mistral has neither)")
+    if m.qkv_bias and m.qk_norm:
+        problems.append("model.qkv_bias with model.qk_norm (Qwen2 has biases, Qwen3 QK-norm)")
     return problems
 
 
@@ -133,6 +141,9 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
             if m.qkv_bias:
                 t[p + f"self_attn.{theirs}.bias"] = flat[q + f"attention/{ours}/bias"].reshape(-1)
         t[p + "self_attn.o_proj.weight"] = flat[q + "attention/out/kernel"].reshape(-1, d).T
+        if m.qk_norm:
+            t[p + "self_attn.q_norm.weight"] = flat[q + "attention/query_norm/scale"]
+            t[p + "self_attn.k_norm.weight"] = flat[q + "attention/key_norm/scale"]
         t[p + "input_layernorm.weight"] = flat[q + "attention_norm/scale"]
         t[p + "post_attention_layernorm.weight"] = flat[q + "mlp_norm/scale"]
         for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
@@ -147,6 +158,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
                     high_freq_factor=m.rope_high_freq_factor)
     model_type, architecture = (
         ("qwen2", "Qwen2ForCausalLM") if m.qkv_bias
+        else ("qwen3", "Qwen3ForCausalLM") if m.qk_norm
         else ("mistral", "MistralForCausalLM") if m.attention_window
         else (MODEL_TYPE, "LlamaForCausalLM"))
     hf = {"model_type": model_type, "architectures": [architecture],

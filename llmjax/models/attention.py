@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmjax.models.config import ModelConfig
-from llmjax.models.layers import Dense, apply_rotary, dropout, rotary_frequencies
+from llmjax.models.layers import Dense, Norm, apply_rotary, dropout, rotary_frequencies
 from llmjax.sharding import constrain
 
 Array = jax.Array
@@ -81,6 +81,9 @@ class MultiHeadAttention(nnx.Module):
         self.query = Dense((d,), (h, k), cfg, rngs=rngs, use_bias=bias)
         self.key = Dense((d,), (n, k), cfg, rngs=rngs, use_bias=bias)
         self.value = Dense((d,), (n, k), cfg, rngs=rngs, use_bias=bias)
+        # QK-norm: each head's query and key normalised over head_dim, before rotary positions
+        self.query_norm = Norm(k, cfg) if cfg.qk_norm else None
+        self.key_norm = Norm(k, cfg) if cfg.qk_norm else None
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
         self.out = Dense((h, k), (d,), cfg, rngs=rngs, std=out_std)
 
@@ -95,11 +98,12 @@ class MultiHeadAttention(nnx.Module):
         per source; `bias` is added to the logits (relative positions)."""
         cfg = self.cfg
         q = self.query(x_BxQxD)
+        if self.query_norm is not None:
+            q = self.query_norm(q)
         if static_kv is not None:
             k, v = static_kv["k"], static_kv["v"]
         else:
-            kv = x_BxQxD if kv_BxKxD is None else kv_BxKxD
-            k, v = self.key(kv), self.value(kv)
+            k, v = self._key_values(x_BxQxD if kv_BxKxD is None else kv_BxKxD)
         heads = ("batch", None, "heads", None)  # tensor parallelism splits heads
         q, k, v = constrain(q, heads), constrain(k, heads), constrain(v, heads)
         if cfg.position_embedding == "rotary" and positions_BxQ is not None:
@@ -129,6 +133,13 @@ class MultiHeadAttention(nnx.Module):
         probs = dropout(probs, cfg.attention_dropout_rate, rng)
         return self.out(_mix(probs, v.astype(q.dtype))), cache
 
+    def _key_values(self, kv_BxKxD: Array) -> tuple[Array, Array]:
+        k = self.key(kv_BxKxD)
+        if self.key_norm is not None:
+            k = self.key_norm(k)
+        return k, self.value(kv_BxKxD)
+
     def key_values(self, kv_BxKxD: Array) -> dict:
         """{'k', 'v': [B, K, N, head_dim]} of a fixed memory (cross-attention's encoder output)."""
-        return {"k": self.key(kv_BxKxD), "v": self.value(kv_BxKxD)}
+        k, v = self._key_values(kv_BxKxD)
+        return {"k": k, "v": v}
