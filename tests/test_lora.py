@@ -126,3 +126,24 @@ def test_lora_settings_are_checked(lora_run, tmp_path):
     c = tiny_config(**{"init.workdir": str(root / "lora")})
     with pytest.raises(ConfigError, match="is a LoRA run: its adapters would not carry over"):
         train_and_evaluate(c, tmp_path / "again")
+
+
+def test_classification_with_lora_trains_adapters_and_the_head(tmp_path):
+    """A LoRA classifier: the encoder's own weights stay at their start, the adapters and the
+    task head (pooler, classifier: a fine-tuning objective's fresh modules) learn the task.
+    Measured: dev accuracy 0.96 (0.94 pre-norm). From a 20-step MLM run instead, whose
+    representations have collapsed, LoRA stays at chance where full fine-tuning reaches 1.0:
+    adapters cannot move the frozen embeddings."""
+    from test_classification import classify_config, write_sentiment_tsv
+
+    tsv = (write_sentiment_tsv(tmp_path / "train.tsv", 400, 0),
+           write_sentiment_tsv(tmp_path / "dev.tsv", 100, 1))
+    c = classify_config(tsv, **{"lora.rank": 8, "lora.targets": "attention|mlp"})
+    metrics = train_and_evaluate(c, tmp_path / "cls")
+    run = llmjax.load(tmp_path / "cls")
+    start = flat_params(state_lib.build_model(run.config))
+    tuned = flat_params(run.model)
+    for name, value in start.items():
+        trains = lora.is_adapter(name) or name.split("/")[0] in ("pooler", "classifier")
+        assert (not np.array_equal(tuned[name], value)) == trains, name
+    assert metrics["eval/accuracy"] > 0.85, metrics

@@ -3,12 +3,14 @@ model by training few parameters.
 
 A targeted Dense computes y = x W + (x A) B · alpha / rank with A [in, rank] and B [rank, out];
 B starts at zero, so the adapted model starts as the base model. Training updates A and B
-only (optim.make_optimizer's `trainable`); `merge` folds them into W for an export.
+(and a fine-tuning task head) only (optim.make_optimizer's `trainable`); `merge` folds them
+into W for an export.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -23,6 +25,13 @@ ADAPTER_NAMES = ("lora_a", "lora_b")
 def is_adapter(name: str) -> bool:
     """Is the parameter at this path ('layers/0/attention/query/lora_a') an adapter?"""
     return name.rsplit("/", 1)[-1] in ADAPTER_NAMES
+
+
+def trainable(objective) -> Callable[[str], bool]:
+    """What a LoRA run trains: the adapters, and the task head a fine-tuning objective adds
+    (a classifier and its pooler start fresh, so they must learn; PEFT's modules_to_save)."""
+    heads = (*getattr(objective, "fresh_modules", ()), *getattr(objective, "optional_modules", ()))
+    return lambda name: is_adapter(name) or name.split("/")[0] in heads
 
 
 def dense_layers(model: nnx.Module) -> dict[str, Dense]:

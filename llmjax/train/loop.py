@@ -276,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     num_params = state_lib.count_params(params)
     optimizer, schedule = optim.make_optimizer(
         config.optimizer, config.num_train_steps,
-        trainable=lora.is_adapter if config.lora.rank else None)
+        trainable=lora.trainable(objective) if config.lora.rank else None)
     abstract = jax.eval_shape(lambda p: state_lib.init_state(p, optimizer, config.seed), params)
     parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
                         config.optimizer.accumulation_steps, config.skip_nonfinite_updates,
