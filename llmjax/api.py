@@ -247,7 +247,7 @@ class Run:
         from llmjax.objectives.seq2seq import prompt_ids
 
         tok = self.tokenizer
-        if self.config.objective == "seq2seq":
+        if self.answers_prompts:
             ids = [prompt_ids(tok.encode_array(p), self.config.seq_len, tok) for p in prompts]
         else:
             keep = max(self.config.model.max_len - max_new, 1)  # the end of a long prompt

@@ -126,6 +126,10 @@ def test_lora_settings_are_checked(lora_run, tmp_path):
     c = tiny_config(**{"init.workdir": str(root / "lora")})
     with pytest.raises(ConfigError, match="is a LoRA run: its adapters would not carry over"):
         train_and_evaluate(c, tmp_path / "again")
+    c = tiny_config(**{**LORA, "lora.rank": 8, "init.workdir": str(root / "base")})
+    c.data.generated.seed = 99
+    with pytest.raises(ConfigError, match=r"another model or optimizer \(lora.rank: 4 -> 8\)"):
+        train_and_evaluate(c, root / "lora")  # resuming with other adapters
 
 
 def test_classification_with_lora_trains_adapters_and_the_head(tmp_path):

@@ -78,7 +78,7 @@ def check_resume_compatible(config: ml_collections.ConfigDict, workdir: epath.Pa
     changed = [(k, f"{k}: {saved.get(k)!r} -> {v!r}") for k, v in configs.flatten(config)
                if saved.get(k) != v]
     model = [text for k, text in changed
-             if k.startswith("model.") or k in ("objective", "optimizer.name")]
+             if k.startswith(("model.", "lora.")) or k in ("objective", "optimizer.name")]
     if model:
         raise configs.ConfigError(
             f"{workdir} holds checkpoints of another model or optimizer ({'; '.join(model)}): "
