@@ -87,6 +87,19 @@ def assert_same_causal_lm(model, hf_model):
     assert_same_greedy_tokens(model, hf_model, ids[:1, :9])
 
 
+def export_round_trip(folder, hf_model, tmp_path):
+    """Exports tmp_path/run to tmp_path/hf; transformers loads it with `hf_model`'s logits and
+    it imports as `folder` does, bit for bit. Returns the reloaded transformers model."""
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.tensor(padded_batch([12, 12], 300)[0])
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(ids).logits.numpy(), hf_model(ids).logits.numpy(),
+                                   atol=1e-5)
+    assert_same_import(folder, tmp_path / "hf")
+    return reloaded
+
+
 def assert_close(ours, theirs, mask):
     ours, theirs = np.asarray(ours), theirs.detach().numpy()
     keep = mask.astype(bool)
@@ -446,13 +459,7 @@ def test_bloom_import_export_matches_transformers(bloom_folder, tmp_path):
     convert.import_to_workdir(folder, tmp_path / "run")
     run = llmjax.load(tmp_path / "run")
     assert_same_causal_lm(run.model, hf_model)
-    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    ids = torch.tensor(padded_batch([12, 12], 300)[0])
-    with torch.no_grad():
-        np.testing.assert_allclose(reloaded(ids).logits.numpy(), hf_model(ids).logits.numpy(),
-                                   atol=1e-5)
-    assert_same_import(folder, tmp_path / "hf")
+    export_round_trip(folder, hf_model, tmp_path)
 
 
 def llama_tokenizer_folder(folder):
@@ -501,18 +508,12 @@ def test_llama_import_export_matches_transformers(llama_folder, tmp_path):
                                    eos_token_id=None, pad_token_id=0)[0, len(prompt):]
     assert run.generate("The quick brown", max_new_tokens=6, temperature=0.0) == tok.decode(
         theirs.tolist())
-    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    reloaded = export_round_trip(folder, hf_model, tmp_path)
     assert reloaded.config.num_key_value_heads == 2
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (1, 2, 2)
     assert hf_tok.encode("The quick brown", add_special_tokens=False) == tok.encode(
         "The quick brown")
-    ids = torch.tensor(padded_batch([12, 12], 300)[0])
-    with torch.no_grad():
-        np.testing.assert_allclose(reloaded(ids).logits.numpy(), hf_model(ids).logits.numpy(),
-                                   atol=1e-5)
-    assert_same_import(folder, tmp_path / "hf")
 
 
 def test_a_bfloat16_checkpoint_sharded_over_files_imports(llama_folder, tmp_path):
@@ -622,14 +623,8 @@ def test_qwen2_query_key_value_biases_match_transformers(tmp_path):
     assert (config.model.qkv_bias, config.model.use_bias) == (True, False)
     run = llmjax.load(tmp_path / "run")
     assert_same_causal_lm(run.model, hf_model)
-    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    reloaded = export_round_trip(folder, hf_model, tmp_path)
     assert type(reloaded).__name__ == "Qwen2ForCausalLM"
-    ids = torch.tensor(padded_batch([12, 12], 300)[0])
-    with torch.no_grad():
-        np.testing.assert_allclose(reloaded(ids).logits.numpy(), hf_model(ids).logits.numpy(),
-                                   atol=1e-5)
-    assert_same_import(folder, tmp_path / "hf")
 
 
 def test_qwen3_qk_norm_matches_transformers(tmp_path):
@@ -652,10 +647,8 @@ def test_qwen3_qk_norm_matches_transformers(tmp_path):
     assert (config.model.qk_norm, config.model.head_dim) == (True, 16)
     run = llmjax.load(tmp_path / "run")
     assert_same_causal_lm(run.model, hf_model)
-    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    reloaded = export_round_trip(folder, hf_model, tmp_path)
     assert type(reloaded).__name__ == "Qwen3ForCausalLM"
-    assert_same_import(folder, tmp_path / "hf")
 
 
 def test_mistral_sliding_window_matches_transformers(tmp_path):
@@ -674,11 +667,9 @@ def test_mistral_sliding_window_matches_transformers(tmp_path):
     m = run.config.model
     assert (m.attention_window, m.max_len, m.num_kv_heads) == (4, 64, 1)
     assert_same_causal_lm(run.model, hf_model)
-    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    reloaded = export_round_trip(folder, hf_model, tmp_path)
     assert type(reloaded).__name__ == "MistralForCausalLM"
     assert reloaded.config.sliding_window == 4
-    assert_same_import(folder, tmp_path / "hf")
 
 
 def test_real_minilm_checkpoint_matches_transformers(tmp_path):
