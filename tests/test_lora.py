@@ -151,3 +151,30 @@ def test_classification_with_lora_trains_adapters_and_the_head(tmp_path):
         trains = lora.is_adapter(name) or name.split("/")[0] in ("pooler", "classifier")
         assert (not np.array_equal(tuned[name], value)) == trains, name
     assert metrics["eval/accuracy"] > 0.85, metrics
+
+
+def test_frozen_weights_get_no_backward_pass():
+    """With `trainable`, the step differentiates the adapters only: the same update as
+    differentiating everything and discarding the frozen gradients, for fewer FLOPs."""
+    from llmjax.objectives import get_objective
+    from llmjax.train import optim
+    from llmjax.train.step import make_train_step
+
+    c = tiny_config(**{"model.vocab_size": 40, **LORA})
+    graphdef, params = nnx.split(state_lib.build_model(c))
+    objective = get_objective("causal_lm")
+    trainable = lora.trainable(objective)
+    tx, schedule = optim.make_optimizer(c.optimizer, 10, trainable=trainable)
+    state = state_lib.init_state(params, tx, 0)
+    rng = np.random.RandomState(0)
+    tokens = rng.randint(5, 40, (8, 33)).astype(np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+             "segment_ids": np.ones((8, 32), np.int32), "weights": np.ones((8, 32), np.float32)}
+    steps = {name: jax.jit(make_train_step(graphdef, objective, tx, schedule, trainable=t))
+             for name, t in (("all", None), ("adapters", trainable))}
+    (a, a_metrics), (b, b_metrics) = (steps[n](state, batch) for n in ("all", "adapters"))
+    np.testing.assert_allclose(b_metrics["loss"], a_metrics["loss"], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7)
+    flops = {n: steps[n].lower(state, batch).compile().cost_analysis()["flops"] for n in steps}
+    assert flops["adapters"] < 0.85 * flops["all"], flops

@@ -274,16 +274,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     else:
         graphdef, params = nnx.split(state_lib.build_model(config))
     num_params = state_lib.count_params(params)
-    optimizer, schedule = optim.make_optimizer(
-        config.optimizer, config.num_train_steps,
-        trainable=lora.trainable(objective) if config.lora.rank else None)
+    trainable = lora.trainable(objective) if config.lora.rank else None  # None: everything
+    optimizer, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
+                                               trainable=trainable)
     abstract = jax.eval_shape(lambda p: state_lib.init_state(p, optimizer, config.seed), params)
     parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
                         config.optimizer.accumulation_steps, config.skip_nonfinite_updates,
                         mesh_sizes=config.parallel.mesh, abstract_state=abstract,
                         compiler_options=configs.parse_compiler_options(
                             config.parallel.compiler_options),
-                        regularizers=Regularizers(config.label_smoothing, config.z_loss))
+                        regularizers=Regularizers(config.label_smoothing, config.z_loss),
+                        trainable=trainable)
     ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints_to_keep,
                                    config.async_checkpointing)
     start = ckpt.latest_step()

@@ -11,6 +11,7 @@ Checkpoints hold plain (unreplicated, unsharded) arrays, so one restores under a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -52,14 +53,15 @@ class Parallel:
                  schedule, accumulation_steps: int = 1, skip_nonfinite: bool = False, *,
                  mesh_sizes: Any = None, abstract_state: Any = None,
                  compiler_options: dict | None = None,
-                 regularizers: Regularizers = NO_REGULARIZERS):
+                 regularizers: Regularizers = NO_REGULARIZERS,
+                 trainable: Callable[[str], bool] | None = None):
         self.mode = mode
         self.num_replicas = jax.local_device_count() if mode == "pmap" else 1
         self.loss_terms = tuple(loss_terms(objective))
         axis = AXIS if mode == "pmap" else None
         train = make_train_step(graphdef, objective, optimizer, schedule, accumulation_steps,
                                 axis_name=axis, skip_nonfinite=skip_nonfinite,
-                                regularizers=regularizers)
+                                regularizers=regularizers, trainable=trainable)
         evaluate = make_eval_step(graphdef, objective, axis_name=axis)
         if mode == "pmap":
             self._train = _with_options(jax.pmap(train, axis_name=AXIS, donate_argnums=(0,)),

@@ -12,6 +12,7 @@ from flax import nnx
 
 from llmjax.objectives import Objective
 from llmjax.objectives.base import NO_REGULARIZERS, Regularizers
+from llmjax.train.checkpoint import param_path_name
 from llmjax.train.state import TrainState
 
 
@@ -39,7 +40,8 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
                     optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     accumulation_steps: int = 1, axis_name: str | None = None,
                     skip_nonfinite: bool = False,
-                    regularizers: Regularizers = NO_REGULARIZERS
+                    regularizers: Regularizers = NO_REGULARIZERS,
+                    trainable: Callable[[str], bool] | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """train_step(state, batch) -> (state, metrics). The batch's leading axis is split into
     `accumulation_steps` micro-batches; gradients and metrics are summed over micro-batches
@@ -48,11 +50,17 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
     With `skip_nonfinite`, a step whose loss or gradient norm is NaN/Inf leaves parameters and
     optimizer state as they were and reports skipped_updates=1 with weight 0 (its metrics are
     zeros, so they drop out of the log interval's means). `regularizers` (label smoothing,
-    z-loss) enter the differentiated loss and the reported train loss, not the eval step."""
+    z-loss) enter the differentiated loss and the reported train loss, not the eval step.
+    With `trainable` (parameter path -> bool: LoRA), the other parameters enter the loss under
+    stop_gradient, so the backward pass never computes their gradients (zeros)."""
 
     terms = loss_terms(objective)
 
     def loss_fn(params, batch, rng, scale):
+        if trainable is not None:
+            params = jax.tree_util.tree_map_with_path(
+                lambda path, x: x if trainable(param_path_name(path)) else jax.lax.stop_gradient(x),
+                params)
         sums = objective.loss(nnx.merge(graphdef, params), batch, rng, regularizers)
         # Each term's sum over this micro-batch / that term's weight over the global batch:
         # summing over micro-batches and devices gives exactly sum_t mean_t.
