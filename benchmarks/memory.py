@@ -3,7 +3,9 @@ from XLA's memory analysis of the step compiled on abstract shapes (nothing is a
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 .venv/bin/python benchmarks/memory.py
 
-`--optimizer=adafactor` measures Adafactor's factored state instead of AdamW's. Prints one JSON
+`--optimizer=adafactor` measures Adafactor's factored state instead of AdamW's; `--lora_rank=R`
+a LoRA fine-tune (adapters of rank R on `--lora_targets`, the only trained parameters: optimizer
+state for them alone, no weight gradients for the rest). Prints one JSON
 line per mesh: parameters + optimizer state per device (the step's donated
 state arguments), temporaries, and the compile time; then the fsdp=8 / data-only ratio of
 parameter + optimizer memory (ZeRO-3 divides it by the fsdp size).
@@ -27,6 +29,8 @@ flags.DEFINE_integer("batch_size", 16, "Global batch.")
 flags.DEFINE_string("remat", "full", "model.remat for the step.")
 flags.DEFINE_bool("scan_layers", True, "model.scan_layers (one compiled block: fast compile).")
 flags.DEFINE_enum("optimizer", "adamw", ["adamw", "adafactor"], "optimizer.name.")
+flags.DEFINE_integer("lora_rank", 0, "lora.rank (0: full training).")
+flags.DEFINE_string("lora_targets", "attention|mlp", "lora.targets.")
 FLAGS = flags.FLAGS
 
 MESHES = {"data-only (8,1,1)": (8, 1, 1), "fsdp=8 (1,8,1)": (1, 8, 1),
@@ -39,6 +43,7 @@ def main(argv):
     import numpy as np
 
     from llmjax import configs
+    from llmjax.models import lora
     from llmjax.objectives import get_objective
     from llmjax.train import optim
     from llmjax.train import state as state_lib
@@ -51,23 +56,28 @@ def main(argv):
     c.model.remat, c.model.scan_layers = FLAGS.remat, FLAGS.scan_layers
     c.seq_len, c.batch_size = FLAGS.seq_len, FLAGS.batch_size
     c.optimizer.name = FLAGS.optimizer
+    c.lora.rank, c.lora.targets = FLAGS.lora_rank, FLAGS.lora_targets
     graphdef, params = state_lib.abstract_model(c)
     num_params = state_lib.count_params(params)
-    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
+    objective = get_objective(c.objective)
+    trainable = lora.trainable(objective) if c.lora.rank else None
+    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps, trainable=trainable)
     abstract = jax.eval_shape(lambda p: state_lib.init_state(p, tx, 0), params)
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
     shape = (c.batch_size, c.seq_len)
     batch = {"inputs": np.int32, "targets": np.int32, "segment_ids": np.int32,
              "weights": np.float32}
     print(json.dumps({"parameters": num_params, "optimizer": c.optimizer.name,
+                      "lora_rank": c.lora.rank,
                       "state_gib": round(state_bytes / 2**30, 2),
                       "devices": jax.device_count(), "remat": c.model.remat,
                       "scan_layers": c.model.scan_layers}))
     per_device = {}
     for name, mesh in MESHES.items():
         c.parallel.mesh.data, c.parallel.mesh.fsdp, c.parallel.mesh.tensor = mesh
-        parallel = Parallel("mesh", graphdef, get_objective(c.objective), tx, schedule,
-                            mesh_sizes=c.parallel.mesh, abstract_state=abstract)
+        parallel = Parallel("mesh", graphdef, objective, tx, schedule,
+                            mesh_sizes=c.parallel.mesh, abstract_state=abstract,
+                            trainable=trainable)
         state_in = parallel.abstract_for_restore(abstract)
         batch_in = {k: jax.ShapeDtypeStruct(shape, d, sharding=parallel.batch_sharding)
                     for k, d in batch.items()}
