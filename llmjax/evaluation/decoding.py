@@ -17,6 +17,48 @@ from llmjax.decoding.encoder_decoder import decode
 from llmjax.objectives.seq2seq import prompt_ids, seq2seq_arrays, source_target_texts
 
 
+class _EncoderSources:
+    """An encoder-decoder: each source (+ <eos>, right-padded) is encoded once, then the target
+    is decoded from <bos>."""
+
+    @staticmethod
+    def layout(encoded: list[np.ndarray], config: ml_collections.ConfigDict, tokenizer
+               ) -> tuple[np.ndarray, np.ndarray]:
+        empty = np.zeros((0,), np.int32)
+        arrays = seq2seq_arrays(((s, empty) for s in encoded), len(encoded), config.seq_len, 1,
+                                tokenizer).arrays
+        return arrays["inputs"], arrays["input_segments"]
+
+    @staticmethod
+    def decode(graphdef, params, inputs, segments, config, tokenizer, **options) -> jax.Array:
+        return decode(graphdef, params, inputs, segments, jax.random.PRNGKey(0),
+                      bos_id=tokenizer.bos_id, **options)
+
+
+class _DecoderPrompts:
+    """A decoder: each prompt <bos> source <eos>, left-padded to seq_len, is continued over the
+    KV cache."""
+
+    @staticmethod
+    def layout(encoded: list[np.ndarray], config: ml_collections.ConfigDict, tokenizer
+               ) -> tuple[np.ndarray, np.ndarray]:
+        inputs = np.full((len(encoded), config.seq_len), tokenizer.pad_id, np.int32)
+        valid = np.zeros((len(encoded), config.seq_len), np.int32)
+        for i, source in enumerate(encoded):
+            prompt = prompt_ids(source, config.seq_len, tokenizer)
+            inputs[i, -len(prompt):], valid[i, -len(prompt):] = prompt, 1
+        return inputs, valid
+
+    @staticmethod
+    def decode(graphdef, params, inputs, valid, config, tokenizer, **options) -> jax.Array:
+        return continue_prompts(graphdef, params, inputs, valid, jax.random.PRNGKey(0),
+                                cache_len=config.seq_len + config.target_seq_len, **options)
+
+
+# model.arch -> how its eval sources are laid out and decoded
+SOURCE_DECODERS = {"encoder_decoder": _EncoderSources, "decoder": _DecoderPrompts}
+
+
 class DecodingEval:
     """Holds the (sources, references) of an eval split; `__call__(params)` scores a model."""
 
@@ -30,18 +72,9 @@ class DecodingEval:
         if limit:  # None or 0: all of them
             records = sources.RecordSlice(records, 0, min(limit, len(records)))
         self.sources, self.references = source_target_texts(records, config)
-        encoded = tokenizer.encode_batch(self.sources)
-        if config.model.arch == "decoder":  # prompts left-padded to seq_len, `segments` valid
-            self.inputs = np.full((len(encoded), config.seq_len), tokenizer.pad_id, np.int32)
-            self.segments = np.zeros((len(encoded), config.seq_len), np.int32)
-            for i, source in enumerate(encoded):
-                prompt = prompt_ids(source, config.seq_len, tokenizer)
-                self.inputs[i, -len(prompt):], self.segments[i, -len(prompt):] = prompt, 1
-            return
-        empty = np.zeros((0,), np.int32)
-        pairs = ((s, empty) for s in encoded)
-        arrays = seq2seq_arrays(pairs, len(self.sources), config.seq_len, 1, tokenizer).arrays
-        self.inputs, self.segments = arrays["inputs"], arrays["input_segments"]
+        self.decoder = SOURCE_DECODERS[config.model.arch]
+        self.inputs, self.segments = self.decoder.layout(tokenizer.encode_batch(self.sources),
+                                                         config, tokenizer)
 
     def hypotheses(self, params: nnx.State) -> list[str]:
         """The decoded text of every eval source."""
@@ -54,16 +87,10 @@ class DecodingEval:
             if n < batch:  # one compiled shape: fill the last batch with copies of its first row
                 inputs = np.concatenate([inputs, np.repeat(inputs[:1], batch - n, axis=0)])
                 segments = np.concatenate([segments, np.repeat(segments[:1], batch - n, 0)])
-            options = dict(max_new_tokens=c.target_seq_len, beam_size=c.generate.beam_size,
-                           alpha=c.generate.length_penalty, eos_id=tok.eos_id,
-                           pad_id=tok.pad_id)
-            if c.model.arch == "decoder":
-                tokens = continue_prompts(self.graphdef, params, inputs, segments,
-                                          jax.random.PRNGKey(0),
-                                          cache_len=c.seq_len + c.target_seq_len, **options)
-            else:
-                tokens = decode(self.graphdef, params, inputs, segments, jax.random.PRNGKey(0),
-                                bos_id=tok.bos_id, **options)
+            tokens = self.decoder.decode(
+                self.graphdef, params, inputs, segments, c, tok, max_new_tokens=c.target_seq_len,
+                beam_size=c.generate.beam_size, alpha=c.generate.length_penalty,
+                eos_id=tok.eos_id, pad_id=tok.pad_id)
             out += [tok.decode_output(row) for row in np.asarray(tokens)[:n]]
         return out
 

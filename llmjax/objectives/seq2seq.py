@@ -86,6 +86,10 @@ def prompt_completion_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], cou
     return ArrayExamples(arrays)
 
 
+# model.arch -> its example layout (module docstring)
+EXAMPLE_LAYOUTS = {"encoder_decoder": seq2seq_arrays, "decoder": prompt_completion_arrays}
+
+
 def seq2seq_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None,
                  regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
     """Teacher-forced cross-entropy and token accuracy over the weighted target tokens, for
@@ -138,8 +142,7 @@ class Seq2Seq:
         sources, targets = source_target_texts(records, config)
         pairs = zip(tokenizer.encode_batch(sources), tokenizer.encode_batch(targets),
                     strict=True)
-        arrays = (prompt_completion_arrays if config.model.arch == "decoder"
-                  else seq2seq_arrays)
+        arrays = EXAMPLE_LAYOUTS[config.model.arch]
         return arrays(pairs, len(sources), config.seq_len, config.target_seq_len, tokenizer)
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
