@@ -237,7 +237,9 @@ class Run:
     def answers_prompts(self) -> bool:
         """A seq2seq run (an encoder-decoder, or a decoder fine-tuned on source -> target
         pairs): generate's output answers the prompt rather than continuing it."""
-        return self.is_seq2seq or self.config.objective == "seq2seq"
+        from llmjax.objectives import get_objective
+
+        return self.is_seq2seq or getattr(get_objective(self.config.objective), "decodes", False)
 
     def _continue(self, prompts: list[str], max_new: int, temperature: float, top_k: int,
                   top_p: float, seed: int, beam_size: int) -> list[str]:

@@ -121,6 +121,12 @@ class Seq2Seq:
     name = "seq2seq"
     decodes = True  # evaluation decodes the sources: BLEU and exact match
 
+    @staticmethod
+    def example_length(config: ml_collections.ConfigDict) -> int:
+        """Tokens per example, for FLOP counts: a decoder reads source and target as one
+        sequence (an encoder-decoder's are counted per side)."""
+        return config.seq_len + config.target_seq_len
+
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {}
 

@@ -76,17 +76,17 @@ def encoder_decoder_flops_per_example(cfg: ModelConfig, params, source_len: int,
 
 
 def step_cost(config: ml_collections.ConfigDict, cfg: ModelConfig, params,
-              vocab_positions: int | None = None) -> tuple[int, float]:
+              vocab_positions: int | None = None, length: int | None = None
+              ) -> tuple[int, float]:
     """(tokens, training FLOPs) of one step of `config`: an encoder-decoder counts source and
-    target tokens, a seq2seq decoder seq_len + target_seq_len, other models seq_len tokens per
-    example, of which `vocab_positions` (default all) are projected to the vocabulary."""
+    target tokens, other models `length` tokens per example (default seq_len; the objective's
+    example_length), of which `vocab_positions` (default all) are projected to the
+    vocabulary."""
     if config.model.arch == "encoder_decoder":
         return (config.batch_size * (config.seq_len + config.target_seq_len),
                 config.batch_size * encoder_decoder_flops_per_example(
                     cfg, params, config.seq_len, config.target_seq_len))
-    length = config.seq_len
-    if config.objective == "seq2seq":  # a decoder: prompt and target as one sequence
-        length += config.target_seq_len
+    length = config.seq_len if length is None else length
     return (config.batch_size * length,
             config.batch_size * flops_per_example(cfg, params, length, vocab_positions))
 

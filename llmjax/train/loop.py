@@ -323,7 +323,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     cfg = state_lib.model_config(config)
     vocab_positions = (objective.vocab_positions(config.seq_len)
                        if hasattr(objective, "vocab_positions") else None)
-    tokens_per_step, flops_per_step = flops.step_cost(config, cfg, params, vocab_positions)
+    length = (objective.example_length(config) if hasattr(objective, "example_length")
+              else None)
+    tokens_per_step, flops_per_step = flops.step_cost(config, cfg, params, vocab_positions,
+                                                      length)
     peak, peak_origin = flops.peak_flops_per_device(config.model.dtype,
                                                     config.peak_flops_per_device)
     peak_total = peak * jax.device_count() if mode != "single" else peak
