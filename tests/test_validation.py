@@ -76,6 +76,9 @@ CASES = {
                                         "holds parameters only"),
     "best metric the eval does not report": (["--config.checkpoint_best_metric=bleu"],
                                              "'bleu' is not reported by this run's eval"),
+    "LoRA targets matching no layer": (["--config.lora.rank=4", "--config.lora.targets=attn",
+                                       "--workdir={victim}/new"],
+                                      "lora.targets='attn' matches none of the model's dense"),
     "parallel sides of different lengths": (
         ["--config.model.arch=encoder_decoder", "--config.objective=seq2seq",
          "--config.data.source=parallel:{victim}/src.en|{victim}/tgt.de", "--workdir={victim}/new"],

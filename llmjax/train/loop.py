@@ -255,6 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         tokenizer, train_iter, eval_data = _prepare_data(config, workdir, objective)
         floor = loss_floor(objective, config, tokenizer, eval_data)
         best_metric = _best_metric(config, objective, eval_data, floor)
+        if config.lora.rank:  # lora.targets must match the model's layers (shapes only)
+            state_lib.abstract_model(config)
     except Exception:
         if created and not any(workdir.iterdir()):
             workdir.rmdir()  # a run that never started leaves no empty workdir behind
