@@ -36,10 +36,16 @@ def byte_bpe_tokenizer_json(folder, vocab_size=300):
     return tok
 
 
-def saved_random_model(model_class, config, folder):
-    """A transformers model of `config` with seed-0 random weights, saved in `folder`."""
+def saved_random_model(model_class, config, folder, redraw=None):
+    """A transformers model of `config` with seed-0 random weights, saved in `folder`;
+    `redraw(name, tensor)` may redraw in place the tensors transformers starts constant
+    (biases at zero, norm scales at one), so that a mapping error in them shows."""
     torch.manual_seed(0)
     model = model_class(config).eval()
+    if redraw is not None:
+        with torch.no_grad():
+            for name, tensor in model.named_parameters():
+                redraw(name, tensor)
     model.save_pretrained(folder)
     return model
 
@@ -481,6 +487,17 @@ def llama_tokenizer_folder(folder):
         "unk_token": "<unk>", "pad_token": None, "add_bos_token": True}))
 
 
+def imported_llama_family(tmp_path, model_class, config, redraw=None):
+    """(HF folder, transformers model, llmjax run) of a random LLaMA-family model with a
+    LLaMA-2-style tokenizer, imported into tmp_path/run."""
+    folder = tmp_path / "source"
+    folder.mkdir()
+    llama_tokenizer_folder(folder)
+    hf_model = saved_random_model(model_class, config, folder, redraw)
+    convert.import_to_workdir(folder, tmp_path / "run")
+    return folder, hf_model, llmjax.load(tmp_path / "run")
+
+
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
     """Grouped-query attention (4 query heads, 2 key/value heads), untied embeddings."""
@@ -577,16 +594,11 @@ def test_llama_fine_tunes_on_prompt_completion_pairs_from_jsonl(llama_folder, tm
     {"rope_type": "linear", "factor": 2.0}])
 def test_llama_rope_scaling_matches_transformers(rope, tmp_path):
     """Llama 3.1's 'llama3' and the 'linear' rope scaling: same logits, and exported back."""
-    folder = tmp_path / "llama"
-    folder.mkdir()
-    llama_tokenizer_folder(folder)
     config = transformers.LlamaConfig(
         vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=256,
         rope_parameters={**rope, "rope_theta": 10000.0})
-    hf_model = saved_random_model(transformers.LlamaForCausalLM, config, folder)
-    convert.import_to_workdir(folder, tmp_path / "run")
-    run = llmjax.load(tmp_path / "run")
+    _, hf_model, run = imported_llama_family(tmp_path, transformers.LlamaForCausalLM, config)
     assert (run.config.model.rope_scaling, run.config.model.rope_scaling_factor) == (
         rope["rope_type"], rope["factor"])
     ids, mask = padded_batch([40, 23], 300)
@@ -605,23 +617,18 @@ def test_llama_rope_scaling_matches_transformers(rope, tmp_path):
 def test_qwen2_query_key_value_biases_match_transformers(tmp_path):
     """Qwen2: LLaMA with biases on the query, key and value projections (random here, since
     transformers starts them at zero), tied embeddings."""
-    folder = tmp_path / "qwen2"
-    folder.mkdir()
-    llama_tokenizer_folder(folder)
     config = transformers.Qwen2Config(
         vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         tie_word_embeddings=True)
-    torch.manual_seed(0)
-    hf_model = transformers.Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, tensor in hf_model.named_parameters():
-            if name.endswith("_proj.bias"):
-                tensor.normal_(0.0, 0.5)
-    hf_model.save_pretrained(folder)
-    config = convert.import_to_workdir(folder, tmp_path / "run")
-    assert (config.model.qkv_bias, config.model.use_bias) == (True, False)
-    run = llmjax.load(tmp_path / "run")
+
+    def redraw(name, tensor):
+        if name.endswith("_proj.bias"):
+            tensor.normal_(0.0, 0.5)
+
+    folder, hf_model, run = imported_llama_family(tmp_path, transformers.Qwen2ForCausalLM,
+                                                  config, redraw)
+    assert (run.config.model.qkv_bias, run.config.model.use_bias) == (True, False)
     assert_same_causal_lm(run.model, hf_model)
     reloaded = export_round_trip(folder, hf_model, tmp_path)
     assert type(reloaded).__name__ == "Qwen2ForCausalLM"
@@ -630,22 +637,17 @@ def test_qwen2_query_key_value_biases_match_transformers(tmp_path):
 def test_qwen3_qk_norm_matches_transformers(tmp_path):
     """Qwen3: LLaMA with an RMSNorm over head_dim on queries and keys (random scales here) and
     a head_dim other than hidden_size / heads."""
-    folder = tmp_path / "qwen3"
-    folder.mkdir()
-    llama_tokenizer_folder(folder)
     config = transformers.Qwen3Config(
         vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64)
-    torch.manual_seed(0)
-    hf_model = transformers.Qwen3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, tensor in hf_model.named_parameters():
-            if name.endswith(("q_norm.weight", "k_norm.weight")):
-                tensor.uniform_(0.5, 2.0)
-    hf_model.save_pretrained(folder)
-    config = convert.import_to_workdir(folder, tmp_path / "run")
-    assert (config.model.qk_norm, config.model.head_dim) == (True, 16)
-    run = llmjax.load(tmp_path / "run")
+
+    def redraw(name, tensor):
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            tensor.uniform_(0.5, 2.0)
+
+    folder, hf_model, run = imported_llama_family(tmp_path, transformers.Qwen3ForCausalLM,
+                                                  config, redraw)
+    assert (run.config.model.qk_norm, run.config.model.head_dim) == (True, 16)
     assert_same_causal_lm(run.model, hf_model)
     reloaded = export_round_trip(folder, hf_model, tmp_path)
     assert type(reloaded).__name__ == "Qwen3ForCausalLM"
@@ -654,16 +656,12 @@ def test_qwen3_qk_norm_matches_transformers(tmp_path):
 def test_mistral_sliding_window_matches_transformers(tmp_path):
     """Mistral: LLaMA's tensors and a sliding window (4 keys here, on sequences of 12): logits,
     greedy tokens over the KV cache past the window, and the export back to Mistral."""
-    folder = tmp_path / "mistral"
-    folder.mkdir()
-    llama_tokenizer_folder(folder)
     config = transformers.MistralConfig(
         vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
         sliding_window=4, tie_word_embeddings=True)
-    hf_model = saved_random_model(transformers.MistralForCausalLM, config, folder)
-    convert.import_to_workdir(folder, tmp_path / "run")
-    run = llmjax.load(tmp_path / "run")
+    folder, hf_model, run = imported_llama_family(tmp_path, transformers.MistralForCausalLM,
+                                                  config)
     m = run.config.model
     assert (m.attention_window, m.max_len, m.num_kv_heads) == (4, 64, 1)
     assert_same_causal_lm(run.model, hf_model)

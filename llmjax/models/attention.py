@@ -107,7 +107,7 @@ class MultiHeadAttention(nnx.Module):
         heads = ("batch", None, "heads", None)  # tensor parallelism splits heads
         q, k, v = constrain(q, heads), constrain(k, heads), constrain(v, heads)
         if cfg.position_embedding == "rotary" and positions_BxQ is not None:
-            inv_freq = rotary_frequencies(cfg.head_dim, cfg)
+            inv_freq = rotary_frequencies(cfg)
             q = apply_rotary(q, positions_BxQ, inv_freq)
             kp = positions_BxQ if kv_positions_BxK is None else kv_positions_BxK
             k = apply_rotary(k, kp, inv_freq)

@@ -104,7 +104,7 @@ def check_init_compatible(config: ml_collections.ConfigDict) -> None:
             f"init.workdir={config.init.workdir} is a model.arch={saved.model.arch!r} run, and "
             f"this config trains model.arch={config.model.arch!r}: fine-tune from a run of the "
             "same architecture (or change model.arch)")
-    if saved.get("lora") and saved.lora.rank:
+    if saved.lora.rank:  # from_json fills keys an older config.json lacks
         raise configs.ConfigError(
             f"init.workdir={config.init.workdir} is a LoRA run: its adapters would not carry "
             f"over. Fold them into its weights with `llmjax convert --to=hf "
