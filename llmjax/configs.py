@@ -494,6 +494,11 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"model.norm_position={m.norm_position!r}: use pre or post")
     _check(not (config.init.workdir and config.init.hf_path),
            "init.workdir and init.hf_path are both set: choose one source to fine-tune from")
+    from llmjax.data import mixture  # a malformed mixture spec is a config error
+
+    for spec in (config.data.source, config.data.eval_source):
+        if spec:
+            mixture.members(spec)
     _check(config.tokenizer.kind in ("char", "byte", "bpe", "wordpiece", "sentencepiece"),
            f"tokenizer.kind={config.tokenizer.kind!r}: use char, byte, bpe, wordpiece or "
            "sentencepiece")

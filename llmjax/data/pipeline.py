@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from llmjax.data import sources
+from llmjax.data import mixture, sources
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from llmjax.objectives import Objective
@@ -37,12 +37,14 @@ class HostShard:
 def eval_source_and_split(config: ml_collections.ConfigDict) -> tuple[str, str]:
     """Where evaluation reads from: `data.eval_source` (default: the train source) and
     `data.eval_split` (default 'validation'; a separate text:/tsv:/jsonl:/parallel: eval source
-    is read whole, as tfds's 'all' split). Splits take tfds syntax: 'train[:10%]',
-    'train+validation', 'all'."""
+    is read whole, as tfds's 'all' split; so is a mixture of them). Splits take tfds syntax:
+    'train[:10%]', 'train+validation', 'all'."""
     source = config.data.eval_source or config.data.source
     split = config.data.eval_split
     if split is None:
-        separate_file = (source.split(":")[0] in ("text", "tsv", "jsonl", "parallel")
+        local = ("text", "tsv", "jsonl", "parallel")
+        separate_file = (all(member.split(":")[0] in local
+                             for member, _ in mixture.members(source))
                          and source != config.data.source)
         split = "all" if separate_file else "validation"
     return source, split
@@ -72,15 +74,19 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tup
                 config.tokenizer.path)
     if config.tokenizer.kind == "byte":  # nothing to learn
         return train_tokenizer("byte", [], 0, config.tokenizer.lowercase), "bytes"
-    records = sources.open_split(config.data.source, config.data.train_split, config)
     from llmjax.objectives import get_objective
 
     texts_of = getattr(get_objective(config.objective), "tokenizer_texts", None)
-    if texts_of is not None:  # e.g. seq2seq: both sides share one vocabulary
-        sample = texts_of(records, config, config.data.tokenizer_sample_chars)
-    else:
-        sample = sources.read_documents(records, config.data.text_column,
-                                        limit_chars=config.data.tokenizer_sample_chars)
+    members = mixture.members(config.data.source)
+    total_weight = sum(weight for _, weight in members)
+    sample = []
+    for member, weight in members:  # a mixture's members in proportion to their weights
+        records = sources.open_split(member, config.data.train_split, config)
+        limit = max(1, round(config.data.tokenizer_sample_chars * weight / total_weight))
+        if texts_of is not None:  # e.g. seq2seq: both sides share one vocabulary
+            sample += texts_of(records, config, limit)
+        else:
+            sample += sources.read_documents(records, config.data.text_column, limit_chars=limit)
     tokenizer = train_tokenizer(config.tokenizer.kind, sample, config.tokenizer.vocab_size,
                                 config.tokenizer.lowercase)
     return tokenizer, f"trained on {sum(map(len, sample)):,} characters of {config.data.source}"
@@ -123,7 +129,10 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objec
 def _shard_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
                    objective: Objective, shard: HostShard, batch_size: int) -> grain.MapDataset:
     """Endless batches of one data shard (random access: batch i is a pure function of i)."""
-    examples = load_examples(config, tokenizer, objective, config.data.source,
+    members = mixture.members(config.data.source)
+    if len(members) > 1:
+        return _mixed_shard_batches(config, tokenizer, objective, shard, batch_size, members)
+    examples = load_examples(config, tokenizer, objective, members[0][0],
                              config.data.train_split, train=True, shard=shard)
     n = len(examples)
     if n < batch_size:
@@ -137,15 +146,44 @@ def _shard_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
     return ds
 
 
+def _mixed_shard_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                         objective: Objective, shard: HostShard, batch_size: int,
+                         members: list[tuple[str, float]]) -> grain.MapDataset:
+    """One data shard's batches of a mixture: each member's examples of this shard, interleaved
+    by weight (mixture.mixed_batches)."""
+    parts = []
+    for member, _ in members:
+        examples = load_examples(config, tokenizer, objective, member, config.data.train_split,
+                                 train=True, shard=shard)
+        if len(examples) == 0:
+            raise DataError(f"mixture member {member!r} gives no training examples of seq_len="
+                            f"{config.seq_len} in data shard {shard.index} of {shard.count}: "
+                            "give it more data, or drop it from data.source")
+        parts.append(examples)
+    return mixture.mixed_batches(parts, [weight for _, weight in members], batch_size,
+                                 config.seed, config.seed + shard.index)
+
+
 def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective: Objective,
                  source: str | None = None, split: str | None = None,
                  shard: HostShard | None = None) -> list[Batch]:
     """Every eval example once, in per-host batches; the last batch is filled with weight-0
-    examples. All hosts get the same number of batches."""
+    examples. All hosts get the same number of batches. A mixture's members are evaluated one
+    after the other (each its own batches, `eval_steps` of each at most): every eval token of
+    every member once."""
     shard = shard or HostShard.current()
     default_source, default_split = eval_source_and_split(config)
-    examples = load_examples(config, tokenizer, objective, source or default_source,
-                             split or default_split, train=False, shard=shard)
+    members = mixture.members(source or default_source)
+    return [batch for member, _ in members
+            for batch in _member_eval_batches(config, tokenizer, objective, member,
+                                              split or default_split, shard)]
+
+
+def _member_eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                         objective: Objective, source: str, split: str,
+                         shard: HostShard) -> list[Batch]:
+    examples = load_examples(config, tokenizer, objective, source, split, train=False,
+                             shard=shard)
     per_host = config.batch_size // shard.count
     n = len(examples)
     num_batches = -(-n // per_host)

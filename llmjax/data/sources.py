@@ -134,7 +134,14 @@ def _prepared_in_turn(prepare):
 
 
 def open_split(spec: str, split: str, config: ml_collections.ConfigDict) -> Sequence[dict]:
-    """A random-access sequence of record dicts for `split` of source `spec`."""
+    """A random-access sequence of record dicts for `split` of source `spec` (of a mixture:
+    every member's records, one member after the other)."""
+    from llmjax.data import mixture
+
+    if mixture.is_mixture(spec):
+        return mixture.MixedRecords([open_split(member, split, config)
+                                     for member, _ in mixture.members(spec)])
+    spec = mixture.members(spec)[0][0]  # one source, perhaps written with a weight
     tfds.disable_progress_bar()
     builder = _prepared_in_turn(lambda: _prepared_builder(spec, config))
     names = [part.split("[")[0].strip() for part in split.split("+")]
