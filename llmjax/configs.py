@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.num_heads = 4
     m.num_kv_heads = config_dict.placeholder(int)  # None: num_heads (grouped-query attention)
     m.attention_window = config_dict.placeholder(int)  # decoder: each token sees this many keys
+    # with attention_window: every k-th layer (the k-th, 2k-th, ...) attends to all earlier
+    # tokens, the others through the window (Gemma 2: 2, Gemma 3: 6); None: every layer windowed
+    m.global_attention_every = config_dict.placeholder(int)
     m.head_dim = config_dict.placeholder(int)  # None: emb_dim // num_heads
     m.emb_dim = 128
     m.mlp_dim = 512
@@ -77,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"
     m.position_embedding = "learned"  # learned | sinusoidal | rotary | relative | none
     m.rotary_base = 10000.0
+    m.local_rotary_base = config_dict.placeholder(float)  # windowed layers' RoPE base (Gemma 3)
     m.rope_scaling = "none"  # none | linear | llama3: RoPE frequencies for longer contexts
     m.rope_scaling_factor = 8.0
     m.rope_original_max_len = 8192  # llama3: the context of the first training
@@ -95,7 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
     m.tie_embeddings = True
     m.scale_attention = True  # attention logits / sqrt(head_dim); T5 checkpoints: False
     m.scale_decoder_outputs = False  # T5 v1.0: decoder output states / sqrt(emb_dim)
-    m.scale_embeddings = False  # encoder_decoder: token embeddings * sqrt(emb_dim) (BART option)
+    m.scale_embeddings = False  # token embeddings * sqrt(emb_dim) (BART option, Gemma)
+    m.post_norms = False  # pre-norm blocks also normalise each sublayer's output (Gemma 2/3)
+    m.query_scale_dim = config_dict.placeholder(int)  # queries / sqrt(this); None: head_dim
+    m.attention_softcap = config_dict.placeholder(float)  # logits -> cap tanh(logits / cap)
+    m.logit_softcap = config_dict.placeholder(float)  # decoder output logits, the same
     m.embed_norm = False  # decoder: normalise the token embeddings (BLOOM)
     # einsum: the project's own attention (dropout on probabilities, any mask); xla or cudnn:
     # jax.nn.dot_product_attention with that implementation (cudnn = flash attention on NVIDIA
@@ -350,6 +358,7 @@ _RANGES = {
                      "profile.num_steps", "model.num_layers",
                      "model.num_encoder_layers", "model.num_decoder_layers", "model.num_heads",
                      "model.num_kv_heads", "model.attention_window",
+                     "model.global_attention_every", "model.query_scale_dim",
                      "model.head_dim", "model.emb_dim", "model.mlp_dim", "model.max_len",
                      "model.vocab_size", "model.num_classes", "model.relative_buckets",
                      "model.relative_max_distance", "tokenizer.vocab_size",
@@ -359,6 +368,7 @@ _RANGES = {
                      "data.generated.eval_documents", "data.generated.max_pair_length"),
                     _AT_LEAST_1),
     **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor", "lora.alpha",
+                     "model.local_rotary_base", "model.attention_softcap", "model.logit_softcap",
                      "model.rope_original_max_len", "model.rope_low_freq_factor",
                      "model.rope_high_freq_factor", "peak_flops_per_device",
                      "data.generated.concentration"), _POSITIVE),
@@ -475,6 +485,22 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.attention_window is None or m.arch == "decoder",
            f"model.attention_window is sliding-window causal attention, built for decoder "
            f"models, not model.arch={m.arch!r}: unset it")
+    _check(m.global_attention_every is None or m.attention_window is not None,
+           f"model.global_attention_every={m.global_attention_every} makes every k-th layer "
+           "global among windowed ones: set model.attention_window too")
+    _check(m.local_rotary_base is None or (m.attention_window is not None
+                                           and m.position_embedding == "rotary"),
+           f"model.local_rotary_base={m.local_rotary_base} is the rotary base of the windowed "
+           "layers: set model.attention_window and model.position_embedding=rotary")
+    _check(m.attention_softcap is None or m.attention_impl == "einsum",
+           f"model.attention_softcap: jax.nn.dot_product_attention (model.attention_impl="
+           f"{m.attention_impl!r}) has no logit soft-capping; use model.attention_impl=einsum")
+    _check(m.logit_softcap is None or m.arch == "decoder",
+           f"model.logit_softcap caps a decoder's output logits, not model.arch={m.arch!r}'s")
+    _check(not m.post_norms or m.norm_position == "pre",
+           "model.post_norms adds output norms to pre-norm blocks: set model.norm_position=pre")
+    _check(not m.scale_embeddings or m.arch != "encoder",
+           "model.scale_embeddings is built for decoder and encoder_decoder models")
     _check(m.position_embedding != "alibi" or m.arch == "decoder",
            f"model.position_embedding='alibi' is built for decoder models (BLOOM), not "
            f"model.arch={m.arch!r}")

@@ -23,13 +23,13 @@ from flax import nnx
 
 from llmjax import configs
 from llmjax.configs import ConfigError
-from llmjax.convert import bart, bert, bloom, gpt2, llama, t5
+from llmjax.convert import bart, bert, bloom, gemma, gpt2, llama, t5
 from llmjax.data.tokenizers import SPECIAL_ROLES
 from llmjax.train.checkpoint import param_path_name
 
 # HF model_type -> its name map module
 FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom,
-            **dict.fromkeys(llama.MODEL_TYPES, llama)}
+            **dict.fromkeys(llama.MODEL_TYPES, llama), **dict.fromkeys(gemma.MODEL_TYPES, gemma)}
 
 
 def export_family(config: ml_collections.ConfigDict):
@@ -38,6 +38,8 @@ def export_family(config: ml_collections.ConfigDict):
     if m.arch == "encoder_decoder":  # post-norm with learned positions: BART; else T5
         return bart if m.norm_position == "post" else t5
     if m.arch == "decoder":
+        if m.scale_embeddings or m.post_norms:  # only Gemma's layout has these
+            return gemma
         return {"alibi": bloom, "rotary": llama}.get(m.position_embedding, gpt2)
     return bert
 

@@ -35,6 +35,17 @@ def _rope(hf: dict) -> tuple[float, dict | None]:
     return float(theta), scaling
 
 
+def configure_sizes(m: ml_collections.ConfigDict, hf: dict, default_max_len: int) -> None:
+    """model.* sizes from a LLaMA-layout config.json (Gemma's too)."""
+    m.emb_dim, m.num_layers = hf["hidden_size"], hf["num_hidden_layers"]
+    m.num_heads = hf["num_attention_heads"]
+    kv_heads = hf.get("num_key_value_heads") or m.num_heads
+    m.num_kv_heads = None if kv_heads == m.num_heads else kv_heads
+    m.head_dim = hf.get("head_dim") or m.emb_dim // m.num_heads
+    m.mlp_dim, m.vocab_size = hf["intermediate_size"], hf["vocab_size"]
+    m.max_len = hf.get("max_position_embeddings", default_max_len)
+
+
 def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, objective: str | None
               ) -> None:
     from llmjax.convert.hf import ConversionError
@@ -53,13 +64,7 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     activation = hf.get("hidden_act", "silu")
     if activation not in _ACTIVATIONS:
         raise ConversionError(f"hidden_act {activation!r} has no llmjax match")
-    m.emb_dim, m.num_layers = hf["hidden_size"], hf["num_hidden_layers"]
-    m.num_heads = hf["num_attention_heads"]
-    kv_heads = hf.get("num_key_value_heads") or m.num_heads
-    m.num_kv_heads = None if kv_heads == m.num_heads else kv_heads
-    m.head_dim = hf.get("head_dim") or m.emb_dim // m.num_heads
-    m.mlp_dim, m.vocab_size = hf["intermediate_size"], hf["vocab_size"]
-    m.max_len = hf.get("max_position_embeddings", 2048)
+    configure_sizes(m, hf, default_max_len=2048)
     if hf.get("model_type") == "mistral":
         m.attention_window = hf.get("sliding_window")  # None: full attention
     elif hf.get("use_sliding_window"):  # Qwen: a window on the layers past max_window_layers
@@ -81,31 +86,56 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     config.seq_len = min(config.seq_len, m.max_len)
 
 
+def import_projections(get: TensorReader, m: ml_collections.ConfigDict, i: int
+                       ) -> dict[str, np.ndarray]:
+    """Layer i's attention projections (+ query/key/value biases) and gated MLP, as LLaMA
+    names them (Gemma's too)."""
+    p, q = f"layers.{i}.", f"layers/{i}/"
+    d, k = m.emb_dim, m.head_dim
+    out = {}
+    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+        out[q + f"attention/{ours}/kernel"] = get(p + f"self_attn.{theirs}.weight").T.reshape(
+            d, -1, k)  # [D, heads, K]
+        if m.qkv_bias:
+            out[q + f"attention/{ours}/bias"] = get(p + f"self_attn.{theirs}.bias").reshape(-1, k)
+    out[q + "attention/out/kernel"] = get(p + "self_attn.o_proj.weight").T.reshape(-1, k, d)
+    for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
+        out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight").T
+    return out
+
+
+def export_projections(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict, i: int
+                       ) -> dict[str, np.ndarray]:
+    """import_projections' inverse: layer i's tensors under their Hugging Face names."""
+    p, q = f"model.layers.{i}.", f"layers/{i}/"
+    d = m.emb_dim
+    t = {}
+    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+        t[p + f"self_attn.{theirs}.weight"] = flat[q + f"attention/{ours}/kernel"].reshape(d, -1).T
+        if m.qkv_bias:
+            t[p + f"self_attn.{theirs}.bias"] = flat[q + f"attention/{ours}/bias"].reshape(-1)
+    t[p + "self_attn.o_proj.weight"] = flat[q + "attention/out/kernel"].reshape(-1, d).T
+    for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
+        t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"].T
+    return t
+
+
 def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
                    ) -> tuple[dict[str, np.ndarray], set[str]]:
     """({llmjax parameter name: array}, the HF names used)."""
     m = config.model
-    d, k = m.emb_dim, m.head_dim
     get = TensorReader(tensors, "model.")
     out = {"embed/embedding": get("embed_tokens.weight"), "final_norm/scale": get("norm.weight")}
     if not m.tie_embeddings:
         out["lm_head/kernel"] = get("lm_head.weight").T
     for i in range(m.num_layers):
         p, q = f"layers.{i}.", f"layers/{i}/"
-        for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-            out[q + f"attention/{ours}/kernel"] = get(p + f"self_attn.{theirs}.weight").T.reshape(
-                d, -1, k)  # [D, heads, K]
-            if m.qkv_bias:
-                out[q + f"attention/{ours}/bias"] = get(p + f"self_attn.{theirs}.bias").reshape(
-                    -1, k)
-        out[q + "attention/out/kernel"] = get(p + "self_attn.o_proj.weight").T.reshape(-1, k, d)
+        out.update(import_projections(get, m, i))
         if m.qk_norm:
             out[q + "attention/query_norm/scale"] = get(p + "self_attn.q_norm.weight")
             out[q + "attention/key_norm/scale"] = get(p + "self_attn.k_norm.weight")
         out[q + "attention_norm/scale"] = get(p + "input_layernorm.weight")
         out[q + "mlp_norm/scale"] = get(p + "post_attention_layernorm.weight")
-        for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
-            out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight").T
     return out, get.used
 
 
@@ -135,19 +165,12 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         t["lm_head.weight"] = flat["lm_head/kernel"].T
     for i in range(m.num_layers):
         p, q = f"model.layers.{i}.", f"layers/{i}/"
-        for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-            t[p + f"self_attn.{theirs}.weight"] = flat[q + f"attention/{ours}/kernel"].reshape(
-                d, -1).T
-            if m.qkv_bias:
-                t[p + f"self_attn.{theirs}.bias"] = flat[q + f"attention/{ours}/bias"].reshape(-1)
-        t[p + "self_attn.o_proj.weight"] = flat[q + "attention/out/kernel"].reshape(-1, d).T
+        t.update(export_projections(flat, m, i))
         if m.qk_norm:
             t[p + "self_attn.q_norm.weight"] = flat[q + "attention/query_norm/scale"]
             t[p + "self_attn.k_norm.weight"] = flat[q + "attention/key_norm/scale"]
         t[p + "input_layernorm.weight"] = flat[q + "attention_norm/scale"]
         t[p + "post_attention_layernorm.weight"] = flat[q + "mlp_norm/scale"]
-        for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
-            t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"].T
     rope = {"rope_type": "default" if m.rope_scaling == "none" else m.rope_scaling,
             "rope_theta": m.rotary_base}
     if m.rope_scaling != "none":

@@ -91,11 +91,13 @@ class MultiHeadAttention(nnx.Module):
                  kv_BxKxD: Array | None = None, kv_positions_BxK: Array | None = None,
                  cache: dict | None = None, cache_index: Array | None = None,
                  bias_BxHxQxK: Array | None = None, static_kv: dict | None = None,
-                 rng: Array | None = None) -> tuple[Array, dict | None]:
+                 windowed: bool | Array = False, rng: Array | None = None
+                 ) -> tuple[Array, dict | None]:
         """Returns (output [B, Q, D], updated cache). With a cache {'k','v': [B, S, N, K]}, the
         new keys/values are written at `cache_index` and the mask covers all S slots.
         `static_kv` ({'k','v'} from `key_values`) are cross-attention keys/values computed once
-        per source; `bias` is added to the logits (relative positions)."""
+        per source; `bias` is added to the logits (relative positions). `windowed` (a bool, or
+        a traced one under scan) picks the windowed layers' rotary frequencies."""
         cfg = self.cfg
         q = self.query(x_BxQxD)
         if self.query_norm is not None:
@@ -108,6 +110,8 @@ class MultiHeadAttention(nnx.Module):
         q, k, v = constrain(q, heads), constrain(k, heads), constrain(v, heads)
         if cfg.position_embedding == "rotary" and positions_BxQ is not None:
             inv_freq = rotary_frequencies(cfg)
+            if cfg.local_rotary_base is not None:
+                inv_freq = jnp.where(windowed, rotary_frequencies(cfg, local=True), inv_freq)
             q = apply_rotary(q, positions_BxQ, inv_freq)
             kp = positions_BxQ if kv_positions_BxK is None else kv_positions_BxK
             k = apply_rotary(k, kp, inv_freq)
@@ -118,13 +122,15 @@ class MultiHeadAttention(nnx.Module):
                                                     cache_index, axis=1)
             cache = {"k": k, "v": v}
         if cfg.scale_attention:
-            q = q * (cfg.head_dim ** -0.5)
+            q = q * ((cfg.query_scale_dim or cfg.head_dim) ** -0.5)
         if cfg.attention_impl != "einsum":
             out = jax.nn.dot_product_attention(
                 q, k.astype(q.dtype), v.astype(q.dtype), bias=bias_BxHxQxK, mask=mask_Bx1xQxK,
                 scale=1.0, implementation=cfg.attention_impl)
             return self.out(out), cache
         logits = _scores(q, k.astype(q.dtype))
+        if cfg.attention_softcap is not None:  # Gemma 2: bounded logits, smooth near 0
+            logits = cfg.attention_softcap * jnp.tanh(logits / cfg.attention_softcap)
         if bias_BxHxQxK is not None:
             logits = logits + bias_BxHxQxK
         # A finite minimum, not -inf: fully masked rows (padding queries) stay NaN-free.

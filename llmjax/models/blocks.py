@@ -1,6 +1,7 @@
 """A Transformer block: self-attention, optional cross-attention (encoder-decoder), and
 feed-forward, each wrapped in residual + norm, pre-norm (GPT-2, T5) or post-norm (original
-Transformer, BERT)."""
+Transformer, BERT); pre-norm blocks may also normalise each sublayer's output before the
+residual add (cfg.post_norms: Gemma 2 and 3's "sandwich")."""
 
 from __future__ import annotations
 
@@ -28,9 +29,17 @@ class TransformerBlock(nnx.Module):
             self.cross_attention = None
         self.mlp_norm = Norm(cfg.emb_dim, cfg)
         self.mlp = FeedForward(cfg, rngs=rngs)
+        post = cfg.post_norms
+        self.attention_post_norm = Norm(cfg.emb_dim, cfg) if post else None
+        self.cross_attention_post_norm = (Norm(cfg.emb_dim, cfg) if post and cross_attention
+                                          else None)
+        self.mlp_post_norm = Norm(cfg.emb_dim, cfg) if post else None
 
-    def _residual(self, x: Array, norm: Norm, sublayer, rng: Array | None) -> tuple[Array, object]:
+    def _residual(self, x: Array, norm: Norm, sublayer, rng: Array | None,
+                  post_norm: Norm | None) -> tuple[Array, object]:
         y, extra = sublayer(norm(x) if self.pre_norm else x)
+        if post_norm is not None:
+            y = post_norm(y)
         x = x + dropout(y, self.dropout_rate, rng)
         return (x if self.pre_norm else norm(x)), extra
 
@@ -38,33 +47,40 @@ class TransformerBlock(nnx.Module):
                  cache: dict | None = None, cache_index: Array | None = None,
                  bias: Array | None = None, memory_BxSxD: Array | None = None,
                  memory_kv: dict | None = None, memory_mask: Array | None = None,
-                 rng: Array | None = None) -> tuple[Array, dict | None]:
+                 windowed: bool | Array = False, rng: Array | None = None
+                 ) -> tuple[Array, dict | None]:
         """(x [B, L, D], updated self-attention cache). Cross-attention reads the encoder's
-        output `memory` (or its precomputed `memory_kv`) under `memory_mask` [B, 1, L, S]."""
+        output `memory` (or its precomputed `memory_kv`) under `memory_mask` [B, 1, L, S].
+        `windowed`: this layer's attention is windowed (its rotary base; the mask is given)."""
 
         # the residual stream: batch split over data x fsdp, model dimension whole
         x_BxLxD = constrain(x_BxLxD, ("batch", None, None))
 
         def attend(h):
             return self.attention(h, mask, positions_BxQ=positions_BxL, cache=cache,
-                                  cache_index=cache_index, bias_BxHxQxK=bias, rng=fold(rng, 0))
+                                  cache_index=cache_index, bias_BxHxQxK=bias, windowed=windowed,
+                                  rng=fold(rng, 0))
 
-        x, cache = self._residual(x_BxLxD, self.attention_norm, attend, fold(rng, 1))
+        x, cache = self._residual(x_BxLxD, self.attention_norm, attend, fold(rng, 1),
+                                  self.attention_post_norm)
         if self.cross_attention is not None:
             def cross(h):
                 return self.cross_attention(h, memory_mask, kv_BxKxD=memory_BxSxD,
                                             static_kv=memory_kv, rng=fold(rng, 4))
 
-            x, _ = self._residual(x, self.cross_attention_norm, cross, fold(rng, 5))
+            x, _ = self._residual(x, self.cross_attention_norm, cross, fold(rng, 5),
+                                  self.cross_attention_post_norm)
         x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h, fold(rng, 2)), None),
-                              fold(rng, 3))
+                              fold(rng, 3), self.mlp_post_norm)
         return x, cache
 
 
 def apply_blocks(layers: nnx.List, x_BxLxD: Array, mask: Array, positions_BxL: Array | None,
-                 *, cfg: ModelConfig, rng: Array | None = None, **kwargs) -> Array:
+                 *, cfg: ModelConfig, rng: Array | None = None,
+                 window_mask: Array | None = None, **kwargs) -> Array:
     """x through every block of a stack without a cache (training and full-sequence forward);
-    block i draws dropout from fold(rng, i + 1). Memory and compile levers, same function:
+    block i draws dropout from fold(rng, i + 1) and attends under `window_mask` when
+    cfg.layer_windowed(i), else under `mask`. Memory and compile levers, same function:
 
     - cfg.remat: 'full' recomputes each block in the backward pass (keeps only its input);
       'dots' keeps the outputs of the weight matmuls and recomputes the rest.
@@ -73,30 +89,39 @@ def apply_blocks(layers: nnx.List, x_BxLxD: Array, mask: Array, positions_BxL: A
       entry per layer (checkpoints and conversions do not depend on the switch); stacking
       copies them once per step.
     """
+    windowed = [window_mask is not None and cfg.layer_windowed(i) for i in range(len(layers))]
     if cfg.remat == "none" and not cfg.scan_layers:
         for i, layer in enumerate(layers):
-            x_BxLxD, _ = layer(x_BxLxD, mask, positions_BxL, rng=fold(rng, i + 1), **kwargs)
+            x_BxLxD, _ = layer(x_BxLxD, window_mask if windowed[i] else mask, positions_BxL,
+                               rng=fold(rng, i + 1), windowed=windowed[i], **kwargs)
         return x_BxLxD
     graphdef = nnx.graphdef(layers[0])
     states = [nnx.state(layer) for layer in layers]
 
-    def block(state, x, layer_rng):
-        y, _ = nnx.merge(graphdef, state)(x, mask, positions_BxL, rng=layer_rng, **kwargs)
+    def block(state, x, layer_rng, is_windowed):
+        # a traced flag (scan) picks the layer's mask and rotary base as data
+        layer_mask = mask if window_mask is None else jax.numpy.where(is_windowed, window_mask,
+                                                                      mask)
+        y, _ = nnx.merge(graphdef, state)(x, layer_mask, positions_BxL, rng=layer_rng,
+                                          windowed=is_windowed, **kwargs)
         return y
 
     if cfg.remat != "none":
         policy = (jax.checkpoint_policies.save_only_these_names(MATMUL_NAME)
                   if cfg.remat == "dots" else None)
         block = jax.checkpoint(block, policy=policy)
+    flags = jax.numpy.array(windowed)
     if not cfg.scan_layers:
         for i, state in enumerate(states):
-            x_BxLxD = block(state, x_BxLxD, fold(rng, i + 1))
+            x_BxLxD = block(state, x_BxLxD, fold(rng, i + 1), flags[i])
         return x_BxLxD
 
     def body(x, inputs):
-        state, i = inputs
-        return block(state, x, None if rng is None else jax.random.fold_in(rng, i + 1)), None
+        state, i, is_windowed = inputs
+        layer_rng = None if rng is None else jax.random.fold_in(rng, i + 1)
+        return block(state, x, layer_rng, is_windowed), None
 
     stacked = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *states)
-    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, (stacked, jax.numpy.arange(len(states))))
+    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD,
+                              (stacked, jax.numpy.arange(len(states)), flags))
     return x_BxLxD

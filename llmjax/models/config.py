@@ -31,6 +31,7 @@ class ModelConfig:
     rope_original_max_len: int = 8192  # llama3: the context the model was first trained on
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
+    local_rotary_base: float | None = None  # windowed layers' base, no scaling (Gemma 3)
     relative_buckets: int = 32  # T5 relative position buckets ('relative' positions)
     relative_max_distance: int = 128
     norm: str = "layernorm"
@@ -44,11 +45,16 @@ class ModelConfig:
     tie_embeddings: bool = True
     scale_attention: bool = True  # queries times head_dim ** -0.5 (T5 folds it into its init)
     scale_decoder_outputs: bool = False  # T5 v1.0: final states times emb_dim ** -0.5
-    scale_embeddings: bool = False  # encoder_decoder: token embeddings times sqrt(emb_dim)
+    scale_embeddings: bool = False  # token embeddings times sqrt(emb_dim) (BART, Gemma)
+    post_norms: bool = False  # pre-norm blocks: a norm on each sublayer's output (Gemma 2/3)
+    query_scale_dim: int | None = None  # queries times this ** -0.5; None: head_dim
+    attention_softcap: float | None = None  # attention logits -> cap * tanh(logits / cap)
+    logit_softcap: float | None = None  # decoder output logits, the same (Gemma 2)
     embed_norm: bool = False  # decoder: a norm on the embeddings (BLOOM)
     remat: str = "none"  # none | full | dots: what the backward pass recomputes per block
     scan_layers: bool = False  # blocks under jax.lax.scan (parameters stay one per layer)
     attention_window: int | None = None  # decoder: sliding-window attention (Mistral)
+    global_attention_every: int | None = None  # every k-th layer unwindowed (Gemma 2/3)
     attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)
     causal: bool = True
 
@@ -59,6 +65,15 @@ class ModelConfig:
     @property
     def decoder_layers(self) -> int:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+    def layer_windowed(self, layer: int) -> bool:
+        """Whether block `layer` (from 0) attends through `attention_window`: all do, unless
+        `global_attention_every` = k makes layers k-1, 2k-1, ... global (Hugging Face's
+        layer_types of Gemma 2 and 3)."""
+        if self.attention_window is None:
+            return False
+        k = self.global_attention_every
+        return not (k and (layer + 1) % k == 0)
 
     @property
     def kv_heads(self) -> int:

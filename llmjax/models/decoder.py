@@ -32,6 +32,8 @@ class Decoder(nnx.Module):
 
     def _embed(self, tokens_BxL: Array, positions_BxL: Array, rng: Array | None) -> Array:
         x = self.embed(tokens_BxL)
+        if self.cfg.scale_embeddings:  # Gemma: sqrt(emb_dim) rounded to the compute dtype
+            x = x * jnp.asarray(self.cfg.emb_dim ** 0.5, x.dtype)
         if self.cfg.position_embedding == "learned":
             x = x + self.position_embed(positions_BxL)
         elif self.cfg.position_embedding == "sinusoidal":
@@ -49,21 +51,36 @@ class Decoder(nnx.Module):
         return x_BxLxD if self.final_norm is None else self.final_norm(x_BxLxD)
 
     def _logits(self, x_BxLxD: Array) -> Array:
-        """Output projection of final hidden states -> logits [B, L, V] in float32."""
+        """Output projection of final hidden states -> logits [B, L, V] in float32, soft-capped
+        to (-cap, cap) with cfg.logit_softcap (Gemma 2)."""
         if self.cfg.tie_embeddings:
-            return self.embed.attend(x_BxLxD)
-        return self.lm_head(x_BxLxD).astype(jnp.float32)
+            logits = self.embed.attend(x_BxLxD)
+        else:
+            logits = self.lm_head(x_BxLxD).astype(jnp.float32)
+        cap = self.cfg.logit_softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
+
+    def _masks(self, query_segments: Array, key_segments: Array, causal: bool,
+               query_offset: Array | int = 0) -> tuple[Array, Array | None]:
+        """(full mask, sliding-window mask or None) [B, 1, Q, K]."""
+        full = make_attention_mask(query_segments, key_segments, causal=causal,
+                                   query_offset=query_offset)
+        if self.cfg.attention_window is None:
+            return full, None
+        return full, make_attention_mask(query_segments, key_segments, causal=causal,
+                                         query_offset=query_offset,
+                                         window=self.cfg.attention_window)
 
     def hidden_states(self, tokens_BxL: Array, *, positions: Array | None = None,
                       segment_ids: Array | None = None, rng: Array | None = None) -> Array:
         """Last layer's output [B, L, D] (after the final norm for pre-norm models)."""
         seg = jnp.ones_like(tokens_BxL) if segment_ids is None else segment_ids
         pos = segment_positions(seg) if positions is None else positions
-        mask = make_attention_mask(seg, seg, causal=self.cfg.causal,
-                                   window=self.cfg.attention_window)
+        mask, window_mask = self._masks(seg, seg, self.cfg.causal)
         x = self._embed(tokens_BxL, pos, fold(rng, 0))
         bias = self._bias(pos, pos)
-        x = apply_blocks(self.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias)
+        x = apply_blocks(self.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias,
+                         window_mask=window_mask)
         return self._final(x)
 
     def __call__(self, tokens_BxL: Array, *, positions: Array | None = None,
@@ -101,15 +118,16 @@ class Decoder(nnx.Module):
         slot = jnp.arange(key_valid.shape[1])
         is_new = (slot >= index) & (slot < index + tokens_BxT.shape[1])
         k_seg = jnp.where((k_seg == 2) & ~is_new[None], 0, k_seg)
-        mask = make_attention_mask(q_seg, k_seg, causal=True, query_offset=index,
-                                   window=self.cfg.attention_window)
+        mask, window_mask = self._masks(q_seg, k_seg, True, query_offset=index)
         x = self._embed(tokens_BxT, positions, None)
         # a slot's position: how many valid tokens come before it in its row
         bias = self._bias(positions, jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0))
         new_layers = []
-        for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
-            x, layer_cache = layer(x, mask, positions, cache=layer_cache, cache_index=index,
-                                   bias=bias)
+        for i, (layer, layer_cache) in enumerate(zip(self.layers, cache["layers"], strict=True)):
+            windowed = self.cfg.layer_windowed(i)
+            x, layer_cache = layer(x, window_mask if windowed else mask, positions,
+                                   cache=layer_cache, cache_index=index, bias=bias,
+                                   windowed=windowed)
             new_layers.append(layer_cache)
         logits = self._logits(self._final(x))
         return logits, {

@@ -187,13 +187,17 @@ def sinusoidal(positions_BxL: Array, dim: int) -> Array:
     return jnp.pad(enc, [(0, 0)] * (enc.ndim - 1) + [(0, dim - 2 * half)])
 
 
-def rotary_frequencies(cfg: ModelConfig) -> np.ndarray:
+def rotary_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
     """RoPE's inverse frequencies [cfg.head_dim / 2]: base^(-i / half), then cfg.rope_scaling's
     change for contexts beyond the training one: 'linear' divides every frequency by the factor
     (positions / factor); 'llama3' (Llama 3.1) divides only the low frequencies (wavelengths
     beyond original_max_len / low_freq_factor), keeps the high ones (below original_max_len /
-    high_freq_factor) and interpolates smoothly between them."""
+    high_freq_factor) and interpolates smoothly between them. `local`: a windowed layer's,
+    with cfg.local_rotary_base and no scaling when that is set (Gemma 3)."""
     half = cfg.head_dim // 2
+    if local and cfg.local_rotary_base is not None:
+        return (cfg.local_rotary_base ** (-np.arange(half, dtype=np.float64) / half)
+                ).astype(np.float32)
     inv_freq = cfg.rotary_base ** (-np.arange(half, dtype=np.float64) / half)
     factor = cfg.rope_scaling_factor
     if cfg.rope_scaling == "linear":

@@ -1,0 +1,111 @@
+"""Gemma, Gemma 2 and Gemma 3 (text) checkpoints: random transformers models import with the
+same logits, hidden states and greedy tokens over the KV cache, export back to the same
+family, and re-import bit for bit. Norm scales and query/key weights are redrawn larger than
+transformers' init, so that the (1 + weight) norms, the soft-caps and the query scale all
+change the logits."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from test_convert_hf import (
+    assert_close,
+    assert_same_causal_lm,
+    export_round_trip,
+    imported_llama_family,
+    padded_batch,
+)
+
+from llmjax.convert import hf as convert
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SIZES = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def redraw(name, tensor):
+    if "norm" in name:  # Gemma's norms scale by 1 + weight, and start at weight 0
+        tensor.uniform_(-0.5, 0.5)
+    elif name.endswith(("q_proj.weight", "k_proj.weight")):  # logits large enough to cap
+        tensor.normal_(0.0, 0.4)
+    elif name.endswith("embed_tokens.weight"):
+        tensor.normal_(0.0, 0.3)
+
+
+def test_gemma_matches_transformers(tmp_path):
+    """Gemma 1: GeGLU, embeddings × sqrt(hidden), (1 + weight) norms, multi-query here."""
+    config = transformers.GemmaConfig(**{**SIZES, "num_key_value_heads": 1},
+                                      num_hidden_layers=2)
+    folder, hf_model, run = imported_llama_family(tmp_path, transformers.GemmaForCausalLM,
+                                                  config, redraw)
+    m = run.config.model
+    assert (m.scale_embeddings, m.post_norms, m.num_kv_heads, m.head_dim) == (True, False, 1, 16)
+    assert_same_causal_lm(run.model, hf_model)
+    reloaded = export_round_trip(folder, hf_model, tmp_path)
+    assert type(reloaded).__name__ == "GemmaForCausalLM"
+
+
+def test_gemma2_matches_transformers(tmp_path):
+    """Gemma 2: post norms, query_pre_attn_scalar ≠ head_dim, attention and output logits
+    soft-capped, a window of 4 on every other layer (sequences of 12 and decoding past it)."""
+    config = transformers.Gemma2Config(
+        **SIZES, num_hidden_layers=4, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+        final_logit_softcapping=1.5, sliding_window=4)
+    folder, hf_model, run = imported_llama_family(tmp_path, transformers.Gemma2ForCausalLM,
+                                                  config, redraw)
+    m = run.config.model
+    assert (m.post_norms, m.query_scale_dim, m.attention_softcap, m.logit_softcap,
+            m.attention_window, m.global_attention_every) == (True, 24, 2.0, 1.5, 4, 2)
+    logits = np.asarray(run.logits(["The quick brown fox jumps over the lazy dog."]))
+    assert np.abs(logits).max() < 1.5 < np.abs(logits).max() / 0.9  # capped, and the cap binds
+    assert_same_causal_lm(run.model, hf_model)
+    reloaded = export_round_trip(folder, hf_model, tmp_path)
+    assert type(reloaded).__name__ == "Gemma2ForCausalLM"
+    assert reloaded.config.layer_types == hf_model.config.layer_types
+
+
+def test_gemma3_matches_transformers_and_scans_its_layer_pattern(tmp_path):
+    """Gemma 3: QK-norm, a global layer every third, windowed layers with a rotary base of
+    their own and unscaled positions, global ones linearly scaled. The layer pattern is data
+    under scan_layers (one compiled block for both kinds): the same logits."""
+    from llmjax.train.state import build_model
+
+    config = transformers.Gemma3TextConfig(
+        **SIZES, num_hidden_layers=6, query_pre_attn_scalar=16, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}})
+    folder, hf_model, run = imported_llama_family(tmp_path, transformers.Gemma3ForCausalLM,
+                                                  config, redraw)
+    m = run.config.model
+    assert (m.qk_norm, m.global_attention_every, m.rotary_base, m.local_rotary_base,
+            m.rope_scaling, m.attention_softcap) == (True, 3, 1e6, 100.0, "linear", None)
+    assert_same_causal_lm(run.model, hf_model)
+    reloaded = export_round_trip(folder, hf_model, tmp_path)
+    assert type(reloaded).__name__ == "Gemma3ForCausalLM"
+    ids, mask = padded_batch([12, 7], 300)
+    scanned_config = run.config.copy_and_resolve_references()
+    scanned_config.model.scan_layers = True
+    scanned_config.model.remat = "full"
+    scanned = nnx.merge(nnx.graphdef(build_model(scanned_config)), nnx.state(run.model))
+    seg = jnp.asarray(mask, jnp.int32)
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    assert_close(scanned(jnp.asarray(ids), segment_ids=seg), theirs, mask)
+
+
+def test_a_run_gemma_cannot_express_is_refused_with_its_settings():
+    from conftest import tiny_config
+
+    from llmjax.configs import ConfigError
+
+    c = tiny_config(**{"model.scale_embeddings": True, "model.position_embedding": "rotary",
+                       "model.norm": "rmsnorm", "model.gated_mlp": True, "model.use_bias": False,
+                       "model.attention_softcap": 30.0})
+    with pytest.raises(ConfigError, match=r"gemma model: model.attention_softcap=30.0 without "
+                                          r"model.post_norms"):
+        convert.export_params(c, params=None)
