@@ -52,6 +52,16 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
             logging.info("sample: %r -> %r (reference %r)", src, hyp, ref)
     prefix = "eval" if split == default_split else split
     row = {f"{prefix}/{k}": v for k, v in metrics.items()}
+    if not FLAGS.split:  # the default eval: data.extra_eval_sources as in training
+        for name, extra_source, extra_split in pipeline.extra_eval_sets(config):
+            extra = evaluate(parallel, params, pipeline.eval_batches(
+                config, run.tokenizer, objective, extra_source, extra_split))
+            if getattr(objective, "decodes", False):
+                from llmjax.evaluation.decoding import DecodingEval
+
+                extra.update(DecodingEval(config, run.tokenizer, graphdef, extra_source,
+                                          extra_split)(params)[0])
+            row.update({f"eval_{name}/{k}": v for k, v in extra.items()})
     from llmjax.convert.hf import is_hf_folder
 
     if not is_hf_folder(FLAGS.workdir):  # a Hugging Face folder is read, never written to

@@ -117,6 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.source = "generated"
     d.eval_source = config_dict.placeholder(str)  # None: the train source's eval split
+    # more eval sets, NAME=SOURCE;NAME=SOURCE: each reported as eval_NAME/<metric> at every eval
+    d.extra_eval_sources = config_dict.placeholder(str)
     d.train_split = "train"
     d.eval_split = config_dict.placeholder(str)  # None: 'validation' (separate text: source: 'all')
     d.text_column = "text"
@@ -393,6 +395,25 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         _check(value is None or within(value), f"{key}={value!r} must be {allowed}")
 
 
+def named_sources(spec: str | None) -> list[tuple[str, str]]:
+    """[(name, source)] of `data.extra_eval_sources`: `NAME=SOURCE;NAME=SOURCE`, a name being
+    letters, digits, `_` or `-` (it becomes the metric prefix eval_NAME/)."""
+    if not spec:
+        return []
+    out: list[tuple[str, str]] = []
+    for item in spec.split(";"):
+        name, sep, source = (part.strip() for part in item.partition("="))
+        if not sep or not source or not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"data.extra_eval_sources={spec!r}: write NAME=SOURCE;NAME=SOURCE "
+                              "with names of letters, digits, _ or - (e.g. "
+                              "wiki=text:wiki.txt;books=tfds:pg19); each is reported as "
+                              "eval_NAME/<metric>")
+        if any(name == seen for seen, _ in out):
+            raise ConfigError(f"data.extra_eval_sources={spec!r} names {name!r} twice")
+        out.append((name, source))
+    return out
+
+
 def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> None:
     """Raises ConfigError for contradictions, before anything is compiled or written."""
     check_keys(config)
@@ -525,6 +546,8 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     for spec in (config.data.source, config.data.eval_source):
         if spec:
             mixture.members(spec)
+    for _, spec in named_sources(config.data.extra_eval_sources):
+        mixture.members(spec)
     _check(config.tokenizer.kind in ("char", "byte", "bpe", "wordpiece", "sentencepiece"),
            f"tokenizer.kind={config.tokenizer.kind!r}: use char, byte, bpe, wordpiece or "
            "sentencepiece")

@@ -161,13 +161,16 @@ def decoder_reverse_run(tmp_path_factory):
                        "data.generated.max_pair_length": 6,
                        "data.generated.train_documents": 5000,
                        "data.generated.eval_documents": 200, "eval_every_steps": 500,
-                       "log_every_steps": 100, "checkpoint_every_steps": 500})
+                       "log_every_steps": 100, "checkpoint_every_steps": 500,
+                       "data.extra_eval_sources": "copy=generated:copy"})
     return workdir, train_and_evaluate(c, workdir)
 
 
 def test_a_decoder_learns_source_to_target_pairs(decoder_reverse_run, capsys):
     workdir, metrics = decoder_reverse_run
     assert metrics["eval/exact_match"] >= 0.9, metrics
+    # an extra eval set is decoded too: a reverser copies only palindromes (one letter, ...)
+    assert metrics["eval_copy/exact_match"] < 0.5 and "eval_copy/bleu" in metrics
     run = llmjax.load(workdir)
     assert run.answers_prompts and not run.is_seq2seq
     # generate answers the prompt: the same outputs greedy and with beams, as the eval decodes

@@ -40,14 +40,26 @@ def eval_source_and_split(config: ml_collections.ConfigDict) -> tuple[str, str]:
     is read whole, as tfds's 'all' split; so is a mixture of them). Splits take tfds syntax:
     'train[:10%]', 'train+validation', 'all'."""
     source = config.data.eval_source or config.data.source
-    split = config.data.eval_split
-    if split is None:
-        local = ("text", "tsv", "jsonl", "parallel")
-        separate_file = (all(member.split(":")[0] in local
-                             for member, _ in mixture.members(source))
-                         and source != config.data.source)
-        split = "all" if separate_file else "validation"
-    return source, split
+    return source, eval_split_of(source, config)
+
+
+def eval_split_of(source: str, config: ml_collections.ConfigDict) -> str:
+    """The split evaluation reads of `source`: `data.eval_split`, else 'all' for local files
+    other than the training source (and mixtures of them), else 'validation'."""
+    if config.data.eval_split is not None:
+        return config.data.eval_split
+    local = ("text", "tsv", "jsonl", "parallel")
+    separate_file = (all(member.split(":")[0] in local for member, _ in mixture.members(source))
+                     and source != config.data.source)
+    return "all" if separate_file else "validation"
+
+
+def extra_eval_sets(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
+    """[(name, source, split)] of `data.extra_eval_sources`, reported as eval_NAME/<metric>."""
+    from llmjax.configs import named_sources
+
+    return [(name, source, eval_split_of(source, config))
+            for name, source in named_sources(config.data.extra_eval_sources)]
 
 
 def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tuple[Tokenizer, str]:

@@ -38,20 +38,25 @@ def lower_is_better(metric: str, mode: str) -> bool:
 
 
 def eval_metric_names(eval_step, params: Any, batch: dict[str, np.ndarray], loss_terms,
-                      extra: tuple[str, ...] = ()) -> list[str]:
+                      extra: tuple[str, ...] = (), extra_sets: tuple[str, ...] = ()
+                      ) -> list[str]:
     """The `eval/...` names an eval will report, from the eval step's shapes (traced, not run):
-    the finalised metric sums plus `extra` (decoding metrics, the loss floor)."""
+    the finalised metric sums plus `extra` (decoding metrics, the loss floor); and for each
+    name of `extra_sets` (data.extra_eval_sources) the same as `eval_NAME/...`, less the
+    floor."""
     shapes = jax.eval_shape(eval_step, params, batch)
     zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float64), shapes)
     with np.errstate(all="ignore"):  # ratios of zero counts: only the names matter here
         names = list(finalize(zeros, loss_terms))
-    return sorted(f"eval/{n}" for n in (*names, *extra))
+    extra_set_names = [f"eval_{s}/{n}" for s in extra_sets for n in (*names, *extra)
+                       if n != "best_achievable_loss"]
+    return sorted([f"eval/{n}" for n in (*names, *extra)] + extra_set_names)
 
 
 def check_metric(metric: str, available: list[str]) -> str:
     """`metric` as reported (`accuracy` means `eval/accuracy`), or ConfigError naming the ones
     this run reports."""
-    name = metric if metric.startswith("eval/") else f"eval/{metric}"
+    name = metric if metric.startswith(("eval/", "eval_")) else f"eval/{metric}"
     if name not in available:
         raise configs.ConfigError(
             f"checkpoint_best_metric={metric!r} is not reported by this run's eval; use one of "

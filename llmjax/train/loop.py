@@ -211,8 +211,9 @@ def _mean_metrics(pending: list[dict]) -> dict[str, float]:
 
 
 def _prepare_data(config: ml_collections.ConfigDict, workdir: epath.Path, objective):
-    """(tokenizer, training iterator, eval batches); resolves the config's vocabulary size and
-    objective-specific keys and checks that a resumed workdir holds the same model."""
+    """(tokenizer, training iterator, eval batches, {name: eval batches} of
+    data.extra_eval_sources); resolves the config's vocabulary size and objective-specific
+    keys and checks that a resumed workdir holds the same model."""
     tokenizer, origin = pipeline.get_tokenizer(config, str(workdir))
     logging.info("tokenizer: %s, %d tokens (%s)", tokenizer.kind, tokenizer.vocab_size, origin)
     resolve_vocab(config, tokenizer.vocab_size)
@@ -221,7 +222,9 @@ def _prepare_data(config: ml_collections.ConfigDict, workdir: epath.Path, object
     check_resume_compatible(config, workdir)
     train_iter = iter(pipeline.train_dataset(config, tokenizer, objective))
     eval_data = pipeline.eval_batches(config, tokenizer, objective)
-    return tokenizer, train_iter, eval_data
+    extra_data = {name: pipeline.eval_batches(config, tokenizer, objective, source, split)
+                  for name, source, split in pipeline.extra_eval_sets(config)}
+    return tokenizer, train_iter, eval_data, extra_data
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.Path, *,
@@ -252,9 +255,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     created = not workdir.exists()
     prepare_workdir(workdir)
     try:  # every check and all data loading come before the first write to the workdir
-        tokenizer, train_iter, eval_data = _prepare_data(config, workdir, objective)
+        tokenizer, train_iter, eval_data, extra_data = _prepare_data(config, workdir, objective)
         floor = loss_floor(objective, config, tokenizer, eval_data)
-        best_metric = _best_metric(config, objective, eval_data, floor)
+        best_metric = _best_metric(config, objective, eval_data, floor, tuple(extra_data))
         if config.lora.rank:  # lora.targets must match the model's layers (shapes only)
             state_lib.abstract_model(config)
     except Exception:
@@ -314,6 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
         decoding_eval = DecodingEval(config, tokenizer, graphdef,
                                      *pipeline.eval_source_and_split(config))
+        extra_decoding = {name: DecodingEval(config, tokenizer, graphdef, source, split)
+                          for name, source, split in pipeline.extra_eval_sets(config)}
     writer = MetricWriter(workdir)
     writer.truncate_after(start)
     best = None
@@ -420,6 +425,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                 if decoding_eval is not None:
                     eval_metrics.update(_decoding_metrics(
                         decoding_eval, parallel.single_copy(parallel.params(state)), step))
+                for name, batches in extra_data.items():  # data.extra_eval_sources
+                    prefix = f"eval_{name}/"
+                    eval_metrics.update({prefix + k: v for k, v in evaluate(
+                        parallel, parallel.params(state), batches).items()})
+                    if decoding_eval is not None:
+                        eval_metrics.update(_decoding_metrics(
+                            extra_decoding[name], parallel.single_copy(parallel.params(state)),
+                            step, prefix))
                 writer.write(step, eval_metrics)
                 if is_primary:
                     logging.info("step %d: %s", step, _format(eval_metrics))
@@ -457,9 +470,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
 
 def _best_metric(config: ml_collections.ConfigDict, objective, eval_data: list[dict],
-                 floor: float | None) -> str | None:
-    """`checkpoint_best_metric` as reported (`eval/...`), checked against the names this run's
-    eval reports (from the eval step's shapes: nothing is compiled)."""
+                 floor: float | None, extra_sets: tuple[str, ...] = ()) -> str | None:
+    """`checkpoint_best_metric` as reported (`eval/...`, `eval_NAME/...`), checked against the
+    names this run's eval reports (from the eval step's shapes: nothing is compiled)."""
     if not config.checkpoint_best_metric:
         return None
     from llmjax.evaluation.decoding import DecodingEval
@@ -468,7 +481,8 @@ def _best_metric(config: ml_collections.ConfigDict, objective, eval_data: list[d
     extra = (("best_achievable_loss",) if floor is not None else ()) + (
         DecodingEval.metric_names if getattr(objective, "decodes", False) else ())
     names = best_lib.eval_metric_names(make_eval_step(graphdef, objective), params,
-                                       eval_data[0], tuple(loss_terms(objective)), extra)
+                                       eval_data[0], tuple(loss_terms(objective)), extra,
+                                       extra_sets)
     return best_lib.check_metric(config.checkpoint_best_metric, names)
 
 
@@ -490,13 +504,14 @@ def _check_finite(pending: list[dict], step: int, last_saved: int | None,
                 "updates.")
 
 
-def _decoding_metrics(decoding_eval, params, step: int) -> dict[str, float]:
-    """eval/bleu and eval/exact_match; logs a few decoded samples."""
+def _decoding_metrics(decoding_eval, params, step: int, prefix: str = "eval/"
+                      ) -> dict[str, float]:
+    """eval/bleu and eval/exact_match (under `prefix`); logs a few decoded samples."""
     metrics, samples = decoding_eval(params)
     for source, reference, hypothesis in samples:
-        logging.info("step %d sample: %r -> %r (reference %r)", step, source, hypothesis,
-                     reference)
-    return {f"eval/{k}": v for k, v in metrics.items()}
+        logging.info("step %d %ssample: %r -> %r (reference %r)", step, prefix, source,
+                     hypothesis, reference)
+    return {prefix + k: v for k, v in metrics.items()}
 
 
 def _format(metrics: dict[str, float]) -> str:

@@ -70,7 +70,7 @@ class MetricWriter:
                 tb.add_scalar(key, float(value), int(step))
 
     def plot(self) -> epath.Path | None:
-        """plots/loss.png: train and eval loss against step."""
+        """plots/loss.png: train and eval loss (and each extra eval set's) against step."""
         if not self.enabled:
             return None
         import matplotlib
@@ -80,12 +80,14 @@ class MetricWriter:
 
         rows = read_metrics(self.workdir)
         fig, ax = plt.subplots(figsize=(7, 4))
-        for key in ("train/loss", "eval/loss", "eval/best_achievable_loss"):
+        extra_sets = sorted({k for r in rows for k in r
+                             if k.startswith("eval_") and k.endswith("/loss")})
+        for key in ("train/loss", "eval/loss", *extra_sets, "eval/best_achievable_loss"):
             points = [(r["step"], r[key]) for r in rows if key in r]
             if points:
                 style = "--" if "best" in key else "-"
                 ax.plot(*zip(*points, strict=True), style, label=key,
-                        marker="o" if key == "eval/loss" else None)
+                        marker="o" if key.startswith("eval") and "best" not in key else None)
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats/token)")
         ax.set_title(self.workdir.name)
