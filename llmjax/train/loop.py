@@ -211,9 +211,8 @@ def _mean_metrics(pending: list[dict]) -> dict[str, float]:
 
 
 def _prepare_data(config: ml_collections.ConfigDict, workdir: epath.Path, objective):
-    """(tokenizer, training iterator, eval batches, {name: eval batches} of
-    data.extra_eval_sources); resolves the config's vocabulary size and objective-specific
-    keys and checks that a resumed workdir holds the same model."""
+    """(tokenizer, training iterator, eval batches); resolves the config's vocabulary size and
+    objective-specific keys and checks that a resumed workdir holds the same model."""
     tokenizer, origin = pipeline.get_tokenizer(config, str(workdir))
     logging.info("tokenizer: %s, %d tokens (%s)", tokenizer.kind, tokenizer.vocab_size, origin)
     resolve_vocab(config, tokenizer.vocab_size)
@@ -222,9 +221,7 @@ def _prepare_data(config: ml_collections.ConfigDict, workdir: epath.Path, object
     check_resume_compatible(config, workdir)
     train_iter = iter(pipeline.train_dataset(config, tokenizer, objective))
     eval_data = pipeline.eval_batches(config, tokenizer, objective)
-    extra_data = {name: pipeline.eval_batches(config, tokenizer, objective, source, split)
-                  for name, source, split in pipeline.extra_eval_sets(config)}
-    return tokenizer, train_iter, eval_data, extra_data
+    return tokenizer, train_iter, eval_data
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.Path, *,
@@ -255,7 +252,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     created = not workdir.exists()
     prepare_workdir(workdir)
     try:  # every check and all data loading come before the first write to the workdir
-        tokenizer, train_iter, eval_data, extra_data = _prepare_data(config, workdir, objective)
+        tokenizer, train_iter, eval_data = _prepare_data(config, workdir, objective)
+        extra_data = {name: pipeline.eval_batches(config, tokenizer, objective, source, split)
+                      for name, source, split in pipeline.extra_eval_sets(config)}
         floor = loss_floor(objective, config, tokenizer, eval_data)
         best_metric = _best_metric(config, objective, eval_data, floor, tuple(extra_data))
         if config.lora.rank:  # lora.targets must match the model's layers (shapes only)
