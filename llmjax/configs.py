@@ -171,12 +171,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.lora.targets = "query|value"  # regex over dense-layer paths, e.g. 'layers/0/attention/query'
 
     c.optimizer = o = ml_collections.ConfigDict()
-    o.name = "adamw"  # adamw | adafactor (T5's: factored second moments, a fraction of the memory)
+    o.name = "adamw"  # adamw | adafactor (T5: factored second moments) | muon (matrices)
     o.learning_rate = 1e-3
     o.end_learning_rate = 1e-4
-    o.schedule = "cosine"  # cosine | linear | constant
+    o.schedule = "cosine"  # cosine | linear | constant | rsqrt | wsd | wsd_sqrt
     o.warmup_steps = 100
     o.decay_steps = config_dict.placeholder(int)  # None: num_train_steps
+    o.cooldown_steps = config_dict.placeholder(int)  # wsd: the final decay; None: last 20%
     o.b1 = 0.9
     o.b2 = 0.99
     o.eps = 1e-8
@@ -365,6 +366,7 @@ _RANGES = {
                      "model.vocab_size", "model.num_classes", "model.relative_buckets",
                      "model.relative_max_distance", "tokenizer.vocab_size",
                      "optimizer.accumulation_steps", "optimizer.decay_steps",
+                     "optimizer.cooldown_steps",
                      "data.tokenizer_sample_chars", "data.mean_noise_span_length",
                      "data.generated.alphabet_size", "data.generated.train_documents",
                      "data.generated.eval_documents", "data.generated.max_pair_length"),
@@ -462,10 +464,11 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.batch_size % shards == 0,
            f"batch_size={config.batch_size} is not divisible by data.shards={shards}: use a "
            f"multiple of {shards}")
-    _check(o.name in ("adamw", "adafactor"),
-           f"optimizer.name={o.name!r}: use adamw or adafactor")
-    _check(o.schedule in ("cosine", "linear", "constant", "rsqrt"),
-           f"optimizer.schedule={o.schedule!r}: use cosine, linear, constant or rsqrt")
+    _check(o.name in ("adamw", "adafactor", "muon"),
+           f"optimizer.name={o.name!r}: use adamw, adafactor or muon")
+    _check(o.schedule in ("cosine", "linear", "constant", "rsqrt", "wsd", "wsd_sqrt"),
+           f"optimizer.schedule={o.schedule!r}: use cosine, linear, constant, rsqrt, wsd or "
+           "wsd_sqrt")
     _check(not config.early_stopping_evals or config.checkpoint_best_metric,
            f"early_stopping_evals={config.early_stopping_evals} counts evals without improvement "
            "of checkpoint_best_metric: set it too (e.g. checkpoint_best_metric=eval/loss)")

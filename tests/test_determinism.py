@@ -1,6 +1,6 @@
 """Same config and seed -> bit-identical metrics (all but the timing keys), and stopping +
 resuming equals not stopping, for every objective (and for the causal LM with Adafactor, the
-rsqrt schedule, label smoothing, z-loss and a best checkpoint)."""
+rsqrt schedule, label smoothing, z-loss and a best checkpoint; and with Muon)."""
 
 import pytest
 from conftest import tiny_config
@@ -28,6 +28,8 @@ def config_for(objective, tmp_path):
         return tiny_config(**SHORT)
     if objective == "causal_lm+options":
         return tiny_config(**SHORT, **OPTIONS)
+    if objective == "causal_lm+muon":  # its state: momenta, and AdamW's beside them
+        return tiny_config(**SHORT, **{"optimizer.name": "muon"})
     if objective == "mlm":
         return mlm_config(**SHORT)
     if objective in ("nsp", "mlm_nsp"):
@@ -56,7 +58,7 @@ def rows_without_timing(workdir):
 
 # One single-term and one two-term objective run by default; every other one is marked slow.
 CASES = [pytest.param(o, marks=() if o in ("causal_lm", "mlm_nsp") else pytest.mark.slow)
-         for o in sorted(OBJECTIVES)] + ["causal_lm+options"]
+         for o in sorted(OBJECTIVES)] + ["causal_lm+options", "causal_lm+muon"]
 
 
 @pytest.mark.parametrize("objective", CASES)

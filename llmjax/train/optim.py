@@ -1,13 +1,18 @@
 """The optimizer from config: warmup + cosine/linear/constant/rsqrt schedule, global-norm
-clipping and AdamW (or Adafactor) without weight decay on 1-D parameters (biases, norm scales)."""
+clipping and AdamW (or Adafactor, or Muon on the blocks' matrices) without weight decay on 1-D
+parameters (biases, norm scales)."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
 from llmjax.train.checkpoint import param_path_name
 
@@ -16,13 +21,23 @@ def learning_rate_schedule(o: ml_collections.ConfigDict, num_train_steps: int) -
     """Linear warmup 0 -> learning_rate over warmup_steps, then decay to end_learning_rate at
     decay_steps (default num_train_steps), constant afterwards; or, for `rsqrt` (fairseq's
     inverse_sqrt, T5's rsqrt decay), learning_rate * sqrt(warmup_steps / step) after warmup,
-    with no end."""
+    with no end; or, for `wsd` / `wsd_sqrt` (warmup-stable-decay), learning_rate until the
+    last cooldown_steps before decay_steps, then a linear / 1 - sqrt cooldown to
+    end_learning_rate."""
     decay_steps = o.decay_steps or num_train_steps
     peak, end = o.learning_rate, o.end_learning_rate
     if o.schedule == "constant":
         end = peak
     remaining = max(decay_steps - o.warmup_steps, 1)
-    if o.schedule == "rsqrt":
+    if o.schedule in ("wsd", "wsd_sqrt"):
+        cooldown = min(cooldown_length(o, num_train_steps), remaining)
+        stable = remaining - cooldown
+
+        def decay(s):  # s counts from the end of warmup
+            t = jnp.clip((s - stable) / max(cooldown, 1), 0.0, 1.0)
+            fraction = t if o.schedule == "wsd" else jnp.sqrt(t)
+            return peak + (end - peak) * fraction
+    elif o.schedule == "rsqrt":
         width = max(o.warmup_steps, 1)
         decay = lambda s: peak * jax.lax.rsqrt((s + width) / width)  # noqa: E731 (s after warmup)
     elif o.schedule == "cosine":
@@ -33,6 +48,15 @@ def learning_rate_schedule(o: ml_collections.ConfigDict, num_train_steps: int) -
         return decay
     warmup = optax.linear_schedule(0.0, peak, o.warmup_steps)
     return optax.join_schedules([warmup, decay], [o.warmup_steps])
+
+
+def cooldown_length(o: ml_collections.ConfigDict, num_train_steps: int) -> int:
+    """`wsd`'s cooldown: optimizer.cooldown_steps, else the last fifth of the steps after
+    warmup (Hägele et al. 2024 found 20% enough to match a cosine schedule)."""
+    if o.cooldown_steps is not None:
+        return o.cooldown_steps
+    decay_steps = o.decay_steps or num_train_steps
+    return math.ceil(0.2 * max(decay_steps - o.warmup_steps, 1))
 
 
 def weight_decay_mask(params):
@@ -75,7 +99,80 @@ def _optimizer(o: ml_collections.ConfigDict, schedule: optax.Schedule
             schedule, min_dim_size_to_factor=32,
             weight_decay_rate=lambda step: o.weight_decay * schedule(step),
             weight_decay_mask=weight_decay_mask))
+    elif o.name == "muon":
+        parts.append(_muon(o, schedule))
     else:
-        parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
-                                 weight_decay=o.weight_decay, mask=weight_decay_mask))
+        parts.append(_adamw(o, schedule))
     return optax.chain(*parts)
+
+
+def _adamw(o: ml_collections.ConfigDict, schedule: optax.Schedule
+           ) -> optax.GradientTransformation:
+    return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                       mask=weight_decay_mask)
+
+
+# The blocks' weight matrices (attention projections, MLP), in any stack: Muon's parameters.
+_MUON_KERNEL = re.compile(r"(^|/)layers/\d+/(attention|cross_attention|mlp)/(\w+)/kernel$")
+# Moonlight's scaling (Liu et al. 2025, "Muon is scalable"): updates of RMS 0.2, as AdamW's
+# typically are, so AdamW's learning rate and weight decay carry over.
+MUON_UPDATE_RMS = 0.2
+
+
+def muon_dimensions(path: str, ndim: int) -> MuonDimensionNumbers | None:
+    """How Muon sees the parameter at `path` as an [inputs, outputs] matrix (None: AdamW's):
+    query/key/value kernels [D, H, K] are [D, H*K], the output kernel [H, K, D] is [H*K, D],
+    MLP kernels are matrices already. Embeddings, output and task heads, norms and biases
+    stay with AdamW, as in Muon's recipe."""
+    match = _MUON_KERNEL.search(path)
+    if not match:
+        return None
+    if ndim == 3:
+        return (MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=2)
+                if match.group(3) == "out"
+                else MuonDimensionNumbers(reduction_axis=0, output_axis=(1, 2)))
+    return MuonDimensionNumbers() if ndim == 2 else None
+
+
+def _muon_tree(updates):
+    """muon_dimensions for every leaf of `updates` (subtrees another optimizer owns, optax's
+    MaskedNode, are empty and stay as they are)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: muon_dimensions(param_path_name(path), u.ndim), updates)
+
+
+def _scale_to_update_rms(rms: float) -> optax.GradientTransformation:
+    """An orthogonalised [m, n] update has RMS 1/sqrt(max(m, n)): scale it to `rms`."""
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def scale(update, dims: MuonDimensionNumbers):
+            def size(axes):
+                axes = (axes,) if isinstance(axes, int) else axes
+                return math.prod(update.shape[a] for a in axes)
+
+            return update * (rms * math.sqrt(max(size(dims.reduction_axis),
+                                                 size(dims.output_axis))))
+
+        return jax.tree.map(scale, updates, _muon_tree(updates)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def _muon(o: ml_collections.ConfigDict, schedule: optax.Schedule
+          ) -> optax.GradientTransformation:
+    """Muon (Nesterov momentum 0.95 orthogonalised by 5 Newton-Schulz steps, updates scaled to
+    RMS 0.2, decoupled weight decay) on the blocks' matrices; AdamW on everything else."""
+    muon = optax.chain(
+        scale_by_muon(beta=0.95, nesterov=True, weight_dimension_numbers=_muon_tree),
+        _scale_to_update_rms(MUON_UPDATE_RMS),
+        optax.add_decayed_weights(o.weight_decay),
+        optax.scale_by_learning_rate(schedule))
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, p: "muon" if muon_dimensions(param_path_name(path), p.ndim)
+            else "adamw", params)
+
+    return optax.partition({"muon": muon, "adamw": _adamw(o, schedule)}, labels)
