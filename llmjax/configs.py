@@ -81,11 +81,14 @@ def base_config() -> ml_collections.ConfigDict:
     m.position_embedding = "learned"  # learned | sinusoidal | rotary | relative | none
     m.rotary_base = 10000.0
     m.local_rotary_base = config_dict.placeholder(float)  # windowed layers' RoPE base (Gemma 3)
-    m.rope_scaling = "none"  # none | linear | llama3: RoPE frequencies for longer contexts
+    m.rope_scaling = "none"  # none | linear | llama3 | yarn: RoPE for longer contexts
     m.rope_scaling_factor = 8.0
-    m.rope_original_max_len = 8192  # llama3: the context of the first training
+    m.rope_original_max_len = 8192  # llama3, yarn: the context of the first training
     m.rope_low_freq_factor = 1.0
     m.rope_high_freq_factor = 4.0
+    m.rope_beta_fast = 32.0  # yarn: rotations in the original context above which ...
+    m.rope_beta_slow = 1.0  # ... frequencies are kept, and below which they are scaled
+    m.rope_attention_factor = config_dict.placeholder(float)  # yarn: None = 0.1 ln(factor) + 1
     m.relative_buckets = 32  # position_embedding=relative (T5): buckets per direction pair
     m.relative_max_distance = 128  # distances beyond this share the last bucket
     m.norm = "layernorm"  # layernorm | rmsnorm
@@ -375,6 +378,8 @@ _RANGES = {
                      "model.local_rotary_base", "model.attention_softcap", "model.logit_softcap",
                      "model.rope_original_max_len", "model.rope_low_freq_factor",
                      "model.rope_high_freq_factor", "peak_flops_per_device",
+                     "model.rope_beta_fast", "model.rope_beta_slow",
+                     "model.rope_attention_factor",
                      "data.generated.concentration"), _POSITIVE),
     **dict.fromkeys(("optimizer.learning_rate", "optimizer.end_learning_rate",
                      "optimizer.warmup_steps",
@@ -490,8 +495,8 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                                     "none"),
            f"model.position_embedding={m.position_embedding!r}: use learned, sinusoidal, "
            "rotary, relative, alibi or none")
-    _check(m.rope_scaling in ("none", "linear", "llama3"),
-           f"model.rope_scaling={m.rope_scaling!r}: use none, linear or llama3")
+    _check(m.rope_scaling in ("none", "linear", "llama3", "yarn"),
+           f"model.rope_scaling={m.rope_scaling!r}: use none, linear, llama3 or yarn")
     _check(m.rope_scaling == "none" or m.position_embedding == "rotary",
            f"model.rope_scaling={m.rope_scaling!r} scales rotary positions: set "
            "model.position_embedding=rotary, or model.rope_scaling=none")

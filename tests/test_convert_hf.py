@@ -591,9 +591,12 @@ def test_llama_fine_tunes_on_prompt_completion_pairs_from_jsonl(llama_folder, tm
 @pytest.mark.parametrize("rope", [
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 128},  # wavelengths 6 (kept), 63 (smoothed), 628, 6283
-    {"rope_type": "linear", "factor": 2.0}])
+    {"rope_type": "linear", "factor": 2.0},
+    # head_dim 8: frequencies kept, blended and scaled; queries and keys x (0.1 ln 4 + 1)
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}])
 def test_llama_rope_scaling_matches_transformers(rope, tmp_path):
-    """Llama 3.1's 'llama3' and the 'linear' rope scaling: same logits, and exported back."""
+    """Llama 3.1's 'llama3', the 'linear' and YaRN's 'yarn' rope scaling: same logits, and
+    exported back."""
     config = transformers.LlamaConfig(
         vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=256,

@@ -11,6 +11,8 @@ weights are [out, in], transposed into llmjax's [in, out] kernels.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 import numpy as np
 
@@ -35,6 +37,22 @@ def _rope(hf: dict) -> tuple[float, dict | None]:
     return float(theta), scaling
 
 
+def _yarn_attention_factor(scaling: dict) -> float | None:
+    """A yarn config's attention factor: given, or DeepSeek's mscale / mscale_all_dim ratio;
+    None leaves llmjax's default, 0.1 ln(factor) + 1 (Hugging Face's too)."""
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if not (mscale and mscale_all_dim):
+        return None
+    factor = float(scaling["factor"])
+
+    def get(scale: float) -> float:
+        return 0.1 * scale * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+    return get(mscale) / get(mscale_all_dim)
+
+
 def configure_sizes(m: ml_collections.ConfigDict, hf: dict, default_max_len: int) -> None:
     """model.* sizes from a LLaMA-layout config.json (Gemma's too)."""
     m.emb_dim, m.num_layers = hf["hidden_size"], hf["num_hidden_layers"]
@@ -54,9 +72,12 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.arch, config.objective = "decoder", objective or "causal_lm"
     theta, scaling = _rope(hf)
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) or "default"
-    if kind not in ("default", "linear", "llama3"):
+    if kind not in ("default", "linear", "llama3", "yarn"):
         raise ConversionError(f"rope scaling {scaling} has no llmjax match yet (llmjax reads "
-                              "plain, linear and llama3 rotary positions)")
+                              "plain, linear, llama3 and yarn rotary positions)")
+    if kind == "yarn" and scaling.get("truncate") is False:
+        raise ConversionError("yarn rope scaling with truncate=false has no llmjax match "
+                              "(llmjax rounds the ramp's bounds outwards, as the default)")
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             raise ConversionError(f"{key}=true has no llmjax match (llmjax's LLaMA has no "
@@ -74,10 +95,15 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.position_embedding, m.rotary_base = "rotary", theta
     if kind != "default":
         m.rope_scaling, m.rope_scaling_factor = kind, float(scaling["factor"])
-    if kind == "llama3":
+    if kind in ("llama3", "yarn"):
         m.rope_original_max_len = scaling["original_max_position_embeddings"]
+    if kind == "llama3":
         m.rope_low_freq_factor = float(scaling["low_freq_factor"])
         m.rope_high_freq_factor = float(scaling["high_freq_factor"])
+    if kind == "yarn":
+        m.rope_beta_fast = float(scaling.get("beta_fast") or 32.0)
+        m.rope_beta_slow = float(scaling.get("beta_slow") or 1.0)
+        m.rope_attention_factor = _yarn_attention_factor(scaling)
     m.activation, m.gated_mlp, m.use_bias = _ACTIVATIONS[activation], True, False
     m.qkv_bias = True if hf.get("model_type") == "qwen2" else None
     m.qk_norm = hf.get("model_type") == "qwen3"
@@ -179,6 +205,10 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         rope.update(original_max_position_embeddings=m.rope_original_max_len,
                     low_freq_factor=m.rope_low_freq_factor,
                     high_freq_factor=m.rope_high_freq_factor)
+    if m.rope_scaling == "yarn":
+        rope.update(original_max_position_embeddings=m.rope_original_max_len,
+                    beta_fast=m.rope_beta_fast, beta_slow=m.rope_beta_slow,
+                    attention_factor=m.rope_attention_factor)  # None: the same default
     model_type, architecture = (
         ("qwen2", "Qwen2ForCausalLM") if m.qkv_bias
         else ("qwen3", "Qwen3ForCausalLM") if m.qk_norm

@@ -9,7 +9,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmjax.models.config import ModelConfig
-from llmjax.models.layers import Dense, Norm, apply_rotary, dropout, rotary_frequencies
+from llmjax.models.layers import (
+    Dense,
+    Norm,
+    apply_rotary,
+    dropout,
+    rotary_attention_factor,
+    rotary_frequencies,
+)
 from llmjax.sharding import constrain
 
 Array = jax.Array
@@ -110,11 +117,13 @@ class MultiHeadAttention(nnx.Module):
         q, k, v = constrain(q, heads), constrain(k, heads), constrain(v, heads)
         if cfg.position_embedding == "rotary" and positions_BxQ is not None:
             inv_freq = rotary_frequencies(cfg)
+            factor = rotary_attention_factor(cfg)
             if cfg.local_rotary_base is not None:
                 inv_freq = jnp.where(windowed, rotary_frequencies(cfg, local=True), inv_freq)
-            q = apply_rotary(q, positions_BxQ, inv_freq)
+                factor = jnp.where(windowed, rotary_attention_factor(cfg, local=True), factor)
+            q = apply_rotary(q, positions_BxQ, inv_freq, factor)
             kp = positions_BxQ if kv_positions_BxK is None else kv_positions_BxK
-            k = apply_rotary(k, kp, inv_freq)
+            k = apply_rotary(k, kp, inv_freq, factor)
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
                                                     cache_index, axis=1)

@@ -26,11 +26,14 @@ class ModelConfig:
     param_dtype: str = "float32"
     position_embedding: str = "learned"
     rotary_base: float = 10000.0
-    rope_scaling: str = "none"  # none | linear | llama3 (see layers.rotary_frequencies)
+    rope_scaling: str = "none"  # none | linear | llama3 | yarn (layers.rotary_frequencies)
     rope_scaling_factor: float = 8.0
-    rope_original_max_len: int = 8192  # llama3: the context the model was first trained on
+    rope_original_max_len: int = 8192  # llama3, yarn: the context of the first training
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
+    rope_beta_fast: float = 32.0  # yarn's ramp between kept and scaled frequencies
+    rope_beta_slow: float = 1.0
+    rope_attention_factor: float | None = None  # yarn: None = 0.1 ln(factor) + 1
     local_rotary_base: float | None = None  # windowed layers' base, no scaling (Gemma 3)
     relative_buckets: int = 32  # T5 relative position buckets ('relative' positions)
     relative_max_distance: int = 128

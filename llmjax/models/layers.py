@@ -202,6 +202,8 @@ def rotary_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
     factor = cfg.rope_scaling_factor
     if cfg.rope_scaling == "linear":
         inv_freq = inv_freq / factor
+    elif cfg.rope_scaling == "yarn":
+        inv_freq = _yarn_frequencies(cfg, inv_freq)
     elif cfg.rope_scaling == "llama3":
         wavelength = 2 * math.pi / inv_freq
         context = cfg.rope_original_max_len
@@ -212,12 +214,43 @@ def rotary_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
     return inv_freq.astype(np.float32)
 
 
-def apply_rotary(x_BxLxHxK: Array, positions_BxL: Array, inv_freq: np.ndarray) -> Array:
+def _yarn_frequencies(cfg: ModelConfig, inv_freq: np.ndarray) -> np.ndarray:
+    """YaRN (Peng et al. 2023), as Hugging Face's `yarn` rope type: frequencies that turn more
+    than rope_beta_fast times over the original context are kept, those turning fewer than
+    rope_beta_slow times are divided by the factor, with a linear ramp over the dimensions
+    between (their bounds rounded outwards)."""
+    dim, base, context = cfg.head_dim, cfg.rotary_base, cfg.rope_original_max_len
+
+    def dimension(rotations: float) -> float:  # the dimension that turns `rotations` times
+        return dim * math.log(context / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(dimension(cfg.rope_beta_fast)), 0)
+    high = min(math.ceil(dimension(cfg.rope_beta_slow)), dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0.0, 1.0)  # 1: fully scaled
+    return inv_freq / cfg.rope_scaling_factor * ramp + inv_freq * (1 - ramp)
+
+
+def rotary_attention_factor(cfg: ModelConfig, local: bool = False) -> float:
+    """YaRN's factor on the rotated queries and keys (so attention logits get its square):
+    rope_attention_factor, else 0.1 ln(factor) + 1; 1 for other scalings and, with
+    local_rotary_base, for the windowed layers."""
+    if cfg.rope_scaling != "yarn" or (local and cfg.local_rotary_base is not None):
+        return 1.0
+    if cfg.rope_attention_factor is not None:
+        return cfg.rope_attention_factor
+    factor = cfg.rope_scaling_factor
+    return 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+
+def apply_rotary(x_BxLxHxK: Array, positions_BxL: Array, inv_freq: np.ndarray,
+                 factor: float | Array = 1.0) -> Array:
     """Rotary position embedding (RoPE, rotate-half convention) on the last axis, with the
-    inverse frequencies of `rotary_frequencies`."""
+    inverse frequencies of `rotary_frequencies`, scaled by `factor` (YaRN's attention
+    factor, applied to cos and sin as Hugging Face does)."""
     half = x_BxLxHxK.shape[-1] // 2
     angles = positions_BxL[..., None, None].astype(jnp.float32) * inv_freq  # [B, L, 1, half]
-    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    sin, cos = jnp.sin(angles) * factor, jnp.cos(angles) * factor
     x = x_BxLxHxK.astype(jnp.float32)
     x1, x2 = x[..., :half], x[..., half:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
