@@ -62,6 +62,9 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
                 extra.update(DecodingEval(config, run.tokenizer, graphdef, extra_source,
                                           extra_split)(params)[0])
             row.update({f"eval_{name}/{k}": v for k, v in extra.items()})
+        from llmjax.evaluation import choices  # data.choice_eval_sources
+
+        row.update(choices.choice_metrics(choices.choice_evals(config), run))
     from llmjax.convert.hf import is_hf_folder
 
     if not is_hf_folder(FLAGS.workdir):  # a Hugging Face folder is read, never written to

@@ -122,6 +122,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.eval_source = config_dict.placeholder(str)  # None: the train source's eval split
     # more eval sets, NAME=SOURCE;NAME=SOURCE: each reported as eval_NAME/<metric> at every eval
     d.extra_eval_sources = config_dict.placeholder(str)
+    # multiple-choice eval sets, NAME=SOURCE;...: eval_NAME/choice_accuracy(_norm) at every eval
+    d.choice_eval_sources = config_dict.placeholder(str)
+    d.context_column = "context"  # multiple choice: the question / context
+    d.choices_column = "choices"  # multiple choice: the list of choices
+    d.choice_delimiter = " "  # decoders score context + this + choice
     d.train_split = "train"
     d.eval_split = config_dict.placeholder(str)  # None: 'validation' (separate text: source: 'all')
     d.text_column = "text"
@@ -402,21 +407,22 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         _check(value is None or within(value), f"{key}={value!r} must be {allowed}")
 
 
-def named_sources(spec: str | None) -> list[tuple[str, str]]:
-    """[(name, source)] of `data.extra_eval_sources`: `NAME=SOURCE;NAME=SOURCE`, a name being
-    letters, digits, `_` or `-` (it becomes the metric prefix eval_NAME/)."""
+def named_sources(spec: str | None, key: str = "data.extra_eval_sources"
+                  ) -> list[tuple[str, str]]:
+    """[(name, source)] of `data.extra_eval_sources` (or `key`): `NAME=SOURCE;NAME=SOURCE`, a
+    name being letters, digits, `_` or `-` (it becomes the metric prefix eval_NAME/)."""
     if not spec:
         return []
     out: list[tuple[str, str]] = []
     for item in spec.split(";"):
         name, sep, source = (part.strip() for part in item.partition("="))
         if not sep or not source or not name.replace("_", "").replace("-", "").isalnum():
-            raise ConfigError(f"data.extra_eval_sources={spec!r}: write NAME=SOURCE;NAME=SOURCE "
+            raise ConfigError(f"{key}={spec!r}: write NAME=SOURCE;NAME=SOURCE "
                               "with names of letters, digits, _ or - (e.g. "
                               "wiki=text:wiki.txt;books=tfds:pg19); each is reported as "
                               "eval_NAME/<metric>")
         if any(name == seen for seen, _ in out):
-            raise ConfigError(f"data.extra_eval_sources={spec!r} names {name!r} twice")
+            raise ConfigError(f"{key}={spec!r} names {name!r} twice")
         out.append((name, source))
     return out
 
@@ -554,8 +560,16 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     for spec in (config.data.source, config.data.eval_source):
         if spec:
             mixture.members(spec)
-    for _, spec in named_sources(config.data.extra_eval_sources):
+    extra = named_sources(config.data.extra_eval_sources)
+    choice = named_sources(config.data.choice_eval_sources, "data.choice_eval_sources")
+    for _, spec in extra + choice:
         mixture.members(spec)
+    both = sorted({n for n, _ in extra} & {n for n, _ in choice})
+    _check(not both, f"{both} name sets in both data.extra_eval_sources and "
+                     "data.choice_eval_sources: their metrics would share eval_NAME/; rename one")
+    _check(not choice or m.arch != "encoder",
+           "data.choice_eval_sources scores choices by the model's likelihood: a decoder or "
+           "encoder_decoder, not model.arch='encoder'")
     _check(config.tokenizer.kind in ("char", "byte", "bpe", "wordpiece", "sentencepiece"),
            f"tokenizer.kind={config.tokenizer.kind!r}: use char, byte, bpe, wordpiece or "
            "sentencepiece")

@@ -55,3 +55,48 @@ def test_a_best_metric_of_an_unknown_eval_set_lists_the_reported_names(tmp_path)
     with pytest.raises(configs.ConfigError, match=r"eval_other/loss.*eval_gen/loss"):
         train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_multiple_choice_sets_score_choices_by_likelihood(tmp_path):
+    """A decoder trained on the cycle abcabc... picks the choice that continues it (accuracy 1),
+    in training and in `llmjax eval`; the scores are Run.log_likelihood's, per choice and per
+    character for the normalised accuracy."""
+    import llmjax
+    from llmjax.evaluation.choices import ChoiceEval
+
+    (tmp_path / "cycle.txt").write_text("abcabcabcabcabcabc\n" * 200)
+    items = [{"context": "abcab", "choices": ["c", "a", "bb"], "label": 0},
+             {"context": "bcabca", "choices": ["bcab", "b", "cc"], "label": "b"},
+             {"context": "cab", "choices": ["ca", "ab", "b"], "label": 0}]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    c = tiny_config(**{"data.source": f"text:{tmp_path}/cycle.txt", "seq_len": 16,
+                       "num_train_steps": 120, "eval_every_steps": 120,
+                       "log_every_steps": 40, "checkpoint_every_steps": 120,
+                       "optimizer.learning_rate": 1e-2,
+                       "data.choice_eval_sources": f"mc=jsonl:{tmp_path}/mc.jsonl",
+                       "data.choice_delimiter": ""})
+    final = train_and_evaluate(c, tmp_path / "run")
+    assert final["eval_mc/choice_accuracy"] == 1.0
+    run = llmjax.load(tmp_path / "run")
+    scores = [run.log_likelihood([i["context"]] * 3, i["choices"]) for i in items]
+    norm = np.mean([np.argmax(s / [len(x) for x in i["choices"]]) == [0, 1, 0][k]
+                    for k, (s, i) in enumerate(zip(scores, items, strict=True))])
+    assert final["eval_mc/choice_accuracy_norm"] == norm
+    ours = ChoiceEval(run.config, f"jsonl:{tmp_path}/mc.jsonl", "all")(run)
+    assert ours == {"choice_accuracy": 1.0, "choice_accuracy_norm": norm}
+    printed = json.loads(llmjax_cli("eval", f"--workdir={tmp_path / 'run'}").stdout)
+    assert printed["eval_mc/choice_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("record,message", [
+    ({"context": "a", "choices": "not a list", "label": 0}, "not a list of at least two"),
+    ({"context": "a", "choices": ["x", "y"], "label": 2}, "neither the index"),
+    ({"question": "a", "choices": ["x", "y"], "label": 0}, "no column 'context'"),
+])
+def test_malformed_multiple_choice_records_name_the_problem(record, message):
+    from llmjax.data.text_builder import DataError
+    from llmjax.evaluation.choices import record_choices
+
+    with pytest.raises(DataError, match=message):
+        record_choices({k: json.dumps(v) if not isinstance(v, str) else v
+                        for k, v in record.items()}, tiny_config(), 0)

@@ -152,6 +152,16 @@ def decoder_reverse_run(tmp_path_factory):
     """A tiny decoder fine-tuned on source -> target pairs (prompt <bos> source <eos>, loss on
     the target alone) to reverse strings of 1..6 letters."""
     workdir = tmp_path_factory.mktemp("decoder_reverse")
+    rng = np.random.default_rng(0)
+    items = []
+    for _ in range(40):  # which of reverse, copy, rotation is the target: the reverse
+        word = "".join(rng.choice(list("abcdefghijkl"), rng.integers(3, 7), replace=False))
+        options = [word[::-1], word, word[1:] + word[0]]
+        order = rng.permutation(3)
+        items.append({"context": word, "choices": [options[i] for i in order],
+                      "label": int(np.flatnonzero(order == 0)[0])})
+    choices_file = workdir / "choices.jsonl"
+    choices_file.write_text("".join(json.dumps(i) + "\n" for i in items))
     c = tiny_config(**{"objective": "seq2seq", "data.source": "generated:reverse",
                        "seq_len": 8, "target_seq_len": 8, "model.max_len": 16,
                        "model.position_embedding": "rotary", "model.emb_dim": 64,
@@ -162,7 +172,8 @@ def decoder_reverse_run(tmp_path_factory):
                        "data.generated.train_documents": 5000,
                        "data.generated.eval_documents": 200, "eval_every_steps": 500,
                        "log_every_steps": 100, "checkpoint_every_steps": 500,
-                       "data.extra_eval_sources": "copy=generated:copy"})
+                       "data.extra_eval_sources": "copy=generated:copy",
+                       "data.choice_eval_sources": f"mc=jsonl:{choices_file}"})
     return workdir, train_and_evaluate(c, workdir)
 
 
@@ -171,6 +182,8 @@ def test_a_decoder_learns_source_to_target_pairs(decoder_reverse_run, capsys):
     assert metrics["eval/exact_match"] >= 0.9, metrics
     # an extra eval set is decoded too: a reverser copies only palindromes (one letter, ...)
     assert metrics["eval_copy/exact_match"] < 0.5 and "eval_copy/bleu" in metrics
+    # multiple choice scores each choice as the target of the prompt: the reverse wins
+    assert metrics["eval_mc/choice_accuracy"] >= 0.9, metrics
     run = llmjax.load(workdir)
     assert run.answers_prompts and not run.is_seq2seq
     # generate answers the prompt: the same outputs greedy and with beams, as the eval decodes

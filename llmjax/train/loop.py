@@ -17,6 +17,7 @@ from flax import nnx
 
 from llmjax import configs
 from llmjax.data import pipeline
+from llmjax.evaluation import choices
 from llmjax.evaluation.evaluator import evaluate, loss_floor
 from llmjax.models import lora
 from llmjax.objectives import get_objective
@@ -255,8 +256,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         tokenizer, train_iter, eval_data = _prepare_data(config, workdir, objective)
         extra_data = {name: pipeline.eval_batches(config, tokenizer, objective, source, split)
                       for name, source, split in pipeline.extra_eval_sets(config)}
+        choice_sets = choices.choice_evals(config)  # data.choice_eval_sources
         floor = loss_floor(objective, config, tokenizer, eval_data)
-        best_metric = _best_metric(config, objective, eval_data, floor, tuple(extra_data))
+        best_metric = _best_metric(config, objective, eval_data, floor, tuple(extra_data),
+                                   tuple(choice_sets))
         if config.lora.rank:  # lora.targets must match the model's layers (shapes only)
             state_lib.abstract_model(config)
     except Exception:
@@ -432,6 +435,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                         eval_metrics.update(_decoding_metrics(
                             extra_decoding[name], parallel.single_copy(parallel.params(state)),
                             step, prefix))
+                if choice_sets:
+                    eval_metrics.update(choices.choice_metrics(choice_sets, choices.run_of(
+                        config, tokenizer, graphdef,
+                        parallel.single_copy(parallel.params(state)), step)))
                 writer.write(step, eval_metrics)
                 if is_primary:
                     logging.info("step %d: %s", step, _format(eval_metrics))
@@ -469,7 +476,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
 
 def _best_metric(config: ml_collections.ConfigDict, objective, eval_data: list[dict],
-                 floor: float | None, extra_sets: tuple[str, ...] = ()) -> str | None:
+                 floor: float | None, extra_sets: tuple[str, ...] = (),
+                 choice_sets: tuple[str, ...] = ()) -> str | None:
     """`checkpoint_best_metric` as reported (`eval/...`, `eval_NAME/...`), checked against the
     names this run's eval reports (from the eval step's shapes: nothing is compiled)."""
     if not config.checkpoint_best_metric:
@@ -482,7 +490,9 @@ def _best_metric(config: ml_collections.ConfigDict, objective, eval_data: list[d
     names = best_lib.eval_metric_names(make_eval_step(graphdef, objective), params,
                                        eval_data[0], tuple(loss_terms(objective)), extra,
                                        extra_sets)
-    return best_lib.check_metric(config.checkpoint_best_metric, names)
+    names += [f"eval_{name}/{m}" for name in choice_sets
+              for m in choices.ChoiceEval.metric_names]
+    return best_lib.check_metric(config.checkpoint_best_metric, sorted(names))
 
 
 def _check_finite(pending: list[dict], step: int, last_saved: int | None,
