@@ -114,12 +114,10 @@ class Run:
             if continuations is None:
                 raise ValueError("a seq2seq run scores continuations (targets) given texts "
                                  "(sources): pass continuations")
-            from llmjax.objectives.seq2seq import prompt_ids
-
-            eos = [self.tokenizer.eos_id]
-            rows = [(prompt_ids(encode(t), self.config.seq_len, self.tokenizer),
-                     np.concatenate([encode(c), eos]).astype(np.int32))
-                    for t, c in zip(texts, continuations, strict=True)]
+            layout = self._prompt_layout()
+            rows = list(zip(layout.prompts(texts, self.tokenizer, self.config.seq_len),
+                            layout.completions(continuations, self.tokenizer,
+                                               self.config.model.max_len), strict=True))
         else:
             contexts = [np.concatenate([[self.tokenizer.bos_id], encode(t)]) for t in texts]
             if continuations is None:  # the whole text, after <bos>
@@ -245,12 +243,15 @@ class Run:
                   top_p: float, seed: int, beam_size: int) -> list[str]:
         """A decoder's continuations of left-padded prompts: <bos> + the prompt, or for a
         seq2seq decoder the prompt laid out as in its training (<bos> source <eos>)."""
+        from llmjax.data.chat import PromptLayout
         from llmjax.decoding.decoder import continue_prompts
-        from llmjax.objectives.seq2seq import prompt_ids
 
         tok = self.tokenizer
+        stop_id, layout = tok.eos_id, PromptLayout()
         if self.answers_prompts:
-            ids = [prompt_ids(tok.encode_array(p), self.config.seq_len, tok) for p in prompts]
+            layout = self._prompt_layout()
+            ids = layout.prompts(prompts, tok, self.config.seq_len)
+            stop_id = layout.stop_id(tok)
         else:
             keep = max(self.config.model.max_len - max_new, 1)  # the end of a long prompt
             ids = [np.concatenate([[tok.bos_id], tok.encode_array(p)])[-keep:] for p in prompts]
@@ -270,9 +271,16 @@ class Run:
                                jax.random.PRNGKey(seed), cache_len=total, max_new_tokens=max_new,
                                beam_size=beam_size,
                                alpha=float(self.config.generate.length_penalty),
-                               eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=temperature,
+                               eos_id=stop_id, pad_id=tok.pad_id, temperature=temperature,
                                top_k=top_k, top_p=top_p)
-        return [tok.decode_output(row) for row in np.asarray(new)[:len(prompts)]]
+        return [layout.answer(tok.decode_output(row, stop_id))
+                for row in np.asarray(new)[:len(prompts)]]
+
+    def _prompt_layout(self):
+        """How a seq2seq decoder's prompts and answers are laid out (data/chat.py)."""
+        from llmjax.data.chat import prompt_layout
+
+        return prompt_layout(self.config, self.tokenizer)
 
     def _transduce(self, sources: list[str], max_new: int, temperature: float, top_k: int,
                    top_p: float, seed: int, beam_size: int) -> list[str]:

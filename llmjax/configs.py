@@ -127,6 +127,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.context_column = "context"  # multiple choice: the question / context
     d.choices_column = "choices"  # multiple choice: the list of choices
     d.choice_delimiter = " "  # decoders score context + this + choice
+    # seq2seq decoders: lay pairs out with the tokenizer's Hugging Face chat template
+    d.chat_template = False
     d.train_split = "train"
     d.eval_split = config_dict.placeholder(str)  # None: 'validation' (separate text: source: 'all')
     d.text_column = "text"
@@ -567,6 +569,10 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     both = sorted({n for n, _ in extra} & {n for n, _ in choice})
     _check(not both, f"{both} name sets in both data.extra_eval_sources and "
                      "data.choice_eval_sources: their metrics would share eval_NAME/; rename one")
+    _check(not config.data.chat_template or (m.arch == "decoder"
+                                             and config.objective == "seq2seq"),
+           "data.chat_template lays out a decoder's source -> target pairs: it needs "
+           "model.arch=decoder and objective=seq2seq")
     _check(not choice or m.arch != "encoder",
            "data.choice_eval_sources scores choices by the model's likelihood: a decoder or "
            "encoder_decoder, not model.arch='encoder'")

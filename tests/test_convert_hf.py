@@ -23,15 +23,21 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Zwei Hunde spielen im 
          "A man in an orange hat, starring at something.", "Ça coûte 3,50 € — d'accord?"] * 30
 
 
-def byte_bpe_tokenizer_json(folder, vocab_size=300):
+def byte_bpe(special_tokens, vocab_size=300):
+    """A byte-level BPE (`tokenizers`) trained on TEXTS, the special tokens first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+        vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def byte_bpe_tokenizer_json(folder, vocab_size=300):
+    tok = byte_bpe(["<|endoftext|>"], vocab_size)
     tok.save(str(folder / "tokenizer.json"))
     return tok
 
@@ -394,16 +400,8 @@ def test_pytorch_bin_reads_like_safetensors(gpt2_folder, tmp_path):
 
 @pytest.fixture(scope="module")
 def bart_folder(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     folder = tmp_path_factory.mktemp("bart")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.save(str(folder / "tokenizer.json"))
+    byte_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]).save(str(folder / "tokenizer.json"))
     config = transformers.BartConfig(
         vocab_size=300, d_model=32, encoder_layers=2, decoder_layers=3,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
@@ -473,15 +471,7 @@ def llama_tokenizer_folder(folder):
     tokenizer_config.json as Hugging Face writes it."""
     import json
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.save(str(folder / "tokenizer.json"))
+    byte_bpe(["<unk>", "<s>", "</s>"]).save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "bos_token": {"content": "<s>", "special": True}, "eos_token": "</s>",
         "unk_token": "<unk>", "pad_token": None, "add_bos_token": True}))
@@ -550,11 +540,15 @@ def test_a_bfloat16_checkpoint_sharded_over_files_imports(llama_folder, tmp_path
     assert_same_causal_lm(model, rounded.float())  # the bfloat16 weights, read exactly
 
 
-def test_llama_fine_tunes_on_prompt_completion_pairs_from_jsonl(llama_folder, tmp_path):
+@pytest.mark.parametrize("chat", [False, True])
+def test_llama_fine_tunes_on_prompt_completion_pairs_from_jsonl(llama_folder, tmp_path, chat):
     """Supervised fine-tuning as a researcher runs it: `init.hf_path` + objective=seq2seq on a
     jsonl file of {"prompt", "response"}: the first step's loss is transformers' cross-entropy
-    on the response tokens (and <eos>) alone, after <s> prompt </s>."""
+    on the response tokens (and <eos>) alone, after <s> prompt </s> — or, with
+    data.chat_template, after the folder's chat template's prompt (Llama 2's [INST] here), as
+    transformers' apply_chat_template lays the exchange out."""
     import json
+    import shutil
 
     from conftest import tiny_config
 
@@ -562,6 +556,12 @@ def test_llama_fine_tunes_on_prompt_completion_pairs_from_jsonl(llama_folder, tm
     from llmjax.train.writer import read_metrics
 
     folder, hf_model = llama_folder
+    if chat:
+        folder = shutil.copytree(folder, tmp_path / "chat-model")
+        config_file = folder / "tokenizer_config.json"
+        config_file.write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
+                                           "unk_token": "<unk>", "pad_token": None,
+                                           "chat_template": LLAMA2_CHAT}))
     pairs = [("Two dogs play", "Zwei Hunde spielen"), ("The quick brown fox", "jumps!"),
              ("A man in an orange hat", "starring at something."), ("Ça coûte", "3,50 €")]
     data = tmp_path / "pairs.jsonl"
@@ -572,7 +572,7 @@ def test_llama_fine_tunes_on_prompt_completion_pairs_from_jsonl(llama_folder, tm
                        "data.source_column": "prompt",
                        "data.target_column": "response", "seq_len": 24, "target_seq_len": 16,
                        "batch_size": 4, "num_train_steps": 1, "log_every_steps": 1,
-                       "eval_decode_examples": 2})
+                       "eval_decode_examples": 2, "data.chat_template": chat})
     train_and_evaluate(c, tmp_path / "sft")
     first = next(r for r in read_metrics(tmp_path / "sft") if "train/loss" in r)
     tok = llmjax.load(tmp_path / "sft").tokenizer
@@ -580,12 +580,24 @@ def test_llama_fine_tunes_on_prompt_completion_pairs_from_jsonl(llama_folder, tm
     for prompt, response in pairs:
         head = [tok.bos_id, *tok.encode(prompt), tok.eos_id]
         tail = [*tok.encode(response), tok.eos_id]
+        if chat:
+            hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+            user = [{"role": "user", "content": prompt}]
+            head = _ids(hf_tok.apply_chat_template(user, add_generation_prompt=True))
+            whole = _ids(hf_tok.apply_chat_template(
+                user + [{"role": "assistant", "content": response}]))
+            tail = whole[len(head):]
         with torch.no_grad():
             logits = hf_model(torch.tensor([head + tail])).logits[0, len(head) - 1: -1]
         losses += torch.nn.functional.cross_entropy(logits, torch.tensor(tail),
                                                     reduction="sum").item()
         count += len(tail)
     np.testing.assert_allclose(first["train/loss"], losses / count, rtol=1e-4)
+    if chat:  # the template stays with the run, and goes with its export
+        assert tok.chat_template == LLAMA2_CHAT
+        convert.export_workdir(tmp_path / "sft", tmp_path / "exported")
+        exported = transformers.AutoTokenizer.from_pretrained(tmp_path / "exported")
+        assert exported.chat_template == LLAMA2_CHAT
 
 
 @pytest.mark.parametrize("rope", [
@@ -734,3 +746,56 @@ def test_the_llama_style_gpt_config_exports_as_llama():
     assert family.MODEL_TYPE == "llama" and family.inexpressible(c) == []
     assert (c.model.num_kv_heads, c.model.mlp_dim) == (3, 1024)
     assert convert.export_family(module.get_config("size=small")).MODEL_TYPE == "gpt2"
+
+
+LLAMA2_CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+               "[INST] {{ m['content'] }} [/INST]{% else %} {{ m['content'] }}{{ eos_token }}"
+               "{% endif %}{% endfor %}")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_chat_template_layouts_tokenize_as_transformers_applies_them(tmp_path):
+    """data.chat_template: prompts are transformers' apply_chat_template(add_generation_prompt)
+    ids, prompt + completion its ids of the whole exchange; decoding stops at the end of turn
+    (ChatML's <|im_end|>, Llama 2's </s>)."""
+    import json
+
+    from llmjax.data.chat import prompt_layout
+    from llmjax.data.tokenizers import load_hf_tokenizer
+
+    tok = byte_bpe(["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"])
+    for name, template, stop in (("llama2", LLAMA2_CHAT, "</s>"), ("chatml", CHATML,
+                                                                   "<|im_end|>")):
+        folder = tmp_path / name
+        folder.mkdir()
+        tok.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+            "chat_template": template}))
+        ours = load_hf_tokenizer(folder)
+        theirs = transformers.AutoTokenizer.from_pretrained(folder)
+        layout = prompt_layout(tiny_config_for_chat(), ours)
+        pairs = [("Two dogs play", "Zwei Hunde spielen"), ("Ça coûte?", "3,50 € — d'accord!")]
+        prompts = layout.prompts([s for s, _ in pairs], ours, 64)
+        completions = layout.completions([t for _, t in pairs], ours, 64)
+        for (source, target), prompt, completion in zip(pairs, prompts, completions,
+                                                        strict=True):
+            user = [{"role": "user", "content": source}]
+            exchange = user + [{"role": "assistant", "content": target}]
+            assert prompt.tolist() == _ids(theirs.apply_chat_template(
+                user, add_generation_prompt=True, tokenize=True))
+            assert prompt.tolist() + completion.tolist() == _ids(theirs.apply_chat_template(
+                exchange, tokenize=True))
+        assert layout.stop_id(ours) == theirs.convert_tokens_to_ids(stop)
+
+
+def _ids(encoded):
+    """transformers 5 returns a BatchEncoding where 4 returned a list."""
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def tiny_config_for_chat():
+    from conftest import tiny_config
+
+    return tiny_config(**{"objective": "seq2seq", "data.chat_template": True})

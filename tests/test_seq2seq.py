@@ -131,14 +131,14 @@ def test_seq2seq_fine_tunes_from_a_span_corruption_run(tmp_path):
 
 def test_a_decoder_example_is_prompt_then_completion_with_loss_on_the_completion():
     from llmjax.data.tokenizers import ByteTokenizer
-    from llmjax.objectives.seq2seq import prompt_completion_arrays
+    from llmjax.objectives.seq2seq import decoder_examples
 
     tok = ByteTokenizer()
     bos, eos, pad = tok.bos_id, tok.eos_id, tok.pad_id
     source, target = tok.encode_array("abc"), tok.encode_array("xy")
     a, b, c, x, y = (*source, *target)
-    arrays = prompt_completion_arrays([(source, target), (tok.encode_array("abcdefgh"), target)],
-                                      2, 5, 4, tok).arrays
+    arrays = decoder_examples(["abc", "abcdefgh"], ["xy", "xy"],
+                              tiny_config(**{"seq_len": 5, "target_seq_len": 4}), tok).arrays
     np.testing.assert_array_equal(arrays["inputs"][0], [bos, a, b, c, eos, x, y, pad, pad])
     np.testing.assert_array_equal(arrays["targets"][0], [a, b, c, eos, x, y, eos, pad, pad])
     np.testing.assert_array_equal(arrays["weights"][0], [0, 0, 0, 0, 1, 1, 1, 0, 0])

@@ -287,8 +287,9 @@ def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
         # names the special tokens, for AutoTokenizer and for importing the folder again
         named = {f"{role}_token": tok.hf.id_to_token(i) for role in SPECIAL_ROLES
                  if (i := getattr(tok, f"{role}_id")) is not None}
+        chat = {"chat_template": tok.chat_template} if tok.chat_template else {}
         (out / "tokenizer_config.json").write_text(json.dumps(
-            {"tokenizer_class": "PreTrainedTokenizerFast", **named}, indent=2))
+            {"tokenizer_class": "PreTrainedTokenizerFast", **named, **chat}, indent=2))
     elif hasattr(tok, "proto"):
         (out / "spiece.model").write_bytes(tok.proto)
 

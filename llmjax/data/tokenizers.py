@@ -46,6 +46,7 @@ class Tokenizer:
     kind = ""
     pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
     mask_id: int | None = MASK_ID  # None: the vocabulary has no mask token (no MLM)
+    chat_template: str | None = None  # a Hugging Face folder's (jinja), kept when saved
 
     def __init__(self, lowercase: bool = False):
         self.lowercase = lowercase
@@ -81,12 +82,18 @@ class Tokenizer:
         """Text of `ids`; special tokens are dropped."""
         raise NotImplementedError
 
-    def decode_output(self, ids: Iterable[int]) -> str:
-        """Text of a decoded row: up to its first <eos>, without ids beyond this vocabulary
-        (an encoder-decoder's sentinels)."""
+    def token_text(self, token_id: int | None) -> str | None:
+        """A special token's text (what a chat template writes for it); None if unknown."""
+        if token_id is None or not 0 <= token_id < len(SPECIALS):
+            return None
+        return SPECIALS[token_id]
+
+    def decode_output(self, ids: Iterable[int], stop_id: int | None = None) -> str:
+        """Text of a decoded row: up to its first <eos> (or `stop_id`), without ids beyond this
+        vocabulary (an encoder-decoder's sentinels)."""
         kept = []
         for i in ids:
-            if int(i) == self.eos_id:
+            if int(i) in (self.eos_id, stop_id):
                 break
             if int(i) < self.vocab_size:
                 kept.append(int(i))
@@ -97,6 +104,8 @@ class Tokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         config = {"kind": self.kind, "lowercase": self.lowercase, "vocab_size": self.vocab_size,
                   "special_ids": {r: getattr(self, f"{r}_id") for r in SPECIAL_ROLES}}
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
         self._save(directory)
         (directory / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
@@ -214,6 +223,9 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def token_text(self, token_id: int | None) -> str | None:
+        return None if token_id is None else self.hf.id_to_token(token_id)
 
     def _save(self, directory: epath.Path) -> None:
         (directory / "tokenizer.json").write_text(self.hf.to_str())
@@ -392,8 +404,23 @@ def load_hf_tokenizer(path: str | epath.Path, lowercase: bool = False) -> Tokeni
         hf.add_special_tokens(sorted(set(specials)))  # never split, skipped by decode
         hf_lowercase = False  # the normaliser lower-cases
     kinds = {"wordpiece": WordPieceTokenizer, "bpe": BPETokenizer}
-    return kinds.get(_hf_kind(hf), HFTokenizer)(hf, hf_lowercase,
-                                                _named_special_tokens(folder_config))
+    tokenizer = kinds.get(_hf_kind(hf), HFTokenizer)(hf, hf_lowercase,
+                                                     _named_special_tokens(folder_config))
+    tokenizer.chat_template = _chat_template(folder, folder_config)
+    return tokenizer
+
+
+def _chat_template(folder: epath.Path, tokenizer_config: dict) -> str | None:
+    """A Hugging Face folder's chat template: chat_template.jinja (transformers >= 4.43 writes
+    it apart), else tokenizer_config.json's chat_template (a string, or named templates of
+    which 'default' is taken)."""
+    if (folder / "chat_template.jinja").exists():
+        return (folder / "chat_template.jinja").read_text()
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) else None
 
 
 def _named_special_tokens(tokenizer_config: dict) -> dict[str, str]:
@@ -432,6 +459,7 @@ def load_tokenizer(directory: str | epath.Path, lowercase: bool = False) -> Toke
     else:
         raise TokenizerFileError(f"{config_file}: unknown tokenizer kind {kind!r}")
     _check_same_ids(tokenizer, config, config_file)
+    tokenizer.chat_template = config.get("chat_template")
     return tokenizer
 
 

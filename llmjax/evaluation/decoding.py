@@ -1,7 +1,8 @@
 """Decoding-based evaluation of seq2seq runs: the eval sources are decoded (beam search when
 `generate.beam_size` > 1, else greedy) and the detokenized outputs scored against the raw
 reference texts: BLEU (sacrebleu's corpus BLEU, 13a tokenization) and exact match. An
-encoder-decoder encodes each source; a decoder continues its prompt (<bos> source <eos>)."""
+encoder-decoder encodes each source; a decoder continues its prompt (<bos> source <eos>, or
+the chat template's: data/chat.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import sacrebleu
 from flax import nnx
 
 from llmjax.data import sources
+from llmjax.data.chat import prompt_layout
 from llmjax.decoding.decoder import continue_prompts
 from llmjax.decoding.encoder_decoder import decode
-from llmjax.objectives.seq2seq import prompt_ids, seq2seq_arrays, source_target_texts
+from llmjax.objectives.seq2seq import seq2seq_arrays, source_target_texts
 
 
 class _EncoderSources:
@@ -22,12 +24,21 @@ class _EncoderSources:
     is decoded from <bos>."""
 
     @staticmethod
-    def layout(encoded: list[np.ndarray], config: ml_collections.ConfigDict, tokenizer
+    def layout(texts: list[str], config: ml_collections.ConfigDict, tokenizer
                ) -> tuple[np.ndarray, np.ndarray]:
         empty = np.zeros((0,), np.int32)
+        encoded = tokenizer.encode_batch(texts)
         arrays = seq2seq_arrays(((s, empty) for s in encoded), len(encoded), config.seq_len, 1,
                                 tokenizer).arrays
         return arrays["inputs"], arrays["input_segments"]
+
+    @staticmethod
+    def stop_id(config: ml_collections.ConfigDict, tokenizer) -> int:
+        return tokenizer.eos_id
+
+    @staticmethod
+    def answer(text: str, config: ml_collections.ConfigDict, tokenizer) -> str:
+        return text
 
     @staticmethod
     def decode(graphdef, params, inputs, segments, config, tokenizer, **options) -> jax.Array:
@@ -40,14 +51,22 @@ class _DecoderPrompts:
     KV cache."""
 
     @staticmethod
-    def layout(encoded: list[np.ndarray], config: ml_collections.ConfigDict, tokenizer
+    def layout(texts: list[str], config: ml_collections.ConfigDict, tokenizer
                ) -> tuple[np.ndarray, np.ndarray]:
-        inputs = np.full((len(encoded), config.seq_len), tokenizer.pad_id, np.int32)
-        valid = np.zeros((len(encoded), config.seq_len), np.int32)
-        for i, source in enumerate(encoded):
-            prompt = prompt_ids(source, config.seq_len, tokenizer)
+        inputs = np.full((len(texts), config.seq_len), tokenizer.pad_id, np.int32)
+        valid = np.zeros((len(texts), config.seq_len), np.int32)
+        prompts = prompt_layout(config, tokenizer).prompts(texts, tokenizer, config.seq_len)
+        for i, prompt in enumerate(prompts):
             inputs[i, -len(prompt):], valid[i, -len(prompt):] = prompt, 1
         return inputs, valid
+
+    @staticmethod
+    def stop_id(config: ml_collections.ConfigDict, tokenizer) -> int:
+        return prompt_layout(config, tokenizer).stop_id(tokenizer)
+
+    @staticmethod
+    def answer(text: str, config: ml_collections.ConfigDict, tokenizer) -> str:
+        return prompt_layout(config, tokenizer).answer(text)
 
     @staticmethod
     def decode(graphdef, params, inputs, valid, config, tokenizer, **options) -> jax.Array:
@@ -73,8 +92,8 @@ class DecodingEval:
             records = sources.RecordSlice(records, 0, min(limit, len(records)))
         self.sources, self.references = source_target_texts(records, config)
         self.decoder = SOURCE_DECODERS[config.model.arch]
-        self.inputs, self.segments = self.decoder.layout(tokenizer.encode_batch(self.sources),
-                                                         config, tokenizer)
+        self.inputs, self.segments = self.decoder.layout(self.sources, config, tokenizer)
+        self.stop_id = self.decoder.stop_id(config, tokenizer)
 
     def hypotheses(self, params: nnx.State) -> list[str]:
         """The decoded text of every eval source."""
@@ -90,8 +109,9 @@ class DecodingEval:
             tokens = self.decoder.decode(
                 self.graphdef, params, inputs, segments, c, tok, max_new_tokens=c.target_seq_len,
                 beam_size=c.generate.beam_size, alpha=c.generate.length_penalty,
-                eos_id=tok.eos_id, pad_id=tok.pad_id)
-            out += [tok.decode_output(row) for row in np.asarray(tokens)[:n]]
+                eos_id=self.stop_id, pad_id=tok.pad_id)
+            out += [self.decoder.answer(tok.decode_output(row, self.stop_id), c, tok)
+                    for row in np.asarray(tokens)[:n]]
         return out
 
     def __call__(self, params: nnx.State) -> tuple[dict[str, float], list[tuple[str, str, str]]]:

@@ -6,9 +6,10 @@ corruption: `inputs`, `input_segments` [S] (source + <eos>, segment 1 = token, 0
 `decoder_inputs` [T] (<bos> + target), `targets` [T] (target + <eos>), `target_segments`,
 `weights` [T].
 
-A decoder reads one sequence, the prompt then the completion: <bos> source <eos> target <eos>,
-as `inputs` / `targets` (shifted by one) / `segment_ids` / `weights` [S + T], with weight only
-where the target (and its closing <eos>) is predicted, so the loss is the completion's alone.
+A decoder reads one sequence, the prompt then the completion: <bos> source <eos> target <eos>
+(or, with data.chat_template, the tokenizer's chat template around them: data/chat.py), as
+`inputs` / `targets` (shifted by one) / `segment_ids` / `weights` [S + T], with weight only
+where the completion (the target and what closes it) is predicted, so the loss is its alone.
 
 Sources are cut to `seq_len` tokens with their special tokens, targets to `target_seq_len`.
 Evaluation adds BLEU and exact match on decoded outputs (evaluation/decoding.py).
@@ -22,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from llmjax.data.chat import prompt_layout
 from llmjax.data.sources import column_text, iter_records
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import (
@@ -59,35 +61,44 @@ def seq2seq_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int, s
     return ArrayExamples(arrays)
 
 
-def prompt_ids(source: np.ndarray, source_len: int, tokenizer: Tokenizer) -> np.ndarray:
-    """A decoder's prompt for `source` tokens: <bos> source <eos>, the source cut to fit
-    `source_len` tokens in all."""
-    return np.concatenate([[tokenizer.bos_id], source[: source_len - 2], [tokenizer.eos_id]]
-                          ).astype(np.int32)
-
-
-def prompt_completion_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int,
-                             source_len: int, target_len: int, tokenizer: Tokenizer
-                             ) -> ArrayExamples:
-    """A decoder's ArrayExamples (the layout above) from `count` (source tokens, target
-    tokens) pairs without special tokens; the target is cut to target_len - 1 tokens + <eos>."""
-    length = source_len + target_len
-    arrays = {name: np.full((count, length), tokenizer.pad_id, np.int32)
-              for name in ("inputs", "targets")}
+def prompt_completion_arrays(prompts: Sequence[np.ndarray], completions: Sequence[np.ndarray],
+                             length: int, pad_id: int) -> ArrayExamples:
+    """A decoder's ArrayExamples (the layout above): each prompt then its completion as one
+    right-padded sequence of `length`, weighted where the completion is predicted."""
+    count = len(prompts)
+    arrays = {name: np.full((count, length), pad_id, np.int32) for name in ("inputs", "targets")}
     arrays["segment_ids"] = np.zeros((count, length), np.int32)
     arrays["weights"] = np.zeros((count, length), np.float32)
-    for i, (source, target) in enumerate(pairs):
-        prompt = prompt_ids(source, source_len, tokenizer)
-        sequence = np.concatenate([prompt, target[: target_len - 1], [tokenizer.eos_id]])
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        sequence = np.concatenate([prompt, completion])
         n = len(sequence) - 1
         arrays["inputs"][i, :n], arrays["targets"][i, :n] = sequence[:-1], sequence[1:]
         arrays["segment_ids"][i, :n] = 1
-        arrays["weights"][i, len(prompt) - 1: n] = 1.0  # from the prompt's <eos> on
+        arrays["weights"][i, len(prompt) - 1: n] = 1.0  # from the prompt's last token on
     return ArrayExamples(arrays)
 
 
+def decoder_examples(sources: Sequence[str], targets: Sequence[str],
+                     config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> ArrayExamples:
+    """A decoder's examples: prompts of `seq_len` tokens at most, completions of
+    `target_len` (data/chat.py's layout)."""
+    layout = prompt_layout(config, tokenizer)
+    return prompt_completion_arrays(
+        layout.prompts(sources, tokenizer, config.seq_len),
+        layout.completions(targets, tokenizer, config.target_seq_len),
+        config.seq_len + config.target_seq_len, tokenizer.pad_id)
+
+
+def encoder_decoder_examples(sources: Sequence[str], targets: Sequence[str],
+                             config: ml_collections.ConfigDict, tokenizer: Tokenizer
+                             ) -> ArrayExamples:
+    pairs = zip(tokenizer.encode_batch(list(sources)), tokenizer.encode_batch(list(targets)),
+                strict=True)
+    return seq2seq_arrays(pairs, len(sources), config.seq_len, config.target_seq_len, tokenizer)
+
+
 # model.arch -> its example layout (module docstring)
-EXAMPLE_LAYOUTS = {"encoder_decoder": seq2seq_arrays, "decoder": prompt_completion_arrays}
+EXAMPLE_LAYOUTS = {"encoder_decoder": encoder_decoder_examples, "decoder": decoder_examples}
 
 
 def seq2seq_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None,
@@ -146,10 +157,7 @@ class Seq2Seq:
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
         sources, targets = source_target_texts(records, config)
-        pairs = zip(tokenizer.encode_batch(sources), tokenizer.encode_batch(targets),
-                    strict=True)
-        arrays = EXAMPLE_LAYOUTS[config.model.arch]
-        return arrays(pairs, len(sources), config.seq_len, config.target_seq_len, tokenizer)
+        return EXAMPLE_LAYOUTS[config.model.arch](sources, targets, config, tokenizer)
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
              regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
