@@ -1,5 +1,5 @@
 """GPT-style causal language model:
-`configs/gpt.py:size=tiny|small|base,tokenizer=char|byte|bpe,style=gpt2|llama`.
+`configs/gpt.py:size=tiny|small|base,tokenizer=char|byte|bpe,style=gpt2|llama|gemma2`.
 
     llmjax train --config=configs/gpt.py:size=tiny,tokenizer=char --workdir=runs/gpt \
         --config.data.source=text:../shared/data/tinyshakespeare/input.txt
@@ -15,7 +15,11 @@ sizes LLaMA's way: RMSNorm, rotary positions, SwiGLU with a 8/3 x width hidden l
 up to a multiple of 64, as LLaMA's 2/3 of 4 x width), grouped-query attention with half as
 many key/value heads, untied embeddings (the layout `convert --to=hf` writes as LLaMA). With
 the tiny Shakespeare command above, seed 0: final eval loss 1.683 (style=llama) vs 1.898
-(style=gpt2), 2000 steps each.
+(style=gpt2), 2000 steps each. gemma2 = llama's sizes Gemma 2's way: a tanh-GELU gated MLP,
+tied embeddings scaled by sqrt(width), a norm on each sublayer's output too, attention and
+output logits soft-capped (50, 30), and every other layer attending through a window of half
+the context (the layout `convert --to=hf` writes as Gemma 2); the same command with
+style=gemma2, seed 0: final eval loss 1.653 in 2000 steps (2:20 wall, session 12).
 """
 
 from llmjax import configs
@@ -31,8 +35,8 @@ def get_config(arg: str | None = None):
     args = configs.parse_arg(arg, {"size": "tiny", "tokenizer": "char", "style": "gpt2"})
     if args["size"] not in SIZES:
         raise ValueError(f"size={args['size']!r}: use one of {sorted(SIZES)}")
-    if args["style"] not in ("gpt2", "llama"):
-        raise ValueError(f"style={args['style']!r}: use gpt2 or llama")
+    if args["style"] not in ("gpt2", "llama", "gemma2"):
+        raise ValueError(f"style={args['style']!r}: use gpt2, llama or gemma2")
     layers, dim, heads, seq_len, batch = SIZES[args["size"]]
     c = configs.base_config()
     c.objective = "causal_lm"
@@ -45,10 +49,14 @@ def get_config(arg: str | None = None):
     m.use_bias, m.tie_embeddings, m.dropout_rate = False, True, 0.0
     m.position_embedding = "learned"
     m.activation = "gelu_exact"  # nanoGPT: nn.GELU()
-    if args["style"] == "llama":
+    if args["style"] in ("llama", "gemma2"):
         m.norm, m.position_embedding, m.activation, m.gated_mlp = "rmsnorm", "rotary", "silu", True
         m.mlp_dim = -(-8 * dim // 3 // 64) * 64
         m.num_kv_heads, m.tie_embeddings = heads // 2, False
+    if args["style"] == "gemma2":
+        m.activation, m.tie_embeddings, m.scale_embeddings = "gelu", True, True
+        m.post_norms, m.attention_softcap, m.logit_softcap = True, 50.0, 30.0
+        m.attention_window, m.global_attention_every = seq_len // 2, 2
     c.seq_len, c.batch_size = seq_len, batch
     c.num_train_steps = 2000
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 500, 500

@@ -99,6 +99,13 @@ def test_config_argument_selects_variants():
 
     c = gpt.get_config("size=small,tokenizer=bpe")
     assert c.model.num_layers == 6 and c.tokenizer.kind == "bpe"
+    from llmjax.convert import hf  # noqa: PLC0415
+
+    for style, family in (("llama", "llama"), ("gemma2", "gemma")):
+        c = gpt.get_config(f"style={style}")
+        c.model.vocab_size = 70
+        assert hf.export_family(c).__name__.endswith(family)
+        assert not hf.export_family(c).inexpressible(c), style  # it writes as that family
     with pytest.raises(ValueError, match="expected one of"):
         gpt.get_config("sise=small")
 
