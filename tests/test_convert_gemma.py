@@ -4,6 +4,9 @@ family, and re-import bit for bit. Norm scales and query/key weights are redrawn
 transformers' init, so that the (1 + weight) norms, the soft-caps and the query scale all
 change the logits."""
 
+import json
+import shutil
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -84,6 +87,15 @@ def test_gemma3_matches_transformers_and_scans_its_layer_pattern(tmp_path):
     m = run.config.model
     assert (m.qk_norm, m.global_attention_every, m.rotary_base, m.local_rotary_base,
             m.rope_scaling, m.attention_softcap) == (True, 3, 1e6, 100.0, "linear", None)
+    # the config.json of transformers < 5 (most Gemma 3 folders on the Hub) reads the same
+    old = shutil.copytree(folder, tmp_path / "old-format")
+    hf_config = json.loads((old / "config.json").read_text())
+    hf_config.update(rope_theta=1e6, rope_local_base_freq=100.0, sliding_window_pattern=3,
+                     rope_scaling={"rope_type": "linear", "factor": 2.0})
+    for key in ("rope_parameters", "layer_types"):
+        hf_config.pop(key)
+    (old / "config.json").write_text(json.dumps(hf_config))
+    assert convert.import_folder(old)[0].model.to_dict() == run.config.model.to_dict()
     assert_same_causal_lm(run.model, hf_model)
     reloaded = export_round_trip(folder, hf_model, tmp_path)
     assert type(reloaded).__name__ == "Gemma3ForCausalLM"

@@ -59,11 +59,20 @@ def _window_pattern(hf: dict, num_layers: int) -> int | None:
 
 
 def _rope(hf: dict, layer_type: str) -> dict:
-    params = hf.get("rope_parameters") or {}
-    if layer_type in params:  # Gemma 3: one entry per layer type
-        params = params[layer_type]
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    return {**params, "rope_theta": float(theta)}
+    """The rotary settings of a layer type: transformers >= 5's `rope_parameters` (per layer
+    type for Gemma 3), or an older config.json's top-level rope_theta, rope_scaling (global
+    layers) and rope_local_base_freq (Gemma 3's sliding layers)."""
+    params = hf.get("rope_parameters")
+    if params:
+        if layer_type in params:
+            params = params[layer_type]
+        return {**params, "rope_theta": float(params.get("rope_theta",
+                                                          hf.get("rope_theta", 10000.0)))}
+    if layer_type == "sliding_attention" and "rope_local_base_freq" in hf:
+        return {"rope_type": "default", "rope_theta": float(hf["rope_local_base_freq"])}
+    scaling = hf.get("rope_scaling") or {}
+    return {**scaling, "rope_type": scaling.get("rope_type", scaling.get("type", "default")),
+            "rope_theta": float(hf.get("rope_theta", 10000.0))}
 
 
 def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, objective: str | None
