@@ -83,7 +83,7 @@ def test_batches_hold_the_members_in_proportion_and_resume_exactly(two_files):
         np.testing.assert_array_equal(next(resumed)["inputs"], expected["inputs"])
 
 
-def test_eval_covers_every_members_tokens_and_documents_stay_apart(two_files):
+def test_eval_covers_every_members_tokens_and_documents_stay_apart(two_files, tmp_path):
     a, b = two_files
     spec = f"text:{a}=3,text:{b}"
     c = tiny_config(**{"data.source": spec, "batch_size": 5})
@@ -98,7 +98,12 @@ def test_eval_covers_every_members_tokens_and_documents_stay_apart(two_files):
     apart = [sources.read_documents(sources.open_split(f"text:{p}", "validation", c), "text")
              for p in (a, b)]
     assert both == apart[0] + apart[1]  # each file one document: never joined across members
-    # a mixture given as a separate eval source is read whole, like one local file
+    # a training member evaluated apart reads its validation split, not its training text
+    assert [split for _, _, split in pipeline.extra_eval_sets(c)] == []
+    c.data.extra_eval_sources = f"a=text:{a};other=text:{tmp_path}/other.txt"
+    assert [split for _, _, split in pipeline.extra_eval_sets(c)] == ["validation", "all"]
+    # a mixture of files apart from the training ones is read whole, like one local file
+    c.data.source = f"text:{tmp_path}/other.txt"
     c.data.eval_source = f"text:{b},text:{a}"
     assert pipeline.eval_source_and_split(c) == (c.data.eval_source, "all")
 

@@ -45,13 +45,16 @@ def eval_source_and_split(config: ml_collections.ConfigDict) -> tuple[str, str]:
 
 def eval_split_of(source: str, config: ml_collections.ConfigDict) -> str:
     """The split evaluation reads of `source`: `data.eval_split`, else 'all' for local files
-    other than the training source (and mixtures of them), else 'validation'."""
+    none of which the training source (or its mixture) reads, else 'validation' (a training
+    file's held-out end)."""
     if config.data.eval_split is not None:
         return config.data.eval_split
     local = ("text", "tsv", "jsonl", "parallel")
-    separate_file = (all(member.split(":")[0] in local for member, _ in mixture.members(source))
-                     and source != config.data.source)
-    return "all" if separate_file else "validation"
+    trained_on = {member for member, _ in mixture.members(config.data.source)}
+    members = [member for member, _ in mixture.members(source)]
+    separate_files = (all(m.split(":")[0] in local for m in members)
+                      and not trained_on.intersection(members))
+    return "all" if separate_files else "validation"
 
 
 def extra_eval_sets(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
