@@ -18,7 +18,7 @@ from flax import nnx
 from llmjax import configs
 from llmjax.data import pipeline
 from llmjax.evaluation import choices
-from llmjax.evaluation.evaluator import evaluate, loss_floor
+from llmjax.evaluation.suite import EvalSuite
 from llmjax.models import lora
 from llmjax.objectives import get_objective
 from llmjax.objectives.base import Regularizers
@@ -254,12 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     prepare_workdir(workdir)
     try:  # every check and all data loading come before the first write to the workdir
         tokenizer, train_iter, eval_data = _prepare_data(config, workdir, objective)
-        extra_data = {name: pipeline.eval_batches(config, tokenizer, objective, source, split)
-                      for name, source, split in pipeline.extra_eval_sets(config)}
-        choice_sets = choices.choice_evals(config)  # data.choice_eval_sources
-        floor = loss_floor(objective, config, tokenizer, eval_data)
-        best_metric = _best_metric(config, objective, eval_data, floor, tuple(extra_data),
-                                   tuple(choice_sets))
+        evals = EvalSuite(config, tokenizer, objective, eval_data)
+        best_metric = _best_metric(config, objective, evals)
         if config.lora.rank:  # lora.targets must match the model's layers (shapes only)
             state_lib.abstract_model(config)
     except Exception:
@@ -271,8 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         if not (workdir / "tokenizer" / "tokenizer_config.json").exists():
             tokenizer.save(workdir / "tokenizer")
         (workdir / "config.json").write_text(configs.to_json(config))
-    if floor is not None:
-        logging.info("best achievable eval loss on this data: %.4f nats/token", floor)
+    if evals.floor is not None:
+        logging.info("best achievable eval loss on this data: %.4f nats/token", evals.floor)
 
     # A fresh mesh run needs only shapes here: its state is created already sharded.
     sharded_init = mode == "mesh" and not (config.init.workdir or config.init.hf_path)
@@ -313,14 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         if mode != "mesh":  # mesh: restored straight onto the devices, sharded
             state = parallel.to_device(state)
         logging.info("resumed from %s at step %d", ckpt.directory, start)
-    decoding_eval = None
-    if getattr(objective, "decodes", False):  # seq2seq: BLEU and exact match on decoded text
-        from llmjax.evaluation.decoding import DecodingEval
-
-        decoding_eval = DecodingEval(config, tokenizer, graphdef,
-                                     *pipeline.eval_source_and_split(config))
-        extra_decoding = {name: DecodingEval(config, tokenizer, graphdef, source, split)
-                          for name, source, split in pipeline.extra_eval_sets(config)}
+    evals.attach_model(graphdef)
     writer = MetricWriter(workdir)
     writer.truncate_after(start)
     best = None
@@ -420,25 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                 interval_start, interval_steps = time.perf_counter(), 0
             stopping_early = False
             if is_eval_step(step):
-                eval_metrics = {f"eval/{k}": v for k, v in
-                                evaluate(parallel, parallel.params(state), eval_data).items()}
-                if floor is not None:
-                    eval_metrics["eval/best_achievable_loss"] = floor
-                if decoding_eval is not None:
-                    eval_metrics.update(_decoding_metrics(
-                        decoding_eval, parallel.single_copy(parallel.params(state)), step))
-                for name, batches in extra_data.items():  # data.extra_eval_sources
-                    prefix = f"eval_{name}/"
-                    eval_metrics.update({prefix + k: v for k, v in evaluate(
-                        parallel, parallel.params(state), batches).items()})
-                    if decoding_eval is not None:
-                        eval_metrics.update(_decoding_metrics(
-                            extra_decoding[name], parallel.single_copy(parallel.params(state)),
-                            step, prefix))
-                if choice_sets:
-                    eval_metrics.update(choices.choice_metrics(choice_sets, choices.run_of(
-                        config, tokenizer, graphdef,
-                        parallel.single_copy(parallel.params(state)), step)))
+                eval_metrics = evals(parallel, parallel.params(state), step)
                 writer.write(step, eval_metrics)
                 if is_primary:
                     logging.info("step %d: %s", step, _format(eval_metrics))
@@ -475,9 +446,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     return eval_metrics
 
 
-def _best_metric(config: ml_collections.ConfigDict, objective, eval_data: list[dict],
-                 floor: float | None, extra_sets: tuple[str, ...] = (),
-                 choice_sets: tuple[str, ...] = ()) -> str | None:
+def _best_metric(config: ml_collections.ConfigDict, objective, evals: EvalSuite
+                 ) -> str | None:
     """`checkpoint_best_metric` as reported (`eval/...`, `eval_NAME/...`), checked against the
     names this run's eval reports (from the eval step's shapes: nothing is compiled)."""
     if not config.checkpoint_best_metric:
@@ -485,12 +455,12 @@ def _best_metric(config: ml_collections.ConfigDict, objective, eval_data: list[d
     from llmjax.evaluation.decoding import DecodingEval
 
     graphdef, params = state_lib.abstract_model(config)
-    extra = (("best_achievable_loss",) if floor is not None else ()) + (
+    extra = (("best_achievable_loss",) if evals.floor is not None else ()) + (
         DecodingEval.metric_names if getattr(objective, "decodes", False) else ())
     names = best_lib.eval_metric_names(make_eval_step(graphdef, objective), params,
-                                       eval_data[0], tuple(loss_terms(objective)), extra,
-                                       extra_sets)
-    names += [f"eval_{name}/{m}" for name in choice_sets
+                                       evals.eval_data[0], tuple(loss_terms(objective)), extra,
+                                       tuple(evals.extra))
+    names += [f"eval_{name}/{m}" for name in evals.choice_sets
               for m in choices.ChoiceEval.metric_names]
     return best_lib.check_metric(config.checkpoint_best_metric, sorted(names))
 
@@ -511,16 +481,6 @@ def _check_finite(pending: list[dict], step: int, last_saved: int | None,
                 "optimizer.learning_rate, raise optimizer.warmup_steps, set "
                 "optimizer.grad_clip_norm, or set skip_nonfinite_updates=True to skip such "
                 "updates.")
-
-
-def _decoding_metrics(decoding_eval, params, step: int, prefix: str = "eval/"
-                      ) -> dict[str, float]:
-    """eval/bleu and eval/exact_match (under `prefix`); logs a few decoded samples."""
-    metrics, samples = decoding_eval(params)
-    for source, reference, hypothesis in samples:
-        logging.info("step %d %ssample: %r -> %r (reference %r)", step, prefix, source,
-                     hypothesis, reference)
-    return {prefix + k: v for k, v in metrics.items()}
 
 
 def _format(metrics: dict[str, float]) -> str:

@@ -1,0 +1,69 @@
+"""Everything a training run evaluates at each eval step, loaded once before the run starts:
+the eval split (`eval/*`, with the generated data's loss floor), the sets of
+`data.extra_eval_sources` (`eval_NAME/*`), decoding metrics for seq2seq objectives (BLEU,
+exact match) on each of those, and the multiple-choice sets of `data.choice_eval_sources`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from absl import logging
+from flax import nnx
+
+from llmjax.data import pipeline
+from llmjax.evaluation import choices
+from llmjax.evaluation.evaluator import evaluate, loss_floor
+
+
+class EvalSuite:
+    def __init__(self, config: ml_collections.ConfigDict, tokenizer, objective,
+                 eval_data: list[dict]):
+        """Reads and lays out every eval set (data errors surface here, before any write)."""
+        self.config, self.tokenizer, self.objective = config, tokenizer, objective
+        self.eval_data = eval_data
+        self.floor = loss_floor(objective, config, tokenizer, eval_data)
+        self.extra = {name: pipeline.eval_batches(config, tokenizer, objective, source, split)
+                      for name, source, split in pipeline.extra_eval_sets(config)}
+        self.choice_sets = choices.choice_evals(config)
+        self.decoding: dict[str, Any] = {}  # prefix -> DecodingEval, once the model exists
+        self.graphdef: nnx.GraphDef | None = None
+
+    def attach_model(self, graphdef: nnx.GraphDef) -> None:
+        """Prepares what decodes or scores with the model: seq2seq's DecodingEvals."""
+        self.graphdef = graphdef
+        if getattr(self.objective, "decodes", False):  # seq2seq: BLEU and exact match
+            from llmjax.evaluation.decoding import DecodingEval
+
+            sets = [("eval/", *pipeline.eval_source_and_split(self.config))] + [
+                (f"eval_{name}/", source, split)
+                for name, source, split in pipeline.extra_eval_sets(self.config)]
+            self.decoding = {prefix: DecodingEval(self.config, self.tokenizer, graphdef, source,
+                                                  split) for prefix, source, split in sets}
+
+    def __call__(self, parallel, params: Any, step: int) -> dict[str, float]:
+        """Every eval metric of `params` (as the parallel step holds them) at `step`."""
+        metrics = {f"eval/{k}": v for k, v in evaluate(parallel, params, self.eval_data).items()}
+        if self.floor is not None:
+            metrics["eval/best_achievable_loss"] = self.floor
+        for name, batches in self.extra.items():
+            metrics.update({f"eval_{name}/{k}": v
+                            for k, v in evaluate(parallel, params, batches).items()})
+        if self.decoding or self.choice_sets:
+            one_copy = parallel.single_copy(params)  # decoding runs on one device
+            for prefix, decoding_eval in self.decoding.items():
+                metrics.update(decoding_metrics(decoding_eval, one_copy, step, prefix))
+            if self.choice_sets:
+                run = choices.run_of(self.config, self.tokenizer, self.graphdef, one_copy, step)
+                metrics.update(choices.choice_metrics(self.choice_sets, run))
+        return metrics
+
+
+def decoding_metrics(decoding_eval, params, step: int, prefix: str = "eval/"
+                     ) -> dict[str, float]:
+    """bleu and exact_match under `prefix`; logs a few decoded samples."""
+    metrics, samples = decoding_eval(params)
+    for source, reference, hypothesis in samples:
+        logging.info("step %d %ssample: %r -> %r (reference %r)", step, prefix, source,
+                     hypothesis, reference)
+    return {prefix + k: v for k, v in metrics.items()}
