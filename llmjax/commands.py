@@ -25,7 +25,7 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
 
     from llmjax import api
     from llmjax.data import pipeline
-    from llmjax.evaluation.evaluator import evaluate, loss_floor
+    from llmjax.evaluation.suite import EvalSuite
     from llmjax.objectives import get_objective
     from llmjax.train.parallel import Parallel
 
@@ -39,32 +39,12 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
     parallel = Parallel("single", graphdef, objective, None, None,
                         compiler_options=configs.parse_compiler_options(
                             config.parallel.compiler_options))
-    metrics = evaluate(parallel, params, batches)
-    floor = loss_floor(objective, config, run.tokenizer, batches)
-    if floor is not None:
-        metrics["best_achievable_loss"] = floor
-    if getattr(objective, "decodes", False):  # seq2seq: BLEU and exact match
-        from llmjax.evaluation.decoding import DecodingEval
-
-        decoded, samples = DecodingEval(config, run.tokenizer, graphdef, source, split)(params)
-        metrics.update(decoded)
-        for src, ref, hyp in samples:
-            logging.info("sample: %r -> %r (reference %r)", src, hyp, ref)
-    prefix = "eval" if split == default_split else split
-    row = {f"{prefix}/{k}": v for k, v in metrics.items()}
-    if not FLAGS.split:  # the default eval: data.extra_eval_sources as in training
-        for name, extra_source, extra_split in pipeline.extra_eval_sets(config):
-            extra = evaluate(parallel, params, pipeline.eval_batches(
-                config, run.tokenizer, objective, extra_source, extra_split))
-            if getattr(objective, "decodes", False):
-                from llmjax.evaluation.decoding import DecodingEval
-
-                extra.update(DecodingEval(config, run.tokenizer, graphdef, extra_source,
-                                          extra_split)(params)[0])
-            row.update({f"eval_{name}/{k}": v for k, v in extra.items()})
-        from llmjax.evaluation import choices  # data.choice_eval_sources
-
-        row.update(choices.choice_metrics(choices.choice_evals(config), run))
+    # the default eval is training's: the named extra and multiple-choice sets too
+    suite = EvalSuite(config, run.tokenizer, objective, batches, split=split,
+                      prefix="eval" if split == default_split else split,
+                      named_sets=not FLAGS.split)
+    suite.attach_model(graphdef)
+    row = suite(parallel, params, run.step)
     from llmjax.convert.hf import is_hf_folder
 
     if not is_hf_folder(FLAGS.workdir):  # a Hugging Face folder is read, never written to

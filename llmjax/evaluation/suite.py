@@ -18,14 +18,21 @@ from llmjax.evaluation.evaluator import evaluate, loss_floor
 
 class EvalSuite:
     def __init__(self, config: ml_collections.ConfigDict, tokenizer, objective,
-                 eval_data: list[dict]):
-        """Reads and lays out every eval set (data errors surface here, before any write)."""
+                 eval_data: list[dict], *, split: str | None = None, prefix: str = "eval",
+                 named_sets: bool = True):
+        """Reads and lays out every eval set (data errors surface here, before any write).
+        `eval_data` are the batches of the eval source's `split` (default: its eval split),
+        reported as `prefix/<metric>`; `named_sets`: the extra and multiple-choice sets too."""
         self.config, self.tokenizer, self.objective = config, tokenizer, objective
-        self.eval_data = eval_data
+        self.eval_data, self.prefix = eval_data, prefix
+        source, default_split = pipeline.eval_source_and_split(config)
+        self.main = (source, split or default_split)
         self.floor = loss_floor(objective, config, tokenizer, eval_data)
+        sets = pipeline.extra_eval_sets(config) if named_sets else []
         self.extra = {name: pipeline.eval_batches(config, tokenizer, objective, source, split)
-                      for name, source, split in pipeline.extra_eval_sets(config)}
-        self.choice_sets = choices.choice_evals(config)
+                      for name, source, split in sets}
+        self._extra_sources = [(f"eval_{name}/", source, split) for name, source, split in sets]
+        self.choice_sets = choices.choice_evals(config) if named_sets else {}
         self.decoding: dict[str, Any] = {}  # prefix -> DecodingEval, once the model exists
         self.graphdef: nnx.GraphDef | None = None
 
@@ -35,17 +42,16 @@ class EvalSuite:
         if getattr(self.objective, "decodes", False):  # seq2seq: BLEU and exact match
             from llmjax.evaluation.decoding import DecodingEval
 
-            sets = [("eval/", *pipeline.eval_source_and_split(self.config))] + [
-                (f"eval_{name}/", source, split)
-                for name, source, split in pipeline.extra_eval_sets(self.config)]
+            sets = [(f"{self.prefix}/", *self.main), *self._extra_sources]
             self.decoding = {prefix: DecodingEval(self.config, self.tokenizer, graphdef, source,
                                                   split) for prefix, source, split in sets}
 
     def __call__(self, parallel, params: Any, step: int) -> dict[str, float]:
         """Every eval metric of `params` (as the parallel step holds them) at `step`."""
-        metrics = {f"eval/{k}": v for k, v in evaluate(parallel, params, self.eval_data).items()}
+        metrics = {f"{self.prefix}/{k}": v
+                   for k, v in evaluate(parallel, params, self.eval_data).items()}
         if self.floor is not None:
-            metrics["eval/best_achievable_loss"] = self.floor
+            metrics[f"{self.prefix}/best_achievable_loss"] = self.floor
         for name, batches in self.extra.items():
             metrics.update({f"eval_{name}/{k}": v
                             for k, v in evaluate(parallel, params, batches).items()})
