@@ -129,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.choice_delimiter = " "  # decoders score context + this + choice
     # seq2seq decoders: lay pairs out with the tokenizer's Hugging Face chat template
     d.chat_template = False
+    d.pack_pairs = False  # seq2seq decoders: pack training pairs several to a sequence
     d.train_split = "train"
     d.eval_split = config_dict.placeholder(str)  # None: 'validation' (separate text: source: 'all')
     d.text_column = "text"
@@ -573,6 +574,10 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                                              and config.objective == "seq2seq"),
            "data.chat_template lays out a decoder's source -> target pairs: it needs "
            "model.arch=decoder and objective=seq2seq")
+    _check(not config.data.pack_pairs or (m.arch == "decoder"
+                                          and config.objective == "seq2seq"),
+           "data.pack_pairs packs a decoder's source -> target pairs: it needs "
+           "model.arch=decoder and objective=seq2seq (causal_lm packs documents always)")
     _check(not choice or m.arch != "encoder",
            "data.choice_eval_sources scores choices by the model's likelihood: a decoder or "
            "encoder_decoder, not model.arch='encoder'")

@@ -147,6 +147,37 @@ def test_a_decoder_example_is_prompt_then_completion_with_loss_on_the_completion
     np.testing.assert_array_equal(arrays["inputs"][1][:5], [bos, a, b, c, eos])
 
 
+def test_packed_pairs_share_rows_and_give_the_loss_of_unpacked_ones():
+    """data.pack_pairs: consecutive pairs fill a row while they fit, each its own segment;
+    the loss sums and token counts of a model over packed rows equal those over one pair per
+    row (attention and positions restart at each segment)."""
+    from llmjax.data.tokenizers import ByteTokenizer
+    from llmjax.objectives.seq2seq import decoder_examples, seq2seq_loss
+    from llmjax.train.state import build_model
+
+    tok = ByteTokenizer()
+    c = tiny_config(**{"objective": "seq2seq", "seq_len": 6, "target_seq_len": 4,
+                       "data.pack_pairs": True, "model.position_embedding": "rotary",
+                       "model.vocab_size": tok.vocab_size})
+    sources, targets = ["ab", "c", "d", "efgh", "ij"], ["x", "y", "z", "uvw", "t"]
+    packed = decoder_examples(sources, targets, c, tok, train=True).arrays
+    one_each = decoder_examples(sources, targets, c, tok, train=False).arrays
+    # rows of 10: 5 + 4 positions, then 4, then 8 (the cut source), then 4
+    np.testing.assert_array_equal(packed["segment_ids"][0], [1] * 5 + [2] * 4 + [0])
+    assert len(packed["inputs"]) == 4 and len(one_each["inputs"]) == 5
+    # <bos> a b <eos> | x <eos>, then <bos> c <eos> | y <eos>: weight where x, y and <eos> come
+    np.testing.assert_array_equal(packed["weights"][0], [0, 0, 0, 1, 1, 0, 0, 1, 1, 0])
+    model = build_model(c)
+    graphdef, params = nnx.split(model)
+
+    def sums(arrays):
+        metrics = seq2seq_loss(nnx.merge(graphdef, params),
+                               {k: jax.numpy.asarray(v) for k, v in arrays.items()}, None)
+        return [float(x) for x in metrics["loss"]]
+
+    np.testing.assert_allclose(sums(packed), sums(one_each), rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def decoder_reverse_run(tmp_path_factory):
     """A tiny decoder fine-tuned on source -> target pairs (prompt <bos> source <eos>, loss on

@@ -62,36 +62,54 @@ def seq2seq_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int, s
 
 
 def prompt_completion_arrays(prompts: Sequence[np.ndarray], completions: Sequence[np.ndarray],
-                             length: int, pad_id: int) -> ArrayExamples:
-    """A decoder's ArrayExamples (the layout above): each prompt then its completion as one
-    right-padded sequence of `length`, weighted where the completion is predicted."""
-    count = len(prompts)
+                             length: int, pad_id: int, pack: bool = False) -> ArrayExamples:
+    """A decoder's ArrayExamples (the layout above): each prompt then its completion, right-
+    padded to `length`, weighted where the completion is predicted. `pack`: consecutive pairs
+    share a row while they fit (next-fit), segments 1, 2, ... keeping them apart (attention
+    and positions restart at each), so short pairs waste few padded positions."""
+    rows: list[list[int]] = []
+    used = length  # a full row: the first pair starts one
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        n = len(prompt) + len(completion) - 1  # positions a pair takes (inputs, shifted)
+        if not pack or used + n > length:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    count = len(rows)
     arrays = {name: np.full((count, length), pad_id, np.int32) for name in ("inputs", "targets")}
     arrays["segment_ids"] = np.zeros((count, length), np.int32)
     arrays["weights"] = np.zeros((count, length), np.float32)
-    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        sequence = np.concatenate([prompt, completion])
-        n = len(sequence) - 1
-        arrays["inputs"][i, :n], arrays["targets"][i, :n] = sequence[:-1], sequence[1:]
-        arrays["segment_ids"][i, :n] = 1
-        arrays["weights"][i, len(prompt) - 1: n] = 1.0  # from the prompt's last token on
+    for r, members in enumerate(rows):
+        at = 0
+        for segment, i in enumerate(members, start=1):
+            sequence = np.concatenate([prompts[i], completions[i]])
+            n = len(sequence) - 1
+            arrays["inputs"][r, at:at + n] = sequence[:-1]
+            arrays["targets"][r, at:at + n] = sequence[1:]
+            arrays["segment_ids"][r, at:at + n] = segment
+            # from the prompt's last token on: the completion is predicted
+            arrays["weights"][r, at + len(prompts[i]) - 1: at + n] = 1.0
+            at += n
     return ArrayExamples(arrays)
 
 
 def decoder_examples(sources: Sequence[str], targets: Sequence[str],
-                     config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> ArrayExamples:
+                     config: ml_collections.ConfigDict, tokenizer: Tokenizer, *,
+                     train: bool = False) -> ArrayExamples:
     """A decoder's examples: prompts of `seq_len` tokens at most, completions of
-    `target_len` (data/chat.py's layout)."""
+    `target_len` (data/chat.py's layout); training examples packed with data.pack_pairs."""
     layout = prompt_layout(config, tokenizer)
     return prompt_completion_arrays(
         layout.prompts(sources, tokenizer, config.seq_len),
         layout.completions(targets, tokenizer, config.target_seq_len),
-        config.seq_len + config.target_seq_len, tokenizer.pad_id)
+        config.seq_len + config.target_seq_len, tokenizer.pad_id,
+        pack=train and config.data.pack_pairs)
 
 
 def encoder_decoder_examples(sources: Sequence[str], targets: Sequence[str],
-                             config: ml_collections.ConfigDict, tokenizer: Tokenizer
-                             ) -> ArrayExamples:
+                             config: ml_collections.ConfigDict, tokenizer: Tokenizer, *,
+                             train: bool = False) -> ArrayExamples:
     pairs = zip(tokenizer.encode_batch(list(sources)), tokenizer.encode_batch(list(targets)),
                 strict=True)
     return seq2seq_arrays(pairs, len(sources), config.seq_len, config.target_seq_len, tokenizer)
@@ -157,7 +175,8 @@ class Seq2Seq:
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
         sources, targets = source_target_texts(records, config)
-        return EXAMPLE_LAYOUTS[config.model.arch](sources, targets, config, tokenizer)
+        return EXAMPLE_LAYOUTS[config.model.arch](sources, targets, config, tokenizer,
+                                                  train=train)
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
              regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
