@@ -788,6 +788,14 @@ def test_chat_template_layouts_tokenize_as_transformers_applies_them(tmp_path):
             assert prompt.tolist() + completion.tolist() == _ids(theirs.apply_chat_template(
                 exchange, tokenize=True))
         assert layout.stop_id(ours) == theirs.convert_tokens_to_ids(stop)
+    # a template that closes an answer with nothing: <eos> closes it, and stops decoding
+    plain_qa = ("{% for m in messages %}{% if m['role'] == 'user' %}Q: {{ m['content'] }}\nA:"
+                "{% else %} {{ m['content'] }}{% endif %}{% endfor %}")
+    ours.chat_template = plain_qa
+    layout = prompt_layout(tiny_config_for_chat(), ours)
+    assert (layout.lead, layout.end, layout.stop_id(ours)) == (" ", "", ours.eos_id)
+    completion = layout.completions(["Zwei Hunde"], ours, 64)[0]
+    assert completion.tolist() == ours.encode(" Zwei Hunde") + [ours.eos_id]
 
 
 def _ids(encoded):

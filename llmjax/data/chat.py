@@ -67,15 +67,18 @@ class PromptLayout:
         if self.is_plain:
             return [np.concatenate([t[: target_len - len(end)], end]).astype(np.int32)
                     for t in tokenizer.encode_batch(list(targets))]
+        if not self.end:  # a template that ends an answer with nothing: <eos> does
+            return [np.concatenate([tokenizer.encode_array(self.lead + t)[: target_len - 1],
+                                    end]).astype(np.int32) for t in targets]
         whole = tokenizer.encode_batch([self.lead + t + self.end for t in targets])
         return [w if len(w) <= target_len else np.concatenate(
                     [tokenizer.encode_array(self.lead + t)[: target_len - len(end)], end]
                 ).astype(np.int32) for w, t in zip(whole, targets, strict=True)]
 
     def end_ids(self, tokenizer: Tokenizer) -> np.ndarray:
-        if self.is_plain:
-            return np.asarray([tokenizer.eos_id], np.int32)
-        return tokenizer.encode_array(self.end)
+        """What closes an answer: <eos> when plain, or when a template closes it with nothing."""
+        end = None if self.is_plain else tokenizer.encode_array(self.end)
+        return end if end is not None and len(end) else np.asarray([tokenizer.eos_id], np.int32)
 
     def answer(self, decoded: str) -> str:
         """A decoded answer's text without the lead the template puts before every answer."""
