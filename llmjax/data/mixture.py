@@ -84,14 +84,14 @@ class MixedRecords(Sequence):
         return self._tagged(member, self.parts[member][j])
 
     def __getitems__(self, keys: Sequence[int]) -> list[dict]:
-        from llmjax.data.sources import _read_block  # block reads, member by member
+        from llmjax.data.sources import read_block  # block reads, member by member
 
         located = [self._locate(i) for i in keys]
         out: list[dict | None] = [None] * len(keys)
         for member, part in enumerate(self.parts):
             positions = [p for p, (m, _) in enumerate(located) if m == member]
             if positions:
-                block = _read_block(part, [located[p][1] for p in positions])
+                block = read_block(part, [located[p][1] for p in positions])
                 for p, record in zip(positions, block, strict=True):
                     out[p] = self._tagged(member, record)
         return out

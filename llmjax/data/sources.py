@@ -185,7 +185,7 @@ class RecordSlice(Sequence):
     def __getitems__(self, keys: Sequence[int]) -> list[dict]:
         if any(not 0 <= i < len(self) for i in keys):
             raise IndexError(keys)
-        return _read_block(self.records, [self.lo + i for i in keys])
+        return read_block(self.records, [self.lo + i for i in keys])
 
 
 # Records read per call when a whole split is read in order. A TFDS ArrayRecord source reads a
@@ -193,7 +193,8 @@ class RecordSlice(Sequence):
 READ_BLOCK = 1024
 
 
-def _read_block(records: Sequence[dict], keys: list[int]) -> list[dict]:
+def read_block(records: Sequence[dict], keys: list[int]) -> list[dict]:
+    """records[k] for each of `keys`, in one call where the source reads blocks."""
     if hasattr(records, "__getitems__"):  # TFDS data sources (and RecordSlice)
         try:
             return list(records.__getitems__(keys))
@@ -205,7 +206,7 @@ def _read_block(records: Sequence[dict], keys: list[int]) -> list[dict]:
 def iter_record_blocks(records: Sequence[dict]) -> Iterator[tuple[int, list[dict]]]:
     """(index of the first record, up to READ_BLOCK records), in order, covering `records`."""
     for lo in range(0, len(records), READ_BLOCK):
-        yield lo, _read_block(records, list(range(lo, min(lo + READ_BLOCK, len(records)))))
+        yield lo, read_block(records, list(range(lo, min(lo + READ_BLOCK, len(records)))))
 
 
 def iter_records(records: Sequence[dict]) -> Iterator[dict]:
