@@ -130,6 +130,8 @@ def base_config() -> ml_collections.ConfigDict:
     # seq2seq decoders: lay pairs out with the tokenizer's Hugging Face chat template
     d.chat_template = False
     d.pack_pairs = False  # seq2seq decoders: pack training pairs several to a sequence
+    # seq2seq decoders with chat_template: records hold conversations (role/content lists)
+    d.messages_column = config_dict.placeholder(str)
     d.train_split = "train"
     d.eval_split = config_dict.placeholder(str)  # None: 'validation' (separate text: source: 'all')
     d.text_column = "text"
@@ -578,6 +580,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                                           and config.objective == "seq2seq"),
            "data.pack_pairs packs a decoder's source -> target pairs: it needs "
            "model.arch=decoder and objective=seq2seq (causal_lm packs documents always)")
+    _check(not config.data.messages_column or config.data.chat_template,
+           "data.messages_column lays conversations out with the tokenizer's chat template: "
+           "it needs data.chat_template=True (and model.arch=decoder, objective=seq2seq)")
     _check(not choice or m.arch != "encoder",
            "data.choice_eval_sources scores choices by the model's likelihood: a decoder or "
            "encoder_decoder, not model.arch='encoder'")

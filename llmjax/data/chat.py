@@ -8,21 +8,48 @@ prompt, and the target as the assistant's answer with the template's end of turn
 (ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`, ...), whose first token stops decoding. The
 template is rendered once, around marker texts, to find those pieces; a prompt or answer is then
 tokenized whole, as `apply_chat_template` does (pieces joined only when a source is cut).
+
+Conversations (`data.messages_column`: lists of {"role", "content"} messages) are rendered
+whole by the template, each assistant's content replaced by a marker text; the text around the
+markers is the context, and each answer (the template's lead before it when there, its content,
+the end of turn after it) is trained. Pieces are tokenized apart, split where the answers
+begin and end, so the ids are `apply_chat_template`'s wherever the template's markup splits
+tokens there (special tokens, or a space before the answer in byte-level BPE).
+
+Templates render as transformers renders them (jinja2's sandbox, `raise_exception`, `tojson`,
+`{% break %}`, and `{% generation %}` blocks, rendered as plain text), except that no clock is
+offered (`strftime_now`): a template that writes today's date falls back to its fixed one, so a
+run's data does not depend on the day it ran.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
 from llmjax.configs import ConfigError
+from llmjax.data.sources import DataError, column_list
 from llmjax.data.tokenizers import Tokenizer
 
 _SOURCE, _ANSWER = "LLMJAX_SOURCE_9f1c", "LLMJAX_ANSWER_9f1c"  # marker texts in a render
+
+
+def _answer_marker(k: int) -> str:
+    return f"{_ANSWER}_{k}_"  # the closing _ keeps marker 1 from being a prefix of marker 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+    """One conversation as its template lays it out."""
+
+    ids: np.ndarray  # [n] int32
+    trained: np.ndarray  # [n] bool: the assistants' answers (lead, content, end of turn)
+    last_answer_at: int  # where the last answer's ids begin: what precedes it is its prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +61,9 @@ class PromptLayout:
     suffix: str | None = None
     lead: str = ""
     end: str | None = None
+    # what renders whole conversations: the template and its special tokens' texts
+    template: str | None = None
+    specials: tuple[tuple[str, str | None], ...] = ()
 
     @property
     def is_plain(self) -> bool:
@@ -88,6 +118,60 @@ class PromptLayout:
         """The token that ends an answer in decoding: the end of turn's first."""
         return int(self.end_ids(tokenizer)[0])
 
+    def conversations(self, conversations: Sequence[list[dict]], tokenizer: Tokenizer
+                      ) -> list[Conversation]:
+        """Each conversation's ids, with its answers marked (module docstring). An answer the
+        template closes with nothing is closed by <eos>, as `completions` does."""
+        pieces: list[tuple[str, bool]] = []  # (text, trained), all conversations in a row
+        bounds = []
+        for messages in conversations:
+            start = len(pieces)
+            pieces += self._pieces(messages)
+            bounds.append((start, len(pieces)))
+        encoded = tokenizer.encode_batch([text for text, _ in pieces])
+        closing = [] if self.end else [tokenizer.eos_id]
+        out = []
+        for start, stop in bounds:
+            ids: list[np.ndarray] = []
+            trained: list[np.ndarray] = []
+            last = 0
+            for (_, is_answer), piece in zip(pieces[start:stop], encoded[start:stop],
+                                             strict=True):
+                if is_answer:
+                    last = sum(map(len, ids))
+                    piece = np.concatenate([piece, closing]).astype(np.int32)
+                ids.append(piece)
+                trained.append(np.full(len(piece), is_answer))
+            out.append(Conversation(np.concatenate(ids).astype(np.int32),
+                                    np.concatenate(trained), last))
+        return out
+
+    def _pieces(self, messages: list[dict]) -> list[tuple[str, bool]]:
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        marked, k = [], 0
+        for m in messages:
+            if m["role"] == "assistant":
+                m, k = {**m, "content": _answer_marker(k)}, k + 1
+            marked.append(m)
+        text = _render(self.template, marked, False, self.specials)
+        pieces, at = [], 0
+        for k, content in enumerate(answers):
+            marker = _answer_marker(k)
+            where = text.find(marker, at)
+            if where < 0 or text.count(marker) != 1:
+                raise DataError("data.messages_column: the chat template does not render each "
+                                "assistant message's content once, in order (it drops or "
+                                "rewrites earlier answers); llmjax cannot tell the answers to "
+                                "train on")
+            start = where - len(self.lead) if self.lead and text[at:where].endswith(
+                self.lead) else where
+            stop = where + len(marker)
+            closed = bool(self.end) and text.startswith(self.end, stop)
+            pieces += [(text[at:start], False),
+                       (text[start:where] + content + (self.end if closed else ""), True)]
+            at = stop + (len(self.end) if closed else 0)
+        return pieces + [(text[at:], False)]
+
 
 def prompt_layout(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> PromptLayout:
     """The layout `config` asks for (`data.chat_template`)."""
@@ -104,25 +188,91 @@ def prompt_layout(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Pr
     return _layout_of(template, tuple(sorted(specials.items())))
 
 
+def record_messages(record: dict, column: str, index: int) -> list[dict]:
+    """A record's conversation: a list of {"role", "content"} (a JSON list as text in a jsonl:
+    file, or a TFDS sequence of role and content), with at least one assistant message."""
+    value = record.get(column)
+    if isinstance(value, dict) and set(value) >= {"role", "content"}:  # TFDS: columns of turns
+        value = [dict(zip(value, turn, strict=True)) for turn in zip(*value.values(),
+                                                                       strict=True)]
+    else:
+        value = column_list(record, column)
+    messages = []
+    for m in value if isinstance(value, (list, tuple)) else [None]:
+        if not isinstance(m, dict) or not {"role", "content"} <= set(m):
+            raise DataError(f"record {index}: column {column!r} is not a list of messages "
+                            '{"role": ..., "content": ...} (a JSON list in a jsonl: file)')
+        messages.append({k: v.decode("utf-8") if isinstance(v, bytes) else v
+                         for k, v in m.items()})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"record {index}: the conversation in column {column!r} has no "
+                        "assistant message: nothing to train on or to answer")
+    return messages
+
+
 @functools.cache
-def _layout_of(template: str, specials: tuple[tuple[str, str | None], ...]) -> PromptLayout:
+def _environment():
+    """A sandbox as transformers' renderer sets it up (module docstring)."""
+    from jinja2 import nodes
     from jinja2.exceptions import TemplateError
+    from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationBlock(Extension):
+        """`{% generation %}...{% endgeneration %}`: marks assistant text for transformers'
+        return_assistant_tokens_mask; here its body renders as it is."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
 
     def raise_exception(message):
         raise TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception  # as transformers' renderer provides
-    compiled = env.from_string(template)
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)  # jinja's own escapes HTML; templates expect not
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationBlock, loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = tojson
+    return env
+
+
+def _render(template: str, messages: list[dict], add_generation_prompt: bool,
+            specials: tuple[tuple[str, str | None], ...]) -> str:
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return _compiled(template).render(messages=messages,
+                                          add_generation_prompt=add_generation_prompt,
+                                          **dict(specials))
+    except TemplateError as e:
+        raise DataError(f"the tokenizer's chat template fails on a conversation of "
+                        f"{[m['role'] for m in messages]} ({e})") from None
+
+
+@functools.cache
+def _compiled(template: str):
+    return _environment().from_string(template)
+
+
+@functools.cache
+def _layout_of(template: str, specials: tuple[tuple[str, str | None], ...]) -> PromptLayout:
     user = {"role": "user", "content": _SOURCE}
     try:
-        prompt = compiled.render(messages=[user], add_generation_prompt=True, **dict(specials))
-        full = compiled.render(messages=[user, {"role": "assistant", "content": _ANSWER}],
-                               add_generation_prompt=False, **dict(specials))
-    except TemplateError as e:
-        raise ConfigError(f"data.chat_template: the tokenizer's chat template fails on a "
-                          f"user turn and an assistant turn ({e})") from None
+        prompt = _render(template, [user], True, specials)
+        full = _render(template, [user, {"role": "assistant", "content": _ANSWER}], False,
+                       specials)
+    except DataError as e:
+        raise ConfigError(f"data.chat_template: {e}") from None
     answer_at = full.find(_ANSWER)
     if prompt.count(_SOURCE) != 1 or answer_at < 0 or not full[:answer_at].startswith(prompt):
         raise ConfigError("data.chat_template: the tokenizer's chat template does not render "
@@ -131,4 +281,4 @@ def _layout_of(template: str, specials: tuple[tuple[str, str | None], ...]) -> P
     prefix, suffix = prompt.split(_SOURCE)
     # what comes between the generation prompt and the answer (Llama 2's space) is the answer's
     return PromptLayout(prefix, suffix, full[len(prompt):answer_at],
-                        full[answer_at + len(_ANSWER):])
+                        full[answer_at + len(_ANSWER):], template, specials)

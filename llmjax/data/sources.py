@@ -10,6 +10,7 @@ are chunks of one, joined back here. Each host reads only its shard of the recor
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import socket
 import urllib.parse
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 
 from llmjax.data.text_builder import DataError, prepare_local_text
@@ -226,6 +228,20 @@ def column_text(record: dict, column: str) -> str:
         raise DataError(f"records have no column {column!r}; they have {sorted(record)} "
                         "(set data.text_column / data.text_pair_column / data.label_column)")
     return _as_text(record[column])
+
+
+def column_list(record: dict, column: str) -> list | None:
+    """A list-valued field: a TFDS sequence (an array), or a JSON list held as text (a jsonl:
+    file's list value); None when the field holds something else."""
+    if column not in record:
+        column_text(record, column)  # the error naming the columns
+    value = record[column]
+    if isinstance(value, (bytes, str)):
+        try:
+            value = json.loads(_as_text(value))
+        except json.JSONDecodeError:
+            return None
+    return list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
 
 
 def read_documents(records: Sequence[dict], text_column: str,

@@ -11,8 +11,6 @@ acc_norm), which does not favour short choices.
 
 from __future__ import annotations
 
-import json
-
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -31,17 +29,11 @@ def record_choices(record: dict, config: ml_collections.ConfigDict, index: int
     JSON list as text (a jsonl: file's list value); the label: an index, or a choice's text."""
     d = config.data
     context = sources.column_text(record, d.context_column)
-    if d.choices_column not in record:
-        sources.column_text(record, d.choices_column)  # the error naming the columns
-    value = record[d.choices_column]
-    if isinstance(value, (bytes, str)):
-        try:
-            value = json.loads(_text(value))
-        except json.JSONDecodeError:
-            value = None
-    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) < 2:
-        raise DataError(f"record {index}: column {d.choices_column!r} holds {value!r}, not a "
-                        "list of at least two choices (a JSON list in a jsonl: file)")
+    value = sources.column_list(record, d.choices_column)
+    if value is None or len(value) < 2:
+        raise DataError(f"record {index}: column {d.choices_column!r} holds "
+                        f"{record[d.choices_column]!r}, not a list of at least two choices (a "
+                        "JSON list in a jsonl: file)")
     choices = [_text(c) for c in value]
     label = sources.column_text(record, d.label_column).strip()
     if label.lstrip("-").isdigit() and 0 <= int(label) < len(choices):

@@ -16,7 +16,11 @@ from llmjax.data import sources
 from llmjax.data.chat import prompt_layout
 from llmjax.decoding.decoder import continue_prompts
 from llmjax.decoding.encoder_decoder import decode
-from llmjax.objectives.seq2seq import seq2seq_arrays, source_target_texts
+from llmjax.objectives.seq2seq import (
+    record_conversations,
+    seq2seq_arrays,
+    source_target_texts,
+)
 
 
 class _EncoderSources:
@@ -48,17 +52,22 @@ class _EncoderSources:
 
 class _DecoderPrompts:
     """A decoder: each prompt <bos> source <eos>, left-padded to seq_len, is continued over the
-    KV cache."""
+    KV cache; with data.messages_column, each conversation up to its last answer."""
 
     @staticmethod
     def layout(texts: list[str], config: ml_collections.ConfigDict, tokenizer
                ) -> tuple[np.ndarray, np.ndarray]:
-        inputs = np.full((len(texts), config.seq_len), tokenizer.pad_id, np.int32)
-        valid = np.zeros((len(texts), config.seq_len), np.int32)
         prompts = prompt_layout(config, tokenizer).prompts(texts, tokenizer, config.seq_len)
-        for i, prompt in enumerate(prompts):
-            inputs[i, -len(prompt):], valid[i, -len(prompt):] = prompt, 1
-        return inputs, valid
+        return _left_padded(prompts, config.seq_len, tokenizer.pad_id)
+
+    @staticmethod
+    def conversation_layout(conversations: list[list[dict]], config: ml_collections.ConfigDict,
+                            tokenizer) -> tuple[np.ndarray, np.ndarray]:
+        """Each conversation up to its last answer, as training lays it out; a longer one
+        than seq_len keeps its last seq_len tokens (the latest turns)."""
+        laid_out = prompt_layout(config, tokenizer).conversations(conversations, tokenizer)
+        return _left_padded([c.ids[: c.last_answer_at][-config.seq_len:] for c in laid_out],
+                            config.seq_len, tokenizer.pad_id)
 
     @staticmethod
     def stop_id(config: ml_collections.ConfigDict, tokenizer) -> int:
@@ -72,6 +81,16 @@ class _DecoderPrompts:
     def decode(graphdef, params, inputs, valid, config, tokenizer, **options) -> jax.Array:
         return continue_prompts(graphdef, params, inputs, valid, jax.random.PRNGKey(0),
                                 cache_len=config.seq_len + config.target_seq_len, **options)
+
+
+def _left_padded(prompts: list[np.ndarray], length: int, pad_id: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, valid) [len(prompts), length]: each prompt at the right end of its row."""
+    inputs = np.full((len(prompts), length), pad_id, np.int32)
+    valid = np.zeros((len(prompts), length), np.int32)
+    for i, prompt in enumerate(prompts):
+        inputs[i, -len(prompt):], valid[i, -len(prompt):] = prompt, 1
+    return inputs, valid
 
 
 # model.arch -> how its eval sources are laid out and decoded
@@ -92,7 +111,11 @@ class DecodingEval:
             records = sources.RecordSlice(records, 0, min(limit, len(records)))
         self.sources, self.references = source_target_texts(records, config)
         self.decoder = SOURCE_DECODERS[config.model.arch]
-        self.inputs, self.segments = self.decoder.layout(self.sources, config, tokenizer)
+        if config.data.messages_column:  # the last answer of each conversation
+            self.inputs, self.segments = self.decoder.conversation_layout(
+                record_conversations(records, config), config, tokenizer)
+        else:
+            self.inputs, self.segments = self.decoder.layout(self.sources, config, tokenizer)
         self.stop_id = self.decoder.stop_id(config, tokenizer)
 
     def hypotheses(self, params: nnx.State) -> list[str]:

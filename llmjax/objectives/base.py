@@ -8,7 +8,7 @@ exactly: psum(sum) / psum(count), never a mean of means.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import jax
@@ -91,6 +91,18 @@ def finalize(sums: dict[str, tuple], loss_terms: Sequence[str] = ("loss",)
     if "moments" in sums:
         out["pearson"] = pearson_from_moments(sums["moments"][0])
     return out
+
+
+def texts_up_to(groups: Iterable[list[str]], limit_chars: int) -> list[str]:
+    """The texts of the first groups (one per record) until `limit_chars` characters are
+    taken: a new tokenizer's training sample."""
+    texts, chars = [], 0
+    for group in groups:
+        texts += group
+        chars += sum(map(len, group))
+        if chars >= limit_chars:
+            break
+    return texts
 
 
 def add_sums(a: MetricSums, b: MetricSums) -> MetricSums:

@@ -10,6 +10,8 @@ A decoder reads one sequence, the prompt then the completion: <bos> source <eos>
 (or, with data.chat_template, the tokenizer's chat template around them: data/chat.py), as
 `inputs` / `targets` (shifted by one) / `segment_ids` / `weights` [S + T], with weight only
 where the completion (the target and what closes it) is predicted, so the loss is its alone.
+With data.messages_column a record is a conversation instead, laid out whole by the chat
+template and weighted on every assistant answer; eval decodes its last answer.
 
 Sources are cut to `seq_len` tokens with their special tokens, targets to `target_seq_len`.
 Evaluation adds BLEU and exact match on decoded outputs (evaluation/decoding.py).
@@ -23,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from llmjax.data.chat import prompt_layout
+from llmjax.data.chat import prompt_layout, record_messages
 from llmjax.data.sources import column_text, iter_records
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import (
@@ -31,6 +33,7 @@ from llmjax.objectives.base import (
     MetricSums,
     Regularizers,
     cross_entropy,
+    texts_up_to,
 )
 from llmjax.objectives.pairs import ArrayExamples
 
@@ -67,10 +70,22 @@ def prompt_completion_arrays(prompts: Sequence[np.ndarray], completions: Sequenc
     padded to `length`, weighted where the completion is predicted. `pack`: consecutive pairs
     share a row while they fit (next-fit), segments 1, 2, ... keeping them apart (attention
     and positions restart at each), so short pairs waste few padded positions."""
+    return trained_sequence_arrays(
+        [np.concatenate([p, c]) for p, c in zip(prompts, completions, strict=True)],
+        [np.arange(len(p) + len(c)) >= len(p) for p, c in zip(prompts, completions,
+                                                                         strict=True)],
+        length, pad_id, pack)
+
+
+def trained_sequence_arrays(sequences: Sequence[np.ndarray], trained: Sequence[np.ndarray],
+                            length: int, pad_id: int, pack: bool = False) -> ArrayExamples:
+    """ArrayExamples of token sequences (cut to `length` + 1 tokens), each weighted where
+    its `trained` [n] bool tokens are predicted; `pack` as prompt_completion_arrays'."""
+    sequences = [s[: length + 1] for s in sequences]
     rows: list[list[int]] = []
-    used = length  # a full row: the first pair starts one
-    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        n = len(prompt) + len(completion) - 1  # positions a pair takes (inputs, shifted)
+    used = length  # a full row: the first sequence starts one
+    for i, sequence in enumerate(sequences):
+        n = len(sequence) - 1  # positions a sequence takes (inputs, shifted)
         if not pack or used + n > length:
             rows.append([])
             used = 0
@@ -83,13 +98,12 @@ def prompt_completion_arrays(prompts: Sequence[np.ndarray], completions: Sequenc
     for r, members in enumerate(rows):
         at = 0
         for segment, i in enumerate(members, start=1):
-            sequence = np.concatenate([prompts[i], completions[i]])
+            sequence = sequences[i]
             n = len(sequence) - 1
             arrays["inputs"][r, at:at + n] = sequence[:-1]
             arrays["targets"][r, at:at + n] = sequence[1:]
             arrays["segment_ids"][r, at:at + n] = segment
-            # from the prompt's last token on: the completion is predicted
-            arrays["weights"][r, at + len(prompts[i]) - 1: at + n] = 1.0
+            arrays["weights"][r, at:at + n] = trained[i][1: n + 1]
             at += n
     return ArrayExamples(arrays)
 
@@ -105,6 +119,17 @@ def decoder_examples(sources: Sequence[str], targets: Sequence[str],
         layout.completions(targets, tokenizer, config.target_seq_len),
         config.seq_len + config.target_seq_len, tokenizer.pad_id,
         pack=train and config.data.pack_pairs)
+
+
+def conversation_examples(conversations: Sequence[list[dict]],
+                          config: ml_collections.ConfigDict, tokenizer: Tokenizer, *,
+                          train: bool = False) -> ArrayExamples:
+    """A decoder's examples of whole conversations (data.messages_column), laid out by the
+    chat template and cut to `seq_len + target_seq_len` tokens, weighted on every answer."""
+    laid_out = prompt_layout(config, tokenizer).conversations(conversations, tokenizer)
+    return trained_sequence_arrays([c.ids for c in laid_out], [c.trained for c in laid_out],
+                                   config.seq_len + config.target_seq_len, tokenizer.pad_id,
+                                   pack=train and config.data.pack_pairs)
 
 
 def encoder_decoder_examples(sources: Sequence[str], targets: Sequence[str],
@@ -136,14 +161,31 @@ def seq2seq_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None,
     return {"loss": (loss_sum, count), "token_accuracy": (correct, count)}
 
 
+def record_conversations(records: Sequence[dict], config: ml_collections.ConfigDict
+                         ) -> list[list[dict]]:
+    """The conversations of `records` (data.messages_column)."""
+    return [record_messages(r, config.data.messages_column, i)
+            for i, r in enumerate(iter_records(records))]
+
+
 def source_target_texts(records: Sequence[dict], config: ml_collections.ConfigDict
                         ) -> tuple[list[str], list[str]]:
+    """(sources, targets); of conversations, the message before each one's last answer and
+    that answer."""
     d = config.data
+    if d.messages_column:
+        pairs = [_last_exchange(c) for c in record_conversations(records, config)]
+        return [s for s, _ in pairs], [t for _, t in pairs]
     sources, targets = [], []
     for record in iter_records(records):
         sources.append(column_text(record, d.source_column))
         targets.append(column_text(record, d.target_column))
     return sources, targets
+
+
+def _last_exchange(messages: list[dict]) -> tuple[str, str]:
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return (messages[last - 1]["content"] if last else ""), messages[last]["content"]
 
 
 class Seq2Seq:
@@ -161,19 +203,22 @@ class Seq2Seq:
 
     def tokenizer_texts(self, records: Sequence[dict], config: ml_collections.ConfigDict,
                         limit_chars: int) -> list[str]:
-        """Both sides, for one shared vocabulary (alternating, so a cut keeps both)."""
-        texts, chars = [], 0
+        """Both sides, for one shared vocabulary (alternating, so a cut keeps both); every
+        message of a conversation."""
         d = config.data
-        for record in iter_records(records):
-            for column in (d.source_column, d.target_column):
-                texts.append(column_text(record, column))
-                chars += len(texts[-1])
-            if chars >= limit_chars:
-                break
-        return texts
+        if d.messages_column:
+            groups = ([m["content"] for m in messages]
+                      for messages in record_conversations(records, config))
+        else:
+            groups = ([column_text(r, d.source_column), column_text(r, d.target_column)]
+                      for r in iter_records(records))
+        return texts_up_to(groups, limit_chars)
 
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
+        if config.data.messages_column:
+            return conversation_examples(record_conversations(records, config), config,
+                                         tokenizer, train=train)
         sources, targets = source_target_texts(records, config)
         return EXAMPLE_LAYOUTS[config.model.arch](sources, targets, config, tokenizer,
                                                   train=train)
