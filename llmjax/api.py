@@ -208,6 +208,36 @@ class Run:
                for p in np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)]
         return out[0] if isinstance(text, str) else out
 
+    def tag(self, text: str | Sequence[str]) -> list[tuple[str, str]] | list[list[tuple[str, str]]]:
+        """A token classification run's [(word, label)] for a text split at whitespace (the
+        words past seq_len are left out); a list of texts gives a list, as one batch."""
+        if self.config.objective != "token_classification":
+            raise ConfigError(f"tag needs a token_classification run; this run's objective is "
+                              f"{self.config.objective!r}")
+        from llmjax.objectives.classification import label_names
+        from llmjax.objectives.token_classification import tagged_words, word_pieces
+
+        names, tok = label_names(self.config), self.tokenizer
+        sentences, laid_out = [], []
+        for line in [text] if isinstance(text, str) else text:
+            words = line.split()
+            pieces = word_pieces(words, tok)
+            words = [w for w, p in zip(words, pieces, strict=True) if len(p)]  # none: unscored
+            sentences.append(words)
+            laid_out.append(tagged_words(words, [p for p in pieces if len(p)],
+                                         [0] * len(words), self.config.seq_len, tok))
+        if not laid_out:
+            return []
+        tokens, segments = _pad([t for t, _, _ in laid_out], tok.pad_id)
+        logits = self._apply(_token_class_logits, tokens, np.zeros_like(tokens), segments,
+                             positions=tokens.shape[1])
+        out = []
+        for words, (_, _, weights), row in zip(sentences, laid_out, logits, strict=True):
+            firsts = np.flatnonzero(weights)  # each word's first token, the words that fit
+            out.append([(w, names[int(row[at].argmax())])  # the words past seq_len: none
+                        for w, at in zip(words, firsts, strict=False)])
+        return out[0] if isinstance(text, str) else out
+
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
@@ -367,6 +397,11 @@ def _seq2seq_log_likelihood(model, sources_BxS, decoder_BxT, source_segments_BxS
 def _class_logits(model, tokens_BxL, types_BxL, segments_BxL):
     hidden = model.hidden_states(tokens_BxL, token_types=types_BxL, segment_ids=segments_BxL)
     return model.class_logits(hidden)
+
+
+def _token_class_logits(model, tokens_BxL, types_BxL, segments_BxL):
+    hidden = model.hidden_states(tokens_BxL, token_types=types_BxL, segment_ids=segments_BxL)
+    return model.token_class_logits(hidden)
 
 
 def load(path: str | epath.Path, step: int | None = None,

@@ -32,6 +32,8 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
     config = FLAGS.config
     run = api.load(FLAGS.workdir, FLAGS.step, config)
     objective = get_objective(config.objective)
+    if hasattr(objective, "resolve_config"):  # the run's label set (token tags' scheme)
+        objective.resolve_config(config)
     source, default_split = pipeline.eval_source_and_split(config)
     split = FLAGS.split or default_split
     batches = pipeline.eval_batches(config, run.tokenizer, objective, source, split)
@@ -73,6 +75,9 @@ def predict(FLAGS: flags.FlagValues) -> None:
         raise ConfigError("predict needs --text=TEXT (and --text_pair=TEXT for pair tasks)")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
     _warn_unknown(run, FLAGS.text, FLAGS.text_pair)
+    if run.config.objective == "token_classification":
+        print(json.dumps({"tags": run.tag(FLAGS.text)}, ensure_ascii=False))
+        return
     if run.predicts_scores:
         print(json.dumps({"score": run.score(FLAGS.text, FLAGS.text_pair)}))
         return

@@ -16,7 +16,8 @@ from ml_collections import config_dict
 
 OBJECTIVES_BY_ARCH = {
     "decoder": ("causal_lm", "seq2seq"),
-    "encoder": ("mlm", "nsp", "mlm_nsp", "classification", "regression"),
+    "encoder": ("mlm", "nsp", "mlm_nsp", "classification", "regression",
+                "token_classification"),
     "encoder_decoder": ("span_corruption", "seq2seq"),
 }
 
@@ -140,6 +141,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.source_column = "source"  # seq2seq: the source text (e.g. 'en' for tfds:wmt14_translate)
     d.target_column = "target"  # seq2seq: the target text (e.g. 'de')
     d.labels = config_dict.placeholder(str)  # classification: "neg,pos"; None = from train split
+    d.tokens_column = "tokens"  # token classification: the list of words
+    d.tags_column = "ner_tags"  # token classification: the list of their tags
     d.noise_density = 0.15  # span corruption: fraction of tokens dropped into spans
     d.mean_noise_span_length = 3.0  # span corruption: mean tokens per span
     d.whole_word_masking = False  # MLM: mask whole words (wordpiece / bpe tokenizers)

@@ -1,5 +1,5 @@
-"""BERT (BertModel / BertForPreTraining / BertForMaskedLM / BertForSequenceClassification) <->
-llmjax EncoderWithHeads.
+"""BERT (BertModel / BertForPreTraining / BertForMaskedLM / BertForSequenceClassification /
+BertForTokenClassification) <-> llmjax EncoderWithHeads.
 
 BERT is a post-LayerNorm encoder with token-type embeddings, an embedding LayerNorm, learned
 positions and exact GELU. PyTorch Linear weights are [out, in]: transposed into llmjax's [in,
@@ -21,6 +21,8 @@ _ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "relu": "relu", "silu"
 
 
 def _objective_of(hf: dict, tensors: dict) -> str:
+    if any(a.endswith("ForTokenClassification") for a in hf.get("architectures") or ()):
+        return "token_classification"
     names = set(tensors)
     has_mlm = "cls.predictions.bias" in names
     has_nsp = "cls.seq_relationship.weight" in names
@@ -47,7 +49,7 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.norm_epsilon = hf.get("layer_norm_eps", 1e-12)
     m.position_embedding, m.use_bias, m.tie_embeddings = "learned", True, True
     m.dropout_rate = m.attention_dropout_rate = 0.0
-    if config.objective == "classification":
+    if config.objective in ("classification", "token_classification"):
         labels = hf.get("id2label") or {"0": "LABEL_0", "1": "LABEL_1"}
         config.data.labels = ",".join(labels[str(i)] if str(i) in labels else labels[i]
                                       for i in range(len(labels)))
@@ -160,7 +162,9 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
           "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     if "classifier/dense/kernel" in flat:
         dense("classifier", "classifier/dense")
-        architecture = "BertForSequenceClassification"
+        architecture = ("BertForTokenClassification"
+                        if config.objective == "token_classification"
+                        else "BertForSequenceClassification")
         labels = (config.data.labels or "").split(",")
         hf["id2label"] = {str(i): name for i, name in enumerate(labels)}
         hf["label2id"] = {name: i for i, name in enumerate(labels)}

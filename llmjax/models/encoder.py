@@ -57,13 +57,15 @@ class Encoder(nnx.Module):
 
 class EncoderWithHeads(nnx.Module):
     """An Encoder plus the heads an objective asks for: 'mlm' (tied to the input embeddings),
-    'nsp' (2-way on the pooled [CLS]) and 'classifier' (num_classes-way on the pooled [CLS])."""
+    'nsp' (2-way on the pooled [CLS]), 'classifier' (num_classes-way on the pooled [CLS]) and
+    'token_classifier' (num_classes-way on every token's state, no pooler: Hugging Face's
+    ForTokenClassification; its layer is named `classifier` too)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, heads: tuple[str, ...] = ("mlm",),
                  num_classes: int = 2):
         from llmjax.models.heads import ClassifierHead, MLMHead, Pooler
 
-        unknown = set(heads) - {"mlm", "nsp", "classifier"}
+        unknown = set(heads) - {"mlm", "nsp", "classifier", "token_classifier"}
         if unknown:
             raise ValueError(f"unknown encoder heads {sorted(unknown)}")
         self.heads = tuple(heads)
@@ -73,7 +75,7 @@ class EncoderWithHeads(nnx.Module):
         self.pooler = Pooler(cfg, rngs=rngs) if pooled else None
         self.nsp_head = ClassifierHead(cfg, 2, rngs=rngs) if "nsp" in heads else None
         self.classifier = (ClassifierHead(cfg, num_classes, rngs=rngs)
-                           if "classifier" in heads else None)
+                           if "classifier" in heads or "token_classifier" in heads else None)
 
     def hidden_states(self, tokens_BxL: Array, **kwargs) -> Array:
         """[B, L, D]; kwargs: token_types, segment_ids, positions, rng (see Encoder)."""
@@ -88,11 +90,18 @@ class EncoderWithHeads(nnx.Module):
     def class_logits(self, hidden_BxLxD: Array, rng: Array | None = None) -> Array:
         return self.classifier(self.pooler(hidden_BxLxD), rng)
 
+    def token_class_logits(self, hidden_BxLxD: Array, rng: Array | None = None) -> Array:
+        """[B, L, num_classes]: every token's classes."""
+        return self.classifier(hidden_BxLxD, rng)
+
     def __call__(self, tokens_BxL: Array, **kwargs) -> Array:
-        """The primary head's logits: MLM [B, L, V] if present, else classes [B, C]."""
+        """The primary head's logits: MLM [B, L, V] if present, else classes [B, C] (per token
+        [B, L, C] for 'token_classifier')."""
         hidden = self.hidden_states(tokens_BxL, **kwargs)
         if self.mlm_head is not None:
             return self.mlm_logits(hidden)
+        if "token_classifier" in self.heads:
+            return self.token_class_logits(hidden)
         if self.classifier is not None:
             return self.class_logits(hidden)
         return self.nsp_logits(hidden)

@@ -9,6 +9,7 @@ from llmjax.objectives.nsp import NextSentencePrediction
 from llmjax.objectives.regression import Regression
 from llmjax.objectives.seq2seq import Seq2Seq
 from llmjax.objectives.span_corruption import SpanCorruption
+from llmjax.objectives.token_classification import TokenClassification
 
 OBJECTIVES = {
     "causal_lm": CausalLM,
@@ -19,6 +20,7 @@ OBJECTIVES = {
     "regression": Regression,
     "span_corruption": SpanCorruption,
     "seq2seq": Seq2Seq,
+    "token_classification": TokenClassification,
 }
 
 

@@ -77,7 +77,8 @@ def finalize(sums: dict[str, tuple], loss_terms: Sequence[str] = ("loss",)
              ) -> dict[str, float]:
     """Metric values from reduced (sum, count) pairs: 'loss' is the sum of the terms' means;
     adds perplexity for a single-term cross-entropy loss, precision / recall / F1 / MCC where
-    there is a summed confusion matrix and Pearson's r where there are summed moments."""
+    there is a summed confusion matrix, Pearson's r where there are summed moments, and entity
+    precision / recall / F1 where there are summed entity counts."""
     from llmjax.evaluation.metrics import classification_metrics, pearson_from_moments
 
     out = {name: float(s) / max(float(c), 1e-9) for name, (s, c) in sums.items()
@@ -90,6 +91,10 @@ def finalize(sums: dict[str, tuple], loss_terms: Sequence[str] = ("loss",)
         out.update(classification_metrics(np.asarray(sums["confusion"][0], np.float64)))
     if "moments" in sums:
         out["pearson"] = pearson_from_moments(sums["moments"][0])
+    if "entities" in sums:
+        from llmjax.evaluation.entities import entity_metrics
+
+        out.update(entity_metrics(np.asarray(sums["entities"][0])))
     return out
 
 
