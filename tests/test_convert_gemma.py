@@ -121,3 +121,68 @@ def test_a_run_gemma_cannot_express_is_refused_with_its_settings():
     with pytest.raises(ConfigError, match=r"gemma model: model.attention_softcap=30.0 without "
                                           r"model.post_norms"):
         convert.export_params(c, params=None)
+
+
+def test_a_multimodal_gemma3_folder_reads_as_its_language_model(tmp_path):
+    """Gemma3ForConditionalGeneration (Gemma 3 4B+): its language model imports with the text
+    logits transformers gives without an image, and exports as Gemma3ForCausalLM; a
+    text_config that leaves out the keys equal to their defaults (as the Hub's 4B config.json
+    does) reads the same, those defaults being transformers' own."""
+    from test_convert_hf import llama_tokenizer_folder
+
+    import llmjax
+    from llmjax.convert.gemma import _GEMMA3_TEXT_DEFAULTS
+
+    text = transformers.Gemma3TextConfig(
+        **{**SIZES, "head_dim": 8}, num_hidden_layers=3, query_pre_attn_scalar=8,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32,
+                                             num_hidden_layers=1, num_attention_heads=2,
+                                             image_size=28, patch_size=14)
+    config = transformers.Gemma3Config(text_config=text.to_dict(),
+                                       vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                                       boi_token_index=297, eoi_token_index=298,
+                                       image_token_index=299)
+    folder = tmp_path / "source"
+    folder.mkdir()
+    llama_tokenizer_folder(folder)
+    torch.manual_seed(0)
+    hf_model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, tensor in hf_model.named_parameters():
+            redraw(name, tensor)
+    hf_model.save_pretrained(folder)
+    convert.import_to_workdir(folder, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    m = run.config.model
+    assert (m.num_layers, m.global_attention_every, m.rotary_base, m.local_rotary_base) == (
+        3, 2, 1e6, 1e4)
+    ids, mask = padded_batch([9, 5, 12], 300)
+    with torch.no_grad():
+        theirs = hf_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    assert_close(run.model(jnp.asarray(ids), segment_ids=jnp.asarray(mask, jnp.int32)), theirs,
+                 mask)
+    convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(reloaded).__name__ == "Gemma3ForCausalLM"
+    full = torch.tensor(padded_batch([12, 12], 300)[0])
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(full).logits.numpy(),
+                                   hf_model(input_ids=full).logits.numpy(), atol=1e-5)
+    # the Hub's minimal text_config: the keys equal to transformers' defaults left out
+    defaults = transformers.Gemma3TextConfig()
+    for key, value in _GEMMA3_TEXT_DEFAULTS.items():
+        if key == "rope_theta":
+            assert defaults.rope_parameters["full_attention"]["rope_theta"] == value
+        elif key == "rope_local_base_freq":
+            assert defaults.rope_parameters["sliding_attention"]["rope_theta"] == value
+        else:
+            assert getattr(defaults, key) == value, key
+    minimal = shutil.copytree(folder, tmp_path / "minimal")
+    hf_config = json.loads((minimal / "config.json").read_text())
+    for key in ("rope_parameters", "rms_norm_eps", "hidden_activation", "tie_word_embeddings",
+                "attention_bias"):
+        hf_config["text_config"].pop(key)
+    (minimal / "config.json").write_text(json.dumps(hf_config))
+    assert convert.import_folder(minimal)[0].model.to_dict() == m.to_dict()

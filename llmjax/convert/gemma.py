@@ -12,6 +12,11 @@ is pre_feedforward_layernorm), queries scaled by query_pre_attn_scalar^-0.5
 second one (model.attention_window + global_attention_every, from `layer_types`). Gemma 3
 drops the soft-capping, adds QK-norm and gives its windowed layers a rotary base of their own
 (model.local_rotary_base), a global layer every sixth.
+
+A multimodal Gemma 3 folder (`gemma3`: Gemma3ForConditionalGeneration, the 4B, 12B and 27B
+models) is read as its language model alone (`text_model`): its text_config, and the
+language model's tensors under the text model's names; the vision tower and the projector are
+left out, so such a run reads and writes text only and exports as Gemma3ForCausalLM.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from llmjax.convert.llama import configure_sizes, export_projections, import_pro
 
 MODEL_TYPE = "gemma"
 MODEL_TYPES = ("gemma", "gemma2", "gemma3_text")
+MULTIMODAL_TYPE = "gemma3"
 HEADS = ()
 IGNORED = (r"lm_head\.weight",)  # tied to the embedding
 _ARCHITECTURES = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
@@ -32,6 +38,43 @@ _ARCHITECTURES = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
 _ACTIVATIONS = {"gelu_pytorch_tanh": "gelu", "gelu": "gelu", "gelu_new": "gelu"}
 # llmjax's norm scale = 1 + Gemma's weight
 _NORM_OFFSET = 1.0
+
+
+# transformers' Gemma3TextConfig defaults: a multimodal folder's text_config leaves out the keys
+# that equal them (Gemma 3 4B's lists sizes, layers, window and rope scaling only)
+_GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+    "tie_word_embeddings": True, "attention_bias": False,
+    "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0}  # without rope_parameters
+# a multimodal folder's language-model tensors: transformers' saved names, then its >= 4.52
+# module names
+_LANGUAGE_MODEL_PREFIXES = {"language_model.model.": "model.",
+                            "language_model.lm_head.": "lm_head.",
+                            "model.language_model.": "model."}
+
+
+def text_model(hf: dict, tensors: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config, tensors) of a multimodal Gemma 3 folder's language model, as a gemma3_text
+    folder holds them: its text_config with Gemma3TextConfig's defaults under it."""
+    from llmjax.convert.hf import ConversionError
+
+    config = {**_GEMMA3_TEXT_DEFAULTS, **hf.get("text_config", {}), "model_type": "gemma3_text"}
+    if "rope_parameters" in config:  # transformers >= 5 writes both layer types' settings
+        config.pop("rope_theta")
+        config.pop("rope_local_base_freq")
+    text = {}
+    for name, tensor in tensors.items():
+        for prefix, replacement in _LANGUAGE_MODEL_PREFIXES.items():
+            if name.startswith(prefix):
+                text[replacement + name.removeprefix(prefix)] = tensor
+                break
+    if not text:
+        raise ConversionError("a multimodal Gemma 3 folder (model_type gemma3) without "
+                              "language_model tensors: llmjax reads its language model only")
+    return config, text
 
 
 def _model_type(hf: dict) -> str:

@@ -80,6 +80,8 @@ def read_folder(path: str | epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
     else:
         raise FileNotFoundError(f"{path} has no model.safetensors (or its shards' "
                                 "model.safetensors.index.json) or pytorch_model.bin")
+    if hf_config.get("model_type") == gemma.MULTIMODAL_TYPE:  # its language model alone
+        return gemma.text_model(hf_config, tensors)
     return hf_config, tensors
 
 
@@ -118,7 +120,7 @@ def family_of(hf_config: dict):
     model_type = hf_config.get("model_type")
     if model_type not in FAMILIES:
         raise ConversionError(f"model_type {model_type!r} cannot be converted yet; llmjax reads "
-                              f"{sorted(FAMILIES)}")
+                              f"{sorted(FAMILIES)} and {gemma.MULTIMODAL_TYPE!r}'s language model")
     return FAMILIES[model_type]
 
 
