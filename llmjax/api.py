@@ -267,7 +267,10 @@ class Run:
         pairs): generate's output answers the prompt rather than continuing it."""
         from llmjax.objectives import get_objective
 
-        return self.is_seq2seq or getattr(get_objective(self.config.objective), "decodes", False)
+        objective = get_objective(self.config.objective)
+        # seq2seq decoders (decoded in eval too), and DPO's, trained on the same layout
+        return self.is_seq2seq or getattr(objective, "answers_prompts",
+                                          getattr(objective, "decodes", False))
 
     def _continue(self, prompts: list[str], max_new: int, temperature: float, top_k: int,
                   top_p: float, seed: int, beam_size: int) -> list[str]:

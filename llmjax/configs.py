@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 OBJECTIVES_BY_ARCH = {
-    "decoder": ("causal_lm", "seq2seq"),
+    "decoder": ("causal_lm", "seq2seq", "dpo"),
     "encoder": ("mlm", "nsp", "mlm_nsp", "classification", "regression",
                 "token_classification"),
     "encoder_decoder": ("span_corruption", "seq2seq"),
@@ -141,6 +141,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.source_column = "source"  # seq2seq: the source text (e.g. 'en' for tfds:wmt14_translate)
     d.target_column = "target"  # seq2seq: the target text (e.g. 'de')
     d.labels = config_dict.placeholder(str)  # classification: "neg,pos"; None = from train split
+    d.prompt_column = "prompt"  # dpo: the prompt of a preference pair
+    d.chosen_column = "chosen"  # dpo: the preferred completion
+    d.rejected_column = "rejected"  # dpo: the other one
     d.tokens_column = "tokens"  # token classification: the list of words
     d.tags_column = "ner_tags"  # token classification: the list of their tags
     d.noise_density = 0.15  # span corruption: fraction of tokens dropped into spans
@@ -180,6 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
     i.workdir = config_dict.placeholder(str)
     i.hf_path = config_dict.placeholder(str)
     i.step = config_dict.placeholder(int)  # None: the latest checkpoint of init.workdir
+
+    c.dpo = ml_collections.ConfigDict()
+    c.dpo.beta = 0.1  # objective=dpo: strength of the pull towards the reference model
 
     c.lora = ml_collections.ConfigDict()
     c.lora.rank = 0  # 0: no adapters (every parameter trains)
@@ -392,7 +398,7 @@ _RANGES = {
                      "model.rope_original_max_len", "model.rope_low_freq_factor",
                      "model.rope_high_freq_factor", "peak_flops_per_device",
                      "model.rope_beta_fast", "model.rope_beta_slow",
-                     "model.rope_attention_factor",
+                     "model.rope_attention_factor", "dpo.beta",
                      "data.generated.concentration"), _POSITIVE),
     **dict.fromkeys(("optimizer.learning_rate", "optimizer.end_learning_rate",
                      "optimizer.warmup_steps",
@@ -448,10 +454,16 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.objective != "regression" or not (config.label_smoothing or config.z_loss),
            "label_smoothing and z_loss regularise cross-entropy losses; objective=regression "
            "is squared error: set them to 0")
+    _check(config.objective != "dpo" or not (config.label_smoothing or config.z_loss),
+           "label_smoothing and z_loss regularise cross-entropy losses; objective=dpo's loss "
+           "is on likelihood ratios: set them to 0")
+    _check(config.objective != "dpo" or config.init.hf_path or config.init.workdir,
+           "objective=dpo measures the policy against the model it starts from: set "
+           "init.hf_path or init.workdir (usually a supervised fine-tuning run)")
     _check(config.seq_len <= m.max_len,
            f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}: "
            "raise model.max_len or lower seq_len")
-    if m.arch == "decoder" and config.objective == "seq2seq":
+    if m.arch == "decoder" and config.objective in ("seq2seq", "dpo"):
         _check(config.seq_len + config.target_seq_len <= m.max_len,
                f"a seq2seq decoder reads prompt and target as one sequence: seq_len="
                f"{config.seq_len} + target_seq_len={config.target_seq_len} is longer than "
@@ -576,9 +588,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(not both, f"{both} name sets in both data.extra_eval_sources and "
                      "data.choice_eval_sources: their metrics would share eval_NAME/; rename one")
     _check(not config.data.chat_template or (m.arch == "decoder"
-                                             and config.objective == "seq2seq"),
+                                             and config.objective in ("seq2seq", "dpo")),
            "data.chat_template lays out a decoder's source -> target pairs: it needs "
-           "model.arch=decoder and objective=seq2seq")
+           "model.arch=decoder and objective=seq2seq (or dpo)")
     _check(not config.data.pack_pairs or (m.arch == "decoder"
                                           and config.objective == "seq2seq"),
            "data.pack_pairs packs a decoder's source -> target pairs: it needs "

@@ -3,6 +3,7 @@
 from llmjax.objectives.base import Objective, finalize
 from llmjax.objectives.causal_lm import CausalLM
 from llmjax.objectives.classification import Classification
+from llmjax.objectives.dpo import DirectPreference
 from llmjax.objectives.mlm import MaskedLM
 from llmjax.objectives.mlm_nsp import MaskedLMAndNextSentence
 from llmjax.objectives.nsp import NextSentencePrediction
@@ -20,6 +21,7 @@ OBJECTIVES = {
     "regression": Regression,
     "span_corruption": SpanCorruption,
     "seq2seq": Seq2Seq,
+    "dpo": DirectPreference,
     "token_classification": TokenClassification,
 }
 

@@ -85,7 +85,8 @@ def finalize(sums: dict[str, tuple], loss_terms: Sequence[str] = ("loss",)
            if np.ndim(s) == 0}
     if "loss" not in out:
         out["loss"] = sum(out[t] for t in loss_terms)
-    elif tuple(loss_terms) == ("loss",) and "moments" not in sums:  # not squared error
+    elif tuple(loss_terms) == ("loss",) and not {"moments", "reward_accuracy"} & set(sums):
+        # a cross-entropy (not regression's squared error, nor DPO's loss on ratios)
         out["perplexity"] = float(np.exp(min(out["loss"], 50.0)))
     if "confusion" in sums:
         out.update(classification_metrics(np.asarray(sums["confusion"][0], np.float64)))

@@ -255,6 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     try:  # every check and all data loading come before the first write to the workdir
         tokenizer, train_iter, eval_data = _prepare_data(config, workdir, objective)
         evals = EvalSuite(config, tokenizer, objective, eval_data)
+        if hasattr(objective, "release_reference"):  # DPO: every split's examples are made
+            objective.release_reference()
         best_metric = _best_metric(config, objective, evals)
         if config.lora.rank:  # lora.targets must match the model's layers (shapes only)
             state_lib.abstract_model(config)

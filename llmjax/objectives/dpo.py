@@ -1,0 +1,137 @@
+"""Direct preference optimisation (DPO; Rafailov et al. 2023) of a decoder: from (prompt,
+chosen, rejected) records the policy learns to raise the chosen completion's likelihood
+against the rejected one's, each measured relative to a frozen reference model — the model the
+run starts from (`init.hf_path` or `init.workdir`: usually a supervised fine-tuning run):
+
+    loss = -log σ(β · ((log π(c|x) − log π_ref(c|x)) − (log π(r|x) − log π_ref(r|x))))
+
+Each pair is two rows laid out as seq2seq decoder pairs (data/chat.py: `<bos> prompt <eos>`
+then the completion and `<eos>`, or the chat template's turns with `data.chat_template`):
+`inputs`, `targets`, `segment_ids`, `weights` [2, L] (weight on the completion's tokens), the
+chosen row first; `reference_logps` [2], the reference model's log-likelihood of each
+completion, computed once on one device when the examples are made (as TRL's
+precompute_ref_log_probs), so training holds one model; `pair_weights` [] (1, 0 for padding),
+which the loss is averaged over.
+
+Metrics: loss; reward_accuracy (the chosen completion's implicit reward β · log π/π_ref above
+the rejected one's), reward_margin (their mean difference), chosen_reward and rejected_reward.
+At step 0 the policy is the reference: loss = ln 2, rewards 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from llmjax.data.chat import prompt_layout
+from llmjax.data.sources import column_text, iter_records
+from llmjax.data.tokenizers import Tokenizer
+from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers, cross_entropy
+from llmjax.objectives.pairs import ArrayExamples
+from llmjax.objectives.seq2seq import prompt_completion_arrays
+
+ROW_KEYS = ("inputs", "targets", "segment_ids", "weights")
+
+
+def completion_logps(model, rows: dict[str, jax.Array], rng: jax.Array | None = None
+                     ) -> jax.Array:
+    """[R]: each row's summed log-likelihood of its weighted (completion) tokens."""
+    logits = model(rows["inputs"], segment_ids=rows["segment_ids"], rng=rng)
+    return -(cross_entropy(logits, rows["targets"]) * rows["weights"]).sum(-1)
+
+
+class DirectPreference:
+    name = "dpo"
+    answers_prompts = True  # `generate` lays a prompt out as training did, and answers it
+    loss_weights = {"loss": "pair_weights"}  # the loss is a mean over pairs
+
+    def __init__(self):
+        self.beta: float | None = None  # set by resolve_config
+        self._reference = None  # (jitted completion_logps, reference params), made once
+
+    def resolve_config(self, config: ml_collections.ConfigDict) -> None:
+        self.beta = float(config.dpo.beta)
+
+    @staticmethod
+    def example_length(config: ml_collections.ConfigDict) -> int:
+        """Tokens per example, for FLOP counts: two rows of prompt + completion."""
+        return 2 * (config.seq_len + config.target_seq_len)
+
+    def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
+        return {}
+
+    def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
+                      config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
+        d = config.data
+        prompts, chosen, rejected = [], [], []
+        for record in iter_records(records):
+            prompts.append(column_text(record, d.prompt_column))
+            chosen.append(column_text(record, d.chosen_column))
+            rejected.append(column_text(record, d.rejected_column))
+        layout = prompt_layout(config, tokenizer)
+        prompt_ids = layout.prompts(prompts, tokenizer, config.seq_len)
+        chosen_ids = layout.completions(chosen, tokenizer, config.target_seq_len)
+        rejected_ids = layout.completions(rejected, tokenizer, config.target_seq_len)
+        length = config.seq_len + config.target_seq_len
+        rows = prompt_completion_arrays(  # chosen, rejected, chosen, rejected, ...
+            [p for p in prompt_ids for _ in range(2)],
+            [c for pair in zip(chosen_ids, rejected_ids, strict=True) for c in pair],
+            length, tokenizer.pad_id).arrays
+        n = len(prompts)
+        arrays = {k: rows[k].reshape(n, 2, length) for k in ROW_KEYS}
+        arrays["reference_logps"] = self._reference_logps(rows, config)
+        arrays["pair_weights"] = np.ones((n,), np.float32)
+        return ArrayExamples(arrays)
+
+    def _reference_logps(self, rows: dict[str, np.ndarray], config: ml_collections.ConfigDict
+                         ) -> np.ndarray:
+        """[N, 2] reference log-likelihoods of the rows' completions, a fixed-size batch of
+        rows at a time (one compiled program)."""
+        logps_fn, params = self._reference_model(config)
+        count, chunk = len(rows["inputs"]), 2 * config.batch_size
+        out = []
+        for lo in range(0, count, chunk):
+            piece = {k: rows[k][lo:lo + chunk] for k in ROW_KEYS}
+            n = len(piece["inputs"])
+            piece = {k: np.concatenate([v, np.zeros((chunk - n, *v.shape[1:]), v.dtype)])
+                     for k, v in piece.items()}
+            out.append(np.asarray(logps_fn(params, piece), np.float32)[:n])
+        return np.concatenate(out or [np.zeros((0,), np.float32)]).reshape(-1, 2)
+
+    def _reference_model(self, config: ml_collections.ConfigDict):
+        """The model the run starts from, restored once (with LoRA: adapters at zero, i.e. the
+        base model)."""
+        if self._reference is None:
+            from llmjax.train import state as state_lib
+            from llmjax.train.loop import initial_params
+
+            graphdef, params = nnx.split(state_lib.build_model(config))
+            params = initial_params(config, params)
+            fn = jax.jit(lambda p, rows: completion_logps(nnx.merge(graphdef, p), rows))
+            self._reference = (fn, params)
+        return self._reference
+
+    def release_reference(self) -> None:
+        """Frees the reference model once every split's examples are made."""
+        self._reference = None
+
+    def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
+             regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
+        if self.beta is None:
+            raise RuntimeError("dpo: call resolve_config(config) first (it reads dpo.beta)")
+        pairs, _, length = batch["inputs"].shape
+        rows = {k: batch[k].reshape(2 * pairs, length) for k in ROW_KEYS}
+        logps = completion_logps(model, rows, rng).reshape(pairs, 2)
+        rewards = self.beta * (logps - batch["reference_logps"])  # [B, 2] implicit rewards
+        margin = rewards[:, 0] - rewards[:, 1]
+        w = batch["pair_weights"]
+        count = w.sum()
+        return {"loss": ((jax.nn.softplus(-margin) * w).sum(), count),
+                "reward_accuracy": (((margin > 0) * w).sum(), count),
+                "reward_margin": ((margin * w).sum(), count),
+                "chosen_reward": ((rewards[:, 0] * w).sum(), count),
+                "rejected_reward": ((rewards[:, 1] * w).sum(), count)}

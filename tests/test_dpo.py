@@ -1,0 +1,137 @@
+"""Direct preference optimisation (objective=dpo): the reference log-likelihoods are those of
+the model the run starts from, the loss starts at ln 2, and training learns a preference."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import apply_overrides, tiny_config
+from test_convert_hf import llama_folder  # noqa: F401 (a fixture)
+
+import llmjax
+from llmjax.configs import ConfigError
+from llmjax.train.loop import train_and_evaluate
+from llmjax.train.writer import read_metrics
+
+PAIRS = [("Two dogs play", "Zwei Hunde spielen", "Two dogs play"),
+         ("The quick brown fox", "jumps!", "sleeps."),
+         ("A man in an orange hat", "starring at something.", "Ça coûte 3,50 €"),
+         ("Ça coûte", "3,50 €", "Zwei")]
+
+
+def write_pairs(path, pairs):
+    path.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n"
+                            for p, c, r in pairs))
+    return path
+
+
+def test_dpo_references_the_initial_model_and_starts_at_ln2(llama_folder, tmp_path):  # noqa: F811
+    """From a Hugging Face LLaMA: each completion's reference log-likelihood is transformers'
+    (after `<s> prompt </s>`, the completion and </s>), and the first step's loss is ln 2 with
+    zero rewards, the policy being the reference."""
+    import torch
+
+    from llmjax.convert.hf import apply_hf_model_config
+    from llmjax.data.tokenizers import load_hf_tokenizer
+    from llmjax.objectives.dpo import DirectPreference
+    from llmjax.train.loop import resolve_vocab
+
+    folder, hf_model = llama_folder
+    data = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
+    c = tiny_config(**{"init.hf_path": str(folder), "objective": "dpo",
+                       "data.source": f"jsonl:{data}", "data.validation_fraction": 0.0,
+                       "data.eval_source": f"jsonl:{data}", "data.eval_split": "train",
+                       "seq_len": 24, "target_seq_len": 24, "batch_size": 4,
+                       "num_train_steps": 1, "log_every_steps": 1, "eval_every_steps": 1})
+    apply_hf_model_config(c)
+    tok = load_hf_tokenizer(folder)
+    resolve_vocab(c, tok.vocab_size)
+    objective = DirectPreference()
+    records = [{"prompt": p, "chosen": ch, "rejected": r} for p, ch, r in PAIRS]
+    examples = objective.make_examples(records, tok, c, train=True)
+    expected = []
+    for prompt, *completions in PAIRS:
+        head = [tok.bos_id, *tok.encode(prompt), tok.eos_id]
+        row = []
+        for completion in completions:
+            tail = [*tok.encode(completion), tok.eos_id]
+            with torch.no_grad():
+                logits = hf_model(torch.tensor([head + tail])).logits[0, len(head) - 1: -1]
+            row.append(-torch.nn.functional.cross_entropy(logits, torch.tensor(tail),
+                                                          reduction="sum").item())
+        expected.append(row)
+    np.testing.assert_allclose(examples.arrays["reference_logps"], expected, atol=2e-4)
+    assert examples.arrays["inputs"].shape == (4, 2, 48)
+
+    train_and_evaluate(c, tmp_path / "dpo")
+    first = next(r for r in read_metrics(tmp_path / "dpo") if "train/loss" in r)
+    assert first["train/loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert first["train/reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert llmjax.load(tmp_path / "dpo").answers_prompts
+
+
+def preference_setup(tmp_path, **overrides):
+    """(config, held-out pairs): DPO from a barely trained decoder on pairs whose chosen
+    completions are letters of the first half of the alphabet and rejected ones of the second."""
+    train_and_evaluate(tiny_config(num_train_steps=1), tmp_path / "init")
+    rng = np.random.default_rng(0)
+
+    def pairs(n):
+        def text(alphabet):
+            return "".join(rng.choice(list(alphabet), rng.integers(3, 7)))
+
+        return [(text("abcdefghijkl"), text("abcdef"), text("ghijkl")) for _ in range(n)]
+
+    train = write_pairs(tmp_path / "train.jsonl", pairs(400))
+    held_out = pairs(40)
+    dev = write_pairs(tmp_path / "dev.jsonl", held_out)
+    return tiny_config(**{"init.workdir": str(tmp_path / "init"), "objective": "dpo",
+                          "data.source": f"jsonl:{train}", "data.eval_source": f"jsonl:{dev}",
+                          "data.validation_fraction": 0.0, "seq_len": 10, "target_seq_len": 10,
+                          "batch_size": 16, **overrides}), held_out
+
+
+def test_dpo_learns_a_preference(tmp_path):
+    """Held-out pairs (new prompts and completions) rank the chosen above the rejected (reward
+    accuracy ≥ 0.9, where the rewards tie at step 0), and so do the trained model's
+    likelihoods (Run.log_likelihood)."""
+    c, held_out = preference_setup(tmp_path, num_train_steps=60, eval_every_steps=60,
+                                   checkpoint_best_metric="reward_accuracy")
+    metrics = train_and_evaluate(c, tmp_path / "dpo")
+    assert metrics["eval/reward_accuracy"] >= 0.9, metrics
+    assert metrics["eval/chosen_reward"] > 0 > metrics["eval/rejected_reward"]
+    assert "eval/perplexity" not in metrics  # not a cross-entropy
+    run = llmjax.load(tmp_path / "dpo")
+    prompts = [p for p, _, _ in held_out]
+    chosen = run.log_likelihood(prompts, [c for _, c, _ in held_out])
+    rejected = run.log_likelihood(prompts, [r for _, _, r in held_out])
+    assert np.mean(chosen > rejected) >= 0.9
+
+
+def test_dpo_gives_one_devices_metrics_under_pmap_and_a_mesh(tmp_path):
+    """The pair axis rides along the batch axis: 8-way pmap and a (2, 2, 2) mesh train and
+    evaluate as one device does."""
+    c, _ = preference_setup(tmp_path, num_train_steps=5, eval_every_steps=5)
+    single = train_and_evaluate(c, tmp_path / "single")
+    for mode, mesh in (("pmap", {}), ("mesh", {"parallel.mesh.fsdp": 2,
+                                               "parallel.mesh.tensor": 2})):
+        other_config = apply_overrides(c.copy_and_resolve_references(),
+                                       {"parallel.mode": mode, **mesh})
+        other = train_and_evaluate(other_config, tmp_path / mode)
+        assert other.keys() == single.keys()
+        for name, value in single.items():
+            assert other[name] == pytest.approx(value, abs=1e-5), (mode, name)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({}, "set init.hf_path or init.workdir"),
+    ({"init.workdir": "x", "label_smoothing": 0.1}, "objective=dpo's loss is on likelihood"),
+    ({"init.workdir": "x", "dpo.beta": 0.0}, "dpo.beta=0.0 must be"),
+    ({"init.workdir": "x", "model.arch": "encoder"}, "does not fit model.arch='encoder'"),
+])
+def test_dpo_config_errors(overrides, message):
+    from llmjax import configs
+
+    with pytest.raises(ConfigError, match=message):
+        configs.validate(tiny_config(**{"objective": "dpo", **overrides}))
