@@ -11,6 +11,7 @@ from test_convert_hf import llama_folder  # noqa: F401 (a fixture)
 
 import llmjax
 from llmjax.configs import ConfigError
+from llmjax.data.text_builder import DataError
 from llmjax.train.loop import train_and_evaluate
 from llmjax.train.writer import read_metrics
 
@@ -135,3 +136,42 @@ def test_dpo_config_errors(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         configs.validate(tiny_config(**{"objective": "dpo", **overrides}))
+
+
+def test_conversational_pairs_are_laid_out_by_the_chat_template(tmp_path):
+    """UltraFeedback's layout (chosen / rejected as [user, assistant] messages) and TRL's
+    conversational one (a prompt of messages, lone answers) give the prompt
+    apply_chat_template(add_generation_prompt) gives, and each answer as the rest of the whole
+    exchange's ids; conversations without the template are an error naming the fix."""
+    from test_chat import CHATML, chat_config, chat_folder
+
+    from llmjax.data.tokenizers import ByteTokenizer
+    from llmjax.objectives.dpo import pair_ids
+
+    ours, theirs = chat_folder(tmp_path / "chatml", CHATML,
+                               ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"])
+    system = {"role": "system", "content": "Be brief."}
+    user = {"role": "user", "content": "Two dogs play"}
+    good = {"role": "assistant", "content": "Zwei Hunde spielen"}
+    bad = {"role": "assistant", "content": "Ça coûte 3,50 €"}
+    records = [{"prompt": "Two dogs play", "chosen": json.dumps([user, good]),
+                "rejected": json.dumps([user, bad])},
+               {"prompt": json.dumps([system, user]), "chosen": json.dumps([good]),
+                "rejected": json.dumps([bad])}]
+    config = chat_config(**{"objective": "dpo", "data.messages_column": None,
+                            "init.workdir": "x", "seq_len": 64, "target_seq_len": 64})
+    prompts, chosen, rejected = pair_ids(records, config, ours)
+    for context, prompt, answers in ((
+            [user], prompts[0], (chosen[0], rejected[0])), ([system, user], prompts[1],
+                                                           (chosen[1], rejected[1]))):
+        head = list(theirs.apply_chat_template(context, add_generation_prompt=True,
+                                               tokenize=True, return_dict=True)["input_ids"])
+        assert prompt.tolist() == head
+        for answer, message in zip(answers, (good, bad), strict=True):
+            whole = theirs.apply_chat_template(context + [message], tokenize=True,
+                                               return_dict=True)["input_ids"]
+            assert head + answer.tolist() == list(whole)
+    plain = chat_config(**{"objective": "dpo", "data.messages_column": None,
+                           "data.chat_template": False, "init.workdir": "x"})
+    with pytest.raises(DataError, match="record 0: chosen and rejected are conversations"):
+        pair_ids(records, plain, ByteTokenizer())

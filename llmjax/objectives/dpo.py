@@ -6,7 +6,8 @@ run starts from (`init.hf_path` or `init.workdir`: usually a supervised fine-tun
     loss = -log σ(β · ((log π(c|x) − log π_ref(c|x)) − (log π(r|x) − log π_ref(r|x))))
 
 Each pair is two rows laid out as seq2seq decoder pairs (data/chat.py: `<bos> prompt <eos>`
-then the completion and `<eos>`, or the chat template's turns with `data.chat_template`):
+then the completion and `<eos>`, or the chat template's turns with `data.chat_template`; chosen
+and rejected may also be conversations, rendered whole by the template: `pair_ids`):
 `inputs`, `targets`, `segment_ids`, `weights` [2, L] (weight on the completion's tokens), the
 chosen row first; `reference_logps` [2], the reference model's log-likelihood of each
 completion, computed once on one device when the examples are made (as TRL's
@@ -28,7 +29,8 @@ import numpy as np
 from flax import nnx
 
 from llmjax.data.chat import prompt_layout
-from llmjax.data.sources import column_text, iter_records
+from llmjax.data.sources import column_list, column_text, iter_records
+from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers, cross_entropy
 from llmjax.objectives.pairs import ArrayExamples
@@ -42,6 +44,64 @@ def completion_logps(model, rows: dict[str, jax.Array], rng: jax.Array | None = 
     """[R]: each row's summed log-likelihood of its weighted (completion) tokens."""
     logits = model(rows["inputs"], segment_ids=rows["segment_ids"], rng=rng)
     return -(cross_entropy(logits, rows["targets"]) * rows["weights"]).sum(-1)
+
+
+def _messages(value) -> list[dict] | None:
+    """A field's conversation, if it holds a list of {"role", "content"} messages."""
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
+        return [{k: _text(v) for k, v in m.items()} for m in value]
+    return None
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def pair_ids(records: Sequence[dict], config: ml_collections.ConfigDict, tokenizer: Tokenizer
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(prompt, chosen, rejected) ids of each record: texts laid out as seq2seq pairs are
+    (data/chat.py); conversations (chosen / rejected as lists of messages ending with the
+    assistant's answer, as UltraFeedback's and TRL's conversational format give them) are
+    rendered by the chat template, the prompt being the chosen side's messages before its answer
+    (or, for a lone answer, the prompt field: text as a user turn, or messages). Texts are cut
+    as seq2seq pairs are; a conversation's prompt keeps its last `seq_len` tokens, its answers
+    their first `target_seq_len`."""
+    d = config.data
+    layout = prompt_layout(config, tokenizer)
+    prompts, chosen, rejected = [], [], []
+    for i, record in enumerate(iter_records(records)):
+        sides = [_messages(column_list(record, c)) for c in (d.chosen_column, d.rejected_column)]
+        if sides[0] is None or sides[1] is None:
+            prompts.append(column_text(record, d.prompt_column))
+            chosen.append(column_text(record, d.chosen_column))
+            rejected.append(column_text(record, d.rejected_column))
+            continue
+        if layout.is_plain:
+            raise DataError(f"record {i}: chosen and rejected are conversations; lay them out "
+                            "with the tokenizer's chat template: set data.chat_template=True")
+        if any(side[-1]["role"] != "assistant" for side in sides):
+            raise DataError(f"record {i}: a conversation in {d.chosen_column!r} or "
+                            f"{d.rejected_column!r} does not end with the assistant's answer")
+        context = sides[0][:-1]
+        if not context:
+            prompt = column_list(record, d.prompt_column)
+            context = _messages(prompt) or [{"role": "user", "content": column_text(
+                record, d.prompt_column)}]
+        laid_out = layout.conversations([context + side[-1:] for side in sides], tokenizer)
+        at = laid_out[0].last_answer_at
+        prompts.append(laid_out[0].ids[:at][-config.seq_len:])
+        chosen.append(laid_out[0].ids[at:][:config.target_seq_len])
+        rejected.append(laid_out[1].ids[laid_out[1].last_answer_at:][:config.target_seq_len])
+    if not prompts or isinstance(prompts[0], str):  # every record plain (or none)
+        return (layout.prompts(prompts, tokenizer, config.seq_len),
+                layout.completions(chosen, tokenizer, config.target_seq_len),
+                layout.completions(rejected, tokenizer, config.target_seq_len))
+    if any(isinstance(p, str) for p in prompts):
+        raise DataError("preference records mix texts and conversations in "
+                        f"{d.chosen_column!r} / {d.rejected_column!r}: give every record one "
+                        "kind")
+    return prompts, chosen, rejected
 
 
 class DirectPreference:
@@ -66,22 +126,13 @@ class DirectPreference:
 
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
-        d = config.data
-        prompts, chosen, rejected = [], [], []
-        for record in iter_records(records):
-            prompts.append(column_text(record, d.prompt_column))
-            chosen.append(column_text(record, d.chosen_column))
-            rejected.append(column_text(record, d.rejected_column))
-        layout = prompt_layout(config, tokenizer)
-        prompt_ids = layout.prompts(prompts, tokenizer, config.seq_len)
-        chosen_ids = layout.completions(chosen, tokenizer, config.target_seq_len)
-        rejected_ids = layout.completions(rejected, tokenizer, config.target_seq_len)
+        prompt_ids, chosen_ids, rejected_ids = pair_ids(records, config, tokenizer)
         length = config.seq_len + config.target_seq_len
         rows = prompt_completion_arrays(  # chosen, rejected, chosen, rejected, ...
             [p for p in prompt_ids for _ in range(2)],
             [c for pair in zip(chosen_ids, rejected_ids, strict=True) for c in pair],
             length, tokenizer.pad_id).arrays
-        n = len(prompts)
+        n = len(prompt_ids)
         arrays = {k: rows[k].reshape(n, 2, length) for k in ROW_KEYS}
         arrays["reference_logps"] = self._reference_logps(rows, config)
         arrays["pair_weights"] = np.ones((n,), np.float32)
