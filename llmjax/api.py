@@ -250,16 +250,46 @@ class Run:
             raise ConfigError(f"generate needs a model that decodes; this run's model.arch is "
                              f"{self.config.model.arch!r}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        options = self._sampling(max_new_tokens, temperature, top_k, top_p, seed, beam_size)
+        decode = self._transduce if self.is_seq2seq else self._continue
+        outputs = decode(prompts, *options) if prompts else []
+        return outputs[0] if isinstance(prompt, str) else outputs
+
+    def _sampling(self, max_new_tokens, temperature, top_k, top_p, seed, beam_size
+                  ) -> tuple[int, float, int, float, int, int]:
+        """(max_new_tokens, temperature, top_k, top_p, seed, beam_size): those given, the
+        others config.generate's; checked."""
         g = self.config.generate
         pick = lambda v, d: d if v is None else v  # noqa: E731
-        max_new_tokens = int(pick(max_new_tokens, g.max_new_tokens))
-        temperature, top_p = float(pick(temperature, g.temperature)), float(pick(top_p, g.top_p))
-        top_k, beam_size = int(pick(top_k, g.top_k)), int(pick(beam_size, g.beam_size))
-        configs.check_generate_options(max_new_tokens, temperature, top_k, top_p, beam_size)
-        decode = self._transduce if self.is_seq2seq else self._continue
-        outputs = decode(prompts, max_new_tokens, temperature, top_k, top_p,
-                         pick(seed, g.seed), beam_size) if prompts else []
-        return outputs[0] if isinstance(prompt, str) else outputs
+        options = (int(pick(max_new_tokens, g.max_new_tokens)),
+                   float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
+                   float(pick(top_p, g.top_p)), int(pick(seed, g.seed)),
+                   int(pick(beam_size, g.beam_size)))
+        configs.check_generate_options(*options[:4], options[5])
+        return options
+
+    def chat(self, messages: Sequence[dict] | Sequence[Sequence[dict]],
+             max_new_tokens: int | None = None, temperature: float | None = None,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             beam_size: int | None = None) -> str | list[str]:
+        """The assistant's reply to a conversation ([{"role": ..., "content": ...}, ...]),
+        laid out by the tokenizer's chat template with its generation prompt and decoded up to
+        the template's end of turn; a list of conversations decodes as one batch. Sampling
+        defaults from config.generate, as `generate`'s."""
+        from llmjax.data.chat import chat_layout
+
+        if not hasattr(self.model, "decode") or self.is_seq2seq:
+            raise ConfigError(f"chat needs a decoder; this run's model.arch is "
+                              f"{self.config.model.arch!r}")
+        one = bool(messages) and isinstance(messages[0], dict)
+        conversations = [list(messages)] if one else [list(c) for c in messages]
+        layout = chat_layout(self.tokenizer, "chat", "chat with a run fine-tuned from, or "
+                             "imported from, a chat model's folder")
+        options = self._sampling(max_new_tokens, temperature, top_k, top_p, seed, beam_size)
+        keep = max(self.config.model.max_len - options[0], 1)  # the latest turns of a long one
+        ids = [layout.chat_prompt(c, self.tokenizer)[-keep:] for c in conversations]
+        replies = self._continue_ids(ids, layout, *options) if ids else []
+        return replies[0] if one else replies
 
     @property
     def answers_prompts(self) -> bool:
@@ -277,20 +307,29 @@ class Run:
         """A decoder's continuations of left-padded prompts: <bos> + the prompt, or for a
         seq2seq decoder the prompt laid out as in its training (<bos> source <eos>)."""
         from llmjax.data.chat import PromptLayout
-        from llmjax.decoding.decoder import continue_prompts
 
         tok = self.tokenizer
-        stop_id, layout = tok.eos_id, PromptLayout()
+        layout = PromptLayout()
         if self.answers_prompts:
             layout = self._prompt_layout()
             ids = layout.prompts(prompts, tok, self.config.seq_len)
-            stop_id = layout.stop_id(tok)
         else:
             keep = max(self.config.model.max_len - max_new, 1)  # the end of a long prompt
             ids = [np.concatenate([[tok.bos_id], tok.encode_array(p)])[-keep:] for p in prompts]
+        return self._continue_ids(ids, layout, max_new, temperature, top_k, top_p, seed,
+                                  beam_size)
+
+    def _continue_ids(self, ids: list[np.ndarray], layout, max_new: int, temperature: float,
+                      top_k: int, top_p: float, seed: int, beam_size: int) -> list[str]:
+        """The answers (`layout.answer` of the text up to its stop token) that continue prompt
+        ids, left-padded into one batch."""
+        from llmjax.decoding.decoder import continue_prompts
+
+        tok = self.tokenizer
+        stop_id = layout.stop_id(tok)
         tokens, valid = _pad(ids, tok.pad_id, left=True)
         # A longer bucket only where the decoded tokens still fit after it.
-        rows, length = _bucket(len(prompts)), tokens.shape[1]
+        rows, length = _bucket(len(ids)), tokens.shape[1]
         length = min(self._length_bucket(length),
                      max(self.config.model.max_len - max_new, length))
         tokens = _grow(tokens, rows, length, tok.pad_id, left=True)
@@ -298,7 +337,7 @@ class Run:
         total = min(tokens.shape[1] + max_new, self.config.model.max_len)
         max_new = total - tokens.shape[1]
         if max_new <= 0:
-            return [""] * len(prompts)
+            return [""] * len(ids)
         graphdef, params = nnx.split(self.model)
         new = continue_prompts(graphdef, params, jnp.asarray(tokens), jnp.asarray(valid),
                                jax.random.PRNGKey(seed), cache_len=total, max_new_tokens=max_new,
@@ -307,7 +346,7 @@ class Run:
                                eos_id=stop_id, pad_id=tok.pad_id, temperature=temperature,
                                top_k=top_k, top_p=top_p)
         return [layout.answer(tok.decode_output(row, stop_id))
-                for row in np.asarray(new)[:len(prompts)]]
+                for row in np.asarray(new)[:len(ids)]]
 
     def _prompt_layout(self):
         """How a seq2seq decoder's prompts and answers are laid out (data/chat.py)."""

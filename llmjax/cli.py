@@ -28,6 +28,8 @@ flags.DEFINE_integer("stop_at_step", None, "train: save a checkpoint at this ste
 flags.DEFINE_integer("step", None, "eval/generate/predict: checkpoint step (default: latest).")
 flags.DEFINE_string("split", None, "eval: split to evaluate (default: data.eval_split).")
 flags.DEFINE_string("prompt", None, "generate: the prompt text.")
+flags.DEFINE_string("messages", None, "generate: a conversation to reply to, as the chat "
+                    "template lays it out: a JSON list of {role, content}, or a file holding one.")
 flags.DEFINE_integer("max_new_tokens", None, "generate: tokens to sample.")
 flags.DEFINE_float("temperature", None, "generate: 0 = greedy.")
 flags.DEFINE_integer("top_k", None, "generate: keep the k most likely tokens (0 = all).")
@@ -153,6 +155,7 @@ USAGE = """llmjax: train, evaluate, sample from and convert Transformer language
   llmjax train    --config=configs/FILE.py[:k=v,k=v] --workdir=DIR [--config.a.b=v ...] [--stop_at_step=N]
   llmjax eval     --workdir=DIR [--step=N] [--split=NAME] [--config.data.eval_source=...]
   llmjax generate --workdir=DIR --prompt="..." [--max_new_tokens=N --temperature=T --top_k=K --top_p=P --beam_size=B --seed=S]
+  llmjax generate --workdir=DIR --messages='[{"role": "user", "content": "..."}]' (or FILE.json) [sampling flags]
   llmjax predict  --workdir=DIR --text="..." [--text_pair="..."]
   llmjax convert  --from=hf --path=HF_DIR --out=WORKDIR | --to=hf --workdir=DIR --out=HF_DIR [--step=N]
 

@@ -58,14 +58,37 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
 def generate(FLAGS: flags.FlagValues) -> None:
     from llmjax import api
 
-    if FLAGS.prompt is None:
-        raise ConfigError("generate needs --prompt=TEXT")
+    if (FLAGS.prompt is None) == (FLAGS.messages is None):
+        raise ConfigError("generate needs --prompt=TEXT, or --messages=JSON (a conversation to "
+                          "reply to), not both")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
+    sampling = (FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed,
+                FLAGS.beam_size)
+    if FLAGS.messages is not None:
+        print(run.chat(_conversation(FLAGS.messages), *sampling))
+        return
     _warn_unknown(run, FLAGS.prompt)
-    text = run.generate(FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k,
-                        FLAGS.top_p, FLAGS.seed, FLAGS.beam_size)
+    text = run.generate(FLAGS.prompt, *sampling)
     # a decoder continues the prompt; an encoder-decoder's output replaces it (translation)
     print(text if run.answers_prompts else FLAGS.prompt + text)
+
+
+def _conversation(value: str) -> list[dict]:
+    """--messages: inline JSON, or the path of a JSON file; a list of {role, content}."""
+    text = value
+    if not value.lstrip().startswith("["):
+        path = epath.Path(value)
+        if not path.exists():
+            raise ConfigError(f"--messages={value!r} is neither a JSON list nor a file")
+        text = path.read_text()
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--messages: not JSON ({e.msg}, column {e.colno})") from None
+    if not (isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages)):
+        raise ConfigError('--messages: give a JSON list of {"role": ..., "content": ...}')
+    return messages
 
 
 def predict(FLAGS: flags.FlagValues) -> None:

@@ -69,9 +69,10 @@ def test_conversations_tokenize_and_train_as_transformers_marks_them(tmp_path, n
                                               return_assistant_tokens_mask=True)
         assert laid_out.ids.tolist() == list(expected["input_ids"])
         assert laid_out.trained.astype(int).tolist() == list(expected["assistant_masks"])
-        assert laid_out.ids[: laid_out.last_answer_at].tolist() == _ids(
-            theirs.apply_chat_template(messages[:-1], add_generation_prompt=True,
-                                       tokenize=True))
+        with_prompt = _ids(theirs.apply_chat_template(messages[:-1], add_generation_prompt=True,
+                                                      tokenize=True))
+        assert laid_out.ids[: laid_out.last_answer_at].tolist() == with_prompt
+        assert layout.chat_prompt(messages[:-1], ours).tolist() == with_prompt  # Run.chat's
     pair = CONVERSATIONS[1]
     single = layout.conversations([pair], ours)[0]
     prompt = layout.prompts([pair[0]["content"]], ours, 64)[0]
@@ -155,3 +156,63 @@ def test_a_template_that_rewrites_earlier_answers_is_a_clear_error(tmp_path):
     assert len(layout.conversations(CONVERSATIONS[1:2], ours)) == 1  # one exchange: fine
     with pytest.raises(DataError, match="does not render each assistant message"):
         layout.conversations(CONVERSATIONS[:1], ours)
+
+
+def test_chat_replies_as_transformers_generates(llama_folder, tmp_path):  # noqa: F811
+    """`Run.chat` / `llmjax generate --messages` on a Hugging Face folder: the reply is the
+    greedy continuation transformers generates after apply_chat_template(add_generation_prompt)
+    up to the template's end of turn; conversations batch as they run one at a time; a
+    folder without a template is a clear error."""
+    from test_cli import llmjax_cli
+
+    from llmjax.configs import ConfigError
+
+    folder, hf_model = llama_folder
+    with pytest.raises(ConfigError, match="chat but the tokenizer has no chat template"):
+        llmjax.load(folder).chat([{"role": "user", "content": "hi"}])
+    folder = shutil.copytree(folder, tmp_path / "chat-model")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
+        "chat_template": LLAMA2_CHAT}))
+    run = llmjax.load(folder)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    conversations = [[{"role": "user", "content": "Two dogs play"}],
+                     [{"role": "user", "content": "Two"}, {"role": "assistant", "content": "Zwei"},
+                      {"role": "user", "content": "dogs?"}]]
+    replies = []
+    for messages in conversations:
+        ids = _ids(hf_tok.apply_chat_template(messages, add_generation_prompt=True,
+                                              tokenize=True))
+        assert len(ids) + 8 <= 64  # within the model's positions: nothing cut
+        with torch.no_grad():
+            new = hf_model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                    eos_token_id=2, pad_token_id=0)[0, len(ids):].tolist()
+        expected = hf_tok.decode(new[: new.index(2)] if 2 in new else new)
+        replies.append(run.chat(messages, max_new_tokens=8, temperature=0.0))
+        assert replies[-1] == expected.removeprefix(" ")  # Llama 2's lead space
+    assert all(replies)  # something was generated
+    assert run.chat(conversations, max_new_tokens=8, temperature=0.0) == replies
+    out = llmjax_cli("generate", f"--workdir={folder}", "--max_new_tokens=8",
+                     "--temperature=0", "--messages=" + json.dumps(conversations[1]))
+    assert out.stdout == replies[1] + "\n"
+
+
+def test_generate_messages_flag_reads_inline_json_or_a_file(tmp_path):
+    import types
+
+    from llmjax import commands
+    from llmjax.configs import ConfigError
+
+    turns = [{"role": "user", "content": "hi"}]
+    assert commands._conversation(json.dumps(turns)) == turns
+    (tmp_path / "conv.json").write_text(json.dumps(turns))
+    assert commands._conversation(str(tmp_path / "conv.json")) == turns
+    with pytest.raises(ConfigError, match="neither a JSON list nor a file"):
+        commands._conversation(str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match=r"--messages: give a JSON list of \{"):
+        commands._conversation('["hi"]')
+    with pytest.raises(ConfigError, match="--messages: not JSON"):
+        commands._conversation("[{")
+    for prompt, messages in ((None, None), ("hi", json.dumps(turns))):
+        with pytest.raises(ConfigError, match="generate needs --prompt=TEXT, or --messages"):
+            commands.generate(types.SimpleNamespace(prompt=prompt, messages=messages))

@@ -203,8 +203,9 @@ def test_a_prompt_the_tokenizer_does_not_know_is_warned_about(trained, capsys):
 
     run = llmjax.load(trained)  # a char tokenizer of the generated letters a, b, ...
     flags = types.SimpleNamespace(workdir=str(trained), step=None, config=run.config,
-                                  prompt="abxyz", max_new_tokens=1, temperature=0.0, top_k=None,
-                                  top_p=None, seed=None, beam_size=None)
+                                  prompt="abxyz", messages=None, max_new_tokens=1,
+                                  temperature=0.0, top_k=None, top_p=None, seed=None,
+                                  beam_size=None)
     with mock.patch.object(commands.logging, "warning") as warning:
         commands.generate(flags)  # what `llmjax generate --prompt=abxyz` runs
     assert capsys.readouterr().out.startswith("abxyz")

@@ -63,8 +63,9 @@ def test_generate_and_eval_through_the_api_and_cli(reverse_run, capsys):
     assert run.generate(sources) == run.generate(sources, beam_size=4) == [
         "gfedcba", "jih", "eblak"]
     flags = types.SimpleNamespace(workdir=str(workdir), step=None, config=run.config,
-                                  prompt="hgfe", max_new_tokens=None, temperature=None,
-                                  top_k=None, top_p=None, seed=None, beam_size=4)
+                                  prompt="hgfe", messages=None, max_new_tokens=None,
+                                  temperature=None, top_k=None, top_p=None, seed=None,
+                                  beam_size=4)
     commands.generate(flags)  # what `llmjax generate --beam_size=4` runs
     assert capsys.readouterr().out.strip() == "efgh"  # the output alone, not the prompt
     assert run.hidden_states(["abc", "a"]).shape == (2, 4, 64)  # text + <eos>
@@ -223,7 +224,8 @@ def test_a_decoder_learns_source_to_target_pairs(decoder_reverse_run, capsys):
     ll = run.log_likelihood(["abcdef", "hij"], ["fedcba", "hij"])
     assert ll[0] > np.log(0.5) and ll[1] < np.log(0.01)
     flags = types.SimpleNamespace(workdir=str(workdir), step=None, config=run.config,
-                                  prompt="hgfe", max_new_tokens=None, temperature=None,
-                                  top_k=None, top_p=None, seed=None, beam_size=None)
+                                  prompt="hgfe", messages=None, max_new_tokens=None,
+                                  temperature=None, top_k=None, top_p=None, seed=None,
+                                  beam_size=None)
     commands.generate(flags)
     assert capsys.readouterr().out.strip() == "efgh"  # the output alone, not the prompt

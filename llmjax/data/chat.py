@@ -118,6 +118,11 @@ class PromptLayout:
         """The token that ends an answer in decoding: the end of turn's first."""
         return int(self.end_ids(tokenizer)[0])
 
+    def chat_prompt(self, messages: list[dict], tokenizer: Tokenizer) -> np.ndarray:
+        """A conversation's ids followed by the generation prompt, the whole render tokenized
+        at once (as `apply_chat_template(add_generation_prompt=True)`): what a reply follows."""
+        return tokenizer.encode_array(_render(self.template, messages, True, self.specials))
+
     def conversations(self, conversations: Sequence[list[dict]], tokenizer: Tokenizer
                       ) -> list[Conversation]:
         """Each conversation's ids, with its answers marked (module docstring). An answer the
@@ -177,12 +182,19 @@ def prompt_layout(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Pr
     """The layout `config` asks for (`data.chat_template`)."""
     if not config.data.chat_template:
         return PromptLayout()
+    return chat_layout(tokenizer, "data.chat_template=True", "fine-tune from a chat model's "
+                       "folder, or unset data.chat_template")
+
+
+def chat_layout(tokenizer: Tokenizer, wanted_by: str = "a chat", fix: str = "use a chat "
+                "model's folder") -> PromptLayout:
+    """The layout of the tokenizer's chat template; an error naming `wanted_by` and `fix` if
+    it has none."""
     template = getattr(tokenizer, "chat_template", None)
     if not template:
-        raise ConfigError("data.chat_template=True but the tokenizer has no chat template "
+        raise ConfigError(f"{wanted_by} but the tokenizer has no chat template "
                           "(tokenizer_config.json's chat_template, or chat_template.jinja, in "
-                          "its Hugging Face folder): fine-tune from a chat model's folder, or "
-                          "unset data.chat_template")
+                          f"its Hugging Face folder): {fix}")
     specials = {f"{role}_token": tokenizer.token_text(getattr(tokenizer, f"{role}_id"))
                 for role in ("bos", "eos", "pad", "unk")}
     return _layout_of(template, tuple(sorted(specials.items())))
