@@ -164,10 +164,9 @@ class PromptLayout:
             marker = _answer_marker(k)
             where = text.find(marker, at)
             if where < 0 or text.count(marker) != 1:
-                raise DataError("data.messages_column: the chat template does not render each "
-                                "assistant message's content once, in order (it drops or "
-                                "rewrites earlier answers); llmjax cannot tell the answers to "
-                                "train on")
+                raise DataError("the chat template does not render each assistant message's "
+                                "content once, in order (it drops or rewrites earlier "
+                                "answers): llmjax cannot tell the answers to train on")
             start = where - len(self.lead) if self.lead and text[at:where].endswith(
                 self.lead) else where
             stop = where + len(marker)
