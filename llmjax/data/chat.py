@@ -199,22 +199,29 @@ def chat_layout(tokenizer: Tokenizer, wanted_by: str = "a chat", fix: str = "use
     return _layout_of(template, tuple(sorted(specials.items())))
 
 
-def record_messages(record: dict, column: str, index: int) -> list[dict]:
-    """A record's conversation: a list of {"role", "content"} (a JSON list as text in a jsonl:
-    file, or a TFDS sequence of role and content), with at least one assistant message."""
+def field_messages(record: dict, column: str) -> list[dict] | None:
+    """The conversation a record's field holds — a list of {"role", "content"} (a JSON list as
+    text in a jsonl: file, or a TFDS sequence of role and content), texts decoded — or None
+    when it holds something else."""
     value = record.get(column)
     if isinstance(value, dict) and set(value) >= {"role", "content"}:  # TFDS: columns of turns
         value = [dict(zip(value, turn, strict=True)) for turn in zip(*value.values(),
                                                                        strict=True)]
     else:
         value = column_list(record, column)
-    messages = []
-    for m in value if isinstance(value, (list, tuple)) else [None]:
-        if not isinstance(m, dict) or not {"role", "content"} <= set(m):
-            raise DataError(f"record {index}: column {column!r} is not a list of messages "
-                            '{"role": ..., "content": ...} (a JSON list in a jsonl: file)')
-        messages.append({k: v.decode("utf-8") if isinstance(v, bytes) else v
-                         for k, v in m.items()})
+    if not value or not all(isinstance(m, dict) and {"role", "content"} <= set(m)
+                            for m in value):
+        return None
+    return [{k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in m.items()}
+            for m in value]
+
+
+def record_messages(record: dict, column: str, index: int) -> list[dict]:
+    """A record's conversation (field_messages), with at least one assistant message."""
+    messages = field_messages(record, column)
+    if messages is None:
+        raise DataError(f"record {index}: column {column!r} is not a list of messages "
+                        '{"role": ..., "content": ...} (a JSON list in a jsonl: file)')
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"record {index}: the conversation in column {column!r} has no "
                         "assistant message: nothing to train on or to answer")

@@ -165,7 +165,7 @@ def _import_catalog_modules(name: str) -> None:
         __import__(modules[family])
 
 
-def _as_text(value) -> str:
+def as_text(value) -> str:
     # Real ArrayRecord data gives bytes, tfds.testing.mock_data gives str.
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -227,7 +227,7 @@ def column_text(record: dict, column: str) -> str:
     if column not in record:
         raise DataError(f"records have no column {column!r}; they have {sorted(record)} "
                         "(set data.text_column / data.text_pair_column / data.label_column)")
-    return _as_text(record[column])
+    return as_text(record[column])
 
 
 def column_list(record: dict, column: str) -> list | None:
@@ -238,7 +238,7 @@ def column_list(record: dict, column: str) -> list | None:
     value = record[column]
     if isinstance(value, (bytes, str)):
         try:
-            value = json.loads(_as_text(value))
+            value = json.loads(as_text(value))
         except json.JSONDecodeError:
             return None
     return list(value) if isinstance(value, (list, tuple, np.ndarray)) else None

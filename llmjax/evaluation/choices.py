@@ -19,10 +19,6 @@ from llmjax.data import sources
 from llmjax.data.text_builder import DataError
 
 
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def record_choices(record: dict, config: ml_collections.ConfigDict, index: int
                    ) -> tuple[str, list[str], int]:
     """(context, choices, label index) of one record. Choices: a list (TFDS sequences), or a
@@ -34,7 +30,7 @@ def record_choices(record: dict, config: ml_collections.ConfigDict, index: int
         raise DataError(f"record {index}: column {d.choices_column!r} holds "
                         f"{record[d.choices_column]!r}, not a list of at least two choices (a "
                         "JSON list in a jsonl: file)")
-    choices = [_text(c) for c in value]
+    choices = [sources.as_text(c) for c in value]
     label = sources.column_text(record, d.label_column).strip()
     if label.lstrip("-").isdigit() and 0 <= int(label) < len(choices):
         return context, choices, int(label)

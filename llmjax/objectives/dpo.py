@@ -28,8 +28,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from llmjax.data.chat import prompt_layout
-from llmjax.data.sources import column_list, column_text, iter_records
+from llmjax.data.chat import field_messages, prompt_layout
+from llmjax.data.sources import column_text, iter_records
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers, cross_entropy
@@ -46,18 +46,6 @@ def completion_logps(model, rows: dict[str, jax.Array], rng: jax.Array | None = 
     return -(cross_entropy(logits, rows["targets"]) * rows["weights"]).sum(-1)
 
 
-def _messages(value) -> list[dict] | None:
-    """A field's conversation, if it holds a list of {"role", "content"} messages."""
-    if isinstance(value, (list, tuple)) and value and all(
-            isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
-        return [{k: _text(v) for k, v in m.items()} for m in value]
-    return None
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def pair_ids(records: Sequence[dict], config: ml_collections.ConfigDict, tokenizer: Tokenizer
              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """(prompt, chosen, rejected) ids of each record: texts laid out as seq2seq pairs are
@@ -71,7 +59,7 @@ def pair_ids(records: Sequence[dict], config: ml_collections.ConfigDict, tokeniz
     layout = prompt_layout(config, tokenizer)
     prompts, chosen, rejected = [], [], []
     for i, record in enumerate(iter_records(records)):
-        sides = [_messages(column_list(record, c)) for c in (d.chosen_column, d.rejected_column)]
+        sides = [field_messages(record, c) for c in (d.chosen_column, d.rejected_column)]
         if sides[0] is None or sides[1] is None:
             prompts.append(column_text(record, d.prompt_column))
             chosen.append(column_text(record, d.chosen_column))
@@ -85,9 +73,8 @@ def pair_ids(records: Sequence[dict], config: ml_collections.ConfigDict, tokeniz
                             f"{d.rejected_column!r} does not end with the assistant's answer")
         context = sides[0][:-1]
         if not context:
-            prompt = column_list(record, d.prompt_column)
-            context = _messages(prompt) or [{"role": "user", "content": column_text(
-                record, d.prompt_column)}]
+            context = field_messages(record, d.prompt_column) or [
+                {"role": "user", "content": column_text(record, d.prompt_column)}]
         laid_out = layout.conversations([context + side[-1:] for side in sides], tokenizer)
         at = laid_out[0].last_answer_at
         prompts.append(laid_out[0].ids[:at][-config.seq_len:])

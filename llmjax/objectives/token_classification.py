@@ -25,7 +25,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llmjax.data.sources import column_list, iter_record_blocks, iter_records, open_split
+from llmjax.data.sources import (
+    as_text,
+    column_list,
+    iter_record_blocks,
+    iter_records,
+    open_split,
+)
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.evaluation.entities import TagScheme, entity_counts
@@ -40,10 +46,6 @@ from llmjax.objectives.classification import _label_order, label_names
 from llmjax.objectives.pairs import ArrayExamples, FineTuningTask, encode
 
 
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def words_and_tags(record: dict, config: ml_collections.ConfigDict, index: int
                    ) -> tuple[list[str], list[str]]:
     """A record's words and tags (as text), as many of each."""
@@ -56,7 +58,7 @@ def words_and_tags(record: dict, config: ml_collections.ConfigDict, index: int
     if len(words) != len(tags):
         raise DataError(f"record {index}: {len(words)} words in {d.tokens_column!r} but "
                         f"{len(tags)} tags in {d.tags_column!r}; give every word one tag")
-    return [_text(w) for w in words], [_text(t).strip() for t in tags]
+    return [as_text(w) for w in words], [as_text(t).strip() for t in tags]
 
 
 def word_pieces(words: Sequence[str], tokenizer: Tokenizer) -> list[np.ndarray]:
