@@ -186,6 +186,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.dpo = ml_collections.ConfigDict()
     c.dpo.beta = 0.1  # objective=dpo: strength of the pull towards the reference model
+    c.dpo.loss = "sigmoid"  # sigmoid (DPO) | hinge (SLiC) | ipo (IPO)
+    c.dpo.label_smoothing = 0.0  # sigmoid: conservative DPO's assumed label-noise rate
 
     c.lora = ml_collections.ConfigDict()
     c.lora.rank = 0  # 0: no adapters (every parameter trains)
@@ -409,7 +411,7 @@ _RANGES = {
                     _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
                      "model.attention_dropout_rate", "data.validation_fraction",
-                     "label_smoothing"), _FRACTION),
+                     "label_smoothing", "dpo.label_smoothing"), _FRACTION),
     **dict.fromkeys(("data.noise_density", "data.generated.end_probability"), _OPEN_FRACTION),
 }
 
@@ -457,6 +459,10 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.objective != "dpo" or not (config.label_smoothing or config.z_loss),
            "label_smoothing and z_loss regularise cross-entropy losses; objective=dpo's loss "
            "is on likelihood ratios: set them to 0")
+    _check(config.dpo.loss in ("sigmoid", "hinge", "ipo"),
+           f"dpo.loss={config.dpo.loss!r}: use sigmoid (DPO), hinge (SLiC) or ipo (IPO)")
+    _check(not config.dpo.label_smoothing or config.dpo.loss == "sigmoid",
+           "dpo.label_smoothing is conservative DPO's, for dpo.loss=sigmoid only")
     _check(config.objective != "dpo" or config.init.hf_path or config.init.workdir,
            "objective=dpo measures the policy against the model it starts from: set "
            "init.hf_path or init.workdir (usually a supervised fine-tuning run)")

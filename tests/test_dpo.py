@@ -125,11 +125,49 @@ def test_dpo_gives_one_devices_metrics_under_pmap_and_a_mesh(tmp_path):
             assert other[name] == pytest.approx(value, abs=1e-5), (mode, name)
 
 
+@pytest.mark.parametrize("loss,smoothing", [("sigmoid", 0.0), ("sigmoid", 0.2), ("hinge", 0.0),
+                                            ("ipo", 0.0)])
+def test_dpo_loss_variants_follow_their_formulas(monkeypatch, loss, smoothing):
+    """DPO (and conservative DPO), SLiC's hinge and IPO on pairs of known log-likelihoods."""
+    import jax.numpy as jnp
+
+    from llmjax.objectives import dpo
+
+    policy = np.array([[-3.0, -5.0], [-4.0, -2.0], [-1.0, -1.5]])  # [pairs, (chosen, rejected)]
+    reference = np.array([[-3.5, -4.0], [-4.5, -2.5], [-2.0, -1.0]])
+    monkeypatch.setattr(dpo, "completion_logps",
+                        lambda model, rows, rng=None: jnp.asarray(policy.reshape(-1)))
+    objective = dpo.DirectPreference()
+    objective.resolve_config(tiny_config(**{"dpo.beta": 0.5, "dpo.loss": loss,
+                                            "dpo.label_smoothing": smoothing}))
+    shape = (3, 2, 4)
+    batch = {k: jnp.zeros(shape, jnp.int32) for k in ("inputs", "targets", "segment_ids")}
+    batch.update(weights=jnp.zeros(shape), reference_logps=jnp.asarray(reference),
+                 pair_weights=jnp.asarray([1.0, 1.0, 0.0]))  # the third pair is padding
+    sums = objective.loss(None, batch, None)
+    z = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
+
+    def log_sigmoid(x):
+        return -np.log1p(np.exp(-x))
+
+    expected = {"sigmoid": -(1 - smoothing) * log_sigmoid(0.5 * z)
+                - smoothing * log_sigmoid(-0.5 * z),
+                "hinge": np.maximum(0.0, 1 - 0.5 * z), "ipo": (z - 1 / (2 * 0.5)) ** 2}[loss]
+    total, count = sums["loss"]
+    assert float(count) == 2.0
+    np.testing.assert_allclose(float(total), expected[:2].sum(), rtol=1e-6)
+    np.testing.assert_allclose(float(sums["reward_margin"][0]), 0.5 * z[:2].sum(), rtol=1e-6)
+    assert float(sums["reward_accuracy"][0]) == float((z[:2] > 0).sum())
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({}, "set init.hf_path or init.workdir"),
     ({"init.workdir": "x", "label_smoothing": 0.1}, "objective=dpo's loss is on likelihood"),
     ({"init.workdir": "x", "dpo.beta": 0.0}, "dpo.beta=0.0 must be"),
     ({"init.workdir": "x", "model.arch": "encoder"}, "does not fit model.arch='encoder'"),
+    ({"init.workdir": "x", "dpo.loss": "kto"}, "dpo.loss='kto': use sigmoid"),
+    ({"init.workdir": "x", "dpo.loss": "ipo", "dpo.label_smoothing": 0.1},
+     "for dpo.loss=sigmoid only"),
 ])
 def test_dpo_config_errors(overrides, message):
     from llmjax import configs

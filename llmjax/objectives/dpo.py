@@ -14,6 +14,12 @@ completion, computed once on one device when the examples are made (as TRL's
 precompute_ref_log_probs), so training holds one model; `pair_weights` [] (1, 0 for padding),
 which the loss is averaged over.
 
+`dpo.loss` picks the loss of the margin z = (log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r)):
+`sigmoid` (DPO above; with `dpo.label_smoothing` ε, conservative DPO's −(1−ε) log σ(βz) −
+ε log σ(−βz), for pairs whose labels may be wrong), `hinge` (SLiC's max(0, 1 − βz)) or `ipo`
+(IPO, Azar et al. 2023: (z − 1/(2β))², on whole-sequence log-likelihoods as the paper writes
+it; TRL averages them per token instead).
+
 Metrics: loss; reward_accuracy (the chosen completion's implicit reward β · log π/π_ref above
 the rejected one's), reward_margin (their mean difference), chosen_reward and rejected_reward.
 At step 0 the policy is the reference: loss = ln 2, rewards 0.
@@ -24,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -97,11 +104,14 @@ class DirectPreference:
     loss_weights = {"loss": "pair_weights"}  # the loss is a mean over pairs
 
     def __init__(self):
-        self.beta: float | None = None  # set by resolve_config
+        self.beta: float | None = None  # these three set by resolve_config
+        self.loss_type, self.label_smoothing = "sigmoid", 0.0
         self._reference = None  # (jitted completion_logps, reference params), made once
 
     def resolve_config(self, config: ml_collections.ConfigDict) -> None:
         self.beta = float(config.dpo.beta)
+        self.loss_type = config.dpo.loss
+        self.label_smoothing = float(config.dpo.label_smoothing)
 
     @staticmethod
     def example_length(config: ml_collections.ConfigDict) -> int:
@@ -157,6 +167,15 @@ class DirectPreference:
         """Frees the reference model once every split's examples are made."""
         self._reference = None
 
+    def _pair_loss(self, margin: jax.Array) -> jax.Array:
+        """[B] loss of each pair from beta * z (module docstring)."""
+        if self.loss_type == "hinge":
+            return jax.nn.relu(1.0 - margin)
+        if self.loss_type == "ipo":
+            return jnp.square(margin / self.beta - 1.0 / (2.0 * self.beta))
+        e = self.label_smoothing  # softplus(-x) = -log sigmoid(x)
+        return (1.0 - e) * jax.nn.softplus(-margin) + e * jax.nn.softplus(margin)
+
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
              regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
         if self.beta is None:
@@ -165,10 +184,10 @@ class DirectPreference:
         rows = {k: batch[k].reshape(2 * pairs, length) for k in ROW_KEYS}
         logps = completion_logps(model, rows, rng).reshape(pairs, 2)
         rewards = self.beta * (logps - batch["reference_logps"])  # [B, 2] implicit rewards
-        margin = rewards[:, 0] - rewards[:, 1]
+        margin = rewards[:, 0] - rewards[:, 1]  # beta * z
         w = batch["pair_weights"]
         count = w.sum()
-        return {"loss": ((jax.nn.softplus(-margin) * w).sum(), count),
+        return {"loss": ((self._pair_loss(margin) * w).sum(), count),
                 "reward_accuracy": (((margin > 0) * w).sum(), count),
                 "reward_margin": ((margin * w).sum(), count),
                 "chosen_reward": ((rewards[:, 0] * w).sum(), count),
