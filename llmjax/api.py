@@ -180,9 +180,15 @@ class Run:
     @property
     def predicts_scores(self) -> bool:
         """Does the task head give a score (regression) rather than class probabilities?"""
+        return self.prediction == "score"
+
+    @property
+    def prediction(self) -> str | None:
+        """What the objective's head predicts: 'label' (classification), 'score' (regression),
+        'tags' (token classification), or None (no prediction head)."""
         from llmjax.objectives import get_objective
 
-        return getattr(get_objective(self.config.objective), "prediction", None) == "score"
+        return getattr(get_objective(self.config.objective), "prediction", None)
 
     def score(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None
               ) -> float | list[float]:
@@ -211,17 +217,16 @@ class Run:
     def tag(self, text: str | Sequence[str]) -> list[tuple[str, str]] | list[list[tuple[str, str]]]:
         """A token classification run's [(word, label)] for a text split at whitespace (the
         words past seq_len are left out); a list of texts gives a list, as one batch."""
-        if self.config.objective != "token_classification":
+        if self.prediction != "tags":
             raise ConfigError(f"tag needs a token_classification run; this run's objective is "
                               f"{self.config.objective!r}")
         from llmjax.objectives.classification import label_names
         from llmjax.objectives.token_classification import tagged_words, word_pieces
 
         names, tok = label_names(self.config), self.tokenizer
+        lines = [text.split()] if isinstance(text, str) else [t.split() for t in text]
         sentences, laid_out = [], []
-        for line in [text] if isinstance(text, str) else text:
-            words = line.split()
-            pieces = word_pieces(words, tok)
+        for words, pieces in zip(lines, word_pieces(lines, tok), strict=True):
             words = [w for w, p in zip(words, pieces, strict=True) if len(p)]  # none: unscored
             sentences.append(words)
             laid_out.append(tagged_words(words, [p for p in pieces if len(p)],

@@ -98,7 +98,7 @@ def predict(FLAGS: flags.FlagValues) -> None:
         raise ConfigError("predict needs --text=TEXT (and --text_pair=TEXT for pair tasks)")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
     _warn_unknown(run, FLAGS.text, FLAGS.text_pair)
-    if run.config.objective == "token_classification":
+    if run.prediction == "tags":
         print(json.dumps({"tags": run.tag(FLAGS.text)}, ensure_ascii=False))
         return
     if run.predicts_scores:

@@ -61,10 +61,13 @@ def words_and_tags(record: dict, config: ml_collections.ConfigDict, index: int
     return [as_text(w) for w in words], [as_text(t).strip() for t in tags]
 
 
-def word_pieces(words: Sequence[str], tokenizer: Tokenizer) -> list[np.ndarray]:
-    """Each word's tokens, the words after the first with the space before them (as
-    `is_split_into_words` tokenizes them)."""
-    return tokenizer.encode_batch([w if k == 0 else " " + w for k, w in enumerate(words)])
+def word_pieces(sentences: Sequence[Sequence[str]], tokenizer: Tokenizer
+                ) -> list[list[np.ndarray]]:
+    """Each sentence's words' tokens, the words after the first with the space before them
+    (as `is_split_into_words` tokenizes them); one tokenizer call for all."""
+    pieces = iter(tokenizer.encode_batch([w if k == 0 else " " + w for words in sentences
+                                          for k, w in enumerate(words)]))
+    return [[next(pieces) for _ in words] for words in sentences]
 
 
 def _separator(tokenizer: Tokenizer) -> int | None:
@@ -100,6 +103,7 @@ def tagged_words(words: Sequence[str], pieces_of_words: Sequence[np.ndarray],
 class TokenClassification(FineTuningTask):
     name = "token_classification"
     optional_modules = ()  # no pooler: a pretraining run's is left behind
+    prediction = "tags"  # `llmjax predict`: a tag per word (Run.tag)
 
     def __init__(self):
         self.scheme: TagScheme | None = None  # set by resolve_config
@@ -144,15 +148,12 @@ class TokenClassification(FineTuningTask):
         arrays["weights"] = np.zeros((len(records), L), np.float32)
         for start, block in iter_record_blocks(records):
             sentences = [words_and_tags(r, config, start + j) for j, r in enumerate(block)]
-            # one tokenizer call per block; words after the first keep the space before them
-            spaced = [w if k == 0 else " " + w for words, _ in sentences
-                      for k, w in enumerate(words)]
-            pieces = iter(tokenizer.encode_batch(spaced))  # = word_pieces, a block at once
-            for j, (words, tags) in enumerate(sentences):
+            block_pieces = word_pieces([words for words, _ in sentences], tokenizer)
+            for j, ((words, tags), pieces) in enumerate(zip(sentences, block_pieces,
+                                                            strict=True)):
                 i = start + j
                 tokens, labels, weights = tagged_words(
-                    words, [next(pieces) for _ in words], [label_of(t, i) for t in tags], L,
-                    tokenizer)
+                    words, pieces, [label_of(t, i) for t in tags], L, tokenizer)
                 n = len(tokens)
                 arrays["tokens"][i, :n], arrays["segment_ids"][i, :n] = tokens, 1
                 arrays["labels"][i, :n], arrays["weights"][i, :n] = labels, weights
