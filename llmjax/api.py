@@ -185,7 +185,8 @@ class Run:
     @property
     def prediction(self) -> str | None:
         """What the objective's head predicts: 'label' (classification), 'score' (regression),
-        'tags' (token classification), or None (no prediction head)."""
+        'tags' (token classification), 'answer' (question answering), or None (no
+        prediction head)."""
         from llmjax.objectives import get_objective
 
         return getattr(get_objective(self.config.objective), "prediction", None)
@@ -242,6 +243,35 @@ class Run:
             out.append([(w, names[int(row[at].argmax())])  # the words past seq_len: none
                         for w, at in zip(words, firsts, strict=False)])
         return out[0] if isinstance(text, str) else out
+
+    def answer(self, question: str | Sequence[str], context: str | Sequence[str]
+               ) -> str | list[str]:
+        """A question answering run's answer to `question`: a span of `context` (whole words;
+        '' for no answer, only with qa.no_answer). Lists of questions and contexts give a
+        list."""
+        if self.prediction != "answer":
+            raise ConfigError(f"answer needs a question_answering run; this run's objective is "
+                              f"{self.config.objective!r}")
+        from llmjax.objectives.question_answering import Passage, passage_windows
+
+        questions, contexts = self._texts_and_pairs(question, context)
+        passages = [Passage.of(q, c) for q, c in zip(questions, contexts, strict=True)]
+        answers = self.answer_windows(passage_windows(passages, self.tokenizer, self.config,
+                                                      labelled=False))
+        return answers[0] if isinstance(question, str) else answers
+
+    def answer_windows(self, windows) -> list[str]:
+        """Each passage's answer from its question_answering.Windows, computed a batch of
+        windows at a time."""
+        from llmjax.objectives.question_answering import windows_answers
+
+        a, batch = windows.arrays, self.config.batch_size
+        logits = [self._apply(_token_class_logits, *(a[k][lo: lo + batch] for k in
+                                                      ("tokens", "token_types", "segment_ids")),
+                              positions=self.config.seq_len)
+                  for lo in range(0, len(a["tokens"]), batch)]
+        return windows_answers(windows, np.concatenate(logits) if logits else
+                               np.zeros((0, self.config.seq_len, 2), np.float32), self.config)
 
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,

@@ -36,8 +36,10 @@ flags.DEFINE_integer("top_k", None, "generate: keep the k most likely tokens (0 
 flags.DEFINE_float("top_p", None, "generate: nucleus sampling mass (1 = all).")
 flags.DEFINE_integer("beam_size", None, "generate: beam search width (encoder-decoder).")
 flags.DEFINE_integer("seed", None, "generate: sampling seed.")
-flags.DEFINE_string("text", None, "predict: the text to classify.")
-flags.DEFINE_string("text_pair", None, "predict: the second text of a pair task.")
+flags.DEFINE_string("text", None, "predict: the text to classify (tag; the question to "
+                    "answer).")
+flags.DEFINE_string("text_pair", None, "predict: the second text of a pair task (the context "
+                    "that holds the answer).")
 flags.DEFINE_enum("from", None, ["hf"], "convert: import from this format (--path, --out).")
 flags.DEFINE_enum("to", None, ["hf"], "convert: export --workdir to this format (--out).")
 flags.DEFINE_string("path", None, "convert --from=hf: the Hugging Face model folder.")

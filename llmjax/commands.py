@@ -101,6 +101,13 @@ def predict(FLAGS: flags.FlagValues) -> None:
     if run.prediction == "tags":
         print(json.dumps({"tags": run.tag(FLAGS.text)}, ensure_ascii=False))
         return
+    if run.prediction == "answer":
+        if FLAGS.text_pair is None:
+            raise ConfigError("a question answering run answers --text=QUESTION from "
+                              "--text_pair=CONTEXT: give the context")
+        print(json.dumps({"answer": run.answer(FLAGS.text, FLAGS.text_pair)},
+                         ensure_ascii=False))
+        return
     if run.predicts_scores:
         print(json.dumps({"score": run.score(FLAGS.text, FLAGS.text_pair)}))
         return

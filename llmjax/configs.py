@@ -17,7 +17,7 @@ from ml_collections import config_dict
 OBJECTIVES_BY_ARCH = {
     "decoder": ("causal_lm", "seq2seq", "dpo"),
     "encoder": ("mlm", "nsp", "mlm_nsp", "classification", "regression",
-                "token_classification"),
+                "token_classification", "question_answering"),
     "encoder_decoder": ("span_corruption", "seq2seq"),
 }
 
@@ -38,9 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 500
     c.eval_steps = config_dict.placeholder(int)  # None: the whole eval split
-    # seq2seq: how many eval examples are decoded for BLEU / exact match (None or 0: all)
+    # seq2seq / question answering: how many eval examples are decoded (answered) for BLEU /
+    # exact match / F1 (None or 0: all)
     c.eval_decode_examples = config_dict.placeholder(int)
-    c.eval_samples = 3  # seq2seq: decoded examples written to the log at each eval
+    c.eval_samples = 3  # seq2seq / question answering: answers written to the log at each eval
     c.checkpoint_every_steps = 500
     c.max_checkpoints_to_keep = 3
     # an eval metric (e.g. eval/accuracy): its best eval's parameters are kept in WORKDIR/best
@@ -125,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.extra_eval_sources = config_dict.placeholder(str)
     # multiple-choice eval sets, NAME=SOURCE;...: eval_NAME/choice_accuracy(_norm) at every eval
     d.choice_eval_sources = config_dict.placeholder(str)
-    d.context_column = "context"  # multiple choice: the question / context
+    # multiple choice: the question / context; question answering: the passage holding answers
+    d.context_column = "context"
     d.choices_column = "choices"  # multiple choice: the list of choices
     d.choice_delimiter = " "  # decoders score context + this + choice
     # seq2seq decoders: lay pairs out with the tokenizer's Hugging Face chat template
@@ -146,6 +148,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.rejected_column = "rejected"  # dpo: the other one
     d.tokens_column = "tokens"  # token classification: the list of words
     d.tags_column = "ner_tags"  # token classification: the list of their tags
+    d.question_column = "question"  # question answering: the question
+    d.answers_column = "answers"  # question answering: {text: [...], answer_start: [...]}
     d.noise_density = 0.15  # span corruption: fraction of tokens dropped into spans
     d.mean_noise_span_length = 3.0  # span corruption: mean tokens per span
     d.whole_word_masking = False  # MLM: mask whole words (wordpiece / bpe tokenizers)
@@ -188,6 +192,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.dpo.beta = 0.1  # objective=dpo: strength of the pull towards the reference model
     c.dpo.loss = "sigmoid"  # sigmoid (DPO) | hinge (SLiC) | ipo (IPO)
     c.dpo.label_smoothing = 0.0  # sigmoid: conservative DPO's assumed label-noise rate
+
+    c.qa = ml_collections.ConfigDict()
+    # question answering: tokens shared by a long context's windows (None: seq_len // 4)
+    c.qa.doc_stride = config_dict.placeholder(int)
+    c.qa.max_answer_tokens = 30  # question answering: the longest span predicted
+    c.qa.no_answer = False  # True: may predict "no answer" (SQuAD 2.0), else always a span
 
     c.lora = ml_collections.ConfigDict()
     c.lora.rank = 0  # 0: no adapters (every parameter trains)
@@ -407,7 +417,8 @@ _RANGES = {
                      "optimizer.weight_decay", "optimizer.eps", "optimizer.grad_clip_norm",
                      "model.norm_epsilon", "eval_steps", "eval_decode_examples", "eval_samples",
                      "data.prefetch_batches", "data.train_window_stride",
-                     "tokenizer.extra_ids", "data.generated.order", "z_loss", "lora.rank"),
+                     "tokenizer.extra_ids", "data.generated.order", "z_loss", "lora.rank",
+                     "qa.doc_stride"),
                     _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
                      "model.attention_dropout_rate", "data.validation_fraction",

@@ -1,5 +1,5 @@
 """BERT (BertModel / BertForPreTraining / BertForMaskedLM / BertForSequenceClassification /
-BertForTokenClassification) <-> llmjax EncoderWithHeads.
+BertForTokenClassification / BertForQuestionAnswering) <-> llmjax EncoderWithHeads.
 
 BERT is a post-LayerNorm encoder with token-type embeddings, an embedding LayerNorm, learned
 positions and exact GELU. PyTorch Linear weights are [out, in]: transposed into llmjax's [in,
@@ -23,6 +23,8 @@ _ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "relu": "relu", "silu"
 def _objective_of(hf: dict, tensors: dict) -> str:
     if any(a.endswith("ForTokenClassification") for a in hf.get("architectures") or ()):
         return "token_classification"
+    if "qa_outputs.weight" in tensors:  # BertForQuestionAnswering: start and end logits
+        return "question_answering"
     names = set(tensors)
     has_mlm = "cls.predictions.bias" in names
     has_nsp = "cls.seq_relationship.weight" in names
@@ -54,6 +56,8 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
         config.data.labels = ",".join(labels[str(i)] if str(i) in labels else labels[i]
                                       for i in range(len(labels)))
         m.num_classes = len(labels)
+    if config.objective == "question_answering":
+        m.num_classes = 2
     config.seq_len = min(config.seq_len, m.max_len)
 
 
@@ -101,6 +105,8 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
         dense("nsp_head/dense", "cls.seq_relationship", (d,), (2,))
     if "classifier.weight" in body:
         dense("classifier/dense", "classifier", (d,), (body("classifier.weight").shape[0],))
+    if "qa_outputs.weight" in body and config.objective == "question_answering":
+        dense("classifier/dense", "qa_outputs", (d,), (2,))  # our token classifier, 2 classes
     return out, body.used
 
 
@@ -160,7 +166,10 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
                                                                         m.activation),
           "layer_norm_eps": m.norm_epsilon, "type_vocab_size": 2,
           "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    if "classifier/dense/kernel" in flat:
+    if "classifier/dense/kernel" in flat and config.objective == "question_answering":
+        dense("qa_outputs", "classifier/dense")
+        architecture = "BertForQuestionAnswering"
+    elif "classifier/dense/kernel" in flat:
         dense("classifier", "classifier/dense")
         architecture = ("BertForTokenClassification"
                         if config.objective == "token_classification"

@@ -165,6 +165,13 @@ def _import_catalog_modules(name: str) -> None:
         __import__(modules[family])
 
 
+def first_records(spec: str, split: str, config: ml_collections.ConfigDict,
+                  limit: int | None) -> Sequence[dict]:
+    """open_split(spec, split), cut to its first `limit` records (None or 0: all of them)."""
+    records = open_split(spec, split, config)
+    return RecordSlice(records, 0, min(limit, len(records))) if limit else records
+
+
 def as_text(value) -> str:
     # Real ArrayRecord data gives bytes, tfds.testing.mock_data gives str.
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -105,10 +105,7 @@ class DecodingEval:
     def __init__(self, config: ml_collections.ConfigDict, tokenizer, graphdef: nnx.GraphDef,
                  source: str, split: str):
         self.config, self.tokenizer, self.graphdef = config, tokenizer, graphdef
-        records = sources.open_split(source, split, config)
-        limit = config.eval_decode_examples
-        if limit:  # None or 0: all of them
-            records = sources.RecordSlice(records, 0, min(limit, len(records)))
+        records = sources.first_records(source, split, config, config.eval_decode_examples)
         self.sources, self.references = source_target_texts(records, config)
         self.decoder = SOURCE_DECODERS[config.model.arch]
         if config.data.messages_column:  # the last answer of each conversation

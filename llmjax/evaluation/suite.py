@@ -1,7 +1,8 @@
 """Everything a training run evaluates at each eval step, loaded once before the run starts:
 the eval split (`eval/*`, with the generated data's loss floor), the sets of
 `data.extra_eval_sources` (`eval_NAME/*`), decoding metrics for seq2seq objectives (BLEU,
-exact match) on each of those, and the multiple-choice sets of `data.choice_eval_sources`."""
+exact match) or question answering's answers (exact match, F1) on each of those, and the
+multiple-choice sets of `data.choice_eval_sources`."""
 
 from __future__ import annotations
 
@@ -33,18 +34,18 @@ class EvalSuite:
                       for name, source, split in sets}
         self._extra_sources = [(f"eval_{name}/", source, split) for name, source, split in sets]
         self.choice_sets = choices.choice_evals(config) if named_sets else {}
-        self.decoding: dict[str, Any] = {}  # prefix -> DecodingEval, once the model exists
+        self.decoding: dict[str, Any] = {}  # prefix -> DecodingEval / SpanEval, with the model
         self.graphdef: nnx.GraphDef | None = None
 
     def attach_model(self, graphdef: nnx.GraphDef) -> None:
-        """Prepares what decodes or scores with the model: seq2seq's DecodingEvals."""
+        """Prepares what decodes or answers with the model: seq2seq's DecodingEvals, question
+        answering's SpanEvals."""
         self.graphdef = graphdef
-        if getattr(self.objective, "decodes", False):  # seq2seq: BLEU and exact match
-            from llmjax.evaluation.decoding import DecodingEval
-
+        host_eval = host_eval_class(self.objective)
+        if host_eval is not None:
             sets = [(f"{self.prefix}/", *self.main), *self._extra_sources]
-            self.decoding = {prefix: DecodingEval(self.config, self.tokenizer, graphdef, source,
-                                                  split) for prefix, source, split in sets}
+            self.decoding = {prefix: host_eval(self.config, self.tokenizer, graphdef, source,
+                                               split) for prefix, source, split in sets}
 
     def __call__(self, parallel, params: Any, step: int) -> dict[str, float]:
         """Every eval metric of `params` (as the parallel step holds them) at `step`."""
@@ -65,9 +66,25 @@ class EvalSuite:
         return metrics
 
 
+def host_eval_class(objective) -> type | None:
+    """What scores an objective's outputs on the host, beyond the eval step's metric sums:
+    DecodingEval (seq2seq: BLEU, exact match), SpanEval (question answering: exact match,
+    F1), or None. Each is built as cls(config, tokenizer, graphdef, source, split) and lists
+    its metric_names."""
+    if getattr(objective, "decodes", False):
+        from llmjax.evaluation.decoding import DecodingEval
+
+        return DecodingEval
+    if getattr(objective, "extracts_spans", False):
+        from llmjax.evaluation.spans import SpanEval
+
+        return SpanEval
+    return None
+
+
 def decoding_metrics(decoding_eval, params, step: int, prefix: str = "eval/"
                      ) -> dict[str, float]:
-    """bleu and exact_match under `prefix`; logs a few decoded samples."""
+    """The host eval's metrics under `prefix`; logs a few decoded samples."""
     metrics, samples = decoding_eval(params)
     for source, reference, hypothesis in samples:
         logging.info("step %d %ssample: %r -> %r (reference %r)", step, prefix, source,

@@ -7,6 +7,7 @@ from llmjax.objectives.dpo import DirectPreference
 from llmjax.objectives.mlm import MaskedLM
 from llmjax.objectives.mlm_nsp import MaskedLMAndNextSentence
 from llmjax.objectives.nsp import NextSentencePrediction
+from llmjax.objectives.question_answering import QuestionAnswering
 from llmjax.objectives.regression import Regression
 from llmjax.objectives.seq2seq import Seq2Seq
 from llmjax.objectives.span_corruption import SpanCorruption
@@ -23,6 +24,7 @@ OBJECTIVES = {
     "seq2seq": Seq2Seq,
     "dpo": DirectPreference,
     "token_classification": TokenClassification,
+    "question_answering": QuestionAnswering,
 }
 
 

@@ -18,7 +18,7 @@ from flax import nnx
 from llmjax import configs
 from llmjax.data import pipeline
 from llmjax.evaluation import choices
-from llmjax.evaluation.suite import EvalSuite
+from llmjax.evaluation.suite import EvalSuite, host_eval_class
 from llmjax.models import lora
 from llmjax.objectives import get_objective
 from llmjax.objectives.base import Regularizers
@@ -454,11 +454,10 @@ def _best_metric(config: ml_collections.ConfigDict, objective, evals: EvalSuite
     names this run's eval reports (from the eval step's shapes: nothing is compiled)."""
     if not config.checkpoint_best_metric:
         return None
-    from llmjax.evaluation.decoding import DecodingEval
-
     graphdef, params = state_lib.abstract_model(config)
+    host_eval = host_eval_class(objective)
     extra = (("best_achievable_loss",) if evals.floor is not None else ()) + (
-        DecodingEval.metric_names if getattr(objective, "decodes", False) else ())
+        host_eval.metric_names if host_eval is not None else ())
     names = best_lib.eval_metric_names(make_eval_step(graphdef, objective), params,
                                        evals.eval_data[0], tuple(loss_terms(objective)), extra,
                                        tuple(evals.extra))
