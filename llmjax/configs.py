@@ -110,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.attention_softcap = config_dict.placeholder(float)  # logits -> cap tanh(logits / cap)
     m.logit_softcap = config_dict.placeholder(float)  # decoder output logits, the same
     m.embed_norm = False  # decoder: normalise the token embeddings (BLOOM)
+    m.num_token_types = 2  # encoder: segment A / B embeddings; 1 = none (RoBERTa, XLM-R)
     # einsum: the project's own attention (dropout on probabilities, any mask); xla or cudnn:
     # jax.nn.dot_product_attention with that implementation (cudnn = flash attention on NVIDIA
     # GPUs, bfloat16/float16 only); both without attention dropout
@@ -403,7 +404,8 @@ _RANGES = {
                      "optimizer.cooldown_steps",
                      "data.tokenizer_sample_chars", "data.mean_noise_span_length",
                      "data.generated.alphabet_size", "data.generated.train_documents",
-                     "data.generated.eval_documents", "data.generated.max_pair_length"),
+                     "data.generated.eval_documents", "data.generated.max_pair_length",
+                     "qa.max_answer_tokens", "model.num_token_types"),
                     _AT_LEAST_1),
     **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor", "lora.alpha",
                      "model.local_rotary_base", "model.attention_softcap", "model.logit_softcap",

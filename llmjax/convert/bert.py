@@ -61,53 +61,72 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     config.seq_len = min(config.seq_len, m.max_len)
 
 
+class BodyReader:
+    """BERT-layout tensors (with or without `prefix`, `bert.` or `roberta.`) read into llmjax
+    names (`out`), recording what was read (`body.used`)."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], prefix: str):
+        self.body = TensorReader(tensors, prefix)
+        self.out: dict[str, np.ndarray] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.body
+
+    def get(self, short: str) -> np.ndarray:
+        if short not in self.body:  # old checkpoints: LayerNorm.gamma / beta
+            short = short.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+                "LayerNorm.bias", "LayerNorm.beta")
+        return self.body(short)
+
+    def norm(self, ours: str, theirs: str) -> None:
+        self.out[f"{ours}/scale"] = self.get(f"{theirs}.weight")
+        self.out[f"{ours}/bias"] = self.get(f"{theirs}.bias")
+
+    def dense(self, ours: str, theirs: str, in_shape, out_shape) -> None:
+        self.out[f"{ours}/kernel"] = self.get(f"{theirs}.weight").T.reshape(*in_shape,
+                                                                             *out_shape)
+        self.out[f"{ours}/bias"] = self.get(f"{theirs}.bias").reshape(out_shape)
+
+    def encoder(self, m: ml_collections.ConfigDict) -> None:
+        """The embeddings and the blocks."""
+        h, d = m.num_heads, m.emb_dim
+        k = d // h
+        e = "embeddings."
+        self.out.update({
+            "encoder/embed/embedding": self.get(e + "word_embeddings.weight"),
+            "encoder/position_embed/embedding": self.get(e + "position_embeddings.weight"),
+            "encoder/token_type_embed/embedding": self.get(e + "token_type_embeddings.weight")})
+        self.norm("encoder/embed_norm", e + "LayerNorm")
+        for i in range(m.num_layers):
+            p, q = f"encoder.layer.{i}.", f"encoder/layers/{i}/"
+            for name in ("query", "key", "value"):
+                self.dense(q + f"attention/{name}", p + f"attention.self.{name}", (d,), (h, k))
+            self.dense(q + "attention/out", p + "attention.output.dense", (h, k), (d,))
+            self.norm(q + "attention_norm", p + "attention.output.LayerNorm")
+            self.dense(q + "mlp/wi", p + "intermediate.dense", (d,), (m.mlp_dim,))
+            self.dense(q + "mlp/wo", p + "output.dense", (m.mlp_dim,), (d,))
+            self.norm(q + "mlp_norm", p + "output.LayerNorm")
+
+
 def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
                    ) -> tuple[dict[str, np.ndarray], set[str]]:
     m = config.model
-    h, d = m.num_heads, m.emb_dim
-    k = d // h
-    body = TensorReader(tensors, "bert.")
-
-    def get(short: str) -> np.ndarray:
-        if short not in body:  # old checkpoints: LayerNorm.gamma / beta
-            short = short.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
-                "LayerNorm.bias", "LayerNorm.beta")
-        return body(short)
-
-    def norm(ours: str, theirs: str) -> None:
-        out[f"{ours}/scale"], out[f"{ours}/bias"] = get(f"{theirs}.weight"), get(f"{theirs}.bias")
-
-    def dense(ours: str, theirs: str, in_shape, out_shape) -> None:
-        out[f"{ours}/kernel"] = get(f"{theirs}.weight").T.reshape(*in_shape, *out_shape)
-        out[f"{ours}/bias"] = get(f"{theirs}.bias").reshape(out_shape)
-
-    e = "embeddings."
-    out = {"encoder/embed/embedding": get(e + "word_embeddings.weight"),
-           "encoder/position_embed/embedding": get(e + "position_embeddings.weight"),
-           "encoder/token_type_embed/embedding": get(e + "token_type_embeddings.weight")}
-    norm("encoder/embed_norm", e + "LayerNorm")
-    for i in range(m.num_layers):
-        p, q = f"encoder.layer.{i}.", f"encoder/layers/{i}/"
-        for name in ("query", "key", "value"):
-            dense(q + f"attention/{name}", p + f"attention.self.{name}", (d,), (h, k))
-        dense(q + "attention/out", p + "attention.output.dense", (h, k), (d,))
-        norm(q + "attention_norm", p + "attention.output.LayerNorm")
-        dense(q + "mlp/wi", p + "intermediate.dense", (d,), (m.mlp_dim,))
-        dense(q + "mlp/wo", p + "output.dense", (m.mlp_dim,), (d,))
-        norm(q + "mlp_norm", p + "output.LayerNorm")
-    if "pooler.dense.weight" in body:
-        dense("pooler/dense", "pooler.dense", (d,), (d,))
-    if "cls.predictions.bias" in body:
-        dense("mlm_head/transform", "cls.predictions.transform.dense", (d,), (d,))
-        norm("mlm_head/norm", "cls.predictions.transform.LayerNorm")
-        out["mlm_head/output_bias"] = get("cls.predictions.bias")
-    if "cls.seq_relationship.weight" in body:
-        dense("nsp_head/dense", "cls.seq_relationship", (d,), (2,))
-    if "classifier.weight" in body:
-        dense("classifier/dense", "classifier", (d,), (body("classifier.weight").shape[0],))
-    if "qa_outputs.weight" in body and config.objective == "question_answering":
-        dense("classifier/dense", "qa_outputs", (d,), (2,))  # our token classifier, 2 classes
-    return out, body.used
+    d = m.emb_dim
+    r = BodyReader(tensors, "bert.")
+    r.encoder(m)
+    if "pooler.dense.weight" in r:
+        r.dense("pooler/dense", "pooler.dense", (d,), (d,))
+    if "cls.predictions.bias" in r:
+        r.dense("mlm_head/transform", "cls.predictions.transform.dense", (d,), (d,))
+        r.norm("mlm_head/norm", "cls.predictions.transform.LayerNorm")
+        r.out["mlm_head/output_bias"] = r.get("cls.predictions.bias")
+    if "cls.seq_relationship.weight" in r:
+        r.dense("nsp_head/dense", "cls.seq_relationship", (d,), (2,))
+    if "classifier.weight" in r:
+        r.dense("classifier/dense", "classifier", (d,), (r.get("classifier.weight").shape[0],))
+    if "qa_outputs.weight" in r and config.objective == "question_answering":
+        r.dense("classifier/dense", "qa_outputs", (d,), (2,))  # our token classifier, 2 classes
+    return r.out, r.body.used
 
 
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
@@ -118,64 +137,84 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     return problems
 
 
+class BodyWriter:
+    """llmjax parameters (`flat`) written as BERT-layout tensors (`out`)."""
+
+    def __init__(self, flat: dict[str, np.ndarray]):
+        self.flat = flat
+        self.out: dict[str, np.ndarray] = {}
+
+    def norm(self, theirs: str, ours: str) -> None:
+        self.out[f"{theirs}.weight"] = self.flat[f"{ours}/scale"]
+        self.out[f"{theirs}.bias"] = self.flat[f"{ours}/bias"]
+
+    def dense(self, theirs: str, ours: str) -> None:
+        kernel, bias = self.flat[f"{ours}/kernel"], self.flat[f"{ours}/bias"].reshape(-1)
+        self.out[f"{theirs}.weight"] = kernel.reshape(-1, bias.size).T  # [*in, *out] -> [out, in]
+        self.out[f"{theirs}.bias"] = bias
+
+    def encoder(self, m: ml_collections.ConfigDict, prefix: str) -> None:
+        """The embeddings and the blocks, under `prefix` (`bert.`, `roberta.`)."""
+        e, f = prefix + "embeddings.", self.flat
+        self.out[e + "word_embeddings.weight"] = f["encoder/embed/embedding"]
+        self.out[e + "position_embeddings.weight"] = f["encoder/position_embed/embedding"]
+        self.out[e + "token_type_embeddings.weight"] = f["encoder/token_type_embed/embedding"]
+        self.norm(e + "LayerNorm", "encoder/embed_norm")
+        for i in range(m.num_layers):
+            p, q = f"{prefix}encoder.layer.{i}.", f"encoder/layers/{i}/"
+            for name in ("query", "key", "value"):
+                self.dense(p + f"attention.self.{name}", q + f"attention/{name}")
+            self.dense(p + "attention.output.dense", q + "attention/out")
+            self.norm(p + "attention.output.LayerNorm", q + "attention_norm")
+            self.dense(p + "intermediate.dense", q + "mlp/wi")
+            self.dense(p + "output.dense", q + "mlp/wo")
+            self.norm(p + "output.LayerNorm", q + "mlp_norm")
+
+
+def body_config(m: ml_collections.ConfigDict, model_type: str) -> dict:
+    """config.json's body settings of a BERT-layout model."""
+    return {"model_type": model_type, "vocab_size": m.vocab_size, "hidden_size": m.emb_dim,
+            "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
+            "intermediate_size": m.mlp_dim, "max_position_embeddings": m.max_len,
+            "hidden_act": {"gelu_exact": "gelu", "gelu": "gelu_new"}.get(m.activation,
+                                                                          m.activation),
+            "layer_norm_eps": m.norm_epsilon, "type_vocab_size": m.num_token_types,
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def label_config(config: ml_collections.ConfigDict) -> dict:
+    """id2label / label2id of a classification run's data.labels."""
+    labels = (config.data.labels or "").split(",")
+    return {"id2label": {str(i): name for i, name in enumerate(labels)},
+            "label2id": {name: i for i, name in enumerate(labels)}}
+
+
 def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray]
                    ) -> tuple[dict, dict[str, np.ndarray]]:
     m = config.model
-    d = m.emb_dim
-    t: dict[str, np.ndarray] = {}
-
-    def norm(theirs: str, ours: str) -> None:
-        t[f"{theirs}.weight"], t[f"{theirs}.bias"] = flat[f"{ours}/scale"], flat[f"{ours}/bias"]
-
-    def dense(theirs: str, ours: str) -> None:
-        kernel = flat[f"{ours}/kernel"]
-        bias = flat[f"{ours}/bias"].reshape(-1)
-        t[f"{theirs}.weight"] = kernel.reshape(-1, bias.size).T  # [*in, *out] -> [out, in]
-        t[f"{theirs}.bias"] = bias
-
-    e = "bert.embeddings."
-    t[e + "word_embeddings.weight"] = flat["encoder/embed/embedding"]
-    t[e + "position_embeddings.weight"] = flat["encoder/position_embed/embedding"]
-    t[e + "token_type_embeddings.weight"] = flat["encoder/token_type_embed/embedding"]
-    norm(e + "LayerNorm", "encoder/embed_norm")
-    for i in range(m.num_layers):
-        p, q = f"bert.encoder.layer.{i}.", f"encoder/layers/{i}/"
-        for name in ("query", "key", "value"):
-            dense(p + f"attention.self.{name}", q + f"attention/{name}")
-        dense(p + "attention.output.dense", q + "attention/out")
-        norm(p + "attention.output.LayerNorm", q + "attention_norm")
-        dense(p + "intermediate.dense", q + "mlp/wi")
-        dense(p + "output.dense", q + "mlp/wo")
-        norm(p + "output.LayerNorm", q + "mlp_norm")
+    w = BodyWriter(flat)
+    w.encoder(m, "bert.")
     architecture = "BertModel"
     if "pooler/dense/kernel" in flat:
-        dense("bert.pooler.dense", "pooler/dense")
+        w.dense("bert.pooler.dense", "pooler/dense")
     if "mlm_head/output_bias" in flat:
-        dense("cls.predictions.transform.dense", "mlm_head/transform")
-        norm("cls.predictions.transform.LayerNorm", "mlm_head/norm")
-        t["cls.predictions.bias"] = flat["mlm_head/output_bias"]
+        w.dense("cls.predictions.transform.dense", "mlm_head/transform")
+        w.norm("cls.predictions.transform.LayerNorm", "mlm_head/norm")
+        w.out["cls.predictions.bias"] = flat["mlm_head/output_bias"]
         architecture = "BertForMaskedLM"
     if "nsp_head/dense/kernel" in flat:
-        dense("cls.seq_relationship", "nsp_head/dense")
+        w.dense("cls.seq_relationship", "nsp_head/dense")
         architecture = "BertForPreTraining" if "mlm_head/output_bias" in flat else \
             "BertForNextSentencePrediction"
-    hf = {"model_type": MODEL_TYPE, "vocab_size": m.vocab_size, "hidden_size": d,
-          "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
-          "intermediate_size": m.mlp_dim, "max_position_embeddings": m.max_len,
-          "hidden_act": {"gelu_exact": "gelu", "gelu": "gelu_new"}.get(m.activation,
-                                                                        m.activation),
-          "layer_norm_eps": m.norm_epsilon, "type_vocab_size": 2,
-          "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    hf = body_config(m, MODEL_TYPE)
     if "classifier/dense/kernel" in flat and config.objective == "question_answering":
-        dense("qa_outputs", "classifier/dense")
+        w.dense("qa_outputs", "classifier/dense")
         architecture = "BertForQuestionAnswering"
     elif "classifier/dense/kernel" in flat:
-        dense("classifier", "classifier/dense")
+        w.dense("classifier", "classifier/dense")
         architecture = ("BertForTokenClassification"
                         if config.objective == "token_classification"
                         else "BertForSequenceClassification")
-        labels = (config.data.labels or "").split(",")
-        hf["id2label"] = {str(i): name for i, name in enumerate(labels)}
-        hf["label2id"] = {name: i for i, name in enumerate(labels)}
+        hf.update(label_config(config))
     hf["architectures"] = [architecture]
-    return hf, t
+    return hf, w.out

@@ -23,13 +23,14 @@ from flax import nnx
 
 from llmjax import configs
 from llmjax.configs import ConfigError
-from llmjax.convert import bart, bert, bloom, gemma, gpt2, llama, t5
+from llmjax.convert import bart, bert, bloom, gemma, gpt2, llama, roberta, t5
 from llmjax.data.tokenizers import SPECIAL_ROLES
 from llmjax.train.checkpoint import param_path_name
 
 # HF model_type -> its name map module
 FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom,
-            **dict.fromkeys(llama.MODEL_TYPES, llama), **dict.fromkeys(gemma.MODEL_TYPES, gemma)}
+            **dict.fromkeys(llama.MODEL_TYPES, llama), **dict.fromkeys(gemma.MODEL_TYPES, gemma),
+            **dict.fromkeys(roberta.MODEL_TYPES, roberta)}
 
 
 def export_family(config: ml_collections.ConfigDict):
@@ -41,7 +42,7 @@ def export_family(config: ml_collections.ConfigDict):
         if m.scale_embeddings or m.post_norms:  # only Gemma's layout has these
             return gemma
         return {"alibi": bloom, "rotary": llama}.get(m.position_embedding, gpt2)
-    return bert
+    return roberta if m.num_token_types == 1 else bert
 
 
 class ConversionError(ValueError):
@@ -218,9 +219,10 @@ def load_folder(path: str | epath.Path, config: ml_collections.ConfigDict | None
     return (imported if config is None else config), tokenizer, params
 
 
-def export_params(config: ml_collections.ConfigDict, params: nnx.State
-                  ) -> tuple[dict, dict[str, np.ndarray]]:
-    """(config.json dict, tensors) of an llmjax model in its Hugging Face family's format."""
+def export_params(config: ml_collections.ConfigDict, params: nnx.State,
+                  pad_id: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json dict, tensors) of an llmjax model in its Hugging Face family's format;
+    `pad_id`: the tokenizer's, for the families that count positions from it (RoBERTa)."""
     family = export_family(config)
     problems = family.inexpressible(config)
     if problems:
@@ -231,6 +233,8 @@ def export_params(config: ml_collections.ConfigDict, params: nnx.State
         from llmjax.models import lora
 
         flat = lora.merge(flat, config.lora)
+    if getattr(family, "POSITIONS_AFTER_PAD", False):
+        return family.export_tensors(config, flat, pad_id=pad_id)
     return family.export_tensors(config, flat)
 
 
@@ -278,7 +282,8 @@ def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
 
     _check_export_target(epath.Path(out))
     run = api.load(workdir, step)
-    hf_config, tensors = export_params(run.config, nnx.state(run.model, nnx.Param))
+    hf_config, tensors = export_params(run.config, nnx.state(run.model, nnx.Param),
+                                       pad_id=run.tokenizer.pad_id)
     tok = run.tokenizer
     for role in ("pad", "bos", "eos", "unk"):
         hf_config.setdefault(f"{role}_token_id", getattr(tok, f"{role}_id"))

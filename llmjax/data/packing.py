@@ -24,6 +24,7 @@ class SpecialIds(Protocol):
     bos_id: int
     eos_id: int
     pad_id: int
+    pair_separator: tuple[int, ...]  # between a pair's texts: (eos,), RoBERTa's (eos, eos)
 
 
 def token_stream(token_docs: Sequence[np.ndarray], specials: SpecialIds
@@ -87,15 +88,17 @@ class Windows:
 def pack_pair(a: np.ndarray, b: np.ndarray | None, seq_len: int, specials: SpecialIds
               ) -> tuple[np.ndarray, np.ndarray]:
     """BERT's input for one or two token sequences: [<bos>] a [<eos>] (b [<eos>]) and token
-    types (0 for a, 1 for b), the longer part trimmed first to fit `seq_len`."""
+    types (0 for a, 1 for b), the longer part trimmed first to fit `seq_len`. Between a and b
+    is the tokenizer's pair separator ([<eos>], RoBERTa's [</s>, </s>])."""
     a, b = list(a), (list(b) if b is not None else None)
-    budget = seq_len - (3 if b is not None else 2)
+    separator = list(specials.pair_separator)
+    budget = seq_len - (2 + len(separator) if b is not None else 2)
     while len(a) + (len(b) if b is not None else 0) > budget:
         if b is not None and len(b) > len(a):
             b.pop()
         else:
             a.pop()
-    tokens = [specials.bos_id, *a, specials.eos_id]
+    tokens = [specials.bos_id, *a, *(separator if b is not None else [specials.eos_id])]
     types = [0] * len(tokens)
     if b is not None:
         tokens += [*b, specials.eos_id]

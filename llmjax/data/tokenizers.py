@@ -70,6 +70,11 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [self.encode_array(t) for t in texts]
 
+    @property
+    def pair_separator(self) -> tuple[int, ...]:
+        """The special tokens between the two texts of a pair: (<eos>,) as BERT's [SEP]."""
+        return (self.eos_id,)
+
     def word_starts(self) -> np.ndarray | None:
         """[vocab_size] bool: does the token begin a word? None when ids do not tell (char,
         byte); used by whole-word masking."""
@@ -202,6 +207,23 @@ class HFTokenizer(Tokenizer):
             setattr(self, f"{role}_id", found[0] if found else None)
         if self.pad_id is None:
             self.pad_id = self.eos_id
+        self._pair_separator = self._post_processor_separator()
+
+    def _post_processor_separator(self) -> tuple[int, ...]:
+        """What the tokenizer's own post-processor puts between a pair's texts (RoBERTa's
+        `</s></s>`, BERT's `[SEP]`); (<eos>,) when it adds nothing there (no post-processor)."""
+        pair = self.hf.encode("a", "b", add_special_tokens=True)
+        sequence = pair.sequence_ids
+        if 0 not in sequence or 1 not in sequence:
+            return (self.eos_id,)
+        last_a = max(i for i, s in enumerate(sequence) if s == 0)
+        first_b = sequence.index(1)
+        between = tuple(pair.ids[last_a + 1: first_b])
+        return between or (self.eos_id,)
+
+    @property
+    def pair_separator(self) -> tuple[int, ...]:
+        return self._pair_separator
 
     @property
     def special_ids(self) -> list[int]:

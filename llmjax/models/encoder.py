@@ -21,13 +21,13 @@ class Encoder(nnx.Module):
     """tokens [B, L] (+ token types [B, L]) -> hidden states [B, L, D]; every token attends to
     every non-padding token of its segment (segment 0 = padding)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, num_token_types: int = 2):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         cfg = dataclasses.replace(cfg, causal=False)
         self.cfg = cfg
         self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)
         if cfg.position_embedding == "learned":
             self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
-        self.token_type_embed = Embed(num_token_types, cfg.emb_dim, cfg, rngs=rngs)
+        self.token_type_embed = Embed(cfg.num_token_types, cfg.emb_dim, cfg, rngs=rngs)
         # BERT (post-norm) normalises the summed embeddings; pre-norm stacks end with a norm.
         post = cfg.norm_position == "post"
         self.embed_norm = Norm(cfg.emb_dim, cfg) if post else None
@@ -41,7 +41,8 @@ class Encoder(nnx.Module):
         cfg = self.cfg
         seg = (tokens_BxL != 0).astype(jnp.int32) if segment_ids is None else segment_ids
         pos = segment_positions(seg) if positions is None else positions
-        types = jnp.zeros_like(tokens_BxL) if token_types is None else token_types
+        one_type = token_types is None or cfg.num_token_types == 1  # RoBERTa: no segment types
+        types = jnp.zeros_like(tokens_BxL) if one_type else token_types
         x = self.embed(tokens_BxL) + self.token_type_embed(types)
         if cfg.position_embedding == "learned":
             x = x + self.position_embed(pos)

@@ -6,19 +6,21 @@ Records hold a question (`data.question_column`), a context (`data.context_colum
 answers (`data.answers_column`: `{"text": [...], "answer_start": [...]}` as SQuAD, TFDS and
 `datasets` give them, or a list of `{"text", "answer_start"}`; empty: no answer). Example
 layout, one row per window of the context: `tokens`, `token_types`, `segment_ids` [L] =
-[<bos>] question [<eos>] context window [<eos>] (types 0, then 1 from the window on);
+[<bos>] question [<eos>] context window [<eos>] (types 0, then 1 from the window on; between
+question and context the tokenizer's pair separator, RoBERTa's [</s>, </s>]);
 `start_positions`, `end_positions` (the first answer's first and last token, or 0 — the
 <bos> — when the window does not hold all of it, or there is none) and `weights` (1).
 
 The context is split at whitespace into words, each tokenized with the space before it (as
 token classification does), so every context token belongs to one word; a context longer
-than a window is cut into windows of `seq_len - question - 3` tokens that overlap by
-`qa.doc_stride` tokens (default a quarter of seq_len). The question keeps at most half the
-sequence. An answer starts at the first token of the word holding its first character and
-ends at the last token of the word holding its last one; a predicted span is read back as
-the context's text from its first word's start to its last word's end. So predictions are
-whole words (an answer inside a word, as "Saxon" of "Anglo-Saxon", is predicted as the
-word), which SQuAD's normalisation forgives for the punctuation around a word.
+than a window is cut into windows of `seq_len - question - 3` tokens (RoBERTa's: - 4) that
+overlap by `qa.doc_stride` tokens (default a quarter of seq_len). The question keeps at most
+half the sequence. An answer starts at the first token of the word holding its first
+character and ends at the last token of the word holding its last one; a predicted span is
+read back as the context's text from its first word's start to its last word's end. So
+predictions are whole words (an answer inside a word, as "Saxon" of "Anglo-Saxon", is
+predicted as the word), which SQuAD's normalisation forgives for the punctuation around a
+word.
 
 Loss: the mean of the start and end cross-entropies per window. Answers: each window's best
 span by start + end logit among those that start at a word's first token, end at a word's
@@ -126,7 +128,7 @@ def doc_stride(config: ml_collections.ConfigDict) -> int:
     at 512, as Hugging Face's run_qa beside BERT's longest input)."""
     stride = config.qa.doc_stride
     stride = config.seq_len // 4 if stride is None else stride
-    room = config.seq_len - max_question_tokens(config.seq_len) - 3
+    room = config.seq_len - max_question_tokens(config.seq_len) - 4  # RoBERTa: 2 separators
     if stride >= room:
         from llmjax.configs import ConfigError
 
@@ -185,7 +187,7 @@ def passage_windows(passages: Sequence[Passage], tokenizer: Tokenizer,
         if labelled and passage.answers:
             first, last = passage.answer_words(index)
             answer = (word_first[first], word_last[last])
-        head = [tokenizer.bos_id, *question.tolist(), tokenizer.eos_id]
+        head = [tokenizer.bos_id, *question.tolist(), *tokenizer.pair_separator]
         room = L - len(head) - 1
         offset = 0
         while True:
