@@ -5,15 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_config
-from test_cli import llmjax_cli
+from conftest import run_command, tiny_config
 
 from llmjax import configs
 from llmjax.train.loop import train_and_evaluate
 from llmjax.train.writer import read_metrics
 
 
-def test_extra_eval_sets_are_reported_by_name_in_training_and_eval(tmp_path):
+def test_extra_eval_sets_are_reported_by_name_in_training_and_eval(tmp_path, capsys):
     rng = np.random.default_rng(0)
     a = tmp_path / "a.txt"
     a.write_text("\n".join("".join(rng.choice(list("abc"), 60)) for _ in range(200)))
@@ -32,7 +31,7 @@ def test_extra_eval_sets_are_reported_by_name_in_training_and_eval(tmp_path):
     rows = [r for r in read_metrics(tmp_path / "run") if "eval_a/loss" in r]
     best_step = min(rows, key=lambda r: r["eval_a/loss"])["step"]
     assert (tmp_path / "run" / "best" / "checkpoints" / str(best_step)).exists()
-    printed = json.loads(llmjax_cli("eval", f"--workdir={tmp_path / 'run'}").stdout)
+    printed = run_command("eval", tmp_path / "run", capsys)
     for key in ("eval_a/loss", "eval_b/token_accuracy", "eval/loss"):
         assert printed[key] == pytest.approx(final[key], abs=1e-5)
 
@@ -57,7 +56,7 @@ def test_a_best_metric_of_an_unknown_eval_set_lists_the_reported_names(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
-def test_multiple_choice_sets_score_choices_by_likelihood(tmp_path):
+def test_multiple_choice_sets_score_choices_by_likelihood(tmp_path, capsys):
     """A decoder trained on the cycle abcabc... picks the choice that continues it (accuracy 1),
     in training and in `llmjax eval`; the scores are Run.log_likelihood's, per choice and per
     character for the normalised accuracy."""
@@ -84,7 +83,7 @@ def test_multiple_choice_sets_score_choices_by_likelihood(tmp_path):
     assert final["eval_mc/choice_accuracy_norm"] == norm
     ours = ChoiceEval(run.config, f"jsonl:{tmp_path}/mc.jsonl", "all")(run)
     assert ours == {"choice_accuracy": 1.0, "choice_accuracy_norm": norm}
-    printed = json.loads(llmjax_cli("eval", f"--workdir={tmp_path / 'run'}").stdout)
+    printed = run_command("eval", tmp_path / "run", capsys)
     assert printed["eval_mc/choice_accuracy"] == 1.0
 
 

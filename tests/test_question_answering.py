@@ -3,15 +3,13 @@ span labels and predictions at word granularity, SQuAD's exact match and F1, tra
 end, the TFDS catalog's squad layout, and Hugging Face's BertForQuestionAnswering in and out."""
 
 import json
-import types
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import tiny_config
+from conftest import run_command, tiny_config
 
 import llmjax
-from llmjax import commands
 from llmjax.configs import ConfigError
 from llmjax.data import pipeline
 from llmjax.data.text_builder import DataError
@@ -209,13 +207,9 @@ def test_a_reader_learns_to_answer_and_answers_new_questions(tmp_path, capsys):
     assert run.answer("who?", long) == "Carla" and run.answer("how many?", long) == "42"
     assert run.answer(["who?", "how many?"], ["a cat saw Eve, quickly", "a cat saw Eve"]) == [
         "Eve,", ""]
-    flags = types.SimpleNamespace(workdir=str(tmp_path / "run"), step=None, config=run.config,
-                                  text="who?", text_pair="Anna went to the cat", split=None)
-    commands.predict(flags)  # what `llmjax predict --text=who? --text_pair=...` runs
-    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"answer": "Anna"}
-    commands.eval(flags)
-    printed = capsys.readouterr().out
-    evaluated = json.loads(printed[printed.index("{"):])
+    assert run_command("predict", tmp_path / "run", capsys, text="who?",
+                       text_pair="Anna went to the cat") == {"answer": "Anna"}
+    evaluated = run_command("eval", tmp_path / "run", capsys)
     assert evaluated["eval/exact_match"] == pytest.approx(metrics["eval/exact_match"])
     assert evaluated["eval/f1"] == pytest.approx(metrics["eval/f1"])
 

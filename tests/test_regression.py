@@ -6,8 +6,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import tiny_config
-from test_cli import llmjax_cli
+from conftest import run_command, tiny_config
 
 import llmjax
 from llmjax import api, commands
@@ -68,8 +67,8 @@ def test_regression_learns_scores_and_predicts_them(tmp_path, capsys):
     metrics = train_and_evaluate(c, tmp_path / "run")
     assert set(metrics) == {"eval/loss", "eval/pearson"}
     assert metrics["eval/pearson"] > 0.9 and metrics["eval/loss"] < 0.25  # label variance 1.25
-    high = json.loads(llmjax_cli("predict", f"--workdir={tmp_path / 'run'}",
-                                 "--text=superb great fine story").stdout)["score"]
+    high = run_command("predict", tmp_path / "run", capsys,
+                       text="superb great fine story")["score"]
     run = llmjax.load(tmp_path / "run")
     low = run.score("the plot was a movie")
     assert high == pytest.approx(3.0, abs=0.6) and low == pytest.approx(0.0, abs=0.6)

@@ -7,8 +7,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
-from test_cli import llmjax_cli
+from conftest import run_command, tiny_config
 
 import llmjax
 from llmjax.data.text_builder import DataError
@@ -140,7 +139,7 @@ def tagger_config(train, dev, **overrides):
                           "checkpoint_best_metric": "entity_f1", **overrides})
 
 
-def test_a_tagger_learns_entities_and_tags_new_sentences(tmp_path):
+def test_a_tagger_learns_entities_and_tags_new_sentences(tmp_path, capsys):
     """End to end: the label set is read from the training tags, the tagger reaches entity F1
     ≥ 0.9 on held-out sentences (its best kept by entity_f1), `tag` / `llmjax predict` label
     the words of a new sentence, and `llmjax eval` reports what training's last eval did."""
@@ -159,11 +158,9 @@ def test_a_tagger_learns_entities_and_tags_new_sentences(tmp_path):
         ("the", "O"), ("cat", "O"), ("saw", "O"), ("Eve", "B-PER"), ("Jones", "I-PER"),
         ("in", "O"), ("Oslo", "B-LOC")]
     assert run.tag(["Anna went", ""]) == [[("Anna", "B-PER"), ("went", "O")], []]
-    out = llmjax_cli("predict", f"--workdir={tmp_path / 'run'}", "--text=Bert Ito saw Lima")
-    assert json.loads(out.stdout) == {"tags": [["Bert", "B-PER"], ["Ito", "I-PER"],
-                                               ["saw", "O"], ["Lima", "B-LOC"]]}
-    out = llmjax_cli("eval", f"--workdir={tmp_path / 'run'}")
-    evaluated = json.loads(out.stdout[out.stdout.index("{"):])
+    assert run_command("predict", tmp_path / "run", capsys, text="Bert Ito saw Lima") == {
+        "tags": [["Bert", "B-PER"], ["Ito", "I-PER"], ["saw", "O"], ["Lima", "B-LOC"]]}
+    evaluated = run_command("eval", tmp_path / "run", capsys)
     assert evaluated["eval/entity_f1"] == pytest.approx(metrics["eval/entity_f1"], abs=1e-6)
 
 
