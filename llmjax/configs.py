@@ -155,6 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.mean_noise_span_length = 3.0  # span corruption: mean tokens per span
     d.whole_word_masking = False  # MLM: mask whole words (wordpiece / bpe tokenizers)
     d.train_window_stride = 1  # causal LM: training windows start every N tokens (0 = seq_len)
+    # causal LM eval: windows start every N tokens, each scoring its last N targets, so every
+    # target has at least seq_len - N tokens of context (None = seq_len: disjoint windows)
+    d.eval_window_stride = config_dict.placeholder(int)
     d.validation_fraction = 0.1  # text: sources keep this last fraction of characters for eval
     d.tfds_data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
     d.tokenizer_sample_chars = 20_000_000  # how much training text a tokenizer is trained on
@@ -405,7 +408,8 @@ _RANGES = {
                      "data.tokenizer_sample_chars", "data.mean_noise_span_length",
                      "data.generated.alphabet_size", "data.generated.train_documents",
                      "data.generated.eval_documents", "data.generated.max_pair_length",
-                     "qa.max_answer_tokens", "model.num_token_types"),
+                     "qa.max_answer_tokens", "model.num_token_types",
+                     "data.eval_window_stride"),
                     _AT_LEAST_1),
     **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor", "lora.alpha",
                      "model.local_rotary_base", "model.attention_softcap", "model.logit_softcap",
@@ -482,6 +486,10 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.seq_len <= m.max_len,
            f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}: "
            "raise model.max_len or lower seq_len")
+    stride = config.data.eval_window_stride
+    _check(stride is None or stride <= config.seq_len,
+           f"data.eval_window_stride={stride} is longer than seq_len={config.seq_len}: the "
+           "tokens between windows would never be scored; use at most seq_len")
     if m.arch == "decoder" and config.objective in ("seq2seq", "dpo"):
         _check(config.seq_len + config.target_seq_len <= m.max_len,
                f"a seq2seq decoder reads prompt and target as one sequence: seq_len="

@@ -3,7 +3,9 @@
 Each document becomes [<bos>, tokens..., <eos>]; documents are concatenated into one stream and
 windows of L + 1 tokens are cut from it (inputs = the first L, targets = the last L). Evaluation
 uses stride L, so every token is a target exactly once; training uses a smaller stride (1 =
-nanoGPT's random offsets) so that each epoch sees the text at every alignment. Inside a window,
+nanoGPT's random offsets) so that each epoch sees the text at every alignment. A sliding
+evaluation (stride S < L, `scored_tail=S`) scores only the last S targets of every window after
+the first: each token is still a target once, now with at least L - S tokens before it. Inside a window,
 segment ids number the documents 1, 2, ... (attention never crosses them) and 0 marks padding;
 a target is weighted only when it belongs to the same document as its input.
 """
@@ -43,11 +45,14 @@ def token_stream(token_docs: Sequence[np.ndarray], specials: SpecialIds
 class Windows:
     """Causal-LM examples cut lazily from a token stream: `windows[indices]` gathers a batch
     {inputs, targets, segment_ids, weights} [len(indices), length]. Window i starts at
-    (lo + i) * stride; `keep_partial` pads the stream so the last, shorter window is included."""
+    (lo + i) * stride; `keep_partial` pads the stream so the last, shorter window is included;
+    `scored_tail` (= stride, for a sliding evaluation): windows after the first weight only
+    their last `scored_tail` targets, the ones no earlier window scored."""
 
     def __init__(self, tokens: np.ndarray, doc_ids: np.ndarray, length: int, stride: int,
-                 keep_partial: bool, pad_id: int = 0, lo: int = 0, hi: int | None = None):
-        self.length, self.stride = length, stride
+                 keep_partial: bool, pad_id: int = 0, lo: int = 0, hi: int | None = None,
+                 scored_tail: int | None = None):
+        self.length, self.stride, self.scored_tail = length, stride, scored_tail
         pairs = len(tokens) - 1  # (input, target) pairs
         count = max(pairs - length, -1) // stride + 1 if pairs >= length else 0
         if keep_partial and pairs > 0 and (count == 0 or (count - 1) * stride + length < pairs):
@@ -81,6 +86,9 @@ class Windows:
         # Documents are numbered consecutively in the stream, so this renumbers them 1, 2, ...
         segment_ids = np.where(in_doc >= 0, in_doc - in_doc[:, :1] + 1, 0).astype(np.int32)
         weights = ((in_doc == tgt_doc) & (in_doc >= 0)).astype(np.float32)
+        if self.scored_tail is not None:  # targets before the tail: the last window's
+            later = (self.lo + np.asarray(indices, np.int64)) > 0
+            weights[later, : self.length - self.scored_tail] = 0.0
         return {"inputs": win_tok[:, :-1], "targets": win_tok[:, 1:],
                 "segment_ids": segment_ids, "weights": weights}
 

@@ -29,11 +29,15 @@ class CausalLM:
                       config: ml_collections.ConfigDict, *, train: bool) -> packing.Windows:
         docs = read_documents(records, config.data.text_column)
         tokens, doc_ids = packing.token_stream(tokenizer.encode_batch(docs), tokenizer)
-        stride = config.seq_len
+        stride, scored_tail = config.seq_len, None
         if train and config.data.train_window_stride:
             stride = config.data.train_window_stride
+        sliding = config.data.eval_window_stride
+        if not train and sliding and sliding < config.seq_len:
+            stride = scored_tail = sliding
         return packing.Windows(tokens, doc_ids, config.seq_len, stride,
-                               keep_partial=not train, pad_id=tokenizer.pad_id)
+                               keep_partial=not train, pad_id=tokenizer.pad_id,
+                               scored_tail=scored_tail)
 
     def padding_example(self, seq_len: int) -> dict[str, np.ndarray]:
         zeros = np.zeros((seq_len,), np.int32)
