@@ -5,9 +5,9 @@ windows of L + 1 tokens are cut from it (inputs = the first L, targets = the las
 uses stride L, so every token is a target exactly once; training uses a smaller stride (1 =
 nanoGPT's random offsets) so that each epoch sees the text at every alignment. A sliding
 evaluation (stride S < L, `scored_tail=S`) scores only the last S targets of every window after
-the first: each token is still a target once, now with at least L - S tokens before it. Inside a window,
-segment ids number the documents 1, 2, ... (attention never crosses them) and 0 marks padding;
-a target is weighted only when it belongs to the same document as its input.
+the first: each token is still a target once, now with at least L - S tokens before it.
+Inside a window, segment ids number the documents 1, 2, ... (attention never crosses them) and
+0 marks padding; a target is weighted only when it belongs to the same document as its input.
 """
 
 from __future__ import annotations
