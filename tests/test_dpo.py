@@ -125,6 +125,30 @@ def test_dpo_gives_one_devices_metrics_under_pmap_and_a_mesh(tmp_path):
             assert other[name] == pytest.approx(value, abs=1e-5), (mode, name)
 
 
+def test_a_mesh_run_shards_its_reference_and_scores_as_one_device(tmp_path):
+    """parallel.mode=mesh: the reference model's parameters are split over the (1, 2, 4)
+    mesh as the policy's are, and its log-likelihoods equal one device's."""
+    from llmjax.objectives.dpo import DirectPreference
+    from llmjax.objectives.reference import ReferenceModel
+
+    c, _ = preference_setup(tmp_path)
+    records = [{"prompt": p, "chosen": ch, "rejected": r} for p, ch, r in PAIRS]
+    tokenizer = llmjax.load(tmp_path / "init").tokenizer
+    scores = {}
+    for mode in ("single", "mesh"):
+        config = apply_overrides(c.copy_and_resolve_references(),
+                                 {"parallel.mode": mode, "parallel.mesh.fsdp": 2,
+                                  "parallel.mesh.tensor": 4, "batch_size": 2})
+        config.model.vocab_size = tokenizer.vocab_size
+        objective = DirectPreference()
+        objective.resolve_config(config)
+        examples = objective.make_examples(records, tokenizer, config, train=False)
+        scores[mode] = examples[np.arange(len(records))]["reference_logps"]
+        assert ReferenceModel.is_sharded(objective._reference.params) == (mode == "mesh")
+    assert np.isfinite(scores["single"]).all() and scores["single"].shape == (4, 2)
+    np.testing.assert_allclose(scores["mesh"], scores["single"], atol=1e-5)
+
+
 @pytest.mark.parametrize("loss,smoothing", [("sigmoid", 0.0), ("sigmoid", 0.2), ("hinge", 0.0),
                                             ("ipo", 0.0)])
 def test_dpo_loss_variants_follow_their_formulas(monkeypatch, loss, smoothing):

@@ -10,8 +10,9 @@ then the completion and `<eos>`, or the chat template's turns with `data.chat_te
 and rejected may also be conversations, rendered whole by the template: `pair_ids`):
 `inputs`, `targets`, `segment_ids`, `weights` [2, L] (weight on the completion's tokens), the
 chosen row first; `reference_logps` [2], the reference model's log-likelihood of each
-completion, computed once on one device when the examples are made (as TRL's
-precompute_ref_log_probs), so training holds one model; `pair_weights` [] (1, 0 for padding),
+completion, computed once when the examples are made (as TRL's precompute_ref_log_probs) — on
+one device, or sharded over the mesh with parallel.mode=mesh (objectives/reference.py) — so
+training holds one model; `pair_weights` [] (1, 0 for padding),
 which the loss is averaged over.
 
 `dpo.loss` picks the loss of the margin z = (log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r)):
@@ -33,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from llmjax.data.chat import field_messages, prompt_layout
 from llmjax.data.sources import column_text, iter_records
@@ -41,6 +41,7 @@ from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers, cross_entropy
 from llmjax.objectives.pairs import ArrayExamples
+from llmjax.objectives.reference import ReferenceModel
 from llmjax.objectives.seq2seq import prompt_completion_arrays
 
 ROW_KEYS = ("inputs", "targets", "segment_ids", "weights")
@@ -106,7 +107,7 @@ class DirectPreference:
     def __init__(self):
         self.beta: float | None = None  # these three set by resolve_config
         self.loss_type, self.label_smoothing = "sigmoid", 0.0
-        self._reference = None  # (jitted completion_logps, reference params), made once
+        self._reference: ReferenceModel | None = None  # made once, at the first examples
 
     def resolve_config(self, config: ml_collections.ConfigDict) -> None:
         self.beta = float(config.dpo.beta)
@@ -139,29 +140,11 @@ class DirectPreference:
                          ) -> np.ndarray:
         """[N, 2] reference log-likelihoods of the rows' completions, a fixed-size batch of
         rows at a time (one compiled program)."""
-        logps_fn, params = self._reference_model(config)
-        count, chunk = len(rows["inputs"]), 2 * config.batch_size
-        out = []
-        for lo in range(0, count, chunk):
-            piece = {k: rows[k][lo:lo + chunk] for k in ROW_KEYS}
-            n = len(piece["inputs"])
-            piece = {k: np.concatenate([v, np.zeros((chunk - n, *v.shape[1:]), v.dtype)])
-                     for k, v in piece.items()}
-            out.append(np.asarray(logps_fn(params, piece), np.float32)[:n])
-        return np.concatenate(out or [np.zeros((0,), np.float32)]).reshape(-1, 2)
-
-    def _reference_model(self, config: ml_collections.ConfigDict):
-        """The model the run starts from, restored once (with LoRA: adapters at zero, i.e. the
-        base model)."""
         if self._reference is None:
-            from llmjax.train import state as state_lib
-            from llmjax.train.loop import initial_params
-
-            graphdef, params = nnx.split(state_lib.build_model(config))
-            params = initial_params(config, params)
-            fn = jax.jit(lambda p, rows: completion_logps(nnx.merge(graphdef, p), rows))
-            self._reference = (fn, params)
-        return self._reference
+            self._reference = ReferenceModel(config, completion_logps)
+        chunk = 2 * config.batch_size // jax.process_count()  # this process's share of a call
+        logps = self._reference.chunked({k: rows[k] for k in ROW_KEYS}, chunk)
+        return logps.reshape(-1, 2)
 
     def release_reference(self) -> None:
         """Frees the reference model once every split's examples are made."""
