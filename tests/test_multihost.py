@@ -2,6 +2,7 @@
 like one process with four devices; only process 0 writes metrics; a SIGTERM to one host
 stops both at the same step with a checkpoint that resumes."""
 
+import math
 import os
 import signal
 import socket
@@ -119,3 +120,26 @@ def test_sigterm_to_one_host_stops_both_at_one_step_and_resumes(tmp_path):
         assert code == 0, f"process {i}: {err[-3000:]}"
         assert f"resumed from {tmp_path / 'run' / 'checkpoints'} at step {saved[0]}" in err
     assert sorted(train_losses(tmp_path / "run"))[-1] == saved[0] + 2
+
+
+@pytest.mark.slow
+def test_two_processes_compute_a_sharded_dpo_reference_as_one_process(tmp_path):
+    """~40 s. DPO on a mesh spanning two hosts: each host's reference log-likelihoods come
+    from one global sharded call per chunk (as many calls on both hosts), and the run trains
+    as one process reading both hosts' data does."""
+    from test_dpo import preference_setup
+
+    c, _ = preference_setup(tmp_path, **{"parallel.mode": "mesh", "parallel.mesh.fsdp": 2,
+                                         "num_train_steps": 4, "log_every_steps": 1,
+                                         "eval_every_steps": 4, "checkpoint_every_steps": 4})
+    config_file = write_config_file(c, tmp_path / "config.py")
+    outputs = finish(launch_pair(config_file, tmp_path / "two", tmp_path / "tfds2"))
+    for i, (code, err) in enumerate(outputs):
+        assert code == 0, f"process {i}: {err[-3000:]}"
+    c.parallel.mode, c.data.shards = "single", 2
+    train_and_evaluate(c, tmp_path / "one")
+    two, single = train_losses(tmp_path / "two"), train_losses(tmp_path / "one")
+    assert sorted(two) == sorted(single) == list(range(1, 5))
+    assert two[1] == pytest.approx(math.log(2), abs=1e-5)  # the reference is the start
+    for step in single:
+        assert two[step] == pytest.approx(single[step], abs=1e-5), step
