@@ -11,9 +11,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# --no-compile: byte-compiling every installed module took ~50 of the install's 71 s here;
-	# Python compiles the modules a run imports, once, on first import
-	$(PY) -m pip install --quiet --no-compile -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
