@@ -65,8 +65,9 @@ def test_roberta_masked_lm_matches_transformers_and_exports(tmp_path):
     assert_close(again, theirs, mask)
 
 
-@pytest.mark.parametrize("model_class", ["RobertaForSequenceClassification",
-                                         "XLMRobertaForSequenceClassification"])
+@pytest.mark.parametrize("model_class", [
+    "RobertaForSequenceClassification",
+    pytest.param("XLMRobertaForSequenceClassification", marks=pytest.mark.slow)])
 def test_roberta_pair_classification_matches_transformers(model_class, tmp_path):
     """Pairs: `<s> a </s></s> b </s>` (the tokenizer's post-processor), the classifier's dense +
     tanh + out_proj as llmjax's pooler + classifier."""

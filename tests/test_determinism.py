@@ -40,6 +40,23 @@ def config_for(objective, tmp_path):
         return classify_config(tsv, **SHORT)
     if objective == "regression":
         return regression_config(tmp_path, **SHORT)
+    if objective == "token_classification":
+        from test_token_classification import ner_sentences, tagger_config, write_jsonl
+
+        return tagger_config(write_jsonl(tmp_path / "train.jsonl", ner_sentences(100, 0)),
+                             write_jsonl(tmp_path / "dev.jsonl", ner_sentences(20, 1)),
+                             **SHORT, checkpoint_best_metric=None)
+    if objective == "question_answering":
+        from test_question_answering import qa_config, qa_records
+        from test_token_classification import write_jsonl
+
+        data = write_jsonl(tmp_path / "qa.jsonl", qa_records(100, 0))
+        return qa_config(**{"data.source": f"jsonl:{data}", "seq_len": 64,
+                            "qa.doc_stride": 16}, **SHORT)
+    if objective == "dpo":
+        from test_dpo import preference_setup
+
+        return preference_setup(tmp_path, **SHORT)[0]
     encoder_decoder = {"model.arch": "encoder_decoder", "objective": objective,
                        "model.position_embedding": "relative", "tokenizer.extra_ids": 8,
                        "seq_len": 24, "target_seq_len": 8}
@@ -56,8 +73,9 @@ def rows_without_timing(workdir):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(workdir)]
 
 
-# One single-term and one two-term objective run by default; every other one is marked slow.
-CASES = [pytest.param(o, marks=() if o in ("causal_lm", "mlm_nsp") else pytest.mark.slow)
+# A two-term objective and the causal LM with its stateful options run by default (the plain
+# causal LM's AdamW path runs beside muon and in mlm_nsp); every other case is marked slow.
+CASES = [pytest.param(o, marks=() if o == "mlm_nsp" else pytest.mark.slow)
          for o in sorted(OBJECTIVES)] + ["causal_lm+options", "causal_lm+muon"]
 
 

@@ -110,19 +110,19 @@ def test_dpo_learns_a_preference(tmp_path):
     assert np.mean(chosen > rejected) >= 0.9
 
 
-def test_dpo_gives_one_devices_metrics_under_pmap_and_a_mesh(tmp_path):
-    """The pair axis rides along the batch axis: 8-way pmap and a (2, 2, 2) mesh train and
-    evaluate as one device does."""
+@pytest.mark.parametrize("mode", ["mesh", pytest.param("pmap", marks=pytest.mark.slow)])
+def test_dpo_gives_one_devices_metrics_under_pmap_and_a_mesh(tmp_path, mode):
+    """The pair axis rides along the batch axis: a (2, 2, 2) mesh (and 8-way pmap, slow: it
+    has no DPO-specific code) train and evaluate as one device does."""
     c, _ = preference_setup(tmp_path, num_train_steps=5, eval_every_steps=5)
     single = train_and_evaluate(c, tmp_path / "single")
-    for mode, mesh in (("pmap", {}), ("mesh", {"parallel.mesh.fsdp": 2,
-                                               "parallel.mesh.tensor": 2})):
-        other_config = apply_overrides(c.copy_and_resolve_references(),
-                                       {"parallel.mode": mode, **mesh})
-        other = train_and_evaluate(other_config, tmp_path / mode)
-        assert other.keys() == single.keys()
-        for name, value in single.items():
-            assert other[name] == pytest.approx(value, abs=1e-5), (mode, name)
+    mesh = {"parallel.mesh.fsdp": 2, "parallel.mesh.tensor": 2} if mode == "mesh" else {}
+    other_config = apply_overrides(c.copy_and_resolve_references(),
+                                   {"parallel.mode": mode, **mesh})
+    other = train_and_evaluate(other_config, tmp_path / mode)
+    assert other.keys() == single.keys()
+    for name, value in single.items():
+        assert other[name] == pytest.approx(value, abs=1e-5), (mode, name)
 
 
 def test_a_mesh_run_shards_its_reference_and_scores_as_one_device(tmp_path):

@@ -79,6 +79,7 @@ def test_relative_buckets_follow_t5():
     assert np.all(np.diff(bi[: at(0) + 1]) <= 0) and np.all(np.diff(bi[at(1):]) >= 0)
 
 
+@pytest.mark.slow  # ~10 s: the eager call compiles op by op
 def test_jitted_step_is_pure():
     model = make()
     graphdef, params = nnx.split(model)

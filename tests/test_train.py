@@ -122,7 +122,7 @@ def test_muon_orthogonalises_the_blocks_matrices_and_adamw_takes_the_rest(tmp_pa
     tx, _ = optim.make_optimizer(c.optimizer, 10)
     rng = np.random.default_rng(0)
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)  # eager: op by op, slow
 
     def cosine_to_polar(update, gradient):
         u, _, vt = np.linalg.svd(gradient, full_matrices=False)
