@@ -67,19 +67,10 @@ class EvalSuite:
 
 
 def host_eval_class(objective) -> type | None:
-    """What scores an objective's outputs on the host, beyond the eval step's metric sums:
-    DecodingEval (seq2seq: BLEU, exact match), SpanEval (question answering: exact match,
-    F1), or None. Each is built as cls(config, tokenizer, graphdef, source, split) and lists
-    its metric_names."""
-    if getattr(objective, "decodes", False):
-        from llmjax.evaluation.decoding import DecodingEval
-
-        return DecodingEval
-    if getattr(objective, "extracts_spans", False):
-        from llmjax.evaluation.spans import SpanEval
-
-        return SpanEval
-    return None
+    """The objective's host evaluation beyond the eval step's metric sums (its `host_eval()`:
+    seq2seq's DecodingEval, question answering's SpanEval), or None. Each is built as
+    cls(config, tokenizer, graphdef, source, split) and lists its metric_names."""
+    return objective.host_eval() if hasattr(objective, "host_eval") else None
 
 
 def decoding_metrics(decoding_eval, params, step: int, prefix: str = "eval/"

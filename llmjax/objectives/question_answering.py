@@ -272,7 +272,13 @@ class QuestionAnswering(FineTuningTask):
     name = "question_answering"
     optional_modules = ()  # no pooler: a pretraining run's is left behind
     prediction = "answer"  # `llmjax predict`: the answer to --text (question) in --text_pair
-    extracts_spans = True  # evaluation answers the eval questions: exact match and F1
+
+    @staticmethod
+    def host_eval() -> type:
+        """What evaluation adds on the host: every eval question answered, exact match, F1."""
+        from llmjax.evaluation.spans import SpanEval
+
+        return SpanEval
 
     def resolve_config(self, config: ml_collections.ConfigDict) -> None:
         config.model.num_classes = 2  # the start and end logit of every token

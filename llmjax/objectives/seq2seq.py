@@ -190,7 +190,14 @@ def _last_exchange(messages: list[dict]) -> tuple[str, str]:
 
 class Seq2Seq:
     name = "seq2seq"
-    decodes = True  # evaluation decodes the sources: BLEU and exact match
+    decodes = True  # generate answers a prompt laid out as a source
+
+    @staticmethod
+    def host_eval() -> type:
+        """What evaluation adds on the host: the sources decoded, BLEU and exact match."""
+        from llmjax.evaluation.decoding import DecodingEval
+
+        return DecodingEval
 
     @staticmethod
     def example_length(config: ml_collections.ConfigDict) -> int:
