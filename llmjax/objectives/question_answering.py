@@ -47,7 +47,7 @@ from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers, cross_entropy
 from llmjax.objectives.pairs import ArrayExamples, FineTuningTask, encode
-from llmjax.objectives.token_classification import _separator, word_pieces
+from llmjax.objectives.token_classification import first_piece, space_token, word_pieces
 
 _WORD = re.compile(r"\S+")
 
@@ -153,7 +153,7 @@ class Windows:
     passages: list[Passage]
 
 
-def _context_tokens(pieces: Sequence[np.ndarray], separator: int | None
+def _context_tokens(pieces: Sequence[np.ndarray], space: int | None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, each token's word, each word's first token past its space, each word's last
     token) of a context tokenized word by word."""
@@ -161,7 +161,7 @@ def _context_tokens(pieces: Sequence[np.ndarray], separator: int | None
     lengths = np.asarray([len(p) for p in pieces], np.int64)
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    skip = np.asarray([len(p) > 1 and p[0] == separator for p in pieces], np.int64)
+    skip = np.asarray([first_piece(p, space) for p in pieces], np.int64)
     word_of = np.repeat(np.arange(len(pieces)), lengths)
     return tokens, word_of, starts + skip, ends - 1
 
@@ -171,7 +171,7 @@ def passage_windows(passages: Sequence[Passage], tokenizer: Tokenizer,
     """The windows of `passages` (see the module docstring); `labelled`: positions of the
     first answer (else all 0, as for a question to answer)."""
     L, stride = config.seq_len, doc_stride(config)
-    separator = _separator(tokenizer)
+    space = space_token(tokenizer)
     questions = tokenizer.encode_batch([p.question for p in passages])
     contexts = word_pieces([p.words for p in passages], tokenizer) if passages else []
     rows: dict[str, list] = {k: [] for k in ("tokens", "token_types", "start_positions",
@@ -180,7 +180,7 @@ def passage_windows(passages: Sequence[Passage], tokenizer: Tokenizer,
     for index, (passage, question, pieces) in enumerate(zip(passages, questions, contexts,
                                                             strict=True)):
         question = question[: max_question_tokens(L)]
-        tokens, word_of, word_first, word_last = _context_tokens(pieces, separator)
+        tokens, word_of, word_first, word_last = _context_tokens(pieces, space)
         position = np.arange(len(tokens))
         starts, ends = position == word_first[word_of], position == word_last[word_of]
         answer = None

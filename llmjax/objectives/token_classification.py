@@ -70,10 +70,16 @@ def word_pieces(sentences: Sequence[Sequence[str]], tokenizer: Tokenizer
     return [[next(pieces) for _ in words] for words in sentences]
 
 
-def _separator(tokenizer: Tokenizer) -> int | None:
+def space_token(tokenizer: Tokenizer) -> int | None:
     """The token of a lone space, if the tokenizer has one (char, byte, byte-level BPE)."""
     ids = tokenizer.encode_array(" ")
     return int(ids[0]) if len(ids) == 1 else None
+
+
+def first_piece(pieces: np.ndarray, space: int | None) -> int:
+    """Index of a word's own first token among its pieces: past the space before it when
+    that space is a token of its own."""
+    return int(len(pieces) > 1 and pieces[0] == space)
 
 
 def tagged_words(words: Sequence[str], pieces_of_words: Sequence[np.ndarray],
@@ -82,13 +88,13 @@ def tagged_words(words: Sequence[str], pieces_of_words: Sequence[np.ndarray],
     """(tokens, labels, weights) [<= seq_len] of one sentence: <bos>, each word's pieces,
     <eos>; a word's label at its first token (past a space token; weight 1), the words that
     do not fit cut."""
-    separator = _separator(tokenizer)
+    space = space_token(tokenizer)
     tokens, out_labels, weights = [tokenizer.bos_id], [0], [0.0]
     for pieces, label in zip(pieces_of_words, labels, strict=True):
         if len(tokens) + len(pieces) > seq_len - 1:
             break
         if len(pieces):  # a word of no tokens (say, a lone control character) is not scored
-            at = len(tokens) + int(len(pieces) > 1 and pieces[0] == separator)
+            at = len(tokens) + first_piece(pieces, space)
             tokens += pieces.tolist()
             out_labels += [0] * len(pieces)
             weights += [0.0] * len(pieces)
