@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"
     m.position_embedding = "learned"  # learned | sinusoidal | rotary | relative | none
     m.rotary_base = 10000.0
+    m.rotary_fraction = 1.0  # the leading fraction of each head's dims that rotate (GPT-NeoX)
     m.local_rotary_base = config_dict.placeholder(float)  # windowed layers' RoPE base (Gemma 3)
     m.rope_scaling = "none"  # none | linear | llama3 | yarn: RoPE for longer contexts
     m.rope_scaling_factor = 8.0
@@ -105,6 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.scale_attention = True  # attention logits / sqrt(head_dim); T5 checkpoints: False
     m.scale_decoder_outputs = False  # T5 v1.0: decoder output states / sqrt(emb_dim)
     m.scale_embeddings = False  # token embeddings * sqrt(emb_dim) (BART option, Gemma)
+    # pre-norm blocks add attention and MLP of the same input: x + attn(n1(x)) + mlp(n2(x))
+    m.parallel_residual = False
     m.post_norms = False  # pre-norm blocks also normalise each sublayer's output (Gemma 2/3)
     m.query_scale_dim = config_dict.placeholder(int)  # queries / sqrt(this); None: head_dim
     m.attention_softcap = config_dict.placeholder(float)  # logits -> cap tanh(logits / cap)
@@ -391,6 +394,7 @@ _POSITIVE = (lambda v: v > 0, "> 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
 _OPEN_FRACTION = (lambda v: 0 < v < 1, "in (0, 1)")
+_UNIT = (lambda v: 0 < v <= 1, "in (0, 1]")
 # The range of every numeric key that has one (None, a placeholder's unset value, is allowed).
 _RANGES = {
     **dict.fromkeys(("num_train_steps", "log_every_steps", "eval_every_steps",
@@ -430,6 +434,7 @@ _RANGES = {
                      "model.attention_dropout_rate", "data.validation_fraction",
                      "label_smoothing", "dpo.label_smoothing"), _FRACTION),
     **dict.fromkeys(("data.noise_density", "data.generated.end_probability"), _OPEN_FRACTION),
+    "model.rotary_fraction": _UNIT,
 }
 
 
@@ -579,6 +584,19 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"{m.attention_impl!r}) has no logit soft-capping; use model.attention_impl=einsum")
     _check(m.logit_softcap is None or m.arch == "decoder",
            f"model.logit_softcap caps a decoder's output logits, not model.arch={m.arch!r}'s")
+    _check(m.rotary_fraction == 1.0 or m.position_embedding == "rotary",
+           f"model.rotary_fraction={m.rotary_fraction} is the share of each head that rotary "
+           "positions rotate: set model.position_embedding=rotary, or leave it at 1")
+    head_dim = m.head_dim or m.emb_dim // m.num_heads
+    rotary_dim = int(head_dim * m.rotary_fraction)
+    _check(m.position_embedding != "rotary" or (rotary_dim >= 2 and rotary_dim % 2 == 0),
+           f"model.rotary_fraction={m.rotary_fraction} of head_dim={head_dim} rotates "
+           f"{rotary_dim} dims: rotary positions rotate pairs, so it must be an even number "
+           "of at least 2")
+    _check(not m.parallel_residual or (m.norm_position == "pre"
+                                       and m.arch != "encoder_decoder"),
+           "model.parallel_residual adds attention and MLP of the same normalised input: it "
+           "needs model.norm_position=pre and a decoder or encoder (no cross-attention)")
     _check(not m.post_norms or m.norm_position == "pre",
            "model.post_norms adds output norms to pre-norm blocks: set model.norm_position=pre")
     _check(not m.scale_embeddings or m.arch != "encoder",

@@ -719,9 +719,9 @@ def test_a_run_the_family_cannot_express_is_refused_with_its_settings():
 
     from llmjax.configs import ConfigError
 
-    c = tiny_config(**{"model.position_embedding": "rotary", "model.norm": "layernorm"})
-    with pytest.raises(ConfigError, match=r"llama model: model.norm='layernorm' \(LLaMA has "
-                                          r"'rmsnorm'\); model.use_bias=True"):
+    c = tiny_config(**{"model.position_embedding": "rotary", "model.norm": "rmsnorm"})
+    with pytest.raises(ConfigError, match=r"llama model: model.use_bias=True \(LLaMA has "
+                                          r"False\); model.gated_mlp=False"):
         convert.export_params(c, params=None)
     c = tiny_config(**{"model.num_kv_heads": 1, "model.qkv_bias": False})
     with pytest.raises(ConfigError, match=r"model.num_kv_heads=1 \(GPT-2 has a key/value head "

@@ -2,8 +2,8 @@
 
 BLOOM is a pre-LayerNorm decoder with ALiBi instead of position embeddings, a LayerNorm on the
 word embeddings, biases, tanh-GELU and tied embeddings. Its fused query_key_value weight is
-[H * 3 * K, D] with the three projections interleaved per head; PyTorch Linear weights are
-[out, in], transposed into llmjax's [in, out] kernels.
+[H * 3 * K, D] with the three projections interleaved per head (common.import_fused_block);
+PyTorch Linear weights are [out, in], transposed into llmjax's [in, out] kernels.
 """
 
 from __future__ import annotations
@@ -11,7 +11,12 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from llmjax.convert.common import TensorReader, settings_problems
+from llmjax.convert.common import (
+    TensorReader,
+    export_fused_block,
+    import_fused_block,
+    settings_problems,
+)
 
 MODEL_TYPE = "bloom"
 HEADS = ()
@@ -47,19 +52,7 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
     norm("embed_norm", "word_embeddings_layernorm")
     norm("final_norm", "ln_f")
     for i in range(m.num_layers):
-        p, q = f"h.{i}.", f"layers/{i}/"
-        w = get(p + "self_attention.query_key_value.weight").reshape(h, 3, k, d)
-        b = get(p + "self_attention.query_key_value.bias").reshape(h, 3, k)
-        for j, name in enumerate(("query", "key", "value")):
-            out[q + f"attention/{name}/kernel"] = w[:, j].transpose(2, 0, 1)  # [D, H, K]
-            out[q + f"attention/{name}/bias"] = b[:, j]
-        out[q + "attention/out/kernel"] = get(p + "self_attention.dense.weight").T.reshape(h, k, d)
-        out[q + "attention/out/bias"] = get(p + "self_attention.dense.bias")
-        norm(q + "attention_norm", p + "input_layernorm")
-        norm(q + "mlp_norm", p + "post_attention_layernorm")
-        for ours, theirs in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
-            out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight").T
-            out[q + f"mlp/{ours}/bias"] = get(p + f"mlp.{theirs}.bias")
+        out.update(import_fused_block(get, f"h.{i}.", f"layers/{i}/", "self_attention", h, k))
     return out, get.used
 
 
@@ -78,7 +71,6 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
                    ) -> tuple[dict, dict[str, np.ndarray]]:
     m = config.model
     d, h = m.emb_dim, m.num_heads
-    k = d // h
     t = {"transformer.word_embeddings.weight": flat["embed/embedding"]}
 
     def norm(theirs: str, ours: str) -> None:
@@ -87,21 +79,8 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     norm("transformer.word_embeddings_layernorm", "embed_norm")
     norm("transformer.ln_f", "final_norm")
     for i in range(m.num_layers):
-        p, q = f"transformer.h.{i}.", f"layers/{i}/"
-        names = ("query", "key", "value")
-        w = np.stack([flat[q + f"attention/{n}/kernel"].transpose(1, 2, 0) for n in names],
-                     axis=1)  # [H, 3, K, D]
-        b = np.stack([flat[q + f"attention/{n}/bias"] for n in names], axis=1)  # [H, 3, K]
-        t[p + "self_attention.query_key_value.weight"] = w.reshape(3 * d, d)
-        t[p + "self_attention.query_key_value.bias"] = b.reshape(3 * d)
-        t[p + "self_attention.dense.weight"] = flat[q + "attention/out/kernel"].reshape(
-            h * k, d).T
-        t[p + "self_attention.dense.bias"] = flat[q + "attention/out/bias"]
-        norm(p + "input_layernorm", q + "attention_norm")
-        norm(p + "post_attention_layernorm", q + "mlp_norm")
-        for ours, theirs in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
-            t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"].T
-            t[p + f"mlp.{theirs}.bias"] = flat[q + f"mlp/{ours}/bias"]
+        t.update(export_fused_block(flat, f"layers/{i}/", f"transformer.h.{i}.",
+                                    "self_attention"))
     hf = {"model_type": MODEL_TYPE, "architectures": ["BloomForCausalLM"],
           "vocab_size": m.vocab_size, "hidden_size": d, "n_layer": m.num_layers, "n_head": h,
           "layer_norm_epsilon": m.norm_epsilon, "hidden_dropout": 0.0, "attention_dropout": 0.0,

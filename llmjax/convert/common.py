@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 
 
 def settings_problems(model: ml_collections.ConfigDict, wanted: dict, family: str,
-                      whole_heads: bool = True, llama_like: bool = False) -> list[str]:
+                      whole_heads: bool = True, llama_like: bool = False,
+                      neox_like: bool = False) -> list[str]:
     """The model.* settings that differ from what `family` requires (empty: none); with
     `whole_heads`, heads must split emb_dim exactly (fused or reshaped projections). Only
     `llama_like` families have grouped key/value heads, query/key/value-only biases, rope
-    scaling and sliding-window attention."""
+    scaling and sliding-window attention; only `neox_like` ones parallel attention and MLP
+    and partial rotary positions."""
     problems = [f"model.{k}={model[k]!r} ({family} has {v!r})" for k, v in wanted.items()
                 if model[k] != v]
+    if not neox_like:
+        if model.parallel_residual:
+            problems.append(f"model.parallel_residual=True ({family} adds attention and MLP "
+                            "one after the other)")
+        if model.rotary_fraction != 1.0:
+            problems.append(f"model.rotary_fraction={model.rotary_fraction} ({family} rotates "
+                            "whole heads, if any)")
     if whole_heads and (model.head_dim or model.emb_dim // model.num_heads) * \
             model.num_heads != model.emb_dim:
         problems.append("model.head_dim x num_heads != emb_dim")
@@ -49,3 +59,74 @@ class TensorReader:
         full = self.full_name[name]  # KeyError names the missing tensor
         self.used.add(full)
         return self.tensors[full]
+
+
+# Hugging Face `hidden_act` / `activation_function` -> llmjax model.activation
+HF_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu",
+                  "gelu": "gelu_exact", "relu": "relu", "silu": "silu", "swish": "silu"}
+# ... and back: the name each llmjax activation is written under
+ACTIVATION_NAMES = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu", "silu": "silu"}
+
+_QKV = ("query", "key", "value")
+
+
+def import_fused_block(get: TensorReader, theirs: str, ours: str, attention: str, heads: int,
+                       head_dim: int) -> dict[str, np.ndarray]:
+    """A BLOOM / GPT-NeoX block (`theirs` = its prefix, `attention` = its attention module's
+    name): per-head fused query_key_value, dense out projection, input_layernorm and
+    post_attention_layernorm, mlp.dense_h_to_4h / dense_4h_to_h, all with biases."""
+    a = f"{theirs}{attention}."
+    out = split_head_fused_qkv(get(a + "query_key_value.weight"), get(a + "query_key_value.bias"),
+                               heads, head_dim, ours + "attention/")
+    out[ours + "attention/out/kernel"] = get(a + "dense.weight").T.reshape(heads, head_dim, -1)
+    out[ours + "attention/out/bias"] = get(a + "dense.bias")
+    for norm, name in (("attention_norm", "input_layernorm"),
+                       ("mlp_norm", "post_attention_layernorm")):
+        out[ours + f"{norm}/scale"] = get(f"{theirs}{name}.weight")
+        out[ours + f"{norm}/bias"] = get(f"{theirs}{name}.bias")
+    for dense, name in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
+        out[ours + f"mlp/{dense}/kernel"] = get(f"{theirs}mlp.{name}.weight").T
+        out[ours + f"mlp/{dense}/bias"] = get(f"{theirs}mlp.{name}.bias")
+    return out
+
+
+def export_fused_block(flat: dict[str, np.ndarray], ours: str, theirs: str, attention: str
+                       ) -> dict[str, np.ndarray]:
+    """import_fused_block's inverse: the block's tensors under their Hugging Face names."""
+    a = f"{theirs}{attention}."
+    t = {}
+    t[a + "query_key_value.weight"], t[a + "query_key_value.bias"] = fuse_head_qkv(
+        flat, ours + "attention/")
+    out_kernel = flat[ours + "attention/out/kernel"]
+    t[a + "dense.weight"] = out_kernel.reshape(-1, out_kernel.shape[-1]).T
+    t[a + "dense.bias"] = flat[ours + "attention/out/bias"]
+    for norm, name in (("attention_norm", "input_layernorm"),
+                       ("mlp_norm", "post_attention_layernorm")):
+        t[f"{theirs}{name}.weight"] = flat[ours + f"{norm}/scale"]
+        t[f"{theirs}{name}.bias"] = flat[ours + f"{norm}/bias"]
+    for dense, name in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
+        t[f"{theirs}mlp.{name}.weight"] = flat[ours + f"mlp/{dense}/kernel"].T
+        t[f"{theirs}mlp.{name}.bias"] = flat[ours + f"mlp/{dense}/bias"]
+    return t
+
+
+def split_head_fused_qkv(weight: np.ndarray, bias: np.ndarray | None, heads: int,
+                         head_dim: int, prefix: str) -> dict[str, np.ndarray]:
+    """A PyTorch query_key_value Linear laid out per head ([H * 3 * K, D], BLOOM's and
+    GPT-NeoX's) -> `prefix` + query/key/value kernels [D, H, K] (+ biases [H, K])."""
+    w = weight.reshape(heads, 3, head_dim, -1)
+    out = {}
+    for j, name in enumerate(_QKV):
+        out[prefix + f"{name}/kernel"] = w[:, j].transpose(2, 0, 1)
+        if bias is not None:
+            out[prefix + f"{name}/bias"] = bias.reshape(heads, 3, head_dim)[:, j]
+    return out
+
+
+def fuse_head_qkv(flat: dict[str, np.ndarray], prefix: str, with_bias: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """split_head_fused_qkv's inverse: (weight [H * 3 * K, D], bias [H * 3 * K] or None)."""
+    w = np.stack([flat[prefix + f"{n}/kernel"].transpose(1, 2, 0) for n in _QKV], axis=1)
+    b = (np.stack([flat[prefix + f"{n}/bias"] for n in _QKV], axis=1).reshape(-1)
+         if with_bias else None)
+    return w.reshape(-1, w.shape[-1]), b

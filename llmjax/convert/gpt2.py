@@ -10,13 +10,16 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from llmjax.convert.common import TensorReader, settings_problems
+from llmjax.convert.common import (
+    ACTIVATION_NAMES,
+    HF_ACTIVATIONS,
+    TensorReader,
+    settings_problems,
+)
 
 MODEL_TYPE = "gpt2"
-HEADS = ()  # the LM head is the tied embedding (or lm_head)
+HEADS = ("lm_head",)  # untied, absent from a bare GPT2Model: the head starts fresh
 IGNORED = (r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias", r"lm_head\.weight")
-_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact",
-                "relu": "relu", "silu": "silu"}
 
 
 def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, objective: str | None
@@ -27,11 +30,11 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.mlp_dim = hf.get("n_inner") or 4 * hf["n_embd"]
     m.max_len, m.vocab_size = hf["n_positions"], hf["vocab_size"]
     activation = hf.get("activation_function", "gelu_new")
-    if activation not in _ACTIVATIONS:
+    if activation not in HF_ACTIVATIONS:
         from llmjax.convert.hf import ConversionError
 
         raise ConversionError(f"GPT-2 activation_function {activation!r} has no llmjax match")
-    m.activation = _ACTIVATIONS[activation]
+    m.activation = HF_ACTIVATIONS[activation]
     m.norm, m.norm_position, m.norm_epsilon = "layernorm", "pre", hf.get("layer_norm_epsilon",
                                                                         1e-5)
     m.position_embedding, m.use_bias, m.gated_mlp = "learned", True, False
@@ -64,7 +67,7 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
         for ours, theirs in (("wi", "c_fc"), ("wo", "c_proj")):
             out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight")
             out[q + f"mlp/{ours}/bias"] = get(p + f"mlp.{theirs}.bias")
-    if not m.tie_embeddings:
+    if not m.tie_embeddings and "lm_head.weight" in get:
         out["lm_head/kernel"] = get("lm_head.weight").T
     return out, get.used
 
@@ -75,7 +78,7 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     wanted = {"position_embedding": "learned", "norm": "layernorm", "norm_position": "pre",
               "gated_mlp": False, "use_bias": True, "scale_attention": True}
     problems = settings_problems(m, wanted, "GPT-2")
-    if m.activation not in ("gelu", "gelu_exact", "relu", "silu"):
+    if m.activation not in ACTIVATION_NAMES:
         problems.append(f"model.activation={m.activation!r}")
     return problems
 
@@ -105,11 +108,10 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
             t[p + f"mlp.{theirs}.bias"] = flat[q + f"mlp/{ours}/bias"]
     if not m.tie_embeddings:
         t["lm_head.weight"] = flat["lm_head/kernel"].T
-    activation = {"gelu": "gelu_new", "gelu_exact": "gelu"}.get(m.activation, m.activation)
     hf = {"model_type": MODEL_TYPE, "architectures": ["GPT2LMHeadModel"],
           "vocab_size": m.vocab_size, "n_positions": m.max_len, "n_embd": d,
           "n_layer": m.num_layers, "n_head": m.num_heads, "n_inner": m.mlp_dim,
-          "activation_function": activation, "layer_norm_epsilon": m.norm_epsilon,
-          "tie_word_embeddings": m.tie_embeddings, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-          "attn_pdrop": 0.0}
+          "activation_function": ACTIVATION_NAMES[m.activation],
+          "layer_norm_epsilon": m.norm_epsilon, "tie_word_embeddings": m.tie_embeddings,
+          "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
     return hf, t

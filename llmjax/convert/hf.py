@@ -18,17 +18,19 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from etils import epath
 from flax import nnx
 
 from llmjax import configs
 from llmjax.configs import ConfigError
-from llmjax.convert import bart, bert, bloom, gemma, gpt2, llama, roberta, t5
+from llmjax.convert import bart, bert, bloom, gemma, gpt2, gpt_neox, llama, roberta, t5
 from llmjax.data.tokenizers import SPECIAL_ROLES
 from llmjax.train.checkpoint import param_path_name
 
 # HF model_type -> its name map module
 FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom,
+            "gpt_neox": gpt_neox,
             **dict.fromkeys(llama.MODEL_TYPES, llama), **dict.fromkeys(gemma.MODEL_TYPES, gemma),
             **dict.fromkeys(roberta.MODEL_TYPES, roberta)}
 
@@ -41,6 +43,8 @@ def export_family(config: ml_collections.ConfigDict):
     if m.arch == "decoder":
         if m.scale_embeddings or m.post_norms:  # only Gemma's layout has these
             return gemma
+        if m.parallel_residual or (m.position_embedding == "rotary" and m.norm == "layernorm"):
+            return gpt_neox
         return {"alibi": bloom, "rotary": llama}.get(m.position_embedding, gpt2)
     return roberta if m.num_token_types == 1 else bert
 
@@ -183,7 +187,17 @@ def import_folder(path: str | epath.Path, objective: str | None = None
     from llmjax.objectives import get_objective
 
     fresh = getattr(get_objective(config.objective), "fresh_modules", ())
-    return config, fill_params(params, named, fresh=tuple(k for k in fresh if k not in named))
+    absent = [h for h in family.HEADS if h not in fresh and _top_modules(named).isdisjoint({h})
+              and h in _top_modules(_flat(params))]
+    if absent:  # a bare body (LlamaModel, GPTNeoXModel, ...): as from_pretrained, new heads
+        logging.warning("%s has no weights for %s: they start from random values, as in a new "
+                        "model; fine-tune before using their outputs", path, ", ".join(absent))
+    return config, fill_params(params, named, fresh=tuple(
+        k for k in (*fresh, *absent) if k not in named))
+
+
+def _top_modules(flat: dict) -> set[str]:
+    return {name.split("/")[0] for name in flat}
 
 
 def folder_tokenizer(path: str | epath.Path, config: ml_collections.ConfigDict):

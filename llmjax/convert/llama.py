@@ -16,14 +16,12 @@ import math
 import ml_collections
 import numpy as np
 
-from llmjax.convert.common import TensorReader, settings_problems
+from llmjax.convert.common import HF_ACTIVATIONS, TensorReader, settings_problems
 
 MODEL_TYPE = "llama"
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-HEADS = ()
+HEADS = ("lm_head",)  # a bare body (no head tensor): the head starts fresh
 IGNORED = (r"lm_head\.weight", r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
-_ACTIVATIONS = {"silu": "silu", "gelu": "gelu_exact", "gelu_pytorch_tanh": "gelu",
-                "relu": "relu"}
 
 
 def _rope(hf: dict) -> tuple[float, dict | None]:
@@ -53,6 +51,52 @@ def _yarn_attention_factor(scaling: dict) -> float | None:
     return get(mscale) / get(mscale_all_dim)
 
 
+def configure_rope(m: ml_collections.ConfigDict, hf: dict, theta: float | None = None) -> None:
+    """model.position_embedding=rotary with the config.json's base (`theta` when the family
+    names it otherwise) and rope scaling (LLaMA's keys; GPT-NeoX's too)."""
+    from llmjax.convert.hf import ConversionError
+
+    read_theta, scaling = _rope(hf)
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) or "default"
+    if kind not in ("default", "linear", "llama3", "yarn"):
+        raise ConversionError(f"rope scaling {scaling} has no llmjax match yet (llmjax reads "
+                              "plain, linear, llama3 and yarn rotary positions)")
+    if kind == "yarn" and scaling.get("truncate") is False:
+        raise ConversionError("yarn rope scaling with truncate=false has no llmjax match "
+                              "(llmjax rounds the ramp's bounds outwards, as the default)")
+    m.position_embedding = "rotary"
+    m.rotary_base = read_theta if theta is None else theta
+    if kind != "default":
+        m.rope_scaling, m.rope_scaling_factor = kind, float(scaling["factor"])
+    if kind in ("llama3", "yarn"):
+        m.rope_original_max_len = scaling["original_max_position_embeddings"]
+    if kind == "llama3":
+        m.rope_low_freq_factor = float(scaling["low_freq_factor"])
+        m.rope_high_freq_factor = float(scaling["high_freq_factor"])
+    if kind == "yarn":
+        m.rope_beta_fast = float(scaling.get("beta_fast") or 32.0)
+        m.rope_beta_slow = float(scaling.get("beta_slow") or 1.0)
+        m.rope_attention_factor = _yarn_attention_factor(scaling)
+
+
+def rope_parameters(m: ml_collections.ConfigDict) -> dict:
+    """configure_rope's inverse: transformers' `rope_parameters` of the model's rotary
+    positions."""
+    rope = {"rope_type": "default" if m.rope_scaling == "none" else m.rope_scaling,
+            "rope_theta": m.rotary_base}
+    if m.rope_scaling != "none":
+        rope["factor"] = m.rope_scaling_factor
+    if m.rope_scaling == "llama3":
+        rope.update(original_max_position_embeddings=m.rope_original_max_len,
+                    low_freq_factor=m.rope_low_freq_factor,
+                    high_freq_factor=m.rope_high_freq_factor)
+    if m.rope_scaling == "yarn":
+        rope.update(original_max_position_embeddings=m.rope_original_max_len,
+                    beta_fast=m.rope_beta_fast, beta_slow=m.rope_beta_slow,
+                    attention_factor=m.rope_attention_factor)  # None: the same default
+    return rope
+
+
 def configure_sizes(m: ml_collections.ConfigDict, hf: dict, default_max_len: int) -> None:
     """model.* sizes from a LLaMA-layout config.json (Gemma's too)."""
     m.emb_dim, m.num_layers = hf["hidden_size"], hf["num_hidden_layers"]
@@ -70,20 +114,12 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
 
     m = config.model
     m.arch, config.objective = "decoder", objective or "causal_lm"
-    theta, scaling = _rope(hf)
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) or "default"
-    if kind not in ("default", "linear", "llama3", "yarn"):
-        raise ConversionError(f"rope scaling {scaling} has no llmjax match yet (llmjax reads "
-                              "plain, linear, llama3 and yarn rotary positions)")
-    if kind == "yarn" and scaling.get("truncate") is False:
-        raise ConversionError("yarn rope scaling with truncate=false has no llmjax match "
-                              "(llmjax rounds the ramp's bounds outwards, as the default)")
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             raise ConversionError(f"{key}=true has no llmjax match (llmjax's LLaMA has no "
                                   "biases)")
     activation = hf.get("hidden_act", "silu")
-    if activation not in _ACTIVATIONS:
+    if activation not in HF_ACTIVATIONS:
         raise ConversionError(f"hidden_act {activation!r} has no llmjax match")
     configure_sizes(m, hf, default_max_len=2048)
     if hf.get("model_type") == "mistral":
@@ -92,19 +128,8 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
         raise ConversionError("use_sliding_window=true (Qwen's per-layer window) has no "
                               "llmjax match yet")
     m.norm, m.norm_position, m.norm_epsilon = "rmsnorm", "pre", hf.get("rms_norm_eps", 1e-6)
-    m.position_embedding, m.rotary_base = "rotary", theta
-    if kind != "default":
-        m.rope_scaling, m.rope_scaling_factor = kind, float(scaling["factor"])
-    if kind in ("llama3", "yarn"):
-        m.rope_original_max_len = scaling["original_max_position_embeddings"]
-    if kind == "llama3":
-        m.rope_low_freq_factor = float(scaling["low_freq_factor"])
-        m.rope_high_freq_factor = float(scaling["high_freq_factor"])
-    if kind == "yarn":
-        m.rope_beta_fast = float(scaling.get("beta_fast") or 32.0)
-        m.rope_beta_slow = float(scaling.get("beta_slow") or 1.0)
-        m.rope_attention_factor = _yarn_attention_factor(scaling)
-    m.activation, m.gated_mlp, m.use_bias = _ACTIVATIONS[activation], True, False
+    configure_rope(m, hf)
+    m.activation, m.gated_mlp, m.use_bias = HF_ACTIVATIONS[activation], True, False
     m.qkv_bias = True if hf.get("model_type") == "qwen2" else None
     m.qk_norm = hf.get("model_type") == "qwen3"
     m.tie_embeddings = bool(hf.get("tie_word_embeddings", False))
@@ -152,7 +177,7 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
     m = config.model
     get = TensorReader(tensors, "model.")
     out = {"embed/embedding": get("embed_tokens.weight"), "final_norm/scale": get("norm.weight")}
-    if not m.tie_embeddings:
+    if not m.tie_embeddings and "lm_head.weight" in get:  # LlamaModel: none
         out["lm_head/kernel"] = get("lm_head.weight").T
     for i in range(m.num_layers):
         p, q = f"layers.{i}.", f"layers/{i}/"
@@ -197,18 +222,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
             t[p + "self_attn.k_norm.weight"] = flat[q + "attention/key_norm/scale"]
         t[p + "input_layernorm.weight"] = flat[q + "attention_norm/scale"]
         t[p + "post_attention_layernorm.weight"] = flat[q + "mlp_norm/scale"]
-    rope = {"rope_type": "default" if m.rope_scaling == "none" else m.rope_scaling,
-            "rope_theta": m.rotary_base}
-    if m.rope_scaling != "none":
-        rope["factor"] = m.rope_scaling_factor
-    if m.rope_scaling == "llama3":
-        rope.update(original_max_position_embeddings=m.rope_original_max_len,
-                    low_freq_factor=m.rope_low_freq_factor,
-                    high_freq_factor=m.rope_high_freq_factor)
-    if m.rope_scaling == "yarn":
-        rope.update(original_max_position_embeddings=m.rope_original_max_len,
-                    beta_fast=m.rope_beta_fast, beta_slow=m.rope_beta_slow,
-                    attention_factor=m.rope_attention_factor)  # None: the same default
+    rope = rope_parameters(m)
     model_type, architecture = (
         ("qwen2", "Qwen2ForCausalLM") if m.qkv_bias
         else ("qwen3", "Qwen3ForCausalLM") if m.qk_norm

@@ -1,7 +1,8 @@
 """A Transformer block: self-attention, optional cross-attention (encoder-decoder), and
 feed-forward, each wrapped in residual + norm, pre-norm (GPT-2, T5) or post-norm (original
 Transformer, BERT); pre-norm blocks may also normalise each sublayer's output before the
-residual add (cfg.post_norms: Gemma 2 and 3's "sandwich")."""
+residual add (cfg.post_norms: Gemma 2 and 3's "sandwich"), or add attention and feed-forward
+of the same input side by side (cfg.parallel_residual: GPT-NeoX, GPT-J, PaLM)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ Array = jax.Array
 class TransformerBlock(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, cross_attention: bool = False):
         self.pre_norm = cfg.norm_position == "pre"
+        self.parallel = cfg.parallel_residual
         self.dropout_rate = cfg.dropout_rate
         self.attention_norm = Norm(cfg.emb_dim, cfg)
         self.attention = MultiHeadAttention(cfg, rngs=rngs)
@@ -61,6 +63,15 @@ class TransformerBlock(nnx.Module):
                                   cache_index=cache_index, bias_BxHxQxK=bias, windowed=windowed,
                                   rng=fold(rng, 0))
 
+        if self.parallel:  # x + attention(norm(x)) + mlp(norm'(x)): one residual add
+            y, cache = attend(self.attention_norm(x_BxLxD))
+            if self.attention_post_norm is not None:
+                y = self.attention_post_norm(y)
+            z = self.mlp(self.mlp_norm(x_BxLxD), fold(rng, 2))
+            if self.mlp_post_norm is not None:
+                z = self.mlp_post_norm(z)
+            return (x_BxLxD + dropout(y, self.dropout_rate, fold(rng, 1))
+                    + dropout(z, self.dropout_rate, fold(rng, 3))), cache
         x, cache = self._residual(x_BxLxD, self.attention_norm, attend, fold(rng, 1),
                                   self.attention_post_norm)
         if self.cross_attention is not None:

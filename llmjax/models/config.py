@@ -26,6 +26,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     position_embedding: str = "learned"
     rotary_base: float = 10000.0
+    rotary_fraction: float = 1.0  # of each head's dims that rotate (GPT-NeoX: 0.25)
     rope_scaling: str = "none"  # none | linear | llama3 | yarn (layers.rotary_frequencies)
     rope_scaling_factor: float = 8.0
     rope_original_max_len: int = 8192  # llama3, yarn: the context of the first training
@@ -49,6 +50,7 @@ class ModelConfig:
     scale_attention: bool = True  # queries times head_dim ** -0.5 (T5 folds it into its init)
     scale_decoder_outputs: bool = False  # T5 v1.0: final states times emb_dim ** -0.5
     scale_embeddings: bool = False  # token embeddings times sqrt(emb_dim) (BART, Gemma)
+    parallel_residual: bool = False  # x + attention(norm(x)) + mlp(norm'(x)) (GPT-NeoX, GPT-J)
     post_norms: bool = False  # pre-norm blocks: a norm on each sublayer's output (Gemma 2/3)
     query_scale_dim: int | None = None  # queries times this ** -0.5; None: head_dim
     attention_softcap: float | None = None  # attention logits -> cap * tanh(logits / cap)
@@ -78,6 +80,12 @@ class ModelConfig:
             return False
         k = self.global_attention_every
         return not (k and (layer + 1) % k == 0)
+
+    @property
+    def rotary_dim(self) -> int:
+        """The leading dims of each head that rotary positions rotate (Hugging Face's
+        int(head_dim * partial_rotary_factor)); the rest pass through unchanged."""
+        return int(self.head_dim * self.rotary_fraction)
 
     @property
     def kv_heads(self) -> int:

@@ -188,13 +188,14 @@ def sinusoidal(positions_BxL: Array, dim: int) -> Array:
 
 
 def rotary_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
-    """RoPE's inverse frequencies [cfg.head_dim / 2]: base^(-i / half), then cfg.rope_scaling's
+    """RoPE's inverse frequencies [cfg.rotary_dim / 2] (head_dim / 2 unless model.rotary_fraction
+    rotates fewer dims): base^(-i / half), then cfg.rope_scaling's
     change for contexts beyond the training one: 'linear' divides every frequency by the factor
     (positions / factor); 'llama3' (Llama 3.1) divides only the low frequencies (wavelengths
     beyond original_max_len / low_freq_factor), keeps the high ones (below original_max_len /
     high_freq_factor) and interpolates smoothly between them. `local`: a windowed layer's,
     with cfg.local_rotary_base and no scaling when that is set (Gemma 3)."""
-    half = cfg.head_dim // 2
+    half = cfg.rotary_dim // 2
     if local and cfg.local_rotary_base is not None:
         return (cfg.local_rotary_base ** (-np.arange(half, dtype=np.float64) / half)
                 ).astype(np.float32)
@@ -219,7 +220,7 @@ def _yarn_frequencies(cfg: ModelConfig, inv_freq: np.ndarray) -> np.ndarray:
     than rope_beta_fast times over the original context are kept, those turning fewer than
     rope_beta_slow times are divided by the factor, with a linear ramp over the dimensions
     between (their bounds rounded outwards)."""
-    dim, base, context = cfg.head_dim, cfg.rotary_base, cfg.rope_original_max_len
+    dim, base, context = cfg.rotary_dim, cfg.rotary_base, cfg.rope_original_max_len
 
     def dimension(rotations: float) -> float:  # the dimension that turns `rotations` times
         return dim * math.log(context / (rotations * 2 * math.pi)) / (2 * math.log(base))
@@ -245,13 +246,14 @@ def rotary_attention_factor(cfg: ModelConfig, local: bool = False) -> float:
 
 def apply_rotary(x_BxLxHxK: Array, positions_BxL: Array, inv_freq: np.ndarray,
                  factor: float | Array = 1.0) -> Array:
-    """Rotary position embedding (RoPE, rotate-half convention) on the last axis, with the
-    inverse frequencies of `rotary_frequencies`, scaled by `factor` (YaRN's attention
-    factor, applied to cos and sin as Hugging Face does)."""
-    half = x_BxLxHxK.shape[-1] // 2
+    """Rotary position embedding (RoPE, rotate-half convention) on the leading
+    2 * len(inv_freq) dims of the last axis (all of them, or GPT-NeoX's partial rotary), with
+    the inverse frequencies of `rotary_frequencies`, scaled by `factor` (YaRN's attention
+    factor, applied to cos and sin as Hugging Face does). The other dims pass unchanged."""
+    half = len(inv_freq)
     angles = positions_BxL[..., None, None].astype(jnp.float32) * inv_freq  # [B, L, 1, half]
     sin, cos = jnp.sin(angles) * factor, jnp.cos(angles) * factor
     x = x_BxLxHxK.astype(jnp.float32)
-    x1, x2 = x[..., :half], x[..., half:]
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
     return out.astype(x_BxLxHxK.dtype)
