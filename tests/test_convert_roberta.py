@@ -10,6 +10,7 @@ from test_convert_hf import assert_close, byte_bpe, padded_batch, saved_random_m
 import llmjax
 from llmjax.convert import hf as convert
 from llmjax.objectives.question_answering import Passage, passage_windows
+from llmjax.objectives.token_classification import tagged_words, word_pieces
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -116,3 +117,32 @@ def test_roberta_question_answering_windows_and_logits(tmp_path):
     np.testing.assert_allclose(ours[:, 0], out.start_logits[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(ours[:, 1], out.end_logits[0].numpy(), atol=1e-5)
     assert run.answer(question, context) in context
+
+
+def test_roberta_tags_words_as_is_split_into_words_with_a_prefix_space(tmp_path):
+    """Token classification: every word, the first too, tokenized with a space before it, as
+    transformers' `is_split_into_words` does for byte-level BPE (add_prefix_space=True); the
+    tags are those of transformers' logits at each word's first token."""
+    (tmp_path / "hf").mkdir()
+    labels = ["O", "B-PER", "I-PER", "B-LOC"]
+    hf_model, _ = roberta_folder(tmp_path / "hf", transformers.RobertaForTokenClassification,
+                                 id2label=dict(enumerate(labels)),
+                                 label2id={n: i for i, n in enumerate(labels)})
+    # RoBERTa's own tokenizer class (a Hub folder's); the generic one ignores add_prefix_space
+    hf_tok = transformers.RobertaTokenizerFast.from_pretrained(tmp_path / "hf",
+                                                               add_prefix_space=True)
+    run = llmjax.load(tmp_path / "hf")
+    assert run.config.objective == "token_classification"
+    assert run.tokenizer.words_take_prefix_space
+    for sentence in ["The quick brown fox jumps", "Zwei Hunde spielen im Schnee", "A man"]:
+        words = sentence.split()
+        encoded = hf_tok(words, is_split_into_words=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = hf_model(**encoded).logits[0].numpy()
+        firsts = [encoded.word_ids().index(k) for k in range(len(words))]
+        pieces = word_pieces([words], run.tokenizer)[0]
+        tokens, _, weights = tagged_words(words, pieces, [0] * len(words), 64, run.tokenizer)
+        assert tokens.tolist() == encoded["input_ids"][0].tolist()
+        assert np.flatnonzero(weights).tolist() == firsts
+        assert run.tag(sentence) == [(w, labels[int(logits[at].argmax())])
+                                     for w, at in zip(words, firsts, strict=True)]

@@ -11,6 +11,7 @@ saves to / loads from a directory (WORKDIR/tokenizer).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 
@@ -74,6 +75,13 @@ class Tokenizer:
     def pair_separator(self) -> tuple[int, ...]:
         """The special tokens between the two texts of a pair: (<eos>,) as BERT's [SEP]."""
         return (self.eos_id,)
+
+    @property
+    def words_take_prefix_space(self) -> bool:
+        """Whether a sentence given as words tokenizes each of them, the first too, with a
+        space before it: byte-level BPE, for which transformers' `is_split_into_words` needs
+        `add_prefix_space=True` (RoBERTa's tagging); elsewhere the first word has none."""
+        return False
 
     def word_starts(self) -> np.ndarray | None:
         """[vocab_size] bool: does the token begin a word? None when ids do not tell (char,
@@ -225,6 +233,10 @@ class HFTokenizer(Tokenizer):
     def pair_separator(self) -> tuple[int, ...]:
         return self._pair_separator
 
+    @functools.cached_property
+    def words_take_prefix_space(self) -> bool:
+        return _has_type(json.loads(self.hf.to_str()).get("pre_tokenizer"), "ByteLevel")
+
     @property
     def special_ids(self) -> list[int]:
         added = {i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
@@ -341,6 +353,17 @@ class WordPieceTokenizer(HFTokenizer):
                                  lowercase)
         hf.add_special_tokens(list(SPECIALS))  # never split from text, dropped by decode
         return cls(hf, lowercase=False)
+
+
+def _has_type(component: object, name: str) -> bool:
+    """Whether a tokenizer.json component (say the pre_tokenizer, maybe a Sequence of them)
+    is or holds one of type `name`."""
+    if isinstance(component, dict):
+        return component.get("type") == name or any(_has_type(v, name)
+                                                     for v in component.values())
+    if isinstance(component, list):
+        return any(_has_type(v, name) for v in component)
+    return False
 
 
 def _bert_normalizer(lowercase: bool):

@@ -173,7 +173,10 @@ def passage_windows(passages: Sequence[Passage], tokenizer: Tokenizer,
     L, stride = config.seq_len, doc_stride(config)
     space = space_token(tokenizer)
     questions = tokenizer.encode_batch([p.question for p in passages])
-    contexts = word_pieces([p.words for p in passages], tokenizer) if passages else []
+    # the context reads as running text after the question, its first word with no space
+    # before it (transformers' tokenizer(question, context))
+    contexts = (word_pieces([p.words for p in passages], tokenizer, first_space=False)
+                if passages else [])
     rows: dict[str, list] = {k: [] for k in ("tokens", "token_types", "start_positions",
                                             "end_positions", "passage_of", "token_word",
                                             "can_start", "can_end")}

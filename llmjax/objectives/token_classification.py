@@ -61,11 +61,15 @@ def words_and_tags(record: dict, config: ml_collections.ConfigDict, index: int
     return [as_text(w) for w in words], [as_text(t).strip() for t in tags]
 
 
-def word_pieces(sentences: Sequence[Sequence[str]], tokenizer: Tokenizer
-                ) -> list[list[np.ndarray]]:
-    """Each sentence's words' tokens, the words after the first with the space before them
-    (as `is_split_into_words` tokenizes them); one tokenizer call for all."""
-    pieces = iter(tokenizer.encode_batch([w if k == 0 else " " + w for words in sentences
+def word_pieces(sentences: Sequence[Sequence[str]], tokenizer: Tokenizer,
+                first_space: bool | None = None) -> list[list[np.ndarray]]:
+    """Each sentence's words' tokens, the words after the first with the space before them,
+    the first too when `first_space` (None: tokenizer.words_take_prefix_space), as
+    `is_split_into_words` tokenizes them; one tokenizer call for all."""
+    if first_space is None:
+        first_space = tokenizer.words_take_prefix_space
+    pieces = iter(tokenizer.encode_batch([w if k == 0 and not first_space else " " + w
+                                          for words in sentences
                                           for k, w in enumerate(words)]))
     return [[next(pieces) for _ in words] for words in sentences]
 
@@ -86,9 +90,10 @@ def tagged_words(words: Sequence[str], pieces_of_words: Sequence[np.ndarray],
                  labels: Sequence[int], seq_len: int, tokenizer: Tokenizer
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, labels, weights) [<= seq_len] of one sentence: <bos>, each word's pieces,
-    <eos>; a word's label at its first token (past a space token; weight 1), the words that
-    do not fit cut."""
-    space = space_token(tokenizer)
+    <eos>; a word's label at its first token (weight 1), past a space token of its own, except
+    where words take a prefix space (byte-level BPE: transformers' word_ids give the word a
+    lone 'Ġ', and its label); the words that do not fit cut."""
+    space = None if tokenizer.words_take_prefix_space else space_token(tokenizer)
     tokens, out_labels, weights = [tokenizer.bos_id], [0], [0.0]
     for pieces, label in zip(pieces_of_words, labels, strict=True):
         if len(tokens) + len(pieces) > seq_len - 1:
