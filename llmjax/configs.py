@@ -113,7 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.attention_softcap = config_dict.placeholder(float)  # logits -> cap tanh(logits / cap)
     m.logit_softcap = config_dict.placeholder(float)  # decoder output logits, the same
     m.embed_norm = False  # decoder: normalise the token embeddings (BLOOM)
-    m.num_token_types = 2  # encoder: segment A / B embeddings; 1 = none (RoBERTa, XLM-R)
+    m.num_token_types = 2  # encoder: segment A / B embeddings; 1 = all A (RoBERTa); 0 = none
+    m.pooler_activation = "tanh"  # encoder: the pooled [CLS]'s, tanh (BERT) | relu (DistilBERT)
     # einsum: the project's own attention (dropout on probabilities, any mask); xla or cudnn:
     # jax.nn.dot_product_attention with that implementation (cudnn = flash attention on NVIDIA
     # GPUs, bfloat16/float16 only); both without attention dropout
@@ -412,7 +413,7 @@ _RANGES = {
                      "data.tokenizer_sample_chars", "data.mean_noise_span_length",
                      "data.generated.alphabet_size", "data.generated.train_documents",
                      "data.generated.eval_documents", "data.generated.max_pair_length",
-                     "qa.max_answer_tokens", "model.num_token_types",
+                     "qa.max_answer_tokens",
                      "data.eval_window_stride"),
                     _AT_LEAST_1),
     **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor", "lora.alpha",
@@ -428,7 +429,7 @@ _RANGES = {
                      "model.norm_epsilon", "eval_steps", "eval_decode_examples", "eval_samples",
                      "data.prefetch_batches", "data.train_window_stride",
                      "tokenizer.extra_ids", "data.generated.order", "z_loss", "lora.rank",
-                     "qa.doc_stride"),
+                     "qa.doc_stride", "model.num_token_types"),
                     _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
                      "model.attention_dropout_rate", "data.validation_fraction",
@@ -615,6 +616,8 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.attention_impl != "cudnn" or m.dtype in ("bfloat16", "float16"),
            f"model.attention_impl='cudnn' runs in bfloat16 or float16, not model.dtype="
            f"{m.dtype!r}: set model.dtype=bfloat16 or model.attention_impl=xla")
+    _check(m.pooler_activation in ("tanh", "relu", "gelu", "gelu_exact"),
+           f"model.pooler_activation={m.pooler_activation!r}: use tanh, relu, gelu or gelu_exact")
     _check(m.norm in ("layernorm", "rmsnorm"), f"model.norm={m.norm!r}: use layernorm or rmsnorm")
     _check(m.norm_position in ("pre", "post"),
            f"model.norm_position={m.norm_position!r}: use pre or post")

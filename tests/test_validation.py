@@ -154,6 +154,8 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"model.arch": "encoder", "objective": "mlm", "model.logit_softcap": 30.0},
      "caps a decoder's output logits"),
     ({"model.post_norms": True, "model.norm_position": "post"}, "set model.norm_position=pre"),
+    ({"model.pooler_activation": "sigmoid"}, "use tanh, relu, gelu or gelu_exact"),
+    ({"model.num_token_types": -1}, "model.num_token_types=-1 must be >= 0"),
     ({"model.rotary_fraction": 0.5}, "set model.position_embedding=rotary, or leave it at 1"),
     ({"model.rotary_fraction": 0.2, "model.position_embedding": "rotary"},
      "of head_dim=16 rotates 3 dims: .* an even number"),

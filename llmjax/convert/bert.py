@@ -17,14 +17,30 @@ from llmjax.convert.common import TensorReader, settings_problems
 MODEL_TYPE = "bert"
 IGNORED = (r"(bert\.)?embeddings\.position_ids", r"cls\.predictions\.decoder\.(weight|bias)")
 HEADS = ("mlm_head", "nsp_head", "classifier", "pooler")  # droppable / re-initialisable
+POOLED_OBJECTIVES = ("classification", "regression", "nsp", "mlm_nsp")  # use the pooler
 _ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "relu": "relu", "silu": "silu"}
 
 
-def _objective_of(hf: dict, tensors: dict) -> str:
+# A BERT-layout block's tensors: llmjax's name -> the Hugging Face family's, under `layer`
+LAYOUT = {"layer": "encoder.layer.{i}.", "query": "attention.self.query",
+          "key": "attention.self.key", "value": "attention.self.value",
+          "out": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
+          "wi": "intermediate.dense", "wo": "output.dense", "mlp_norm": "output.LayerNorm"}
+
+
+def task_objective(hf: dict, tensors: dict) -> str | None:
+    """A BERT-family checkpoint's fine-tuning task by its head: token classification (by the
+    architecture: its `classifier` is a sequence classifier's too), question answering."""
     if any(a.endswith("ForTokenClassification") for a in hf.get("architectures") or ()):
         return "token_classification"
-    if "qa_outputs.weight" in tensors:  # BertForQuestionAnswering: start and end logits
+    if "qa_outputs.weight" in tensors:  # ForQuestionAnswering: start and end logits
         return "question_answering"
+    return None
+
+
+def _objective_of(hf: dict, tensors: dict) -> str:
+    if task := task_objective(hf, tensors):
+        return task
     names = set(tensors)
     has_mlm = "cls.predictions.bias" in names
     has_nsp = "cls.seq_relationship.weight" in names
@@ -87,25 +103,28 @@ class BodyReader:
                                                                              *out_shape)
         self.out[f"{ours}/bias"] = self.get(f"{theirs}.bias").reshape(out_shape)
 
-    def encoder(self, m: ml_collections.ConfigDict) -> None:
-        """The embeddings and the blocks."""
+    def encoder(self, m: ml_collections.ConfigDict, layout: dict = LAYOUT) -> None:
+        """The embeddings (token types when the model has them) and the blocks, named as
+        `layout` names them (BERT's, or DistilBERT's)."""
         h, d = m.num_heads, m.emb_dim
         k = d // h
         e = "embeddings."
         self.out.update({
             "encoder/embed/embedding": self.get(e + "word_embeddings.weight"),
-            "encoder/position_embed/embedding": self.get(e + "position_embeddings.weight"),
-            "encoder/token_type_embed/embedding": self.get(e + "token_type_embeddings.weight")})
+            "encoder/position_embed/embedding": self.get(e + "position_embeddings.weight")})
+        if m.num_token_types:
+            self.out["encoder/token_type_embed/embedding"] = self.get(
+                e + "token_type_embeddings.weight")
         self.norm("encoder/embed_norm", e + "LayerNorm")
         for i in range(m.num_layers):
-            p, q = f"encoder.layer.{i}.", f"encoder/layers/{i}/"
+            p, q = layout["layer"].format(i=i), f"encoder/layers/{i}/"
             for name in ("query", "key", "value"):
-                self.dense(q + f"attention/{name}", p + f"attention.self.{name}", (d,), (h, k))
-            self.dense(q + "attention/out", p + "attention.output.dense", (h, k), (d,))
-            self.norm(q + "attention_norm", p + "attention.output.LayerNorm")
-            self.dense(q + "mlp/wi", p + "intermediate.dense", (d,), (m.mlp_dim,))
-            self.dense(q + "mlp/wo", p + "output.dense", (m.mlp_dim,), (d,))
-            self.norm(q + "mlp_norm", p + "output.LayerNorm")
+                self.dense(q + f"attention/{name}", p + layout[name], (d,), (h, k))
+            self.dense(q + "attention/out", p + layout["out"], (h, k), (d,))
+            self.dense(q + "mlp/wi", p + layout["wi"], (d,), (m.mlp_dim,))
+            self.dense(q + "mlp/wo", p + layout["wo"], (m.mlp_dim,), (d,))
+            for norm in ("attention_norm", "mlp_norm"):
+                self.norm(q + norm, p + layout[norm])
 
 
 def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
@@ -133,6 +152,8 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     m = config.model
     wanted = {"position_embedding": "learned", "norm": "layernorm", "norm_position": "post",
               "gated_mlp": False, "use_bias": True, "scale_attention": True}
+    if config.objective in POOLED_OBJECTIVES:
+        wanted["pooler_activation"] = "tanh"
     problems = settings_problems(m, wanted, "BERT")
     return problems
 
@@ -143,6 +164,7 @@ class BodyWriter:
     def __init__(self, flat: dict[str, np.ndarray]):
         self.flat = flat
         self.out: dict[str, np.ndarray] = {}
+        self.labels: dict = {}  # id2label / label2id, once task_heads wrote a classifier
 
     def norm(self, theirs: str, ours: str) -> None:
         self.out[f"{theirs}.weight"] = self.flat[f"{ours}/scale"]
@@ -153,22 +175,45 @@ class BodyWriter:
         self.out[f"{theirs}.weight"] = kernel.reshape(-1, bias.size).T  # [*in, *out] -> [out, in]
         self.out[f"{theirs}.bias"] = bias
 
-    def encoder(self, m: ml_collections.ConfigDict, prefix: str) -> None:
-        """The embeddings and the blocks, under `prefix` (`bert.`, `roberta.`)."""
+    def encoder(self, m: ml_collections.ConfigDict, prefix: str, layout: dict = LAYOUT
+                ) -> None:
+        """The embeddings and the blocks, under `prefix` (`bert.`, `roberta.`,
+        `distilbert.`), named as `layout` names them."""
         e, f = prefix + "embeddings.", self.flat
         self.out[e + "word_embeddings.weight"] = f["encoder/embed/embedding"]
         self.out[e + "position_embeddings.weight"] = f["encoder/position_embed/embedding"]
-        self.out[e + "token_type_embeddings.weight"] = f["encoder/token_type_embed/embedding"]
+        if m.num_token_types:
+            self.out[e + "token_type_embeddings.weight"] = f[
+                "encoder/token_type_embed/embedding"]
         self.norm(e + "LayerNorm", "encoder/embed_norm")
         for i in range(m.num_layers):
-            p, q = f"{prefix}encoder.layer.{i}.", f"encoder/layers/{i}/"
-            for name in ("query", "key", "value"):
-                self.dense(p + f"attention.self.{name}", q + f"attention/{name}")
-            self.dense(p + "attention.output.dense", q + "attention/out")
-            self.norm(p + "attention.output.LayerNorm", q + "attention_norm")
-            self.dense(p + "intermediate.dense", q + "mlp/wi")
-            self.dense(p + "output.dense", q + "mlp/wo")
-            self.norm(p + "output.LayerNorm", q + "mlp_norm")
+            p, q = prefix + layout["layer"].format(i=i), f"encoder/layers/{i}/"
+            for name in ("query", "key", "value", "out"):
+                self.dense(p + layout[name], q + f"attention/{name}")
+            for name in ("wi", "wo"):
+                self.dense(p + layout[name], q + f"mlp/{name}")
+            for norm in ("attention_norm", "mlp_norm"):
+                self.norm(p + layout[norm], q + norm)
+
+    def task_heads(self, config: ml_collections.ConfigDict, pooler: str | None,
+                   classifier: str) -> str | None:
+        """The classifier under the family's names: `qa_outputs` (question answering),
+        `classifier` (token classification), else the sequence classifier `pooler` (None:
+        written with the body) + `classifier`; with the labels in `self.labels`. Returns the
+        architecture's suffix (`ForSequenceClassification`, ...), None without a classifier."""
+        if "classifier/dense/kernel" not in self.flat:
+            return None
+        if config.objective == "question_answering":
+            self.dense("qa_outputs", "classifier/dense")
+            return "ForQuestionAnswering"
+        self.labels = label_config(config)
+        if config.objective == "token_classification":
+            self.dense("classifier", "classifier/dense")
+            return "ForTokenClassification"
+        if pooler is not None:
+            self.dense(pooler, "pooler/dense")
+        self.dense(classifier, "classifier/dense")
+        return "ForSequenceClassification"
 
 
 def body_config(m: ml_collections.ConfigDict, model_type: str) -> dict:
@@ -207,14 +252,6 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         architecture = "BertForPreTraining" if "mlm_head/output_bias" in flat else \
             "BertForNextSentencePrediction"
     hf = body_config(m, MODEL_TYPE)
-    if "classifier/dense/kernel" in flat and config.objective == "question_answering":
-        w.dense("qa_outputs", "classifier/dense")
-        architecture = "BertForQuestionAnswering"
-    elif "classifier/dense/kernel" in flat:
-        w.dense("classifier", "classifier/dense")
-        architecture = ("BertForTokenClassification"
-                        if config.objective == "token_classification"
-                        else "BertForSequenceClassification")
-        hf.update(label_config(config))
-    hf["architectures"] = [architecture]
+    task = w.task_heads(config, None, "classifier")  # the pooler is written above
+    hf.update(w.labels, architectures=["Bert" + task if task else architecture])
     return hf, w.out

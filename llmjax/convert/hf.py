@@ -24,13 +24,24 @@ from flax import nnx
 
 from llmjax import configs
 from llmjax.configs import ConfigError
-from llmjax.convert import bart, bert, bloom, gemma, gpt2, gpt_neox, llama, roberta, t5
+from llmjax.convert import (
+    bart,
+    bert,
+    bloom,
+    distilbert,
+    gemma,
+    gpt2,
+    gpt_neox,
+    llama,
+    roberta,
+    t5,
+)
 from llmjax.data.tokenizers import SPECIAL_ROLES
 from llmjax.train.checkpoint import param_path_name
 
 # HF model_type -> its name map module
 FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom,
-            "gpt_neox": gpt_neox,
+            "gpt_neox": gpt_neox, "distilbert": distilbert,
             **dict.fromkeys(llama.MODEL_TYPES, llama), **dict.fromkeys(gemma.MODEL_TYPES, gemma),
             **dict.fromkeys(roberta.MODEL_TYPES, roberta)}
 
@@ -46,7 +57,7 @@ def export_family(config: ml_collections.ConfigDict):
         if m.parallel_residual or (m.position_embedding == "rotary" and m.norm == "layernorm"):
             return gpt_neox
         return {"alibi": bloom, "rotary": llama}.get(m.position_embedding, gpt2)
-    return roberta if m.num_token_types == 1 else bert
+    return {0: distilbert, 1: roberta}.get(m.num_token_types, bert)
 
 
 class ConversionError(ValueError):

@@ -30,14 +30,10 @@ POSITIONS_AFTER_PAD = True  # export_tensors needs the tokenizer's pad id (pad_i
 
 
 def _objective_of(hf: dict, tensors: dict) -> str:
-    architectures = hf.get("architectures") or ()
-    if any(a.endswith("ForTokenClassification") for a in architectures):
-        return "token_classification"
-    if "qa_outputs.weight" in tensors:
-        return "question_answering"
     if "lm_head.bias" in tensors:
         return "mlm"
-    return "classification"  # RobertaModel (a fresh head) or RobertaForSequenceClassification
+    # else RobertaModel (a fresh head) or RobertaForSequenceClassification
+    return bert.task_objective(hf, tensors) or "classification"
 
 
 def position_offset(hf: dict) -> int:
@@ -86,6 +82,8 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     wanted = {"position_embedding": "learned", "norm": "layernorm", "norm_position": "post",
               "gated_mlp": False, "use_bias": True, "scale_attention": True,
               "num_token_types": 1}
+    if config.objective in bert.POOLED_OBJECTIVES:
+        wanted["pooler_activation"] = "tanh"
     problems = settings_problems(config.model, wanted, "RoBERTa")
     if config.objective in ("nsp", "mlm_nsp"):
         problems.append(f"objective={config.objective}: RoBERTa has no next-sentence head")
@@ -113,18 +111,6 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         w.norm("lm_head.layer_norm", "mlm_head/norm")
         w.out["lm_head.bias"] = flat["mlm_head/output_bias"]
         architecture = "RobertaForMaskedLM"
-    if "classifier/dense/kernel" in flat:
-        if config.objective == "question_answering":
-            w.dense("qa_outputs", "classifier/dense")
-            architecture = "RobertaForQuestionAnswering"
-        elif config.objective == "token_classification":
-            w.dense("classifier", "classifier/dense")
-            architecture = "RobertaForTokenClassification"
-        else:
-            w.dense("classifier.dense", "pooler/dense")
-            w.dense("classifier.out_proj", "classifier/dense")
-            architecture = "RobertaForSequenceClassification"
-        if config.objective != "question_answering":
-            hf.update(bert.label_config(config))
-    hf["architectures"] = [architecture]
+    task = w.task_heads(config, "classifier.dense", "classifier.out_proj")
+    hf.update(w.labels, architectures=["Roberta" + task if task else architecture])
     return hf, w.out

@@ -62,7 +62,8 @@ class ModelConfig:
     global_attention_every: int | None = None  # every k-th layer unwindowed (Gemma 2/3)
     attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)
     causal: bool = True
-    num_token_types: int = 2  # encoder: 1 (RoBERTa) reads every token as type 0
+    num_token_types: int = 2  # encoder: 1 (RoBERTa) reads every token as type 0; 0: no table
+    pooler_activation: str = "tanh"  # encoder's pooled [CLS]: tanh (BERT) | relu (DistilBERT)
 
     @property
     def encoder_layers(self) -> int:

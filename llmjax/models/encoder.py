@@ -27,7 +27,8 @@ class Encoder(nnx.Module):
         self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)
         if cfg.position_embedding == "learned":
             self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
-        self.token_type_embed = Embed(cfg.num_token_types, cfg.emb_dim, cfg, rngs=rngs)
+        self.token_type_embed = (Embed(cfg.num_token_types, cfg.emb_dim, cfg, rngs=rngs)
+                                 if cfg.num_token_types else None)  # 0: none (DistilBERT)
         # BERT (post-norm) normalises the summed embeddings; pre-norm stacks end with a norm.
         post = cfg.norm_position == "post"
         self.embed_norm = Norm(cfg.emb_dim, cfg) if post else None
@@ -41,9 +42,11 @@ class Encoder(nnx.Module):
         cfg = self.cfg
         seg = (tokens_BxL != 0).astype(jnp.int32) if segment_ids is None else segment_ids
         pos = segment_positions(seg) if positions is None else positions
-        one_type = token_types is None or cfg.num_token_types == 1  # RoBERTa: no segment types
-        types = jnp.zeros_like(tokens_BxL) if one_type else token_types
-        x = self.embed(tokens_BxL) + self.token_type_embed(types)
+        x = self.embed(tokens_BxL)
+        if self.token_type_embed is not None:
+            one_type = token_types is None or cfg.num_token_types == 1  # RoBERTa: every type 0
+            x = x + self.token_type_embed(jnp.zeros_like(tokens_BxL) if one_type
+                                          else token_types)
         if cfg.position_embedding == "learned":
             x = x + self.position_embed(pos)
         elif cfg.position_embedding == "sinusoidal":

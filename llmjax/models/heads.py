@@ -28,13 +28,16 @@ class MLMHead(nnx.Module):
 
 
 class Pooler(nnx.Module):
-    """tanh(dense(hidden state of the first token, [CLS])) -> [B, D]."""
+    """activation(dense(hidden state of the first token, [CLS])) -> [B, D]: tanh (BERT's
+    pooler, RoBERTa's classifier.dense) or cfg.pooler_activation (DistilBERT's pre_classifier
+    + ReLU)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.dense = Dense((cfg.emb_dim,), (cfg.emb_dim,), cfg, rngs=rngs, use_bias=True)
+        self.activation = {"tanh": jnp.tanh, **ACTIVATIONS}[cfg.pooler_activation]
 
     def __call__(self, hidden_BxLxD: Array) -> Array:
-        return jnp.tanh(self.dense(hidden_BxLxD[:, 0]))
+        return self.activation(self.dense(hidden_BxLxD[:, 0]))
 
 
 class ClassifierHead(nnx.Module):
