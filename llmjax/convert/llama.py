@@ -1,11 +1,14 @@
-"""LLaMA (LlamaModel / LlamaForCausalLM), Mistral, Qwen2 and Qwen3 <-> llmjax Decoder.
+"""LLaMA (LlamaModel / LlamaForCausalLM), Mistral, Qwen2, Qwen3 and Phi-3 <-> llmjax Decoder.
 
 LLaMA is a pre-RMSNorm decoder with rotary positions (rotate-half layout, as llmjax's), a
 SwiGLU feed-forward (down(silu(gate(x)) * up(x)): gate is llmjax's `wi`, up its `wg`), no
 biases, grouped-query attention (num_key_value_heads) and, mostly, untied embeddings. Mistral
 has the same tensors and a sliding attention window (model.attention_window). Qwen2 is
 LLaMA with biases on the query, key and value projections (model.qkv_bias); Qwen3 is LLaMA
-with an RMSNorm over head_dim on queries and keys (model.qk_norm). PyTorch Linear
+with an RMSNorm over head_dim on queries and keys (model.qk_norm). Phi-3 is LLaMA with the
+query, key and value projections fused into one qkv_proj, gate and up into one gate_up_proj
+(split on import: a Phi-3 run exports as LLaMA or Mistral, the same function), Mistral's
+sliding window, and a share of each head rotating (model.rotary_fraction). PyTorch Linear
 weights are [out, in], transposed into llmjax's [in, out] kernels.
 """
 
@@ -19,7 +22,8 @@ import numpy as np
 from llmjax.convert.common import HF_ACTIVATIONS, TensorReader, settings_problems
 
 MODEL_TYPE = "llama"
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+_LONGROPE = ("longrope", "su", "yarn")  # what Phi-3 configs call its LongRoPE scaling
 HEADS = ("lm_head",)  # a bare body (no head tensor): the head starts fresh
 IGNORED = (r"lm_head\.weight", r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
@@ -114,6 +118,12 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
 
     m = config.model
     m.arch, config.objective = "decoder", objective or "causal_lm"
+    phi3 = hf.get("model_type") == "phi3"
+    scaling = _rope(hf)[1] or {}
+    if phi3 and scaling.get("rope_type", scaling.get("type")) in _LONGROPE:
+        raise ConversionError("Phi-3's longrope rope scaling (its 128k-context models, Phi-3.5 "
+                              "and Phi-4-mini) has no llmjax match yet; the 4k-context Phi-3 "
+                              "models import")
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             raise ConversionError(f"{key}=true has no llmjax match (llmjax's LLaMA has no "
@@ -122,13 +132,16 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     if activation not in HF_ACTIVATIONS:
         raise ConversionError(f"hidden_act {activation!r} has no llmjax match")
     configure_sizes(m, hf, default_max_len=2048)
-    if hf.get("model_type") == "mistral":
+    if hf.get("model_type") in ("mistral", "phi3"):
         m.attention_window = hf.get("sliding_window")  # None: full attention
     elif hf.get("use_sliding_window"):  # Qwen: a window on the layers past max_window_layers
         raise ConversionError("use_sliding_window=true (Qwen's per-layer window) has no "
                               "llmjax match yet")
     m.norm, m.norm_position, m.norm_epsilon = "rmsnorm", "pre", hf.get("rms_norm_eps", 1e-6)
     configure_rope(m, hf)
+    if phi3:
+        m.rotary_fraction = float((hf.get("rope_parameters") or {}).get(
+            "partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
     m.activation, m.gated_mlp, m.use_bias = HF_ACTIVATIONS[activation], True, False
     m.qkv_bias = True if hf.get("model_type") == "qwen2" else None
     m.qk_norm = hf.get("model_type") == "qwen3"
@@ -175,6 +188,7 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
                    ) -> tuple[dict[str, np.ndarray], set[str]]:
     """({llmjax parameter name: array}, the HF names used)."""
     m = config.model
+    tensors, fused = _unfused(tensors, m)
     get = TensorReader(tensors, "model.")
     out = {"embed/embedding": get("embed_tokens.weight"), "final_norm/scale": get("norm.weight")}
     if not m.tie_embeddings and "lm_head.weight" in get:  # LlamaModel: none
@@ -187,7 +201,29 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
             out[q + "attention/key_norm/scale"] = get(p + "self_attn.k_norm.weight")
         out[q + "attention_norm/scale"] = get(p + "input_layernorm.weight")
         out[q + "mlp_norm/scale"] = get(p + "post_attention_layernorm.weight")
-    return out, get.used
+    return out, {fused.get(name, name) for name in get.used}
+
+
+def _unfused(tensors: dict[str, np.ndarray], m: ml_collections.ConfigDict
+             ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors with Phi-3's fused qkv_proj and gate_up_proj split into LLaMA's q/k/v_proj and
+    gate/up_proj, {split name: the fused tensor it came from})."""
+    k, h, n = m.head_dim, m.num_heads, m.num_kv_heads or m.num_heads
+    splits = {"self_attn.qkv_proj.weight": (("q_proj", h * k), ("k_proj", n * k),
+                                             ("v_proj", n * k)),
+              "mlp.gate_up_proj.weight": (("gate_proj", m.mlp_dim), ("up_proj", m.mlp_dim))}
+    out, origin = dict(tensors), {}
+    for name, tensor in tensors.items():
+        suffix = next((s for s in splits if name.endswith(s)), None)
+        if suffix is None:
+            continue
+        del out[name]
+        start, module = 0, name[: -len(suffix)] + suffix.split(".")[0] + "."
+        for part, rows in splits[suffix]:
+            out[module + part + ".weight"] = tensor[start: start + rows]
+            origin[module + part + ".weight"] = name
+            start += rows
+    return out, origin
 
 
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
