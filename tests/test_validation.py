@@ -155,6 +155,8 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
      "caps a decoder's output logits"),
     ({"model.post_norms": True, "model.norm_position": "post"}, "set model.norm_position=pre"),
     ({"model.pooler_activation": "sigmoid"}, "use tanh, relu, gelu or gelu_exact"),
+    ({"model.norm_position": "middle"}, "use pre, post or output"),
+    ({"model.qk_norm_scope": "layer"}, "model.qk_norm_scope='layer': use head or all"),
     ({"model.num_token_types": -1}, "model.num_token_types=-1 must be >= 0"),
     ({"model.rotary_fraction": 0.5}, "set model.position_embedding=rotary, or leave it at 1"),
     ({"model.rotary_fraction": 0.2, "model.position_embedding": "rotary"},

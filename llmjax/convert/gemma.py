@@ -199,7 +199,8 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     wanted = {"position_embedding": "rotary", "norm": "rmsnorm", "norm_position": "pre",
               "use_bias": False, "gated_mlp": True, "activation": "gelu", "embed_norm": False,
-              "scale_attention": True, "tie_embeddings": True, "scale_embeddings": True}
+              "scale_attention": True, "tie_embeddings": True, "scale_embeddings": True,
+              "qk_norm_scope": "head"}
     problems = settings_problems(config.model, wanted, "Gemma", whole_heads=False,
                                  llama_like=True)
     m = config.model

@@ -1,4 +1,5 @@
-"""LLaMA (LlamaModel / LlamaForCausalLM), Mistral, Qwen2, Qwen3 and Phi-3 <-> llmjax Decoder.
+"""LLaMA (LlamaModel / LlamaForCausalLM), Mistral, Qwen2, Qwen3, Phi-3 and OLMo 2 <-> llmjax
+Decoder.
 
 LLaMA is a pre-RMSNorm decoder with rotary positions (rotate-half layout, as llmjax's), a
 SwiGLU feed-forward (down(silu(gate(x)) * up(x)): gate is llmjax's `wi`, up its `wg`), no
@@ -8,7 +9,10 @@ LLaMA with biases on the query, key and value projections (model.qkv_bias); Qwen
 with an RMSNorm over head_dim on queries and keys (model.qk_norm). Phi-3 is LLaMA with the
 query, key and value projections fused into one qkv_proj, gate and up into one gate_up_proj
 (split on import: a Phi-3 run exports as LLaMA or Mistral, the same function), Mistral's
-sliding window, and a share of each head rotating (model.rotary_fraction). PyTorch Linear
+sliding window, and a share of each head rotating (model.rotary_fraction). OLMo 2 is LLaMA
+with its norms on each sublayer's output instead of its input (model.norm_position=output:
+post_attention_layernorm, post_feedforward_layernorm) and one RMSNorm over all heads' queries,
+another over all keys (model.qk_norm_scope=all). PyTorch Linear
 weights are [out, in], transposed into llmjax's [in, out] kernels.
 """
 
@@ -22,7 +26,7 @@ import numpy as np
 from llmjax.convert.common import HF_ACTIVATIONS, TensorReader, settings_problems
 
 MODEL_TYPE = "llama"
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2")
 _LONGROPE = ("longrope", "su", "yarn")  # what Phi-3 configs call its LongRoPE scaling
 HEADS = ("lm_head",)  # a bare body (no head tensor): the head starts fresh
 IGNORED = (r"lm_head\.weight", r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
@@ -144,7 +148,9 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
             "partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
     m.activation, m.gated_mlp, m.use_bias = HF_ACTIVATIONS[activation], True, False
     m.qkv_bias = True if hf.get("model_type") == "qwen2" else None
-    m.qk_norm = hf.get("model_type") == "qwen3"
+    m.qk_norm = hf.get("model_type") in ("qwen3", "olmo2")
+    if hf.get("model_type") == "olmo2":
+        m.norm_position, m.qk_norm_scope = "output", "all"
     m.tie_embeddings = bool(hf.get("tie_word_embeddings", False))
     m.dropout_rate = m.attention_dropout_rate = 0.0
     config.seq_len = min(config.seq_len, m.max_len)
@@ -199,9 +205,18 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
         if m.qk_norm:
             out[q + "attention/query_norm/scale"] = get(p + "self_attn.q_norm.weight")
             out[q + "attention/key_norm/scale"] = get(p + "self_attn.k_norm.weight")
-        out[q + "attention_norm/scale"] = get(p + "input_layernorm.weight")
-        out[q + "mlp_norm/scale"] = get(p + "post_attention_layernorm.weight")
+        for ours, theirs in _norm_names(m).items():
+            out[q + f"{ours}/scale"] = get(p + f"{theirs}.weight")
     return out, {fused.get(name, name) for name in get.used}
+
+
+def _norm_names(m: ml_collections.ConfigDict) -> dict[str, str]:
+    """A block's two norms, llmjax's name -> LLaMA's (on the sublayers' inputs) or OLMo 2's
+    (on their outputs)."""
+    if m.norm_position == "output":
+        return {"attention_norm": "post_attention_layernorm",
+                "mlp_norm": "post_feedforward_layernorm"}
+    return {"attention_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
 
 
 def _unfused(tensors: dict[str, np.ndarray], m: ml_collections.ConfigDict
@@ -227,12 +242,16 @@ def _unfused(tensors: dict[str, np.ndarray], m: ml_collections.ConfigDict
 
 
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
+    m = config.model
+    olmo2 = m.norm_position == "output"
     wanted = {"position_embedding": "rotary", "norm": "rmsnorm", "norm_position": "pre",
               "use_bias": False, "gated_mlp": True, "activation": "silu", "embed_norm": False,
-              "scale_attention": True}
-    problems = settings_problems(config.model, wanted, "LLaMA", whole_heads=False,
-                                 llama_like=True)
-    m = config.model
+              "scale_attention": True, "qk_norm_scope": "head"}
+    if olmo2:
+        wanted.update(norm_position="output", qk_norm=True, qk_norm_scope="all",
+                      qkv_bias=None, attention_window=None)
+    problems = settings_problems(config.model, wanted, "OLMo 2" if olmo2 else "LLaMA",
+                                 whole_heads=False, llama_like=True)
     if (m.qkv_bias or m.qk_norm) and m.attention_window:
         problems.append("model.attention_window with model.qkv_bias or qk_norm (Qwen's window "
                         "is per layer; Mistral has neither)")
@@ -256,11 +275,12 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         if m.qk_norm:
             t[p + "self_attn.q_norm.weight"] = flat[q + "attention/query_norm/scale"]
             t[p + "self_attn.k_norm.weight"] = flat[q + "attention/key_norm/scale"]
-        t[p + "input_layernorm.weight"] = flat[q + "attention_norm/scale"]
-        t[p + "post_attention_layernorm.weight"] = flat[q + "mlp_norm/scale"]
+        for ours, theirs in _norm_names(m).items():
+            t[p + f"{theirs}.weight"] = flat[q + f"{ours}/scale"]
     rope = rope_parameters(m)
     model_type, architecture = (
-        ("qwen2", "Qwen2ForCausalLM") if m.qkv_bias
+        ("olmo2", "Olmo2ForCausalLM") if m.norm_position == "output"
+        else ("qwen2", "Qwen2ForCausalLM") if m.qkv_bias
         else ("qwen3", "Qwen3ForCausalLM") if m.qk_norm
         else ("mistral", "MistralForCausalLM") if m.attention_window
         else (MODEL_TYPE, "LlamaForCausalLM"))

@@ -88,9 +88,11 @@ class MultiHeadAttention(nnx.Module):
         self.query = Dense((d,), (h, k), cfg, rngs=rngs, use_bias=bias)
         self.key = Dense((d,), (n, k), cfg, rngs=rngs, use_bias=bias)
         self.value = Dense((d,), (n, k), cfg, rngs=rngs, use_bias=bias)
-        # QK-norm: each head's query and key normalised over head_dim, before rotary positions
-        self.query_norm = Norm(k, cfg) if cfg.qk_norm else None
-        self.key_norm = Norm(k, cfg) if cfg.qk_norm else None
+        # QK-norm, before rotary positions: each head's query and key normalised over head_dim
+        # (Qwen3, Gemma 3), or all heads' at once (qk_norm_scope=all: OLMo 2)
+        self.qk_over_heads = cfg.qk_norm_scope == "all"
+        self.query_norm = Norm(h * k if self.qk_over_heads else k, cfg) if cfg.qk_norm else None
+        self.key_norm = Norm(n * k if self.qk_over_heads else k, cfg) if cfg.qk_norm else None
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
         self.out = Dense((h, k), (d,), cfg, rngs=rngs, std=out_std)
 
@@ -108,7 +110,7 @@ class MultiHeadAttention(nnx.Module):
         cfg = self.cfg
         q = self.query(x_BxQxD)
         if self.query_norm is not None:
-            q = self.query_norm(q)
+            q = self._qk_norm(self.query_norm, q)
         if static_kv is not None:
             k, v = static_kv["k"], static_kv["v"]
         else:
@@ -151,8 +153,14 @@ class MultiHeadAttention(nnx.Module):
     def _key_values(self, kv_BxKxD: Array) -> tuple[Array, Array]:
         k = self.key(kv_BxKxD)
         if self.key_norm is not None:
-            k = self.key_norm(k)
+            k = self._qk_norm(self.key_norm, k)
         return k, self.value(kv_BxKxD)
+
+    def _qk_norm(self, norm: Norm, x_BxLxHxK: Array) -> Array:
+        if not self.qk_over_heads:
+            return norm(x_BxLxHxK)
+        shape = x_BxLxHxK.shape
+        return norm(x_BxLxHxK.reshape(*shape[:-2], -1)).reshape(shape)
 
     def key_values(self, kv_BxKxD: Array) -> dict:
         """{'k', 'v': [B, K, N, head_dim]} of a fixed memory (cross-attention's encoder output)."""

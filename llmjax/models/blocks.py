@@ -1,6 +1,7 @@
 """A Transformer block: self-attention, optional cross-attention (encoder-decoder), and
-feed-forward, each wrapped in residual + norm, pre-norm (GPT-2, T5) or post-norm (original
-Transformer, BERT); pre-norm blocks may also normalise each sublayer's output before the
+feed-forward, each wrapped in residual + norm, pre-norm (GPT-2, T5), post-norm (original
+Transformer, BERT) or output-norm (the sublayer's output normalised before the residual add,
+nothing on its input: OLMo 2); pre-norm blocks may also normalise each sublayer's output before the
 residual add (cfg.post_norms: Gemma 2 and 3's "sandwich"), or add attention and feed-forward
 of the same input side by side (cfg.parallel_residual: GPT-NeoX, GPT-J, PaLM)."""
 
@@ -19,7 +20,7 @@ Array = jax.Array
 
 class TransformerBlock(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, cross_attention: bool = False):
-        self.pre_norm = cfg.norm_position == "pre"
+        self.norm_position = cfg.norm_position  # pre | post | output
         self.parallel = cfg.parallel_residual
         self.dropout_rate = cfg.dropout_rate
         self.attention_norm = Norm(cfg.emb_dim, cfg)
@@ -39,11 +40,13 @@ class TransformerBlock(nnx.Module):
 
     def _residual(self, x: Array, norm: Norm, sublayer, rng: Array | None,
                   post_norm: Norm | None) -> tuple[Array, object]:
-        y, extra = sublayer(norm(x) if self.pre_norm else x)
+        y, extra = sublayer(norm(x) if self.norm_position == "pre" else x)
+        if self.norm_position == "output":
+            y = norm(y)
         if post_norm is not None:
             y = post_norm(y)
         x = x + dropout(y, self.dropout_rate, rng)
-        return (x if self.pre_norm else norm(x)), extra
+        return (norm(x) if self.norm_position == "post" else x), extra
 
     def __call__(self, x_BxLxD: Array, mask: Array, positions_BxL: Array | None, *,
                  cache: dict | None = None, cache_index: Array | None = None,

@@ -44,7 +44,8 @@ class ModelConfig:
     activation: str = "gelu"
     gated_mlp: bool = False
     use_bias: bool = True
-    qk_norm: bool = False  # a norm over head_dim on queries and keys (Qwen3, OLMo 2)
+    qk_norm: bool = False  # a norm on queries and keys (Qwen3, OLMo 2)
+    qk_norm_scope: str = "head"  # head: over each head's dims (Qwen3) | all: all heads' (OLMo 2)
     qkv_bias: bool | None = None  # biases on query/key/value only; None = use_bias (Qwen2: True)
     tie_embeddings: bool = True
     scale_attention: bool = True  # queries times head_dim ** -0.5 (T5 folds it into its init)

@@ -25,7 +25,7 @@ class Decoder(nnx.Module):
             self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
         self.embed_norm = Norm(cfg.emb_dim, cfg) if cfg.embed_norm else None  # BLOOM
         self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position == "pre" else None
+        self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position != "post" else None
         if not cfg.tie_embeddings:
             self.lm_head = Dense((cfg.emb_dim,), (cfg.vocab_size,), cfg, rngs=rngs,
                                  use_bias=False)

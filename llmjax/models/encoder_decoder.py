@@ -37,7 +37,7 @@ class _Stack(nnx.Module):
         self.embed_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position == "post" else None
         self.layers = nnx.List([TransformerBlock(self.cfg, rngs=rngs, cross_attention=causal)
                                 for _ in range(num_layers)])
-        self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position == "pre" else None
+        self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position != "post" else None
 
     def embed_positions(self, x_BxLxD: Array, positions_BxL: Array, rng: Array | None) -> Array:
         """Token embeddings [B, L, D] -> the stack's input (positions, norm, dropout)."""
