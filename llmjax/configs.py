@@ -109,6 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.scale_embeddings = False  # token embeddings * sqrt(emb_dim) (BART option, Gemma)
     # pre-norm blocks add attention and MLP of the same input: x + attn(n1(x)) + mlp(n2(x))
     m.parallel_residual = False
+    m.parallel_shared_norm = False  # with parallel_residual: both read one norm (Phi, GPT-J)
+    m.lm_head_bias = False  # decoder, untied embeddings: a bias on the output projection (Phi)
     m.post_norms = False  # pre-norm blocks also normalise each sublayer's output (Gemma 2/3)
     m.query_scale_dim = config_dict.placeholder(int)  # queries / sqrt(this); None: head_dim
     m.attention_softcap = config_dict.placeholder(float)  # logits -> cap tanh(logits / cap)
@@ -599,6 +601,12 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                                        and m.arch != "encoder_decoder"),
            "model.parallel_residual adds attention and MLP of the same normalised input: it "
            "needs model.norm_position=pre and a decoder or encoder (no cross-attention)")
+    _check(not m.parallel_shared_norm or m.parallel_residual,
+           "model.parallel_shared_norm makes attention and MLP read one norm side by side: set "
+           "model.parallel_residual=True too")
+    _check(not m.lm_head_bias or (m.arch == "decoder" and not m.tie_embeddings),
+           "model.lm_head_bias adds a bias to a decoder's own output projection: it needs "
+           "model.arch=decoder and model.tie_embeddings=False")
     _check(not m.post_norms or m.norm_position == "pre",
            "model.post_norms adds output norms to pre-norm blocks: set model.norm_position=pre")
     _check(not m.scale_embeddings or m.arch != "encoder",

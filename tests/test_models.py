@@ -96,6 +96,9 @@ def test_attention_mask_blocks_padding_and_future():
     dict(position_embedding="rotary", qk_norm=True, norm="rmsnorm"),
     # GPT-NeoX: a quarter of each head rotating, attention and MLP side by side
     dict(position_embedding="rotary", rotary_fraction=0.25, parallel_residual=True),
+    # Phi: one norm under both, an output bias
+    dict(position_embedding="rotary", rotary_fraction=0.5, parallel_residual=True,
+         parallel_shared_norm=True, tie_embeddings=False, lm_head_bias=True),
     # OLMo 2: norms on the sublayers' outputs, QK-norm over all heads at once
     dict(position_embedding="rotary", norm_position="output", qk_norm=True,
          qk_norm_scope="all", num_heads=4, num_kv_heads=2, head_dim=4),

@@ -156,6 +156,8 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"model.post_norms": True, "model.norm_position": "post"}, "set model.norm_position=pre"),
     ({"model.pooler_activation": "sigmoid"}, "use tanh, relu, gelu or gelu_exact"),
     ({"model.norm_position": "middle"}, "use pre, post or output"),
+    ({"model.parallel_shared_norm": True}, "set model.parallel_residual=True too"),
+    ({"model.lm_head_bias": True}, "needs model.arch=decoder and model.tie_embeddings=False"),
     ({"model.qk_norm_scope": "layer"}, "model.qk_norm_scope='layer': use head or all"),
     ({"model.num_token_types": -1}, "model.num_token_types=-1 must be >= 0"),
     ({"model.rotary_fraction": 0.5}, "set model.position_embedding=rotary, or leave it at 1"),

@@ -15,7 +15,9 @@ from llmjax.convert.common import (
     TensorReader,
     export_fused_block,
     import_fused_block,
+    read_layer_norm,
     settings_problems,
+    write_layer_norm,
 )
 
 MODEL_TYPE = "bloom"
@@ -46,7 +48,7 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
     get = TensorReader(tensors, "transformer.")
 
     def norm(ours: str, theirs: str) -> None:
-        out[f"{ours}/scale"], out[f"{ours}/bias"] = get(f"{theirs}.weight"), get(f"{theirs}.bias")
+        out.update(read_layer_norm(get, theirs, ours))
 
     out = {"embed/embedding": get("word_embeddings.weight")}
     norm("embed_norm", "word_embeddings_layernorm")
@@ -74,7 +76,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     t = {"transformer.word_embeddings.weight": flat["embed/embedding"]}
 
     def norm(theirs: str, ours: str) -> None:
-        t[f"{theirs}.weight"], t[f"{theirs}.bias"] = flat[f"{ours}/scale"], flat[f"{ours}/bias"]
+        t.update(write_layer_norm(flat, ours, theirs))
 
     norm("transformer.word_embeddings_layernorm", "embed_norm")
     norm("transformer.ln_f", "final_norm")

@@ -8,18 +8,26 @@ import numpy as np
 
 def settings_problems(model: ml_collections.ConfigDict, wanted: dict, family: str,
                       whole_heads: bool = True, llama_like: bool = False,
-                      neox_like: bool = False) -> list[str]:
+                      neox_like: bool = False, activations: tuple[str, ...] | None = None
+                      ) -> list[str]:
     """The model.* settings that differ from what `family` requires (empty: none); with
     `whole_heads`, heads must split emb_dim exactly (fused or reshaped projections). Only
     `llama_like` families have grouped key/value heads, query/key/value-only biases, rope
     scaling and sliding-window attention; only `neox_like` ones parallel attention and MLP
-    and partial rotary positions."""
+    and partial rotary positions. `activations`: the MLP activations the family can name."""
     problems = [f"model.{k}={model[k]!r} ({family} has {v!r})" for k, v in wanted.items()
                 if model[k] != v]
+    if activations is not None and model.activation not in activations:
+        problems.append(f"model.activation={model.activation!r} ({family} has one of "
+                        f"{', '.join(activations)})")
+    if model.lm_head_bias and "lm_head_bias" not in wanted:
+        problems.append(f"model.lm_head_bias=True ({family}'s output projection has no bias)")
     if not neox_like:
         if model.parallel_residual:
             problems.append(f"model.parallel_residual=True ({family} adds attention and MLP "
                             "one after the other)")
+        if model.parallel_shared_norm:
+            problems.append(f"model.parallel_shared_norm=True ({family} has no parallel blocks)")
         if model.rotary_fraction != 1.0:
             problems.append(f"model.rotary_fraction={model.rotary_fraction} ({family} rotates "
                             "whole heads, if any)")
@@ -59,6 +67,17 @@ class TensorReader:
         full = self.full_name[name]  # KeyError names the missing tensor
         self.used.add(full)
         return self.tensors[full]
+
+
+def read_layer_norm(get: TensorReader, theirs: str, ours: str) -> dict[str, np.ndarray]:
+    """A PyTorch LayerNorm `theirs` (.weight, .bias) as llmjax's Norm `ours` (/scale, /bias)."""
+    return {f"{ours}/scale": get(f"{theirs}.weight"), f"{ours}/bias": get(f"{theirs}.bias")}
+
+
+def write_layer_norm(flat: dict[str, np.ndarray], ours: str, theirs: str
+                     ) -> dict[str, np.ndarray]:
+    """read_layer_norm's inverse."""
+    return {f"{theirs}.weight": flat[f"{ours}/scale"], f"{theirs}.bias": flat[f"{ours}/bias"]}
 
 
 # Hugging Face `hidden_act` / `activation_function` -> llmjax model.activation

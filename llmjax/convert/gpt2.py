@@ -77,10 +77,7 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     m = config.model
     wanted = {"position_embedding": "learned", "norm": "layernorm", "norm_position": "pre",
               "gated_mlp": False, "use_bias": True, "scale_attention": True}
-    problems = settings_problems(m, wanted, "GPT-2")
-    if m.activation not in ACTIVATION_NAMES:
-        problems.append(f"model.activation={m.activation!r}")
-    return problems
+    return settings_problems(m, wanted, "GPT-2", activations=tuple(ACTIVATION_NAMES))
 
 
 def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray]

@@ -20,7 +20,9 @@ from llmjax.convert.common import (
     TensorReader,
     export_fused_block,
     import_fused_block,
+    read_layer_norm,
     settings_problems,
+    write_layer_norm,
 )
 
 MODEL_TYPE = "gpt_neox"
@@ -75,7 +77,7 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
     get = TensorReader(tensors, "gpt_neox.")
 
     def norm(ours: str, theirs: str) -> None:
-        out[f"{ours}/scale"], out[f"{ours}/bias"] = get(f"{theirs}.weight"), get(f"{theirs}.bias")
+        out.update(read_layer_norm(get, theirs, ours))
 
     out = {"embed/embedding": get("embed_in.weight")}
     norm("final_norm", "final_layer_norm")
@@ -93,10 +95,10 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     m = config.model
     wanted = {"position_embedding": "rotary", "norm": "layernorm", "norm_position": "pre",
               "use_bias": True, "gated_mlp": False, "embed_norm": False,
-              "scale_attention": True, "post_norms": False, "scale_embeddings": False}
-    problems = settings_problems(m, wanted, "GPT-NeoX", neox_like=True)
-    if m.activation not in ACTIVATION_NAMES:
-        problems.append(f"model.activation={m.activation!r}")
+              "scale_attention": True, "post_norms": False, "scale_embeddings": False,
+              "parallel_shared_norm": False}
+    problems = settings_problems(m, wanted, "GPT-NeoX", neox_like=True,
+                                 activations=tuple(ACTIVATION_NAMES))
     return problems
 
 
@@ -107,7 +109,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     t = {"gpt_neox.embed_in.weight": flat["embed/embedding"]}
 
     def norm(theirs: str, ours: str) -> None:
-        t[f"{theirs}.weight"], t[f"{theirs}.bias"] = flat[f"{ours}/scale"], flat[f"{ours}/bias"]
+        t.update(write_layer_norm(flat, ours, theirs))
 
     norm("gpt_neox.final_layer_norm", "final_norm")
     for i in range(m.num_layers):

@@ -33,6 +33,7 @@ from llmjax.convert import (
     gpt2,
     gpt_neox,
     llama,
+    phi,
     roberta,
     t5,
 )
@@ -41,7 +42,7 @@ from llmjax.train.checkpoint import param_path_name
 
 # HF model_type -> its name map module
 FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom,
-            "gpt_neox": gpt_neox, "distilbert": distilbert,
+            "gpt_neox": gpt_neox, "distilbert": distilbert, "phi": phi,
             **dict.fromkeys(llama.MODEL_TYPES, llama), **dict.fromkeys(gemma.MODEL_TYPES, gemma),
             **dict.fromkeys(roberta.MODEL_TYPES, roberta)}
 
@@ -54,6 +55,8 @@ def export_family(config: ml_collections.ConfigDict):
     if m.arch == "decoder":
         if m.scale_embeddings or m.post_norms:  # only Gemma's layout has these
             return gemma
+        if m.parallel_shared_norm:  # one norm under parallel attention and MLP
+            return phi
         if m.parallel_residual or (m.position_embedding == "rotary" and m.norm == "layernorm"):
             return gpt_neox
         return {"alibi": bloom, "rotary": llama}.get(m.position_embedding, gpt2)

@@ -30,7 +30,8 @@ class TransformerBlock(nnx.Module):
             self.cross_attention = MultiHeadAttention(cfg, rngs=rngs)
         else:
             self.cross_attention = None
-        self.mlp_norm = Norm(cfg.emb_dim, cfg)
+        # one norm for both sublayers: parallel blocks whose MLP reads the attention's input
+        self.mlp_norm = None if cfg.parallel_shared_norm else Norm(cfg.emb_dim, cfg)
         self.mlp = FeedForward(cfg, rngs=rngs)
         post = cfg.post_norms
         self.attention_post_norm = Norm(cfg.emb_dim, cfg) if post else None
@@ -67,10 +68,11 @@ class TransformerBlock(nnx.Module):
                                   rng=fold(rng, 0))
 
         if self.parallel:  # x + attention(norm(x)) + mlp(norm'(x)): one residual add
-            y, cache = attend(self.attention_norm(x_BxLxD))
+            h = self.attention_norm(x_BxLxD)
+            y, cache = attend(h)
             if self.attention_post_norm is not None:
                 y = self.attention_post_norm(y)
-            z = self.mlp(self.mlp_norm(x_BxLxD), fold(rng, 2))
+            z = self.mlp(h if self.mlp_norm is None else self.mlp_norm(x_BxLxD), fold(rng, 2))
             if self.mlp_post_norm is not None:
                 z = self.mlp_post_norm(z)
             return (x_BxLxD + dropout(y, self.dropout_rate, fold(rng, 1))

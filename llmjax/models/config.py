@@ -52,6 +52,8 @@ class ModelConfig:
     scale_decoder_outputs: bool = False  # T5 v1.0: final states times emb_dim ** -0.5
     scale_embeddings: bool = False  # token embeddings times sqrt(emb_dim) (BART, Gemma)
     parallel_residual: bool = False  # x + attention(norm(x)) + mlp(norm'(x)) (GPT-NeoX, GPT-J)
+    parallel_shared_norm: bool = False  # ... with norm' = norm: one norm per block (Phi, GPT-J)
+    lm_head_bias: bool = False  # an untied decoder's output projection has a bias (Phi)
     post_norms: bool = False  # pre-norm blocks: a norm on each sublayer's output (Gemma 2/3)
     query_scale_dim: int | None = None  # queries times this ** -0.5; None: head_dim
     attention_softcap: float | None = None  # attention logits -> cap * tanh(logits / cap)

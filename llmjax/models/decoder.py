@@ -28,7 +28,7 @@ class Decoder(nnx.Module):
         self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position != "post" else None
         if not cfg.tie_embeddings:
             self.lm_head = Dense((cfg.emb_dim,), (cfg.vocab_size,), cfg, rngs=rngs,
-                                 use_bias=False)
+                                 use_bias=cfg.lm_head_bias)
 
     def _embed(self, tokens_BxL: Array, positions_BxL: Array, rng: Array | None) -> Array:
         x = self.embed(tokens_BxL)
