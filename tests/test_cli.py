@@ -101,7 +101,7 @@ def test_config_argument_selects_variants():
     assert c.model.num_layers == 6 and c.tokenizer.kind == "bpe"
     from llmjax.convert import hf  # noqa: PLC0415
 
-    for style, family in (("llama", "llama"), ("gemma2", "gemma")):
+    for style, family in (("llama", "llama"), ("gemma2", "gemma"), ("pythia", "gpt_neox")):
         c = gpt.get_config(f"style={style}")
         c.model.vocab_size = 70
         assert hf.export_family(c).__name__.endswith(family)

@@ -69,6 +69,23 @@ class TensorReader:
         return self.tensors[full]
 
 
+def read_attention(get: TensorReader, theirs: str, ours: str, names: dict[str, str],
+                   head_dim: int) -> dict[str, np.ndarray]:
+    """Separate query / key / value / out Linear layers with biases (`names`: llmjax's name ->
+    the family's, under `theirs`) as llmjax's attention `ours`: kernels [D, heads, K] and
+    [heads, K, D], biases [heads, K] and [D]."""
+    out = {}
+    for name, their_name in names.items():
+        w, b = get(f"{theirs}{their_name}.weight"), get(f"{theirs}{their_name}.bias")
+        if name == "out":
+            out[f"{ours}out/kernel"], out[f"{ours}out/bias"] = w.T.reshape(-1, head_dim,
+                                                                           w.shape[0]), b
+        else:
+            out[f"{ours}{name}/kernel"] = w.T.reshape(w.shape[1], -1, head_dim)
+            out[f"{ours}{name}/bias"] = b.reshape(-1, head_dim)
+    return out
+
+
 def read_layer_norm(get: TensorReader, theirs: str, ours: str) -> dict[str, np.ndarray]:
     """A PyTorch LayerNorm `theirs` (.weight, .bias) as llmjax's Norm `ours` (/scale, /bias)."""
     return {f"{ours}/scale": get(f"{theirs}.weight"), f"{ours}/bias": get(f"{theirs}.bias")}

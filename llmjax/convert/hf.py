@@ -33,6 +33,7 @@ from llmjax.convert import (
     gpt2,
     gpt_neox,
     llama,
+    opt,
     phi,
     roberta,
     t5,
@@ -43,6 +44,7 @@ from llmjax.train.checkpoint import param_path_name
 # HF model_type -> its name map module
 FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom,
             "gpt_neox": gpt_neox, "distilbert": distilbert, "phi": phi,
+            "opt": opt,
             **dict.fromkeys(llama.MODEL_TYPES, llama), **dict.fromkeys(gemma.MODEL_TYPES, gemma),
             **dict.fromkeys(roberta.MODEL_TYPES, roberta)}
 

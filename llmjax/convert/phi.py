@@ -19,6 +19,7 @@ from llmjax.convert.common import (
     ACTIVATION_NAMES,
     HF_ACTIVATIONS,
     TensorReader,
+    read_attention,
     read_layer_norm,
     settings_problems,
     write_layer_norm,
@@ -27,8 +28,7 @@ from llmjax.convert.common import (
 MODEL_TYPE = "phi"
 HEADS = ("lm_head",)  # absent from a bare PhiModel: the head starts fresh
 IGNORED = ()
-_PROJECTIONS = (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"),
-                ("out", "dense"))
+_PROJECTIONS = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "dense"}
 
 
 def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, objective: str | None
@@ -61,7 +61,6 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
                    ) -> tuple[dict[str, np.ndarray], set[str]]:
     """({llmjax parameter name: array}, the HF names used)."""
     m = config.model
-    d, k = m.emb_dim, m.head_dim
     get = TensorReader(tensors, "model.")
 
     def norm(ours: str, theirs: str) -> None:
@@ -71,11 +70,8 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
     norm("final_norm", "final_layernorm")
     for i in range(m.num_layers):
         p, q = f"layers.{i}.", f"layers/{i}/"
-        for ours, theirs in _PROJECTIONS:
-            w, b = get(p + f"self_attn.{theirs}.weight"), get(p + f"self_attn.{theirs}.bias")
-            shape = (-1, k, d) if ours == "out" else (d, -1, k)
-            out[q + f"attention/{ours}/kernel"] = w.T.reshape(shape)
-            out[q + f"attention/{ours}/bias"] = b if ours == "out" else b.reshape(-1, k)
+        out.update(read_attention(get, p + "self_attn.", q + "attention/", _PROJECTIONS,
+                                  m.head_dim))
         if m.qk_norm:
             norm(q + "attention/query_norm", p + "self_attn.q_layernorm")
             norm(q + "attention/key_norm", p + "self_attn.k_layernorm")
@@ -115,7 +111,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     norm("model.final_layernorm", "final_norm")
     for i in range(m.num_layers):
         p, q = f"model.layers.{i}.", f"layers/{i}/"
-        for ours, theirs in _PROJECTIONS:
+        for ours, theirs in _PROJECTIONS.items():
             kernel = flat[q + f"attention/{ours}/kernel"]
             t[p + f"self_attn.{theirs}.weight"] = (kernel.reshape(-1, d) if ours == "out"
                                                    else kernel.reshape(d, -1)).T
