@@ -209,6 +209,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.qa.doc_stride = config_dict.placeholder(int)
     c.qa.max_answer_tokens = 30  # question answering: the longest span predicted
     c.qa.no_answer = False  # True: may predict "no answer" (SQuAD 2.0), else always a span
+    # spans of whole words (True) or of any tokens, word pieces too (False: Hugging Face's
+    # run_qa); None: whole words for char and byte tokenizers, tokens for sub-word ones
+    c.qa.whole_words = config_dict.placeholder(bool)
 
     c.lora = ml_collections.ConfigDict()
     c.lora.rank = 0  # 0: no adapters (every parameter trains)

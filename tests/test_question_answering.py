@@ -44,7 +44,7 @@ def qa_config(**overrides):
 
 def test_long_contexts_become_overlapping_windows_with_the_answer_where_it_fits():
     tok = ByteTokenizer()
-    config = qa_config()
+    config = qa_config(**{"qa.whole_words": False})  # every byte a token with its character
     context = "one two three four five six seven eight nine ten eleven twelve"
     start = context.index("nine")
     passage = Passage.of(" which? ", context, [("nine", start)])
@@ -71,27 +71,44 @@ def test_long_contexts_become_overlapping_windows_with_the_answer_where_it_fits(
         holds = k * (room - 4) <= start and start + 3 < k * (room - 4) + room
         assert (tok.decode(row[s: e + 1]) == "nine") if holds else (s, e) == (0, 0), k
     assert [int(s > 0) for s in a["start_positions"]] == [0, 0, 1, 0]  # 38..60 alone
-    # every context position knows its word; the rest is -1
-    words = passage.words
-    for row, word_of in zip(a["tokens"], windows.token_word, strict=True):
-        for token, w in zip(row, word_of, strict=True):
-            assert w == -1 or tok.decode([token]) in " " + words[w]
+    # every context position knows its character (a space token an empty span, and no
+    # start or end); the rest is -1
+    for row, chars, starts in zip(a["tokens"], windows.token_chars, windows.can_start,
+                                  strict=True):
+        for token, (c, d), can in zip(row, chars, starts, strict=True):
+            text = tok.decode([token])
+            assert (c, d) == (-1, -1) or context[c:d] == (text if text != " " else "")
+            assert can == (c < d)
 
 
-def test_an_answer_inside_a_word_labels_the_whole_word_and_reads_back_as_it():
-    tok = ByteTokenizer()
+class WholeWordBytes(ByteTokenizer):
+    """Bytes that do not tell their characters (as SentencePiece): spans are whole words."""
+
+    def encode_batch_spans(self, texts):
+        return [(ids, None) for ids in self.encode_batch(texts)]
+
+
+@pytest.mark.parametrize("tok, whole_words, expected", [
+    (ByteTokenizer(), False, "Saxon"), (ByteTokenizer(), None, "Anglo-Saxon"),
+    (WholeWordBytes(), False, "Anglo-Saxon")])
+def test_an_answer_inside_a_word_labels_and_reads_back_its_own_characters(tok, whole_words,
+                                                                          expected):
+    """As Hugging Face's run_qa: the tokens holding the answer's first and last characters,
+    read back as exactly those characters; whole words with qa.whole_words (a byte
+    tokenizer's default) or where the tokenizer cannot tell its characters."""
     context = "born in Anglo-Saxon England, 1066."
     passage = Passage.of("q", context, [("Saxon", context.index("Saxon"))])
-    windows = passage_windows([passage], tok, qa_config(**{"seq_len": 64}))
+    windows = passage_windows([passage], tok, qa_config(**{"seq_len": 64,
+                                                           "qa.whole_words": whole_words}))
     a = windows.arrays
     s, e = int(a["start_positions"][0]), int(a["end_positions"][0])
-    assert tok.decode(a["tokens"][0, s: e + 1]) == "Anglo-Saxon"  # past the space before it
+    assert tok.decode(a["tokens"][0, s: e + 1]) == expected  # past the space before it
     logits = np.full((1, 64, 2), -5.0, np.float32)
     logits[0, s, 0] = logits[0, e, 1] = 5.0
-    assert windows_answers(windows, logits, qa_config()) == ["Anglo-Saxon"]
-    england = context.index("England")
-    passage = Passage.of("q", context, [("England, 1066", england)])
-    assert passage.text(*passage.answer_words(0)) == "England, 1066."
+    assert windows_answers(windows, logits, qa_config()) == [expected]
+    # a span may start or end mid-word only where the tokenizer tells its characters
+    assert windows.can_start[0].sum() == (len(context.replace(" ", "")) if expected == "Saxon"
+                                          else len(context.split()))
 
 
 def test_best_spans_is_the_best_allowed_pair_and_no_answer_needs_the_flag():
@@ -217,8 +234,9 @@ def test_a_reader_learns_to_answer_and_answers_new_questions(tmp_path, capsys):
 def test_bert_for_question_answering_in_and_out(tmp_path):
     """A transformers BertForQuestionAnswering folder imports as a question_answering run:
     its windows are the tokenizer's (question, context) ids, its start / end logits are
-    transformers', and `answer` reads out transformers' best span widened to whole words;
-    exported, it reloads as the same model."""
+    transformers', and `answer` reads out the span run_qa's post-processing picks (any
+    context tokens, word pieces too, read back through the offsets); exported, it reloads
+    as the same model."""
     import torch
     import transformers
     from test_convert_hf import bert_vocab, saved_random_model
@@ -237,7 +255,7 @@ def test_bert_for_question_answering_in_and_out(tmp_path):
     run = llmjax.load(tmp_path / "run")
     assert run.config.objective == "question_answering"
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
-    question, context = "who plays in the snow?", "two dogs play in the snow with a man"
+    question, context = "who plays in the snow?", "two dogs play in the snowfields, quixotic"
     encoded = hf_tok(question, context, return_tensors="pt", return_offsets_mapping=True)
     offsets = encoded.pop("offset_mapping")[0].numpy()
     with torch.no_grad():
@@ -254,17 +272,21 @@ def test_bert_for_question_answering_in_and_out(tmp_path):
                                             ("tokens", "token_types", "segment_ids")),
                       positions=n)[0]
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    # transformers' best span among the spans of whole words (pieces not starting with ##)
-    word_ids = encoded.word_ids(0)
+    # run_qa's answer: the best span of context tokens (word pieces included), its offsets
+    assert any(t.startswith("##") for t in hf_tok.convert_ids_to_tokens(encoded["input_ids"][0]))
     in_context = np.asarray(encoded.sequence_ids(0)) == 1
-    can_start = in_context & np.asarray([k == 0 or word_ids[k - 1] != word_ids[k]
-                                         for k in range(n)])
-    can_end = in_context & np.asarray([k == n - 1 or word_ids[k + 1] != word_ids[k]
-                                       for k in range(n)])
-    _, first, last, _ = best_spans(theirs[None, :, 0], theirs[None, :, 1], can_start[None],
-                                   can_end[None], 30)
+    _, first, last, _ = best_spans(theirs[None, :, 0], theirs[None, :, 1], in_context[None],
+                                   in_context[None], 30)
     expected = context[offsets[first[0], 0]: offsets[last[0], 1]]
     assert run.answer(question, context) == expected and expected.strip() == expected
+    # every span of context tokens reads back as transformers' offsets read it
+    positions = np.flatnonzero(in_context)
+    for i in positions:
+        for j in positions[positions >= i]:
+            peaked = np.full((1, run.config.seq_len, 2), -9.0, np.float32)
+            peaked[0, i, 0] = peaked[0, j, 1] = 9.0
+            assert windows_answers(windows, peaked, run.config) == [
+                context[offsets[i, 0]: offsets[j, 1]]], (i, j)
     convert.export_workdir(tmp_path / "run", tmp_path / "exported")
     reloaded = transformers.AutoModelForQuestionAnswering.from_pretrained(
         tmp_path / "exported").eval()

@@ -71,6 +71,18 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [self.encode_array(t) for t in texts]
 
+    def encode_batch_spans(self, texts: Sequence[str]
+                           ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """encode_batch's ids of each text with each token's character span in it [N, 2]
+        (start, end); None where the tokenizer cannot tell (here: always)."""
+        return [(ids, None) for ids in self.encode_batch(texts)]
+
+    def _same_length_text(self, text: str) -> str | None:
+        """The text as encoded (lower-cased or not), or None when lower-casing changed its
+        length (a few Unicode letters), so that spans in it are not the text's."""
+        encoded = text.lower() if self.lowercase else text
+        return encoded if len(encoded) == len(text) else None
+
     @property
     def pair_separator(self) -> tuple[int, ...]:
         """The special tokens between the two texts of a pair: (<eos>,) as BERT's [SEP]."""
@@ -155,6 +167,16 @@ class CharTokenizer(Tokenizer):
         found = self._codepoints[pos] == cps
         return np.where(found, pos + len(SPECIALS), UNK_ID).astype(np.int32)
 
+    def encode_batch_spans(self, texts: Sequence[str]
+                           ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """One token per character: token i spans characters [i, i + 1)."""
+        out = []
+        for text in texts:
+            ids, same = self.encode_array(text), self._same_length_text(text)
+            spans = None if same is None else np.stack([np.arange(len(text))] * 2, -1) + [0, 1]
+            out.append((ids, spans))
+        return out
+
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self._to_char[i] for i in ids if i >= len(SPECIALS) and i < self.vocab_size)
 
@@ -177,6 +199,20 @@ class ByteTokenizer(Tokenizer):
 
     def _encode_array(self, text: str) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + len(SPECIALS)
+
+    def encode_batch_spans(self, texts: Sequence[str]
+                           ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """One token per UTF-8 byte: each byte spans its character."""
+        out = []
+        for text in texts:
+            ids, same = self.encode_array(text), self._same_length_text(text)
+            spans = None
+            if same is not None:
+                sizes = [len(c.encode("utf-8")) for c in same]
+                char = np.repeat(np.arange(len(same)), sizes).astype(np.int64)
+                spans = np.stack([char, char + 1], -1).reshape(-1, 2)
+            out.append((ids, spans))
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
         data = bytes(i - len(SPECIALS) for i in ids if len(SPECIALS) <= i < self.vocab_size)
@@ -254,6 +290,16 @@ class HFTokenizer(Tokenizer):
         texts = [t.lower() for t in texts] if self.lowercase else list(texts)
         encodings = self.hf.encode_batch(texts, add_special_tokens=False)
         return [np.asarray(e.ids, np.int32) for e in encodings]
+
+    def encode_batch_spans(self, texts: Sequence[str]
+                           ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The tokenizer's own offsets (a normaliser's, e.g. BERT's lower-casing and accent
+        stripping, map back to the original text)."""
+        encoded = [t.lower() if self.lowercase else t for t in texts]
+        encodings = self.hf.encode_batch(encoded, add_special_tokens=False)
+        return [(np.asarray(e.ids, np.int32),
+                 np.asarray(e.offsets, np.int64).reshape(-1, 2) if len(x) == len(t) else None)
+                for e, x, t in zip(encodings, encoded, texts, strict=True)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)

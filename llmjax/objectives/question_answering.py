@@ -12,19 +12,22 @@ question and context the tokenizer's pair separator, RoBERTa's [</s>, </s>]);
 <bos> — when the window does not hold all of it, or there is none) and `weights` (1).
 
 The context is split at whitespace into words, each tokenized with the space before it (as
-token classification does), so every context token belongs to one word; a context longer
-than a window is cut into windows of `seq_len - question - 3` tokens (RoBERTa's: - 4) that
-overlap by `qa.doc_stride` tokens (default a quarter of seq_len). The question keeps at most
-half the sequence. An answer starts at the first token of the word holding its first
-character and ends at the last token of the word holding its last one; a predicted span is
-read back as the context's text from its first word's start to its last word's end. So
-predictions are whole words (an answer inside a word, as "Saxon" of "Anglo-Saxon", is
-predicted as the word), which SQuAD's normalisation forgives for the punctuation around a
-word.
+token classification does), so every context token belongs to one word and knows its
+characters in the context (Tokenizer.encode_batch_spans); a context longer than a window is
+cut into windows of `seq_len - question - 3` tokens (RoBERTa's: - 4) that overlap by
+`qa.doc_stride` tokens (default a quarter of seq_len). The question keeps at most half the
+sequence. As Hugging Face's run_qa, an answer starts at the token holding its first character
+and ends at the token holding its last, and a predicted span is read back as the context's
+characters from its first token's start to its last token's end, so an answer inside a word
+("Saxon" of "Anglo-Saxon") is itself; a space token of its own neither starts nor ends one.
+With `qa.whole_words` (by default for char and byte tokenizers, whose tokens are characters
+already and for which word boundaries are the prior a small model needs), or a tokenizer that
+cannot tell its tokens' characters (SentencePiece), spans are whole words: they start at a
+word's first token and end at a word's last.
 
 Loss: the mean of the start and end cross-entropies per window. Answers: each window's best
-span by start + end logit among those that start at a word's first token, end at a word's
-last token and hold at most `qa.max_answer_tokens` tokens; a question's answer is its best
+span by start + end logit among those that start and end at context tokens (as above) and
+hold at most `qa.max_answer_tokens` tokens; a question's answer is its best
 window's; with `qa.no_answer` (SQuAD 2.0) it is empty when the smallest "no answer" score
 (<bos>'s start + end logit) beats it. Metrics (evaluation/spans.py): exact match and F1
 (evaluation/answers.py).
@@ -47,7 +50,7 @@ from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers, cross_entropy
 from llmjax.objectives.pairs import ArrayExamples, FineTuningTask, encode
-from llmjax.objectives.token_classification import first_piece, space_token, word_pieces
+from llmjax.objectives.token_classification import first_piece, space_token
 
 _WORD = re.compile(r"\S+")
 
@@ -72,20 +75,16 @@ class Passage:
     def words(self) -> list[str]:
         return [self.context[s:e] for s, e in self.word_spans]
 
-    def answer_words(self, index: int) -> tuple[int, int]:
-        """(first word, last word) of the `index`-th record's first answer."""
+    def answer_chars(self, index: int) -> tuple[int, int]:
+        """The characters [start, end) of the `index`-th record's first answer, checked."""
         text, start = self.answers[0]
         end = start + len(text)
-        first = int(np.searchsorted(self.word_spans[:, 1], start, side="right"))
-        last = int(np.searchsorted(self.word_spans[:, 0], end, side="left")) - 1
-        if not text.strip() or start < 0 or first > last:
+        if not text.strip() or start < 0 or end > len(self.context) or \
+                not self.context[start:end].strip():
             raise DataError(f"record {index}: answer {text!r} at character {start} is not in "
                             f"its context ({len(self.context)} characters); answer_start counts "
                             "characters from the context's start")
-        return first, last
-
-    def text(self, first_word: int, last_word: int) -> str:
-        return self.context[self.word_spans[first_word, 0]: self.word_spans[last_word, 1]]
+        return start, end
 
 
 def record_answers(record: dict, column: str, index: int) -> list[tuple[str, int]]:
@@ -118,6 +117,12 @@ def record_passage(record: dict, config: ml_collections.ConfigDict, index: int) 
                       record_answers(record, d.answers_column, index))
 
 
+def whole_words(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> bool:
+    """qa.whole_words, or by default: whole words for char and byte tokenizers."""
+    chosen = config.qa.whole_words
+    return tokenizer.kind in ("char", "byte") if chosen is None else chosen
+
+
 def max_question_tokens(seq_len: int) -> int:
     return seq_len // 2
 
@@ -141,29 +146,64 @@ def doc_stride(config: ml_collections.ConfigDict) -> int:
 @dataclasses.dataclass
 class Windows:
     """Every window of some passages: `arrays` (the examples, [N, L] and [N]),
-    `passage_of` [N] (each window's passage), `token_word` [N, L] (each position's word of
-    its passage's context, -1 outside the context), and where a predicted span may start and
-    end [N, L] (a word's first token past its space, a word's last token)."""
+    `passage_of` [N] (each window's passage), `token_chars` [N, L, 2] (each position's
+    characters [start, end) in its passage's context, -1 outside the context), and where a
+    predicted span may start and end [N, L]."""
 
     arrays: dict[str, np.ndarray]
     passage_of: np.ndarray
-    token_word: np.ndarray
+    token_chars: np.ndarray
     can_start: np.ndarray
     can_end: np.ndarray
     passages: list[Passage]
 
 
-def _context_tokens(pieces: Sequence[np.ndarray], space: int | None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(tokens, each token's word, each word's first token past its space, each word's last
-    token) of a context tokenized word by word."""
-    tokens = np.concatenate([np.asarray(p, np.int32) for p in pieces] or [np.zeros(0, np.int32)])
-    lengths = np.asarray([len(p) for p in pieces], np.int64)
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    skip = np.asarray([first_piece(p, space) for p in pieces], np.int64)
-    word_of = np.repeat(np.arange(len(pieces)), lengths)
-    return tokens, word_of, starts + skip, ends - 1
+@dataclasses.dataclass
+class _Context:
+    """A context tokenized word by word: tokens [T], their characters [T, 2] and where a
+    span may start and end [T]."""
+
+    tokens: np.ndarray
+    chars: np.ndarray
+    can_start: np.ndarray
+    can_end: np.ndarray
+
+    def answer_tokens(self, start: int, end: int) -> tuple[int, int]:
+        """(first, last) token of the answer at characters [start, end): the first token
+        that may start a span and ends past `start`, the last that may end one and starts
+        before `end`."""
+        first = np.flatnonzero(self.can_start & (self.chars[:, 1] > start))
+        last = np.flatnonzero(self.can_end & (self.chars[:, 0] < end))
+        if not len(first) or not len(last) or first[0] > last[-1]:
+            raise DataError(f"the answer at characters {start}..{end} holds no token of its "
+                            "context (its words tokenize to nothing)")
+        return int(first[0]), int(last[-1])
+
+
+def _context_tokens(passage: Passage, pieces: Sequence[tuple[np.ndarray, np.ndarray | None]],
+                    space: int | None) -> _Context:
+    """`passage`'s context from its words' (ids, character spans or None) as tokenized with
+    the space before every word but the first (see the module docstring)."""
+    tokens, chars, can_start, can_end = [], [], [], []
+    for k, ((ids, spans), (word_start, word_end)) in enumerate(zip(pieces, passage.word_spans,
+                                                                   strict=True)):
+        n = len(ids)
+        if spans is None:  # whole words: from the first token past a space to the last
+            spans = np.tile([word_start, word_end], (n, 1))
+            first = np.arange(n) == first_piece(ids, space)
+            starts, ends = first, np.arange(n) == n - 1
+        else:  # spans in " word" (in "word" for the first): into the context, the space cut
+            spans = np.clip(spans + word_start - (k > 0), word_start, word_end)
+            starts = ends = spans[:, 0] < spans[:, 1]
+        tokens.append(np.asarray(ids, np.int32))
+        chars.append(np.asarray(spans, np.int64).reshape(n, 2))
+        can_start.append(starts)
+        can_end.append(ends)
+    if not tokens:
+        return _Context(np.zeros(0, np.int32), np.zeros((0, 2), np.int64), np.zeros(0, bool),
+                        np.zeros(0, bool))
+    return _Context(np.concatenate(tokens), np.concatenate(chars), np.concatenate(can_start),
+                    np.concatenate(can_end))
 
 
 def passage_windows(passages: Sequence[Passage], tokenizer: Tokenizer,
@@ -175,21 +215,20 @@ def passage_windows(passages: Sequence[Passage], tokenizer: Tokenizer,
     questions = tokenizer.encode_batch([p.question for p in passages])
     # the context reads as running text after the question, its first word with no space
     # before it (transformers' tokenizer(question, context))
-    contexts = (word_pieces([p.words for p in passages], tokenizer, first_space=False)
-                if passages else [])
+    encoded = iter(tokenizer.encode_batch_spans([w if k == 0 else " " + w for p in passages
+                                                 for k, w in enumerate(p.words)]))
+    if whole_words(config, tokenizer):
+        encoded = ((ids, None) for ids, _ in encoded)
     rows: dict[str, list] = {k: [] for k in ("tokens", "token_types", "start_positions",
-                                            "end_positions", "passage_of", "token_word",
+                                            "end_positions", "passage_of", "token_chars",
                                             "can_start", "can_end")}
-    for index, (passage, question, pieces) in enumerate(zip(passages, questions, contexts,
-                                                            strict=True)):
+    for index, (passage, question) in enumerate(zip(passages, questions, strict=True)):
         question = question[: max_question_tokens(L)]
-        tokens, word_of, word_first, word_last = _context_tokens(pieces, space)
-        position = np.arange(len(tokens))
-        starts, ends = position == word_first[word_of], position == word_last[word_of]
+        context = _context_tokens(passage, [next(encoded) for _ in passage.word_spans], space)
+        tokens = context.tokens
         answer = None
         if labelled and passage.answers:
-            first, last = passage.answer_words(index)
-            answer = (word_first[first], word_last[last])
+            answer = context.answer_tokens(*passage.answer_chars(index))
         head = [tokenizer.bos_id, *question.tolist(), *tokenizer.pair_separator]
         room = L - len(head) - 1
         offset = 0
@@ -198,8 +237,9 @@ def passage_windows(passages: Sequence[Passage], tokenizer: Tokenizer,
             n = len(tokens[piece])
             rows["tokens"].append([*head, *tokens[piece].tolist(), tokenizer.eos_id])
             rows["token_types"].append([0] * len(head) + [1] * (n + 1))
-            rows["token_word"].append([-1] * len(head) + word_of[piece].tolist() + [-1])
-            for key, mask in (("can_start", starts), ("can_end", ends)):
+            rows["token_chars"].append([(-1, -1)] * len(head) + context.chars[piece].tolist()
+                                       + [(-1, -1)])
+            for key, mask in (("can_start", context.can_start), ("can_end", context.can_end)):
                 rows[key].append([False] * len(head) + mask[piece].tolist() + [False])
             inside = answer is not None and offset <= answer[0] and answer[1] < offset + room
             at = len(head) - offset
@@ -216,15 +256,15 @@ def passage_windows(passages: Sequence[Passage], tokenizer: Tokenizer,
               "start_positions": np.asarray(rows["start_positions"], np.int32).reshape(N),
               "end_positions": np.asarray(rows["end_positions"], np.int32).reshape(N),
               "weights": np.ones((N,), np.float32)}
-    token_word = np.full((N, L), -1, np.int32)
+    token_chars = np.full((N, L, 2), -1, np.int64)
     can_start, can_end = np.zeros((N, L), bool), np.zeros((N, L), bool)
     for i, tokens in enumerate(rows["tokens"]):
         n = len(tokens)
         arrays["tokens"][i, :n], arrays["token_types"][i, :n] = tokens, rows["token_types"][i]
         arrays["segment_ids"][i, :n] = 1
-        token_word[i, :n] = rows["token_word"][i]
+        token_chars[i, :n] = rows["token_chars"][i]
         can_start[i, :n], can_end[i, :n] = rows["can_start"][i], rows["can_end"][i]
-    return Windows(arrays, np.asarray(rows["passage_of"], np.int64).reshape(N), token_word,
+    return Windows(arrays, np.asarray(rows["passage_of"], np.int64).reshape(N), token_chars,
                    can_start, can_end, list(passages))
 
 
@@ -261,8 +301,8 @@ def windows_answers(windows: Windows, logits: np.ndarray, config: ml_collections
         if (config.qa.no_answer and null[mine].min() > score[best]) or score[best] == -np.inf:
             answers.append("")
             continue
-        answers.append(passage.text(windows.token_word[best, start[best]],
-                                    windows.token_word[best, end[best]]))
+        chars = windows.token_chars[best]
+        answers.append(passage.context[chars[start[best], 0]: chars[end[best], 1]])
     return answers
 
 
