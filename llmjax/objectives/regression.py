@@ -3,8 +3,8 @@ classifier head with one output, trained with squared error.
 
 Inputs are packed as for classification. The label column holds numbers; anything else is a
 data error naming the record. Metrics: loss = mean squared error, and Pearson's r from summed
-moments (exact under any split of the data). Spearman's rank correlation needs every
-prediction at once, which the summed-metric design does not gather, so it is not reported.
+moments (exact under any split of the data); Spearman's rank correlation needs every
+prediction at once, so the eval records are scored on the host (evaluation/ranks.py).
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ class Regression(FineTuningTask):
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {"heads": ("classifier",), "num_classes": 1}
+
+    @staticmethod
+    def host_eval() -> type:
+        """What evaluation adds on the host: every eval record scored, Spearman's rho."""
+        from llmjax.evaluation.ranks import RankEval
+
+        return RankEval
 
     def make_examples(self, records: Sequence[dict], tokenizer: Tokenizer,
                       config: ml_collections.ConfigDict, *, train: bool) -> ArrayExamples:
