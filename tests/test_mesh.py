@@ -67,6 +67,30 @@ def test_pmap_and_meshes_give_one_devices_losses(tmp_path, family):
         np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=f"mesh {name}")
 
 
+LAYOUTS = {  # decoder layouts whose sublayers or norms span heads or sublayers together
+    "gpt_neox": {"model.position_embedding": "rotary", "model.rotary_fraction": 0.5,
+                 "model.parallel_residual": True},
+    "phi": {"model.position_embedding": "rotary", "model.parallel_residual": True,
+            "model.parallel_shared_norm": True, "model.tie_embeddings": False,
+            "model.lm_head_bias": True},
+    "olmo2": {"model.position_embedding": "rotary", "model.norm": "rmsnorm",
+              "model.norm_position": "output", "model.qk_norm": True,
+              "model.qk_norm_scope": "all", "model.num_heads": 4, "model.num_kv_heads": 2},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_decoder_layouts_on_a_tensor_parallel_mesh(tmp_path, layout):
+    """GPT-NeoX's partial rotary and parallel blocks, Phi's shared norm and output bias, OLMo
+    2's output norms and QK-norm over all heads (heads split over the tensor axis): a (2, 2, 2)
+    mesh gives one device's losses."""
+    c, objective, batches = family_setup(tmp_path, "decoder", **LAYOUTS[layout])
+    single, _, _ = run_steps(c, objective, batches, "single")
+    losses, _, _ = run_steps(c, objective, batches, "mesh", (2, 2, 2))
+    np.testing.assert_allclose(losses, single, atol=1e-5)
+
+
 def test_grouped_query_attention_on_a_tensor_parallel_mesh(tmp_path):
     """Key/value heads split over the tensor axis (2 of 4 query heads' groups per device)."""
     c, objective, batches = family_setup(tmp_path, "decoder", **{
@@ -101,8 +125,8 @@ def test_parameters_and_optimizer_state_are_really_sharded(tmp_path):
 
 def test_logical_axes_cover_every_parameter_of_every_family(tmp_path):
     """Every matrix of every family gets a rule (none falls through to replicated by accident)."""
-    for family in FAMILIES:
-        c = tiny_config(**FAMILIES[family])
+    for family, overrides in [*FAMILIES.items(), *LAYOUTS.items()]:
+        c = tiny_config(**overrides)
         c.model.vocab_size = 64
         _, params = state_lib.abstract_model(c)
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
