@@ -1,4 +1,6 @@
-"""What the name-map modules share: checking that an llmjax model fits a family."""
+"""What the name-map modules share: checking that an llmjax model fits a family, reading
+checkpoint tensors by name, and the tensor layouts several families use (LayerNorms, separate
+or per-head fused attention projections, BLOOM's and GPT-NeoX's block)."""
 
 from __future__ import annotations
 
@@ -104,6 +106,8 @@ HF_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": 
 ACTIVATION_NAMES = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu", "silu": "silu"}
 
 _QKV = ("query", "key", "value")
+_FUSED_BLOCK_NORMS = (("attention_norm", "input_layernorm"),
+                      ("mlp_norm", "post_attention_layernorm"))
 
 
 def import_fused_block(get: TensorReader, theirs: str, ours: str, attention: str, heads: int,
@@ -116,10 +120,8 @@ def import_fused_block(get: TensorReader, theirs: str, ours: str, attention: str
                                heads, head_dim, ours + "attention/")
     out[ours + "attention/out/kernel"] = get(a + "dense.weight").T.reshape(heads, head_dim, -1)
     out[ours + "attention/out/bias"] = get(a + "dense.bias")
-    for norm, name in (("attention_norm", "input_layernorm"),
-                       ("mlp_norm", "post_attention_layernorm")):
-        out[ours + f"{norm}/scale"] = get(f"{theirs}{name}.weight")
-        out[ours + f"{norm}/bias"] = get(f"{theirs}{name}.bias")
+    for norm, name in _FUSED_BLOCK_NORMS:
+        out.update(read_layer_norm(get, theirs + name, ours + norm))
     for dense, name in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
         out[ours + f"mlp/{dense}/kernel"] = get(f"{theirs}mlp.{name}.weight").T
         out[ours + f"mlp/{dense}/bias"] = get(f"{theirs}mlp.{name}.bias")
@@ -136,33 +138,28 @@ def export_fused_block(flat: dict[str, np.ndarray], ours: str, theirs: str, atte
     out_kernel = flat[ours + "attention/out/kernel"]
     t[a + "dense.weight"] = out_kernel.reshape(-1, out_kernel.shape[-1]).T
     t[a + "dense.bias"] = flat[ours + "attention/out/bias"]
-    for norm, name in (("attention_norm", "input_layernorm"),
-                       ("mlp_norm", "post_attention_layernorm")):
-        t[f"{theirs}{name}.weight"] = flat[ours + f"{norm}/scale"]
-        t[f"{theirs}{name}.bias"] = flat[ours + f"{norm}/bias"]
+    for norm, name in _FUSED_BLOCK_NORMS:
+        t.update(write_layer_norm(flat, ours + norm, theirs + name))
     for dense, name in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
         t[f"{theirs}mlp.{name}.weight"] = flat[ours + f"mlp/{dense}/kernel"].T
         t[f"{theirs}mlp.{name}.bias"] = flat[ours + f"mlp/{dense}/bias"]
     return t
 
 
-def split_head_fused_qkv(weight: np.ndarray, bias: np.ndarray | None, heads: int,
-                         head_dim: int, prefix: str) -> dict[str, np.ndarray]:
+def split_head_fused_qkv(weight: np.ndarray, bias: np.ndarray, heads: int, head_dim: int,
+                         prefix: str) -> dict[str, np.ndarray]:
     """A PyTorch query_key_value Linear laid out per head ([H * 3 * K, D], BLOOM's and
-    GPT-NeoX's) -> `prefix` + query/key/value kernels [D, H, K] (+ biases [H, K])."""
-    w = weight.reshape(heads, 3, head_dim, -1)
+    GPT-NeoX's) -> `prefix` + query/key/value kernels [D, H, K] and biases [H, K]."""
+    w, b = weight.reshape(heads, 3, head_dim, -1), bias.reshape(heads, 3, head_dim)
     out = {}
     for j, name in enumerate(_QKV):
         out[prefix + f"{name}/kernel"] = w[:, j].transpose(2, 0, 1)
-        if bias is not None:
-            out[prefix + f"{name}/bias"] = bias.reshape(heads, 3, head_dim)[:, j]
+        out[prefix + f"{name}/bias"] = b[:, j]
     return out
 
 
-def fuse_head_qkv(flat: dict[str, np.ndarray], prefix: str, with_bias: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """split_head_fused_qkv's inverse: (weight [H * 3 * K, D], bias [H * 3 * K] or None)."""
+def fuse_head_qkv(flat: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """split_head_fused_qkv's inverse: (weight [H * 3 * K, D], bias [H * 3 * K])."""
     w = np.stack([flat[prefix + f"{n}/kernel"].transpose(1, 2, 0) for n in _QKV], axis=1)
-    b = (np.stack([flat[prefix + f"{n}/bias"] for n in _QKV], axis=1).reshape(-1)
-         if with_bias else None)
+    b = np.stack([flat[prefix + f"{n}/bias"] for n in _QKV], axis=1).reshape(-1)
     return w.reshape(-1, w.shape[-1]), b

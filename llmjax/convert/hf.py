@@ -203,13 +203,12 @@ def import_folder(path: str | epath.Path, objective: str | None = None
     from llmjax.objectives import get_objective
 
     fresh = getattr(get_objective(config.objective), "fresh_modules", ())
-    absent = [h for h in family.HEADS if h not in fresh and _top_modules(named).isdisjoint({h})
-              and h in _top_modules(_flat(params))]
+    read, built = _top_modules(named), _top_modules(_flat(params))
+    absent = [h for h in family.HEADS if h in built and h not in read and h not in fresh]
     if absent:  # a bare body (LlamaModel, GPTNeoXModel, ...): as from_pretrained, new heads
         logging.warning("%s has no weights for %s: they start from random values, as in a new "
                         "model; fine-tune before using their outputs", path, ", ".join(absent))
-    return config, fill_params(params, named, fresh=tuple(
-        k for k in (*fresh, *absent) if k not in named))
+    return config, fill_params(params, named, fresh=(*fresh, *absent))
 
 
 def _top_modules(flat: dict) -> set[str]:
