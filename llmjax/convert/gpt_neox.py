@@ -32,13 +32,11 @@ IGNORED = (r"(gpt_neox\.)?layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.
            r"(gpt_neox\.)?rotary_emb\.inv_freq", r"(embed_out|lm_head)\.weight")
 
 
-def _rotary(hf: dict) -> tuple[float, float]:
-    """(rotary base, rotary fraction) from transformers >= 5's `rope_parameters` or the older
-    `rotary_emb_base` / `rotary_pct` (whose defaults, 10000 and 0.25, transformers keeps)."""
+def _rotary_base(hf: dict) -> float:
+    """transformers >= 5's rope_parameters' rope_theta, or the older `rotary_emb_base`
+    (default 10000, as transformers keeps it)."""
     params = hf.get("rope_parameters") or {}
-    base = params.get("rope_theta", hf.get("rotary_emb_base", 10000.0))
-    fraction = params.get("partial_rotary_factor", hf.get("rotary_pct", 0.25))
-    return float(base), float(fraction)
+    return float(params.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
 
 
 def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, objective: str | None
@@ -56,9 +54,8 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.emb_dim, m.num_layers = hf["hidden_size"], hf["num_hidden_layers"]
     m.num_heads, m.mlp_dim = hf["num_attention_heads"], hf["intermediate_size"]
     m.vocab_size, m.max_len = hf["vocab_size"], hf.get("max_position_embeddings", 2048)
-    base, fraction = _rotary(hf)
-    llama.configure_rope(m, hf, theta=base)
-    m.rotary_fraction = fraction
+    llama.configure_rope(m, hf, theta=_rotary_base(hf))
+    m.rotary_fraction = llama.rotary_fraction(hf, default=0.25, key="rotary_pct")
     m.parallel_residual = bool(hf.get("use_parallel_residual", True))
     m.norm, m.norm_position = "layernorm", "pre"
     m.norm_epsilon = hf.get("layer_norm_eps", 1e-5)

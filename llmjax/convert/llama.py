@@ -87,6 +87,14 @@ def configure_rope(m: ml_collections.ConfigDict, hf: dict, theta: float | None =
         m.rope_attention_factor = _yarn_attention_factor(scaling)
 
 
+def rotary_fraction(hf: dict, default: float, key: str = "partial_rotary_factor") -> float:
+    """The share of each head that rotates: transformers >= 5's rope_parameters'
+    partial_rotary_factor, else the config's older `key` (GPT-NeoX's rotary_pct), else
+    `default` (the family's, as transformers fills it in)."""
+    params = hf.get("rope_parameters") or {}
+    return float(params.get("partial_rotary_factor", hf.get(key, default)))
+
+
 def rope_parameters(m: ml_collections.ConfigDict) -> dict:
     """configure_rope's inverse: transformers' `rope_parameters` of the model's rotary
     positions."""
@@ -144,8 +152,7 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.norm, m.norm_position, m.norm_epsilon = "rmsnorm", "pre", hf.get("rms_norm_eps", 1e-6)
     configure_rope(m, hf)
     if phi3:
-        m.rotary_fraction = float((hf.get("rope_parameters") or {}).get(
-            "partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
+        m.rotary_fraction = rotary_fraction(hf, default=1.0)
     m.activation, m.gated_mlp, m.use_bias = HF_ACTIVATIONS[activation], True, False
     m.qkv_bias = True if hf.get("model_type") == "qwen2" else None
     m.qk_norm = hf.get("model_type") in ("qwen3", "olmo2")

@@ -45,8 +45,7 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
                               "match (llmjax ties the projection alone)")
     llama.configure_sizes(m, hf, default_max_len=2048)
     llama.configure_rope(m, hf)
-    m.rotary_fraction = float((hf.get("rope_parameters") or {}).get(
-        "partial_rotary_factor", hf.get("partial_rotary_factor", 0.5)))
+    m.rotary_fraction = llama.rotary_fraction(hf, default=0.5)
     m.parallel_residual = m.parallel_shared_norm = True
     m.norm, m.norm_position = "layernorm", "pre"
     m.norm_epsilon = hf.get("layer_norm_eps", 1e-5)
