@@ -21,6 +21,37 @@ from llmjax.train import checkpoint
 from llmjax.train import state as state_lib
 
 
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """How `generate` and `chat` decode: config.generate's keys, overridden per call."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    seed: int
+    beam_size: int
+
+    @classmethod
+    def of(cls, defaults: ml_collections.ConfigDict, **given) -> Decoding:
+        """The `given` options (None: `defaults`', config.generate's), typed and checked."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            value = given.get(field.name)
+            value = defaults[field.name] if value is None else value
+            values[field.name] = (int if field.type == "int" else float)(value)
+        options = cls(**values)
+        configs.check_generate_options(**dataclasses.asdict(options))
+        return options
+
+    def sampling(self) -> dict:
+        """The decoders' sampling keywords."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
+
+
 @dataclasses.dataclass
 class Run:
     """A trained run: resolved config, tokenizer, and the NNX model with restored parameters."""
@@ -276,7 +307,8 @@ class Run:
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
-                 beam_size: int | None = None) -> str | list[str]:
+                 beam_size: int | None = None, *, min_p: float | None = None,
+                 repetition_penalty: float | None = None) -> str | list[str]:
         """The continuation of `prompt` (stops at <eos>); for an encoder-decoder, the output
         for `prompt` as the source (beam search when beam_size > 1). Defaults from
         config.generate. A list of prompts decodes as one batch (a decoder's left-padded) and
@@ -285,28 +317,19 @@ class Run:
             raise ConfigError(f"generate needs a model that decodes; this run's model.arch is "
                              f"{self.config.model.arch!r}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        options = self._sampling(max_new_tokens, temperature, top_k, top_p, seed, beam_size)
+        options = Decoding.of(self.config.generate, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, seed=seed,
+                              beam_size=beam_size)
         decode = self._transduce if self.is_seq2seq else self._continue
-        outputs = decode(prompts, *options) if prompts else []
+        outputs = decode(prompts, options) if prompts else []
         return outputs[0] if isinstance(prompt, str) else outputs
-
-    def _sampling(self, max_new_tokens, temperature, top_k, top_p, seed, beam_size
-                  ) -> tuple[int, float, int, float, int, int]:
-        """(max_new_tokens, temperature, top_k, top_p, seed, beam_size): those given, the
-        others config.generate's; checked."""
-        g = self.config.generate
-        pick = lambda v, d: d if v is None else v  # noqa: E731
-        options = (int(pick(max_new_tokens, g.max_new_tokens)),
-                   float(pick(temperature, g.temperature)), int(pick(top_k, g.top_k)),
-                   float(pick(top_p, g.top_p)), int(pick(seed, g.seed)),
-                   int(pick(beam_size, g.beam_size)))
-        configs.check_generate_options(*options[:4], options[5])
-        return options
 
     def chat(self, messages: Sequence[dict] | Sequence[Sequence[dict]],
              max_new_tokens: int | None = None, temperature: float | None = None,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             beam_size: int | None = None) -> str | list[str]:
+             beam_size: int | None = None, *, min_p: float | None = None,
+             repetition_penalty: float | None = None) -> str | list[str]:
         """The assistant's reply to a conversation ([{"role": ..., "content": ...}, ...]),
         laid out by the tokenizer's chat template with its generation prompt and decoded up to
         the template's end of turn; a list of conversations decodes as one batch. Sampling
@@ -320,10 +343,14 @@ class Run:
         conversations = [list(messages)] if one else [list(c) for c in messages]
         layout = chat_layout(self.tokenizer, "chat", "chat with a run fine-tuned from, or "
                              "imported from, a chat model's folder")
-        options = self._sampling(max_new_tokens, temperature, top_k, top_p, seed, beam_size)
-        keep = max(self.config.model.max_len - options[0], 1)  # the latest turns of a long one
+        options = Decoding.of(self.config.generate, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, seed=seed,
+                              beam_size=beam_size)
+        # the latest turns of a long conversation
+        keep = max(self.config.model.max_len - options.max_new_tokens, 1)
         ids = [layout.chat_prompt(c, self.tokenizer)[-keep:] for c in conversations]
-        replies = self._continue_ids(ids, layout, *options) if ids else []
+        replies = self._continue_ids(ids, layout, options) if ids else []
         return replies[0] if one else replies
 
     @property
@@ -337,8 +364,7 @@ class Run:
         return self.is_seq2seq or getattr(objective, "answers_prompts",
                                           getattr(objective, "decodes", False))
 
-    def _continue(self, prompts: list[str], max_new: int, temperature: float, top_k: int,
-                  top_p: float, seed: int, beam_size: int) -> list[str]:
+    def _continue(self, prompts: list[str], options: Decoding) -> list[str]:
         """A decoder's continuations of left-padded prompts: <bos> + the prompt, or for a
         seq2seq decoder the prompt laid out as in its training (<bos> source <eos>)."""
         from llmjax.data.chat import PromptLayout
@@ -349,18 +375,17 @@ class Run:
             layout = self._prompt_layout()
             ids = layout.prompts(prompts, tok, self.config.seq_len)
         else:
-            keep = max(self.config.model.max_len - max_new, 1)  # the end of a long prompt
+            # the end of a long prompt
+            keep = max(self.config.model.max_len - options.max_new_tokens, 1)
             ids = [np.concatenate([[tok.bos_id], tok.encode_array(p)])[-keep:] for p in prompts]
-        return self._continue_ids(ids, layout, max_new, temperature, top_k, top_p, seed,
-                                  beam_size)
+        return self._continue_ids(ids, layout, options)
 
-    def _continue_ids(self, ids: list[np.ndarray], layout, max_new: int, temperature: float,
-                      top_k: int, top_p: float, seed: int, beam_size: int) -> list[str]:
+    def _continue_ids(self, ids: list[np.ndarray], layout, options: Decoding) -> list[str]:
         """The answers (`layout.answer` of the text up to its stop token) that continue prompt
         ids, left-padded into one batch."""
         from llmjax.decoding.decoder import continue_prompts
 
-        tok = self.tokenizer
+        tok, max_new = self.tokenizer, options.max_new_tokens
         stop_id = layout.stop_id(tok)
         tokens, valid = _pad(ids, tok.pad_id, left=True)
         # A longer bucket only where the decoded tokens still fit after it.
@@ -375,11 +400,10 @@ class Run:
             return [""] * len(ids)
         graphdef, params = nnx.split(self.model)
         new = continue_prompts(graphdef, params, jnp.asarray(tokens), jnp.asarray(valid),
-                               jax.random.PRNGKey(seed), cache_len=total, max_new_tokens=max_new,
-                               beam_size=beam_size,
+                               jax.random.PRNGKey(options.seed), cache_len=total,
+                               max_new_tokens=max_new, beam_size=options.beam_size,
                                alpha=float(self.config.generate.length_penalty),
-                               eos_id=stop_id, pad_id=tok.pad_id, temperature=temperature,
-                               top_k=top_k, top_p=top_p)
+                               eos_id=stop_id, pad_id=tok.pad_id, **options.sampling())
         return [layout.answer(tok.decode_output(row, stop_id))
                 for row in np.asarray(new)[:len(ids)]]
 
@@ -389,8 +413,7 @@ class Run:
 
         return prompt_layout(self.config, self.tokenizer)
 
-    def _transduce(self, sources: list[str], max_new: int, temperature: float, top_k: int,
-                   top_p: float, seed: int, beam_size: int) -> list[str]:
+    def _transduce(self, sources: list[str], options: Decoding) -> list[str]:
         """An encoder-decoder's outputs for a batch of sources."""
         from llmjax.decoding.encoder_decoder import decode
 
@@ -398,14 +421,14 @@ class Run:
         rows, length = _bucket(len(sources)), self._length_bucket(inputs.shape[1])
         inputs = _grow(inputs, rows, length, self.tokenizer.pad_id)
         segments = _grow(segments, rows, length, 0)
-        max_new = max(min(max_new, self.config.model.max_len - 1), 1)
+        max_new = max(min(options.max_new_tokens, self.config.model.max_len - 1), 1)
         graphdef, params = nnx.split(self.model)
         tokens = decode(graphdef, params, jnp.asarray(inputs), jnp.asarray(segments),
-                        jax.random.PRNGKey(seed), max_new_tokens=max_new, beam_size=beam_size,
+                        jax.random.PRNGKey(options.seed), max_new_tokens=max_new,
+                        beam_size=options.beam_size,
                         alpha=float(self.config.generate.length_penalty),
                         bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
-                        pad_id=self.tokenizer.pad_id, temperature=temperature, top_k=top_k,
-                        top_p=top_p)
+                        pad_id=self.tokenizer.pad_id, **options.sampling())
         return [self.tokenizer.decode_output(row) for row in np.asarray(tokens)[:len(sources)]]
 
 

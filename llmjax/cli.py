@@ -34,6 +34,10 @@ flags.DEFINE_integer("max_new_tokens", None, "generate: tokens to sample.")
 flags.DEFINE_float("temperature", None, "generate: 0 = greedy.")
 flags.DEFINE_integer("top_k", None, "generate: keep the k most likely tokens (0 = all).")
 flags.DEFINE_float("top_p", None, "generate: nucleus sampling mass (1 = all).")
+flags.DEFINE_float("min_p", None, "generate: drop tokens below min_p x the most likely "
+                   "token's probability (0 = none).")
+flags.DEFINE_float("repetition_penalty", None, "generate: > 1 makes tokens already in the "
+                   "text less likely (1 = none).")
 flags.DEFINE_integer("beam_size", None, "generate: beam search width (encoder-decoder).")
 flags.DEFINE_integer("seed", None, "generate: sampling seed.")
 flags.DEFINE_string("text", None, "predict: the text to classify (tag; the question to "
@@ -156,7 +160,7 @@ USAGE = """llmjax: train, evaluate, sample from and convert Transformer language
 
   llmjax train    --config=configs/FILE.py[:k=v,k=v] --workdir=DIR [--config.a.b=v ...] [--stop_at_step=N]
   llmjax eval     --workdir=DIR [--step=N] [--split=NAME] [--config.data.eval_source=...]
-  llmjax generate --workdir=DIR --prompt="..." [--max_new_tokens=N --temperature=T --top_k=K --top_p=P --beam_size=B --seed=S]
+  llmjax generate --workdir=DIR --prompt="..." [--max_new_tokens=N --temperature=T --top_k=K --top_p=P --min_p=M --repetition_penalty=R --beam_size=B --seed=S]
   llmjax generate --workdir=DIR --messages='[{"role": "user", "content": "..."}]' (or FILE.json) [sampling flags]
   llmjax predict  --workdir=DIR --text="..." [--text_pair="..."]
   llmjax convert  --from=hf --path=HF_DIR --out=WORKDIR | --to=hf --workdir=DIR --out=HF_DIR [--step=N]

@@ -62,13 +62,14 @@ def generate(FLAGS: flags.FlagValues) -> None:
         raise ConfigError("generate needs --prompt=TEXT, or --messages=JSON (a conversation to "
                           "reply to), not both")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
-    sampling = (FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed,
-                FLAGS.beam_size)
+    sampling = {name: getattr(FLAGS, name, None) for name in (
+        "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+        "seed", "beam_size")}
     if FLAGS.messages is not None:
-        print(run.chat(_conversation(FLAGS.messages), *sampling))
+        print(run.chat(_conversation(FLAGS.messages), **sampling))
         return
     _warn_unknown(run, FLAGS.prompt)
-    text = run.generate(FLAGS.prompt, *sampling)
+    text = run.generate(FLAGS.prompt, **sampling)
     # a decoder continues the prompt; an encoder-decoder's output replaces it (translation)
     print(text if run.answers_prompts else FLAGS.prompt + text)
 

@@ -256,6 +256,8 @@ def base_config() -> ml_collections.ConfigDict:
     gen.temperature = 1.0
     gen.top_k = 0
     gen.top_p = 1.0
+    gen.min_p = 0.0  # drop tokens below min_p x the most likely one's probability (0 = none)
+    gen.repetition_penalty = 1.0  # > 1: tokens already in the text less likely (CTRL's; 1 = none)
     gen.seed = 0
     gen.beam_size = 1  # encoder_decoder: > 1 decodes with beam search (eval uses it too)
     gen.length_penalty = 0.6  # beam search: GNMT's alpha; 0 ranks by total log-probability
@@ -386,14 +388,23 @@ def _check_compiler_options(parallel: ml_collections.ConfigDict) -> None:
 
 
 def check_generate_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-                           beam_size: int) -> None:
+                           beam_size: int, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                           seed: int = 0) -> None:
     """Raises ConfigError for decoding options outside their range (the `generate` flags and
     the `generate.*` keys alike)."""
+    del seed  # any integer
     _check(max_new_tokens >= 1, f"max_new_tokens={max_new_tokens} must be at least 1")
     _check(temperature >= 0, f"temperature={temperature} must be >= 0 (0 = greedy)")
     _check(top_k >= 0, f"top_k={top_k} must be >= 0 (0 = no top-k filter)")
     _check(0 < top_p <= 1, f"top_p={top_p} must be in (0, 1] (1 = no nucleus filter)")
+    _check(0 <= min_p < 1, f"min_p={min_p} must be in [0, 1) (0 = no min-p filter)")
+    _check(repetition_penalty > 0, f"repetition_penalty={repetition_penalty} must be > 0 "
+                                   "(1 = none; above 1 discourages repeats)")
     _check(beam_size >= 1, f"beam_size={beam_size} must be at least 1 (1 = no beam search)")
+    _check(beam_size == 1 or (min_p == 0 and repetition_penalty == 1),
+           f"min_p={min_p} and repetition_penalty={repetition_penalty} shape sampling and "
+           f"greedy decoding; beam search (beam_size={beam_size}) ranks by log-probability: "
+           "leave them at 0 and 1, or set beam_size=1")
 
 
 _AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
@@ -553,7 +564,8 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
         _check_mesh(config.parallel.mesh)
     _check_compiler_options(config.parallel)
     g = config.generate
-    check_generate_options(g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.beam_size)
+    check_generate_options(g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.beam_size,
+                           g.min_p, g.repetition_penalty)
     _check(m.remat in ("none", "full", "dots"),
            f"model.remat={m.remat!r}: use none, full or dots")
     _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "relative", "alibi",

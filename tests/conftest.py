@@ -122,7 +122,8 @@ def run_command(command: str, workdir, capsys, **flags) -> dict:
 
     values = {"workdir": str(workdir), "step": None, "split": None, "text": None,
               "text_pair": None, "prompt": None, "messages": None, "max_new_tokens": None,
-              "temperature": None, "top_k": None, "top_p": None, "seed": None,
+              "temperature": None, "top_k": None, "top_p": None, "min_p": None,
+              "repetition_penalty": None, "seed": None,
               "beam_size": None, "config": workdir_config.get_config(str(workdir))}
     capsys.readouterr()  # what was printed before
     getattr(commands, command)(types.SimpleNamespace(**{**values, **flags}))

@@ -171,6 +171,9 @@ def test_generate_is_reproducible_and_greedy_follows_the_logits(trained):
     (dict(top_p=0.0), "top_p=0.0 must be in"),
     (dict(beam_size=0), "beam_size=0 must be at least 1"),
     (dict(max_new_tokens=0), "max_new_tokens=0 must be at least 1"),
+    (dict(min_p=1.0), r"min_p=1.0 must be in \[0, 1\)"),
+    (dict(repetition_penalty=0.0), "repetition_penalty=0.0 must be > 0"),
+    (dict(beam_size=2, repetition_penalty=1.2), "beam search .* ranks by log-probability"),
 ])
 def test_decoding_options_out_of_range_are_refused(trained, option, expected):
     with pytest.raises(ConfigError, match=expected):

@@ -138,6 +138,27 @@ def test_gpt2_import_matches_transformers(gpt2_folder, tmp_path):
         assert run.tokenizer.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
 
 
+def test_greedy_decoding_with_a_repetition_penalty_is_transformers(gpt2_folder):
+    """generate(repetition_penalty=1.5) gives transformers' generate's greedy tokens, which
+    differ from the unpenalised ones (a random model repeats itself)."""
+    folder, hf_model = gpt2_folder
+    run = llmjax.load(folder)
+    tok = run.tokenizer
+    prompt = [tok.bos_id, *tok.encode("The quick brown")]
+
+    def theirs(penalty):
+        with torch.no_grad():
+            ids = torch.tensor([prompt])  # the mask: <bos> is id 0, transformers' pad id here
+            out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                    do_sample=False, repetition_penalty=penalty,
+                                    eos_token_id=None, pad_token_id=0)[0, len(prompt):]
+        return tok.decode(out.tolist())
+
+    penalized = run.generate("The quick brown", max_new_tokens=12, temperature=0.0,
+                             repetition_penalty=1.5)
+    assert penalized == theirs(1.5) != theirs(1.0)
+
+
 def test_gpt2_export_round_trip(gpt2_folder, tmp_path):
     folder, hf_model = gpt2_folder
     convert.import_to_workdir(folder, tmp_path / "run")

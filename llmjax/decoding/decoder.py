@@ -13,12 +13,14 @@ from llmjax.decoding import beam_search, sampling
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "max_new_tokens",
                                              "beam_size", "alpha", "eos_id", "pad_id",
-                                             "temperature", "top_k", "top_p"))
+                                             "temperature", "top_k", "top_p", "min_p",
+                                             "repetition_penalty"))
 def continue_prompts(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.Array,
                      valid_BxP: jax.Array, rng: jax.Array, *, cache_len: int,
                      max_new_tokens: int, beam_size: int = 1, alpha: float = 0.6, eos_id: int,
                      pad_id: int = 0, temperature: float = 0.0, top_k: int = 0,
-                     top_p: float = 1.0) -> jax.Array:
+                     top_p: float = 1.0, min_p: float = 0.0,
+                     repetition_penalty: float = 1.0) -> jax.Array:
     """New tokens [B, max_new_tokens] after each prompt (pad after <eos>); `valid` is 0 at the
     left padding. Beam search when beam_size > 1, else sampling (temperature 0 = greedy).
     `cache_len` >= P + max_new_tokens slots."""
@@ -33,4 +35,5 @@ def continue_prompts(graphdef: nnx.GraphDef, params: nnx.State, prompt_BxP: jax.
     cache = model.init_cache(prompt_BxP.shape[0], cache_len)
     return sampling.sample(model.decode, prompt_BxP, valid_BxP, cache, rng,
                            max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                           temperature=temperature, top_k=top_k, top_p=top_p)
+                           temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                           repetition_penalty=repetition_penalty)

@@ -14,11 +14,12 @@ from llmjax.decoding import beam_search, sampling
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "beam_size", "alpha",
                                              "bos_id", "eos_id", "pad_id", "temperature",
-                                             "top_k", "top_p"))
+                                             "top_k", "top_p", "min_p", "repetition_penalty"))
 def decode(graphdef: nnx.GraphDef, params: nnx.State, inputs_BxS: jax.Array,
            input_segments_BxS: jax.Array, rng: jax.Array, *, max_new_tokens: int,
            beam_size: int = 1, alpha: float = 0.6, bos_id: int, eos_id: int, pad_id: int = 0,
-           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+           repetition_penalty: float = 1.0) -> jax.Array:
     """Target tokens [B, max_new_tokens] (pad after <eos>): beam search when beam_size > 1,
     else sampling (temperature 0 = greedy)."""
     model = nnx.merge(graphdef, params)
@@ -35,5 +36,6 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, inputs_BxS: jax.Array,
     cache = model.init_cache(encoded, input_segments_BxS, slots)
     return sampling.sample(model.decode_step, prompt, jnp.ones_like(prompt), cache, rng,
                            max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                           temperature=temperature, top_k=top_k, top_p=top_p)
+                           temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                           repetition_penalty=repetition_penalty)
 
