@@ -74,9 +74,11 @@ def rows_without_timing(workdir):
 
 
 # A two-term objective and the causal LM with its stateful options run by default (the plain
-# causal LM's AdamW path runs beside muon and in mlm_nsp); every other case is marked slow.
+# causal LM's AdamW path runs in mlm_nsp); every other case is marked slow (the default suite's
+# time budget).
 CASES = [pytest.param(o, marks=() if o == "mlm_nsp" else pytest.mark.slow)
-         for o in sorted(OBJECTIVES)] + ["causal_lm+options", "causal_lm+muon"]
+         for o in sorted(OBJECTIVES)] + ["causal_lm+options",
+                                         pytest.param("causal_lm+muon", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("objective", CASES)

@@ -110,7 +110,9 @@ def test_dpo_learns_a_preference(tmp_path):
     assert np.mean(chosen > rejected) >= 0.9
 
 
-@pytest.mark.parametrize("mode", ["mesh", pytest.param("pmap", marks=pytest.mark.slow)])
+# slow: the default suite's time budget; the mesh's reference is checked by default below
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["mesh", "pmap"])
 def test_dpo_gives_one_devices_metrics_under_pmap_and_a_mesh(tmp_path, mode):
     """The pair axis rides along the batch axis: a (2, 2, 2) mesh (and 8-way pmap, slow: it
     has no DPO-specific code) train and evaluate as one device does."""
