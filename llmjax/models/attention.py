@@ -13,6 +13,7 @@ from llmjax.models.layers import (
     Dense,
     Norm,
     apply_rotary,
+    batched_matmul,
     dropout,
     rotary_attention_factor,
     rotary_frequencies,
@@ -53,27 +54,24 @@ def segment_positions(segment_ids_BxL: Array) -> Array:
 
 def _scores(q_BxQxHxK: Array, k_BxSxNxK: Array) -> Array:
     """Attention logits [B, H, Q, S] in float32. With N < H key/value heads (grouped-query
-    attention), query head h reads key head h // (H / N), as Hugging Face's repeat_kv; the
-    grouped einsum does it without copying the keys H / N times."""
+    attention), query head h reads key head h // (H / N), as Hugging Face's repeat_kv: the
+    G = H / N query heads of a key head are one matmul's rows, without copying the keys."""
     b, q_len, h, d = q_BxQxHxK.shape
     n, s = k_BxSxNxK.shape[2], k_BxSxNxK.shape[1]
-    if n == h:
-        return jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxSxNxK,
-                          preferred_element_type=jnp.float32)
-    grouped = q_BxQxHxK.reshape(b, q_len, n, h // n, d)
-    return jnp.einsum("bqngk,bsnk->bngqs", grouped, k_BxSxNxK,
-                      preferred_element_type=jnp.float32).reshape(b, h, q_len, s)
+    q_BxNxGQxK = (q_BxQxHxK.reshape(b, q_len, n, h // n, d).transpose(0, 2, 3, 1, 4)
+                  .reshape(b, n, h // n * q_len, d))
+    logits = batched_matmul(q_BxNxGQxK, k_BxSxNxK.transpose(0, 2, 3, 1))
+    return logits.reshape(b, h, q_len, s)
 
 
 def _mix(probs_BxHxQxS: Array, v_BxSxNxK: Array) -> Array:
     """Attention output [B, Q, H, K]: each head's probabilities over its (grouped) values."""
     b, h, q_len, s = probs_BxHxQxS.shape
-    n = v_BxSxNxK.shape[2]
-    if n == h:
-        return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxQxS, v_BxSxNxK)
-    grouped = probs_BxHxQxS.reshape(b, n, h // n, q_len, s)
-    out = jnp.einsum("bngqs,bsnk->bqngk", grouped, v_BxSxNxK)
-    return out.reshape(b, q_len, h, v_BxSxNxK.shape[3])
+    n, d = v_BxSxNxK.shape[2], v_BxSxNxK.shape[3]
+    out = batched_matmul(probs_BxHxQxS.reshape(b, n, h // n * q_len, s),
+                         v_BxSxNxK.transpose(0, 2, 1, 3))
+    out = out.reshape(b, n, h // n, q_len, d).transpose(0, 3, 1, 2, 4)
+    return out.reshape(b, q_len, h, d).astype(probs_BxHxQxS.dtype)
 
 
 class MultiHeadAttention(nnx.Module):

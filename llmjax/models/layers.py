@@ -7,12 +7,14 @@ float32 (`preferred_element_type`), norms and softmax run in float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
+from jax.experimental.layout import Layout, with_layout_constraint
 
 from llmjax.models.config import ModelConfig
 from llmjax.sharding import constrain
@@ -33,33 +35,57 @@ MATMUL_NAME = "weight_matmul"  # what model.remat=dots keeps (jax.ad_checkpoint 
 
 
 def matmul(x_NxI: Array, w_IxO: Array) -> Array:
-    """x @ w in their (compute) dtype with float32 accumulation and a float32 result [N, O].
+    """x @ w in their (compute) dtype with float32 accumulation and a float32 result [N, O];
+    named for model.remat=dots. See `batched_matmul`."""
+    return checkpoint_name(batched_matmul(x_NxI, w_IxO), MATMUL_NAME)
+
+
+def row_major(x: Array) -> Array:
+    """x pinned to a row-major layout when it is a bfloat16 operand of a CPU matmul.
+
+    XLA:CPU runs a bfloat16 dot on YNNPACK's bfloat16 kernels (AMX / AVX-512 BF16) only when
+    both operands are row-major and the left one contracts its last dimension; any other dot
+    it upcasts to float32 first. A transpose (`w.T` in a gradient) otherwise reaches the dot
+    as a column-major view, and the backward pass ran in float32, 4-5x slower per matmul
+    (benchmarks/compiler_options.py). GPUs read transposed operands directly: no constraint."""
+    if x.dtype != jnp.bfloat16 or jax.default_backend() != "cpu":
+        return x
+    return with_layout_constraint(x, Layout(major_to_minor=tuple(range(x.ndim))))
+
+
+def _transposed(x_BxMxN: Array) -> Array:
+    return row_major(jnp.swapaxes(x_BxMxN, -1, -2))
+
+
+def _dot(a_BxMxK: Array, b_BxKxN: Array) -> Array:
+    return jnp.matmul(row_major(a_BxMxK), row_major(b_BxKxN),
+                      preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def batched_matmul(a_BxMxK: Array, b_BxKxN: Array) -> Array:
+    """a @ b over shared leading batch dimensions, in the operands' (compute) dtype with float32
+    accumulation and a float32 result [..., M, N].
 
     The backward matmuls also run in the compute dtype: autodiff alone would carry the float32
     result's cotangent into them and run the whole backward pass in float32 (measured on an
     H100 with bfloat16 compute: the largest kernels of the step were TF32 GEMMs; this took the
     GPT-2-sized step from 73 to 47 ms)."""
-    return checkpoint_name(_matmul(x_NxI, w_IxO), MATMUL_NAME)
+    return _dot(a_BxMxK, b_BxKxN)
 
 
-@jax.custom_vjp
-def _matmul(x_NxI: Array, w_IxO: Array) -> Array:
-    return jnp.matmul(x_NxI, w_IxO, preferred_element_type=jnp.float32)
+def _batched_matmul_fwd(a: Array, b: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _dot(a, b), (a, b)
 
 
-def _matmul_fwd(x_NxI: Array, w_IxO: Array) -> tuple[Array, tuple[Array, Array]]:
-    return _matmul(x_NxI, w_IxO), (x_NxI, w_IxO)
+def _batched_matmul_bwd(residuals: tuple[Array, Array], g_BxMxN: Array) -> tuple[Array, Array]:
+    a, b = residuals
+    g = g_BxMxN.astype(a.dtype)
+    return (_dot(g, _transposed(b)).astype(a.dtype),
+            _dot(_transposed(a), g).astype(b.dtype))
 
 
-def _matmul_bwd(residuals: tuple[Array, Array], g_NxO: Array) -> tuple[Array, Array]:
-    x_NxI, w_IxO = residuals
-    g = g_NxO.astype(x_NxI.dtype)
-    dx = jnp.matmul(g, w_IxO.T, preferred_element_type=jnp.float32).astype(x_NxI.dtype)
-    dw = jnp.matmul(x_NxI.T, g, preferred_element_type=jnp.float32).astype(w_IxO.dtype)
-    return dx, dw
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
 
 
 def fold(rng: Array | None, *data: int) -> Array | None:
@@ -95,7 +121,8 @@ class Dense(nnx.Module):
         self.lora_b = nnx.data(nnx.Param(jnp.zeros((rank, n_out), dtype)))
         self.lora_scale = alpha / rank
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, activation: Callable[[Array], Array] | None = None) -> Array:
+        """`activation` applies to the float32 result before its cast to the compute dtype."""
         batch = x.shape[: x.ndim - len(self.in_shape)]
         n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
         x2 = x.reshape(-1, n_in).astype(self.dtype)
@@ -105,6 +132,8 @@ class Dense(nnx.Module):
             y = y + matmul(down, self.lora_b[...].astype(self.dtype)) * self.lora_scale
         if self.bias is not None:
             y = y + self.bias[...].reshape(n_out).astype(jnp.float32)
+        if activation is not None:
+            y = activation(y)
         return y.reshape(*batch, *self.out_shape).astype(self.dtype)
 
 
@@ -152,7 +181,7 @@ class FeedForward(nnx.Module):
         self.dropout_rate = cfg.dropout_rate
 
     def __call__(self, x_BxLxD: Array, rng: Array | None = None) -> Array:
-        h = self.activation(self.wi(x_BxLxD))
+        h = self.wi(x_BxLxD, self.activation)
         if self.wg is not None:
             h = h * self.wg(x_BxLxD)
         h = constrain(h, ("batch", None, "mlp"))
