@@ -110,7 +110,7 @@ def main(argv):
     del argv
     from flax import nnx
 
-    from llmjax.configs import parse_compiler_options
+    from llmjax.configs import resolve_compiler_options
     from llmjax.train import flops
     from llmjax.train import state as state_lib
 
@@ -119,7 +119,7 @@ def main(argv):
     _, params = nnx.split(state_lib.build_model(c))
     _, model_flop = flops.step_cost(c, state_lib.model_config(c), params)
     counts = step_matmuls(c)
-    options = parse_compiler_options(c.parallel.compiler_options)
+    options = resolve_compiler_options(c)
     try:
         import torch
         torch.set_num_threads(os.cpu_count())

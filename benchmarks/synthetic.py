@@ -15,18 +15,17 @@ def train_setup(config: ml_collections.ConfigDict, compiler_options: str | None 
     with `compiler_options` (default: the config's parallel.compiler_options)."""
     from flax import nnx
 
-    from llmjax.configs import parse_compiler_options
+    from llmjax.configs import resolve_compiler_options
     from llmjax.objectives import get_objective
     from llmjax.train import optim
     from llmjax.train import state as state_lib
     from llmjax.train.parallel import Parallel
 
-    if compiler_options is None:
-        compiler_options = config.parallel.compiler_options
+    options = resolve_compiler_options(config, compiler_options)
     graphdef, params = nnx.split(state_lib.build_model(config))
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
     parallel = Parallel("single", graphdef, get_objective(config.objective), tx, schedule,
-                        compiler_options=parse_compiler_options(compiler_options))
+                        compiler_options=options)
     return parallel, state_lib.init_state(params, tx, 0), params
 
 

@@ -39,8 +39,7 @@ def eval(FLAGS: flags.FlagValues) -> None:  # noqa: A001 (the command's name)
     batches = pipeline.eval_batches(config, run.tokenizer, objective, source, split)
     graphdef, params = nnx.split(run.model)
     parallel = Parallel("single", graphdef, objective, None, None,
-                        compiler_options=configs.parse_compiler_options(
-                            config.parallel.compiler_options))
+                        compiler_options=configs.resolve_compiler_options(config))
     # the default eval is training's: the named extra and multiple-choice sets too
     suite = EvalSuite(config, run.tokenizer, objective, batches, split=split,
                       prefix="eval" if split == default_split else split,

@@ -240,10 +240,9 @@ def base_config() -> ml_collections.ConfigDict:
     p.mesh.fsdp = 1
     p.mesh.tensor = 1
     # XLA compiler options for the train and eval steps, 'name=value,name=value' (options of
-    # another backend are ignored). The default sends XLA:CPU's dots through Eigen rather than
-    # YNNPACK: 1.2-1.3x faster train steps at 6 x 384 on this project's AVX2 CPU
-    # (benchmarks/compiler_options.py). '' keeps XLA's own defaults.
-    p.compiler_options = "xla_cpu_experimental_ynn_fusion_type="
+    # another backend are ignored); '' keeps XLA's own defaults. 'auto' (see
+    # resolve_compiler_options) picks by compute dtype (benchmarks/compiler_options.py).
+    p.compiler_options = "auto"
 
     # a jax.profiler trace of training steps [start_step, start_step + num_steps), written to
     # WORKDIR/plugins/profile for TensorBoard's Profile tab (and Perfetto)
@@ -370,10 +369,28 @@ def parse_compiler_options(text: str) -> dict[str, bool | int | float | str]:
     return options
 
 
-def _check_compiler_options(parallel: ml_collections.ConfigDict) -> None:
+# XLA:CPU's dots through Eigen rather than YNNPACK: 1.2-1.3x faster float32 train steps at
+# 6 x 384 on an AVX2 CPU, the same on an AVX-512 one. YNNPACK is XLA:CPU's only path to
+# bfloat16 matmul kernels (AMX, AVX-512 BF16): without it bfloat16 dots run on Eigen at
+# float32's rate.
+EIGEN_DOTS = "xla_cpu_experimental_ynn_fusion_type="
+
+
+def resolve_compiler_options(config: ml_collections.ConfigDict, text: str | None = None
+                             ) -> dict[str, Any]:
+    """The train and eval steps' XLA options: `text` (default parallel.compiler_options) parsed,
+    where 'auto' means Eigen dots for float32 compute and XLA's defaults (YNNPACK) otherwise."""
+    text = config.parallel.compiler_options if text is None else text
+    if text == "auto":
+        text = EIGEN_DOTS if config.model.dtype == "float32" else ""
+    return parse_compiler_options(text)
+
+
+def _check_compiler_options(config: ml_collections.ConfigDict) -> None:
     """Compiles a trivial function with the options, so a misspelt option or value is named
     now rather than after data preparation, at the first step."""
-    options = parse_compiler_options(parallel.compiler_options)
+    parallel = config.parallel
+    options = resolve_compiler_options(config)
     if not options:
         return
     import jax
@@ -562,7 +579,7 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"parallel.mode={config.parallel.mode!r}: use single, pmap or mesh")
     if config.parallel.mode == "mesh":
         _check_mesh(config.parallel.mesh)
-    _check_compiler_options(config.parallel)
+    _check_compiler_options(config)
     g = config.generate
     check_generate_options(g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.beam_size,
                            g.min_p, g.repetition_penalty)

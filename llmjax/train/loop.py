@@ -286,8 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
                         config.optimizer.accumulation_steps, config.skip_nonfinite_updates,
                         mesh_sizes=config.parallel.mesh, abstract_state=abstract,
-                        compiler_options=configs.parse_compiler_options(
-                            config.parallel.compiler_options),
+                        compiler_options=configs.resolve_compiler_options(config),
                         regularizers=Regularizers(config.label_smoothing, config.z_loss),
                         trainable=trainable)
     ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints_to_keep,
