@@ -93,11 +93,13 @@ def step_cost(config: ml_collections.ConfigDict, cfg: ModelConfig, params,
 
 def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float = 0.3,
                         fastest: bool = False) -> float:
-    """FLOP/s of a large jitted matmul in `dtype` on the default device: the mean rate over
-    `seconds`, or with `fastest` the rate of the fastest call (what the device can do, robust
-    to other work in the process, such as the input pipeline filling its buffers)."""
+    """FLOP/s of a large jitted matmul of `dtype` operands with a float32 result, as the model's
+    matmuls run (a bfloat16 result would leave XLA:CPU's bfloat16 kernels unused), on the
+    default device: the mean rate over `seconds`, or with `fastest` the rate of the fastest
+    call (what the device can do, robust to other work in the process, such as the input
+    pipeline filling its buffers)."""
     x = jnp.ones((size, size), dtype)
-    matmul = jax.jit(lambda a: a @ a)
+    matmul = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
     matmul(x).block_until_ready()
     times, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds:
