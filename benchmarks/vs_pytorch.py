@@ -38,6 +38,9 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from llmjax.launch import reexec_with_huge_pages  # noqa: E402
+
+reexec_with_huge_pages()  # as the llmjax command runs (llmjax/launch.py)
 from benchmarks import synthetic  # noqa: E402
 
 flags.DEFINE_list("models", ["gpt:tiny", "gpt:small", "bert:mini", "t5:tiny"],

@@ -1,3 +1,3 @@
-from llmjax.cli import run
+from llmjax.launch import main
 
-run()
+main()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from llmjax import configs
+from llmjax import configs, launch
 from llmjax.data import pipeline
 from llmjax.evaluation import choices
 from llmjax.evaluation.suite import EvalSuite, host_eval_class
@@ -332,6 +333,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     logging.info("model: %s, %s parameters; %s training FLOPs/step; peak %.3g FLOP/s (%s)",
                  config.model.arch, f"{num_params:,}", f"{flops_per_step:.3g}", peak_total,
                  peak_origin)
+    if jax.default_backend() == "cpu" and launch.environment_with_huge_pages(
+            dict(os.environ)) is not None:
+        logging.info("GLIBC_TUNABLES lacks %s: each CPU step will page-fault its buffers in "
+                     "anew (the llmjax command sets it; from Python, export it before "
+                     "starting: README, Performance)", launch.HUGE_PAGES_TUNABLE)
 
     last_step = config.num_train_steps if stop_at_step is None else min(
         stop_at_step, config.num_train_steps)
