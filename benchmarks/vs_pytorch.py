@@ -21,8 +21,11 @@ its rounds' processes: parameters, optimizer state, activations, libraries).
   tiny = 3 + 3 x 256, source and target 48, batch 32.
 
 No dropout in either. llmjax runs with its config's defaults (parallel.compiler_options
-included); --dtype=bfloat16 sets llmjax's compute dtype only (PyTorch stays float32, as a
-PyTorch user on this CPU would run it). torch and transformers come with the test extra.
+included); --dtype=bfloat16 sets llmjax's compute dtype (float32 parameters, bfloat16 matmuls
+with float32 accumulation). PyTorch runs in float32 unless --pytorch_dtype=bfloat16, which
+wraps its forward and backward in torch.autocast (its CPU mixed precision). Both frameworks'
+processes run with the huge-page malloc tunable the llmjax command sets (llmjax/launch.py;
+PyTorch's step time is the same without it). torch and transformers come with the test extra.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ flags.DEFINE_list("models", ["gpt:tiny", "gpt:small", "bert:mini", "t5:tiny"],
 flags.DEFINE_integer("rounds", 3, "A B rounds (medians are reported).")
 flags.DEFINE_integer("steps", 10, "Timed steps per round and framework.")
 flags.DEFINE_string("dtype", "float32", "llmjax compute dtype.")
+flags.DEFINE_enum("pytorch_dtype", "float32", ["float32", "bfloat16"],
+                  "PyTorch: float32, or bfloat16 under torch.autocast.")
 flags.DEFINE_enum("worker", "", ["", "llmjax", "pytorch"], "Internal: time one framework in "
                   "this process and print the result.")
 FLAGS = flags.FLAGS
@@ -133,8 +138,9 @@ def torch_stepper(c, batch):
                   "labels": t["targets"]}
 
     def step():
-        loss = model(**inputs).loss
-        loss.backward()
+        with torch.autocast("cpu", torch.bfloat16, enabled=FLAGS.pytorch_dtype == "bfloat16"):
+            loss = model(**inputs).loss
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -175,7 +181,8 @@ def worker(name: str, framework: str) -> dict:
 
 def in_subprocess(name: str, framework: str) -> dict:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--worker={framework}",
-                          f"--models={name}", f"--steps={FLAGS.steps}", f"--dtype={FLAGS.dtype}"],
+                          f"--models={name}", f"--steps={FLAGS.steps}", f"--dtype={FLAGS.dtype}",
+                          f"--pytorch_dtype={FLAGS.pytorch_dtype}"],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -194,7 +201,8 @@ def main(argv):
         first = runs["llmjax"][0]
         tokens = first["tokens"]
         print(json.dumps({
-            "model": name, "dtype": FLAGS.dtype, "batch": first["batch"],
+            "model": name, "dtype": FLAGS.dtype, "pytorch_dtype": FLAGS.pytorch_dtype,
+            "batch": first["batch"],
             "tokens_per_step": tokens, "params_llmjax": first["params"],
             "params_pytorch": runs["pytorch"][0]["params"],
             "llmjax_ms_per_step": round(ms["llmjax"], 1),
