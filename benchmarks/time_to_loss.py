@@ -11,7 +11,7 @@ both, so the default runs longer to cross 1.9). Every --eval_every steps both ev
 whole val split (every character once, non-overlapping 64-character windows). Reported per
 framework and seed: the first evaluated step at or below --target, the training seconds to it
 (evaluation time and llmjax's first, compiling step excluded) and the final val loss. The
-frameworks alternate per seed (A B A B).
+frameworks alternate per seed (A B A B). --dtype=bfloat16 sets llmjax's compute dtype.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ flags.DEFINE_float("target", 1.9, "Validation loss to reach (nats per character)
 flags.DEFINE_integer("steps", 3000, "Training steps (the cosine decay ends here).")
 flags.DEFINE_integer("eval_every", 250, "Steps between evaluations.")
 flags.DEFINE_list("seeds", ["0"], "Seeds.")
+flags.DEFINE_string("dtype", "float32", "llmjax compute dtype (PyTorch stays float32).")
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
                                          "input.txt"), "tiny shakespeare input.txt")
 FLAGS = flags.FLAGS
@@ -55,6 +56,7 @@ def run_llmjax(seed: int) -> dict:
 
     c = get_config(f"seed={seed},data={os.path.abspath(FLAGS.data)}")
     c.model.use_bias = True  # GPT-2's layout, as GPT2LMHeadModel has it
+    c.model.dtype = FLAGS.dtype
     c.num_train_steps = FLAGS.steps
     c.log_every_steps = c.eval_every_steps = FLAGS.eval_every
     c.checkpoint_every_steps = FLAGS.steps
@@ -147,7 +149,8 @@ def main(argv):
     for seed in map(int, FLAGS.seeds):
         results = {"llmjax": run_llmjax(seed), "pytorch": run_pytorch(seed)}
         for name, r in results.items():
-            print(json.dumps({"framework": name, "seed": seed, "target": FLAGS.target, **r}),
+            print(json.dumps({"framework": name, "seed": seed, "target": FLAGS.target,
+                              "dtype": FLAGS.dtype if name == "llmjax" else "float32", **r}),
                   flush=True)
         a, b = results["llmjax"]["train_s_to_target"], results["pytorch"]["train_s_to_target"]
         if a and b:
