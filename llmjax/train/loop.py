@@ -337,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
             dict(os.environ)) is not None:
         logging.info("GLIBC_TUNABLES lacks %s: each CPU step will page-fault its buffers in "
                      "anew (the llmjax command sets it; from Python, export it before "
-                     "starting: README, Performance)", launch.HUGE_PAGES_TUNABLE)
+                     "starting: README, CLI)", launch.HUGE_PAGES_TUNABLE)
 
     last_step = config.num_train_steps if stop_at_step is None else min(
         stop_at_step, config.num_train_steps)
