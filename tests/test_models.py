@@ -191,3 +191,33 @@ def test_exact_gelu_is_jaxs_exact_gelu():
     np.testing.assert_allclose(ours(x), reference(x), atol=1e-6)
     np.testing.assert_allclose(jax.vmap(jax.grad(ours))(x), jax.vmap(jax.grad(reference))(x),
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_norm_gradients_equal_autodiffs(centered, with_bias):
+    """layers.normalize's hand-written gradient = autodiff of the textbook LayerNorm / RMSNorm."""
+    from llmjax.models import layers
+
+    def textbook(x, scale, bias):
+        if centered:
+            x = x - x.mean(-1, keepdims=True)
+        y = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-5) * scale
+        return y if bias is None else y + bias
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 16)) * 3 + 1, jnp.float32)
+    scale = jnp.asarray(rng.normal(size=16), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=16), jnp.float32) if with_bias else None
+    probe = jnp.asarray(rng.normal(size=(3, 5, 16)), jnp.float32)
+
+    def loss(norm):
+        return lambda x, s, b: (norm(x, s, b) * probe).sum()
+
+    ours = jax.grad(loss(lambda x, s, b: layers.normalize(x, s, b, centered, 1e-5)),
+                    argnums=(0, 1, 2))(x, scale, bias)
+    theirs = jax.grad(loss(textbook), argnums=(0, 1, 2))(x, scale, bias)
+    np.testing.assert_allclose(layers.normalize(x, scale, bias, centered, 1e-5),
+                               textbook(x, scale, bias), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
