@@ -22,11 +22,13 @@ def test_every_position_sees_every_other():
     enc = Encoder(CFG, rngs=nnx.Rngs(0))
     toks = tokens((1, 8))
     g, p = nnx.split(enc)
+    # a random readout: a plain sum of a LayerNorm's output (uniform scale) has gradient 0
+    readout = jnp.asarray(np.random.RandomState(1).normal(size=CFG.emb_dim), jnp.float32)
 
     def first_output(table):
         p2 = jax.tree.map(lambda x: x, p)
         p2["embed"]["embedding"].value = table
-        return nnx.merge(g, p2)(toks)[0, 0].sum()
+        return (nnx.merge(g, p2)(toks)[0, 0] * readout).sum()
 
     grad = jax.grad(first_output)(p["embed"]["embedding"].value)
     used = np.abs(np.asarray(grad)).sum(-1) > 0
