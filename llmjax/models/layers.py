@@ -56,9 +56,10 @@ def row_major(x: Array) -> Array:
 
 
 def _transposed(x_BxMxN: Array) -> Array:
-    # x pinned too: otherwise XLA:CPU fuses x's producer (a bias add and cast) into the
-    # transpose, which then reads float32 column by column: 25 ms instead of 3 at [4096, 1536]
-    return row_major(jnp.swapaxes(row_major(x_BxMxN), -1, -2))
+    # x pinned before the transpose (_dot pins the result): otherwise XLA:CPU fuses x's
+    # producer (a bias add and cast) into the transpose, which then reads float32 column by
+    # column: 25 ms instead of 3 at [4096, 1536]
+    return jnp.swapaxes(row_major(x_BxMxN), -1, -2)
 
 
 def _dot(a_BxMxK: Array, b_BxKxN: Array) -> Array:
