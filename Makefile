@@ -5,9 +5,9 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
-# glibc's huge-page malloc, which the llmjax command sets for itself (llmjax/launch.py): tests
+# glibc's malloc tunables that the llmjax command sets for itself (llmjax/launch.py): tests
 # and benchmarks run as the command does
-export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1:glibc.malloc.top_pad=67108864:glibc.malloc.mmap_max=0
 
 .PHONY: demo test test-slow lint benchmark clean
 

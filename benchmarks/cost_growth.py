@@ -28,9 +28,9 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from llmjax.launch import reexec_with_huge_pages  # noqa: E402
+from llmjax.launch import reexec_with_malloc_tunables  # noqa: E402
 
-reexec_with_huge_pages()  # as the llmjax command runs (llmjax/launch.py)
+reexec_with_malloc_tunables()  # as the llmjax command runs (llmjax/launch.py)
 flags.DEFINE_list("sizes", ["tiny", "small", "base"], "configs/gpt.py sizes.")
 flags.DEFINE_list("seq_lens", ["64", "128", "256", "512", "1024", "2048"], "Sequence lengths.")
 flags.DEFINE_integer("tokens_per_step", 2048, "Global batch x sequence length, every point.")

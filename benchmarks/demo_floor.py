@@ -18,9 +18,9 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from llmjax.launch import reexec_with_huge_pages  # noqa: E402
+from llmjax.launch import reexec_with_malloc_tunables  # noqa: E402
 
-reexec_with_huge_pages()  # as the llmjax command runs (llmjax/launch.py)
+reexec_with_malloc_tunables()  # as the llmjax command runs (llmjax/launch.py)
 
 flags.DEFINE_string("workdir", None, "Run directory (default: a temporary directory).")
 FLAGS = flags.FLAGS

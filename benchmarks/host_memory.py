@@ -1,13 +1,16 @@
-"""Train-step time with and without the huge-page malloc tunable that the `llmjax` command
-sets (llmjax/launch.py), each round of each variant in a fresh process, alternating (A B A B).
+"""Train-step time under each of the malloc tunables that the `llmjax` command sets
+(llmjax/launch.py), each round of each variant in a fresh process, alternating (A B C A B C).
 
     .venv/bin/python benchmarks/host_memory.py [--config=configs/gpt.py:size=small]
-        [--config.model.dtype=bfloat16] [--rounds=3] [--steps=3]
+        [--config.model.dtype=bfloat16] [--rounds=3] [--steps=3] [--warmup=2]
 
 Per variant: the median ms/step, and per step the minor page faults and the kernel (system)
-CPU seconds of the process, which is where a fresh mmap of XLA's temporary buffers shows up.
-Variant `default` runs with glibc's defaults (GLIBC_TUNABLES unset), `huge_pages` with
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
+CPU seconds of the process, which is where memory handed back to the kernel and faulted in
+again shows up. Variant `default` runs with glibc's defaults (GLIBC_TUNABLES unset),
+`huge_pages` with glibc.malloc.hugetlb=1 (the blocks too large for an arena: gpt:small),
+`huge_pages+keep_arenas` with the command's setting, glibc.malloc.top_pad=64 MiB and
+glibc.malloc.mmap_max=0 added (a worker arena's buffers of up to 64 MiB kept between steps:
+gpt:tiny). Peak resident memory per variant too.
 """
 
 from __future__ import annotations
@@ -24,15 +27,19 @@ from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from llmjax import launch  # noqa: E402
+
 config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "gpt.py") + ":size=small",
                                 "Config file.")
 flags.DEFINE_integer("rounds", 3, "A B rounds (medians are reported).")
 flags.DEFINE_integer("steps", 3, "Timed steps per round and variant.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first compiles).")
 flags.DEFINE_integer("vocab_size", 65, "Vocabulary size.")
 flags.DEFINE_bool("worker", False, "Internal: time this process and print the figures.")
 FLAGS = flags.FLAGS
 
-VARIANTS = {"default": "", "huge_pages": "glibc.malloc.hugetlb=1"}
+VARIANTS = {"default": "", "huge_pages": launch.HUGE_PAGES_TUNABLE,
+            "huge_pages+keep_arenas": ":".join(launch.MALLOC_TUNABLES)}
 
 
 def worker() -> dict:
@@ -47,7 +54,7 @@ def worker() -> dict:
     c.model.vocab_size = FLAGS.vocab_size
     parallel, host_state, _ = synthetic.train_setup(c)
     state, batch = parallel.to_device(host_state), synthetic.batch(c)
-    for _ in range(2):  # compile, warm up
+    for _ in range(FLAGS.warmup):  # compile, warm up
         state, _ = parallel.train_step(state, batch)
     jax.block_until_ready(state)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -57,7 +64,8 @@ def worker() -> dict:
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     return {"ms": seconds / FLAGS.steps * 1e3,
             "faults": (after.ru_minflt - before.ru_minflt) / FLAGS.steps,
-            "system_s": (after.ru_stime - before.ru_stime) / FLAGS.steps}
+            "system_s": (after.ru_stime - before.ru_stime) / FLAGS.steps,
+            "peak_host_mib": after.ru_maxrss / 1024}  # Linux: KiB
 
 
 def in_subprocess(tunables: str) -> dict:
@@ -85,6 +93,7 @@ def main(argv):
             "ms_per_step": round(float(np.median([r["ms"] for r in rs])), 1),
             "minor_faults_per_step": round(float(np.median([r["faults"] for r in rs]))),
             "system_cpu_s_per_step": round(float(np.median([r["system_s"] for r in rs])), 3),
+            "peak_host_mib": round(max(r["peak_host_mib"] for r in rs)),
             "rounds_ms": [round(r["ms"], 1) for r in rs]}), flush=True)
 
 

@@ -22,9 +22,9 @@ from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from llmjax.launch import reexec_with_huge_pages  # noqa: E402
+from llmjax.launch import reexec_with_malloc_tunables  # noqa: E402
 
-reexec_with_huge_pages()  # as the llmjax command runs (llmjax/launch.py)
+reexec_with_malloc_tunables()  # as the llmjax command runs (llmjax/launch.py)
 config_flags.DEFINE_config_file(
     "config", os.path.join(ROOT, "experiments", "shakespeare_char", "config.py"), "Config file.")
 flags.DEFINE_integer("batches", 2000, "Batches to time.")

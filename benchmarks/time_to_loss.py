@@ -28,9 +28,9 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from llmjax.launch import reexec_with_huge_pages  # noqa: E402
+from llmjax.launch import reexec_with_malloc_tunables  # noqa: E402
 
-reexec_with_huge_pages()  # as the llmjax command runs (llmjax/launch.py)
+reexec_with_malloc_tunables()  # as the llmjax command runs (llmjax/launch.py)
 flags.DEFINE_float("target", 1.9, "Validation loss to reach (nats per character).")
 flags.DEFINE_integer("steps", 3000, "Training steps (the cosine decay ends here).")
 flags.DEFINE_integer("eval_every", 250, "Steps between evaluations.")

@@ -7,7 +7,7 @@ llmjax / PyTorch tokens/s ratio, and each framework's peak resident memory (the 
 its rounds' processes: parameters, optimizer state, activations, libraries).
 
     .venv/bin/python benchmarks/vs_pytorch.py [--models=gpt:tiny,gpt:small,bert:mini,t5:tiny]
-        [--rounds=3] [--steps=10] [--dtype=float32]
+        [--rounds=3] [--steps=10] [--warmup=2] [--dtype=float32]
 
 - gpt:SIZE (configs/gpt.py) vs GPT2LMHeadModel: causal LM, vocabulary 65 (tiny Shakespeare's
   characters), GPT-2's layout in both (biases, tanh GELU, pre-LayerNorm, tied embeddings,
@@ -41,15 +41,17 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from llmjax.launch import reexec_with_huge_pages  # noqa: E402
+from llmjax.launch import reexec_with_malloc_tunables  # noqa: E402
 
-reexec_with_huge_pages()  # as the llmjax command runs (llmjax/launch.py)
+reexec_with_malloc_tunables()  # as the llmjax command runs (llmjax/launch.py)
 from benchmarks import synthetic  # noqa: E402
 
 flags.DEFINE_list("models", ["gpt:tiny", "gpt:small", "bert:mini", "t5:tiny"],
                   "family:size pairs (configs/FAMILY.py sizes).")
 flags.DEFINE_integer("rounds", 3, "A B rounds (medians are reported).")
 flags.DEFINE_integer("steps", 10, "Timed steps per round and framework.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps first, per round and framework (llmjax's "
+                     "first compiles).")
 flags.DEFINE_string("dtype", "float32", "llmjax compute dtype.")
 flags.DEFINE_enum("pytorch_dtype", "float32", ["float32", "bfloat16"],
                   "PyTorch: float32, or bfloat16 under torch.autocast.")
@@ -173,7 +175,7 @@ def worker(name: str, framework: str) -> dict:
     c = llmjax_config(family, size)
     batch = synthetic.batch(c)
     step, params = (llmjax_stepper if framework == "llmjax" else torch_stepper)(c, batch)
-    timed(step, 2)  # compile / warm up
+    timed(step, FLAGS.warmup)  # compile / warm up
     return {"ms": timed(step, FLAGS.steps) * 1e3, "params": params,
             "tokens": synthetic.tokens_per_step(batch), "batch": c.batch_size,
             "peak_host_mib": peak_host_mib()}
@@ -181,7 +183,8 @@ def worker(name: str, framework: str) -> dict:
 
 def in_subprocess(name: str, framework: str) -> dict:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--worker={framework}",
-                          f"--models={name}", f"--steps={FLAGS.steps}", f"--dtype={FLAGS.dtype}",
+                          f"--models={name}", f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
+                          f"--dtype={FLAGS.dtype}",
                           f"--pytorch_dtype={FLAGS.pytorch_dtype}"],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -333,11 +333,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     logging.info("model: %s, %s parameters; %s training FLOPs/step; peak %.3g FLOP/s (%s)",
                  config.model.arch, f"{num_params:,}", f"{flops_per_step:.3g}", peak_total,
                  peak_origin)
-    if jax.default_backend() == "cpu" and launch.environment_with_huge_pages(
-            dict(os.environ)) is not None:
+    missing = launch.missing_malloc_tunables(dict(os.environ))
+    if jax.default_backend() == "cpu" and missing:
         logging.info("GLIBC_TUNABLES lacks %s: each CPU step will page-fault its buffers in "
                      "anew (the llmjax command sets it; from Python, export it before "
-                     "starting: README, CLI)", launch.HUGE_PAGES_TUNABLE)
+                     "starting: README, CLI)", ":".join(missing))
 
     last_step = config.num_train_steps if stop_at_step is None else min(
         stop_at_step, config.num_train_steps)
