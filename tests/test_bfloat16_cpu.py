@@ -1,5 +1,6 @@
 """bfloat16 compute on CPU: every matmul of the train step reaches XLA:CPU's bfloat16 kernels
-(bfloat16 operands, float32 result), the hand-written matmul gradient equals autodiff's, and
+(bfloat16 operands, float32 result), the hand-written matmul gradient equals autodiff's (a
+float32 weight's unrounded), and
 pmap and a mesh give one device's bfloat16 losses (the layout constraints shard and batch)."""
 
 import re
@@ -73,6 +74,16 @@ def test_batched_matmul_gradients_equal_autodiffs():
     assert [x.dtype for x in ours] == [jnp.bfloat16, jnp.bfloat16]
     for x, y in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(x.astype(jnp.float32), y, rtol=0.05, atol=0.05)
+    # float32 operands cast to bfloat16 inside (a float32 weight): each gradient in its
+    # operand's dtype, straight from the float32 accumulator of the bfloat16 products
+    ours = jax.vjp(lambda a, b: layers.batched_matmul(a, b, jnp.bfloat16), a, b)[1](g)
+    assert [x.dtype for x in ours] == [jnp.float32, jnp.float32]
+    a16, b16, g16 = (np.asarray(x.astype(jnp.bfloat16), np.float64) for x in (a, b, g))
+    exact = (np.einsum("...mn,...kn->...mk", g16, b16), np.einsum("...mk,...mn->...kn", a16, g16))
+    for x, y in zip(ours, exact, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+        # not rounded to bfloat16 on the way (as the gradient of a cast would be)
+        assert np.any(np.asarray(x) != np.asarray(x.astype(jnp.bfloat16), np.float32))
 
 
 def test_bfloat16_pmap_and_mesh_give_one_devices_losses(tmp_path):

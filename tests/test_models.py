@@ -221,3 +221,28 @@ def test_norm_gradients_equal_autodiffs(centered, with_bias):
                                textbook(x, scale, bias), rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_softmax_gradient_equals_autodiffs():
+    """attention.masked_softmax's hand-written gradient = autodiff of where + softmax + cast,
+    a fully masked row (a padding query) included: zero gradient at masked positions."""
+    from llmjax.models.attention import masked_softmax
+
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 3, 4, 6)) * 3, jnp.float32)
+    mask = jnp.asarray(rng.random((2, 1, 4, 6)) < 0.7).at[1, 0, 2].set(False)
+    probe = jnp.asarray(rng.normal(size=(2, 3, 4, 6)), jnp.float32)
+
+    def textbook(x, dtype):
+        x = jnp.where(mask, x, jnp.finfo(jnp.float32).min)
+        return jax.nn.softmax(x, axis=-1).astype(dtype)
+
+    for dtype, tol in ((jnp.float32, 1e-6), (jnp.bfloat16, 0.02)):
+        def grad(f, dtype=dtype):
+            return jax.grad(lambda x: (f(x, dtype).astype(jnp.float32) * probe).sum())(logits)
+
+        ours = grad(lambda x, d: masked_softmax(x, mask, d))
+        np.testing.assert_allclose(masked_softmax(logits, mask, dtype).astype(jnp.float32),
+                                   textbook(logits, dtype).astype(jnp.float32), atol=tol)
+        np.testing.assert_allclose(ours, grad(textbook), rtol=tol, atol=tol)
+        assert not np.any(np.asarray(ours)[~np.broadcast_to(mask, ours.shape)])
