@@ -13,8 +13,9 @@ tunables (read once, when the process starts) keep it:
 - `glibc.malloc.top_pad=64 MiB` and `glibc.malloc.mmap_max=0`: an arena grows by the request
   plus 64 MiB and keeps that much free when it shrinks, and serves blocks of 32-64 MiB itself
   instead of mapping each afresh, so the buffers of a small model's step (34 MB for nanoGPT's
-  4 x 128 recipe) stay mapped from one step to the next: 454 page faults and 6 ms of kernel
-  time per step -> 0 and 1.3 ms, and 23.0 -> 19.7 ms per bfloat16 step (34.3 -> 32.3 float32).
+  4 x 128 recipe) stay mapped from one step to the next: 446 page faults and 7 ms of kernel
+  time per step -> 0 and 1 ms, 23.1 -> 19.5 ms per bfloat16 step (float32: 34.3 -> 32.3 ms
+  in one run each).
   The cost: an arena keeps up to 64 MiB free, and memory freed inside an arena returns to the
   kernel only when it is at the arena's top.
 
