@@ -184,8 +184,7 @@ def worker(name: str, framework: str) -> dict:
 def in_subprocess(name: str, framework: str) -> dict:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--worker={framework}",
                           f"--models={name}", f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
-                          f"--dtype={FLAGS.dtype}",
-                          f"--pytorch_dtype={FLAGS.pytorch_dtype}"],
+                          f"--dtype={FLAGS.dtype}", f"--pytorch_dtype={FLAGS.pytorch_dtype}"],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

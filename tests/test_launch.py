@@ -1,7 +1,7 @@
 """The `llmjax` command starts with glibc's malloc tunables (llmjax/launch.py): the environment
 it re-executes with, that the command really runs under them, and that each tunable spares the
-page faults it is there for: huge pages for XLA-sized blocks, top_pad for a worker thread's
-many smaller ones."""
+page faults it is there for: huge pages for XLA-sized blocks, top_pad and mmap_max=0 for a
+worker thread's smaller ones."""
 
 import os
 import subprocess
@@ -37,7 +37,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, check=True)
 
 
-def test_the_process_reexecutes_itself_with_the_tunable_and_its_arguments():
+def test_the_process_reexecutes_itself_with_the_tunables_and_its_arguments():
     code = ("import os, sys; from llmjax import launch; launch.reexec_with_malloc_tunables(); "
             "print(os.getpid(), os.environ['GLIBC_TUNABLES'], sys.argv[1:])")
     out = run_python(code + " # x")
