@@ -22,10 +22,12 @@ BF16 = {"model.dtype": "bfloat16", "model.num_heads": 4, "model.num_kv_heads": 2
 
 
 def dot_operand_types(hlo: str) -> list[tuple[str, str]]:
-    """(lhs type, rhs type) of every dot in an optimized HLO module's text."""
+    """(lhs type, rhs type) of every matrix-matrix dot in an optimized HLO module's text: the
+    bias gradients' ones-vector products (results [1, O], layers.add_bias) are left out."""
     types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
-    return [(types[a], types[b])
-            for a, b in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\)", hlo)]
+    return [(types[a], types[b]) for result, a, b in re.findall(
+        r"= \w+\[([\d,]*)\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)", hlo)
+        if not (result.startswith("1,") and result.count(",") == 1)]
 
 
 def test_every_train_step_matmul_runs_on_bfloat16_operands(tmp_path):
@@ -96,3 +98,22 @@ def test_bfloat16_pmap_and_mesh_give_one_devices_losses(tmp_path):
     # bfloat16 sums in another order: within a few bfloat16 ulps of the loss (~4.2)
     np.testing.assert_allclose(pmap, single, atol=0.02)
     np.testing.assert_allclose(mesh, single, atol=0.02)
+
+
+def test_bias_gradient_is_the_column_sum_of_the_gradient_the_weight_reads():
+    rng = np.random.default_rng(0)
+    y = jnp.asarray(rng.normal(size=(48, 24)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(24,)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(48, 24)), jnp.float32)
+    for dtype in (None, jnp.float32, jnp.bfloat16):
+        out, vjp = jax.vjp(lambda y, b, dtype=dtype: layers.add_bias(y, b, dtype), y, bias)
+        np.testing.assert_array_equal(out, y + bias)
+        dy, dbias = vjp(g)
+        np.testing.assert_array_equal(dy, g)  # the gradient itself passes unrounded
+        assert dbias.dtype == jnp.float32
+        if dtype == jnp.bfloat16:  # on CPU: the sum of g rounded to bfloat16, as x^T g reads it
+            exact = np.asarray(g.astype(jnp.bfloat16), np.float64).sum(0)
+            np.testing.assert_allclose(dbias, exact, rtol=1e-6, atol=1e-5)
+            assert not np.allclose(dbias, np.asarray(g, np.float64).sum(0), rtol=0, atol=1e-6)
+        else:
+            np.testing.assert_allclose(dbias, np.asarray(g, np.float64).sum(0), rtol=1e-5)
