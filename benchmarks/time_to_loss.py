@@ -10,8 +10,9 @@ warmup 100 then cosine to 1e-4 at --steps (the recipe's 2000 steps end at val lo
 both, so the default runs longer to cross 1.9). Every --eval_every steps both evaluate on the
 whole val split (every character once, non-overlapping 64-character windows). Reported per
 framework and seed: the first evaluated step at or below --target, the training seconds to it
-(evaluation time and llmjax's first, compiling step excluded) and the final val loss. The
-frameworks alternate per seed (A B A B). --dtype=bfloat16 sets llmjax's compute dtype.
+(evaluation time and llmjax's first, compiling step excluded) and the final val loss; with
+several seeds, the medians and the median ratio. The frameworks alternate which runs first
+from one seed to the next (A B, B A, ...). --dtype=bfloat16 sets llmjax's compute dtype.
 """
 
 from __future__ import annotations
@@ -146,15 +147,26 @@ def main(argv):
         raise SystemExit(f"{FLAGS.data} not found: pass --data=PATH/TO/input.txt")
     quiet_library_logs()
     torch.set_num_threads(os.cpu_count() or 1)
-    for seed in map(int, FLAGS.seeds):
-        results = {"llmjax": run_llmjax(seed), "pytorch": run_pytorch(seed)}
+    runners = {"llmjax": run_llmjax, "pytorch": run_pytorch}
+    seconds, ratios = {"llmjax": [], "pytorch": []}, []
+    for i, seed in enumerate(map(int, FLAGS.seeds)):
+        # A B, B A, ...: a machine that drifts during the run favours neither framework
+        order = ("llmjax", "pytorch") if i % 2 == 0 else ("pytorch", "llmjax")
+        results = {name: runners[name](seed) for name in order}
         for name, r in results.items():
             print(json.dumps({"framework": name, "seed": seed, "target": FLAGS.target,
                               "dtype": FLAGS.dtype if name == "llmjax" else "float32", **r}),
                   flush=True)
+            if r["train_s_to_target"]:
+                seconds[name].append(r["train_s_to_target"])
         a, b = results["llmjax"]["train_s_to_target"], results["pytorch"]["train_s_to_target"]
         if a and b:
+            ratios.append(a / b)
             print(json.dumps({"seed": seed, "llmjax_time_over_pytorch": round(a / b, 2)}))
+    if len(ratios) > 1:
+        print(json.dumps({"seeds": len(ratios), **{f"median_train_s_{name}": round(
+            float(np.median(s)), 1) for name, s in seconds.items()},
+            "median_llmjax_time_over_pytorch": round(float(np.median(ratios)), 2)}))
 
 
 if __name__ == "__main__":
