@@ -37,6 +37,12 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, check=True)
 
 
+def test_make_exports_the_commands_tunables():
+    # tests and benchmarks run under `make` as the command runs: one list, spelt twice
+    makefile = open(os.path.join(os.path.dirname(__file__), "..", "Makefile")).read()
+    assert f"export GLIBC_TUNABLES ?= {ALL}\n" in makefile
+
+
 def test_the_process_reexecutes_itself_with_the_tunables_and_its_arguments():
     code = ("import os, sys; from llmjax import launch; launch.reexec_with_malloc_tunables(); "
             "print(os.getpid(), os.environ['GLIBC_TUNABLES'], sys.argv[1:])")

@@ -42,6 +42,11 @@ def matmul(x_NxI: Array, w_IxO: Array, dtype: jnp.dtype | None = None) -> Array:
     return checkpoint_name(batched_matmul(x_NxI, w_IxO, dtype), MATMUL_NAME)
 
 
+def _bfloat16_on_cpu(dtype: jnp.dtype | None) -> bool:
+    """Whether XLA:CPU's bfloat16 path (YNNPACK's kernels, with their layout rules) applies."""
+    return dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
+
+
 def row_major(x: Array) -> Array:
     """x pinned to a row-major layout when it is a bfloat16 operand of a CPU matmul.
 
@@ -51,7 +56,7 @@ def row_major(x: Array) -> Array:
     as a column-major view, and the backward pass ran in float32: 17.7 vs 3.6 ms for the
     [4096, 1536] x [1536, 384] input gradient of a feed-forward layer on an AMX CPU
     (tests/test_bfloat16_cpu.py). GPUs read transposed operands directly: no constraint."""
-    if x.dtype != jnp.bfloat16 or jax.default_backend() != "cpu":
+    if not _bfloat16_on_cpu(x.dtype):
         return x
     return with_layout_constraint(x, Layout(major_to_minor=tuple(range(x.ndim))))
 
@@ -121,7 +126,7 @@ def _add_bias_fwd(y: Array, bias: Array, dtype: jnp.dtype | None) -> tuple[Array
 
 
 def _add_bias_bwd(dtype: jnp.dtype | None, _, g_NxO: Array) -> tuple[Array, Array]:
-    if dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
+    if _bfloat16_on_cpu(dtype):
         ones = jnp.ones((1, g_NxO.shape[0]), jnp.bfloat16)
         # no row-major pins (_dot): XLA:CPU runs this as a float32 matrix-vector product
         return g_NxO, jnp.matmul(ones, g_NxO.astype(jnp.bfloat16),
