@@ -64,22 +64,27 @@ def median_ms(run_once, steps: int, rounds: int) -> float:
     return float(np.median(times))
 
 
-def step_worker() -> dict:
+def median_step_ms(step, state, batch) -> float:
+    """median_ms of `state, _ = step(state, batch)` (the state is donated: carried along)."""
     import jax
 
+    holder = {"state": state}
+
+    def run(n):
+        for _ in range(n):
+            holder["state"], _ = step(holder["state"], batch)
+        jax.block_until_ready(holder["state"])
+
+    return median_ms(run, FLAGS.steps, FLAGS.rounds)
+
+
+def step_worker() -> dict:
     from benchmarks import synthetic
 
     c = recipe_config(FLAGS.batch)
     parallel, host_state, _ = synthetic.train_setup(c)
     batch = synthetic.batch(c)
-    holder = {"state": parallel.to_device(host_state)}
-
-    def run(n):
-        for _ in range(n):
-            holder["state"], _ = parallel.train_step(holder["state"], batch)
-        jax.block_until_ready(holder["state"])
-
-    ms = median_ms(run, FLAGS.steps, FLAGS.rounds)
+    ms = median_step_ms(parallel.train_step, parallel.to_device(host_state), batch)
     return {"row": "train step", "cpus": len(FLAGS.cpus), "batch": FLAGS.batch,
             "ms_per_step": round(ms, 2)}
 
@@ -142,14 +147,7 @@ def data_parallel_worker() -> dict:
     batch = {k: jax.make_array_from_process_local_data(
         split, v[FLAGS.process_id * share:(FLAGS.process_id + 1) * share])
         for k, v in synthetic.batch(c).items()}
-    holder = {"state": state}
-
-    def run(n):
-        for _ in range(n):
-            holder["state"], _ = step(holder["state"], batch)
-        jax.block_until_ready(holder["state"])
-
-    ms = median_ms(run, FLAGS.steps, FLAGS.rounds)
+    ms = median_step_ms(step, state, batch)
     return {"row": "data-parallel train step (one flat all-reduce)",
             "processes": FLAGS.num_processes, "batch_each": share, "ms_per_step": round(ms, 2)}
 
