@@ -1,5 +1,6 @@
-"""What the throughput benchmarks share: a config's train step on one device and a synthetic
-batch in its objective's layout (no data pipeline, so only the step is measured)."""
+"""What the throughput benchmarks share: a config's train step (on one device unless its
+parallel.mode says otherwise) and a synthetic batch in its objective's layout (no data
+pipeline, so only the step is measured)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import numpy as np
 
 def train_setup(config: ml_collections.ConfigDict, compiler_options: str | None = None
                 ) -> tuple[Any, Any, Any]:
-    """(Parallel in single mode, host train state, parameters) of `config`'s model, compiled
-    with `compiler_options` (default: the config's parallel.compiler_options)."""
+    """(Parallel in the config's parallel.mode, host train state, parameters) of `config`'s
+    model, compiled with `compiler_options` (default: the config's parallel.compiler_options)."""
+    import jax
     from flax import nnx
 
     from llmjax.configs import resolve_compiler_options
@@ -24,9 +26,13 @@ def train_setup(config: ml_collections.ConfigDict, compiler_options: str | None 
     options = resolve_compiler_options(config, compiler_options)
     graphdef, params = nnx.split(state_lib.build_model(config))
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps)
-    parallel = Parallel("single", graphdef, get_objective(config.objective), tx, schedule,
-                        compiler_options=options)
-    return parallel, state_lib.init_state(params, tx, 0), params
+    host_state = state_lib.init_state(params, tx, 0)
+    parallel = Parallel(config.parallel.mode, graphdef, get_objective(config.objective), tx,
+                        schedule, mesh_sizes=config.parallel.mesh,
+                        abstract_state=jax.eval_shape(lambda: host_state),
+                        compiler_options=options,
+                        gradient_allreduce=config.parallel.gradient_allreduce)
+    return parallel, host_state, params
 
 
 def batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:

@@ -37,6 +37,8 @@ flags.DEFINE_integer("steps", 3000, "Training steps (the cosine decay ends here)
 flags.DEFINE_integer("eval_every", 250, "Steps between evaluations.")
 flags.DEFINE_list("seeds", ["0"], "Seeds.")
 flags.DEFINE_string("dtype", "float32", "llmjax compute dtype (PyTorch stays float32).")
+flags.DEFINE_integer("cpu_devices", 0, "llmjax: split the CPU into this many JAX devices and "
+                     "train data-parallel over them (0: one device).")
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
                                          "input.txt"), "tiny shakespeare input.txt")
 FLAGS = flags.FLAGS
@@ -58,6 +60,8 @@ def run_llmjax(seed: int) -> dict:
     c = get_config(f"seed={seed},data={os.path.abspath(FLAGS.data)}")
     c.model.use_bias = True  # GPT-2's layout, as GPT2LMHeadModel has it
     c.model.dtype = FLAGS.dtype
+    if FLAGS.cpu_devices:
+        c.parallel.mode, c.parallel.cpu_devices = "mesh", FLAGS.cpu_devices
     c.num_train_steps = FLAGS.steps
     c.log_every_steps = c.eval_every_steps = FLAGS.eval_every
     c.checkpoint_every_steps = FLAGS.steps
@@ -142,7 +146,9 @@ def main(argv):
     import torch
 
     from llmjax.log_filter import quiet_library_logs
+    from llmjax.train.distributed import use_cpu_devices
 
+    use_cpu_devices(FLAGS.cpu_devices)  # before JAX's first computation, as the command does
     if not os.path.exists(FLAGS.data):
         raise SystemExit(f"{FLAGS.data} not found: pass --data=PATH/TO/input.txt")
     quiet_library_logs()
@@ -155,7 +161,9 @@ def main(argv):
         results = {name: runners[name](seed) for name in order}
         for name, r in results.items():
             print(json.dumps({"framework": name, "seed": seed, "target": FLAGS.target,
-                              "dtype": FLAGS.dtype if name == "llmjax" else "float32", **r}),
+                              "dtype": FLAGS.dtype if name == "llmjax" else "float32",
+                              **({"cpu_devices": FLAGS.cpu_devices} if name == "llmjax"
+                                 else {}), **r}),
                   flush=True)
             if r["train_s_to_target"]:
                 seconds[name].append(r["train_s_to_target"])

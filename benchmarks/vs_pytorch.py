@@ -7,7 +7,7 @@ llmjax / PyTorch tokens/s ratio, and each framework's peak resident memory (the 
 its rounds' processes: parameters, optimizer state, activations, libraries).
 
     .venv/bin/python benchmarks/vs_pytorch.py [--models=gpt:tiny,gpt:small,bert:mini,t5:tiny]
-        [--rounds=3] [--steps=10] [--warmup=2] [--dtype=float32]
+        [--rounds=3] [--steps=10] [--warmup=2] [--dtype=float32] [--cpu_devices=0]
 
 - gpt:SIZE (configs/gpt.py) vs GPT2LMHeadModel: causal LM, vocabulary 65 (tiny Shakespeare's
   characters), GPT-2's layout in both (biases, tanh GELU, pre-LayerNorm, tied embeddings,
@@ -22,7 +22,9 @@ its rounds' processes: parameters, optimizer state, activations, libraries).
 
 No dropout in either. llmjax runs with its config's defaults (parallel.compiler_options
 included); --dtype=bfloat16 sets llmjax's compute dtype (float32 parameters, bfloat16 matmuls
-with float32 accumulation). PyTorch runs in float32 unless --pytorch_dtype=bfloat16, which
+with float32 accumulation); --cpu_devices=N splits the CPU into N JAX devices and runs llmjax
+data-parallel over them (parallel.mode=mesh, parallel.cpu_devices=N: one device per core, the
+same global batch). PyTorch runs in float32 unless --pytorch_dtype=bfloat16, which
 wraps its forward and backward in torch.autocast (its CPU mixed precision). Both frameworks'
 processes run with the huge-page malloc tunable the llmjax command sets (llmjax/launch.py;
 PyTorch's step time is the same without it). torch and transformers come with the test extra.
@@ -55,6 +57,8 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps first, per round and framework 
 flags.DEFINE_string("dtype", "float32", "llmjax compute dtype.")
 flags.DEFINE_enum("pytorch_dtype", "float32", ["float32", "bfloat16"],
                   "PyTorch: float32, or bfloat16 under torch.autocast.")
+flags.DEFINE_integer("cpu_devices", 0, "llmjax: split the CPU into this many JAX devices "
+                     "and train data-parallel over them (0: one device).")
 flags.DEFINE_enum("worker", "", ["", "llmjax", "pytorch"], "Internal: time one framework in "
                   "this process and print the result.")
 FLAGS = flags.FLAGS
@@ -76,6 +80,8 @@ def llmjax_config(family: str, size: str):
     c.model.vocab_size = VOCAB[family]
     c.model.dropout_rate = c.model.attention_dropout_rate = 0.0
     c.model.dtype = FLAGS.dtype
+    if FLAGS.cpu_devices:
+        c.parallel.mode, c.parallel.cpu_devices = "mesh", FLAGS.cpu_devices
     return c
 
 
@@ -171,6 +177,10 @@ def worker(name: str, framework: str) -> dict:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
+    else:
+        from llmjax.train.distributed import use_cpu_devices
+
+        use_cpu_devices(FLAGS.cpu_devices)  # before JAX's first computation
     family, _, size = name.partition(":")
     c = llmjax_config(family, size)
     batch = synthetic.batch(c)
@@ -184,7 +194,8 @@ def worker(name: str, framework: str) -> dict:
 def in_subprocess(name: str, framework: str) -> dict:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--worker={framework}",
                           f"--models={name}", f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
-                          f"--dtype={FLAGS.dtype}", f"--pytorch_dtype={FLAGS.pytorch_dtype}"],
+                          f"--dtype={FLAGS.dtype}", f"--pytorch_dtype={FLAGS.pytorch_dtype}",
+                          f"--cpu_devices={FLAGS.cpu_devices}"],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -204,6 +215,7 @@ def main(argv):
         tokens = first["tokens"]
         print(json.dumps({
             "model": name, "dtype": FLAGS.dtype, "pytorch_dtype": FLAGS.pytorch_dtype,
+            "cpu_devices": FLAGS.cpu_devices,
             "batch": first["batch"],
             "tokens_per_step": tokens, "params_llmjax": first["params"],
             "params_pytorch": runs["pytorch"][0]["params"],

@@ -115,6 +115,8 @@ def main(argv: list[str]) -> None:
     quiet_library_logs()
     from llmjax.train import distributed
 
+    if FLAGS.config is not None and "parallel" in FLAGS.config:
+        distributed.use_cpu_devices(FLAGS.config.parallel.get("cpu_devices", 0))
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            FLAGS.distributed)
     try:

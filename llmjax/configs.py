@@ -239,6 +239,14 @@ def base_config() -> ml_collections.ConfigDict:
     p.mesh.data = -1
     p.mesh.fsdp = 1
     p.mesh.tensor = 1
+    # how pmap and data-only meshes sum gradients over devices: auto | flat | per_array. flat:
+    # one all-reduce of all of them concatenated; auto: flat on CPU, whose runtime exchanges
+    # an all-reduce's arrays one at a time, per array on GPU and TPU
+    p.gradient_allreduce = "auto"
+    # split this host's CPU into N JAX devices before JAX starts (0: JAX's default, one device
+    # or what XLA_FLAGS' --xla_force_host_platform_device_count says); with mode=mesh (or pmap)
+    # the step runs data-parallel over them. The llmjax command applies it.
+    p.cpu_devices = 0
     # XLA compiler options for the train and eval steps, 'name=value,name=value' (options of
     # another backend are ignored); '' keeps XLA's own defaults. 'auto' (see
     # resolve_compiler_options) picks by compute dtype (benchmarks/compiler_options.py).
@@ -344,6 +352,41 @@ def _check_mesh(mesh: ml_collections.ConfigDict) -> None:
 
     problem = sharding.mesh_problem(mesh, jax.device_count(), jax.process_count())
     _check(problem is None, problem or "")
+
+
+def _check_gradient_allreduce(parallel: ml_collections.ConfigDict) -> None:
+    from llmjax.train.parallel import GRADIENT_ALLREDUCES
+
+    _check(parallel.gradient_allreduce in GRADIENT_ALLREDUCES,
+           f"parallel.gradient_allreduce={parallel.gradient_allreduce!r}: use auto, flat or "
+           "per_array")
+    if parallel.gradient_allreduce != "flat" or parallel.mode != "mesh":
+        return
+    import jax
+
+    from llmjax import sharding
+
+    sizes = sharding.mesh_shape(parallel.mesh, jax.device_count())
+    model_parallel = [f"{axis}={sizes[axis]}" for axis in ("fsdp", "tensor") if sizes[axis] > 1]
+    _check(not model_parallel,
+           f"parallel.gradient_allreduce=flat sums whole gradients replicated on every device, "
+           f"but parallel.mesh has {' and '.join(model_parallel)}, whose gradients are sharded "
+           "(XLA places their reductions): use gradient_allreduce=auto, or a data-only mesh "
+           "(fsdp=1, tensor=1)")
+
+
+def _check_cpu_devices(cpu_devices: int) -> None:
+    """A set parallel.cpu_devices must be what JAX started with: it takes effect only before
+    JAX's first computation (the llmjax command sets it first thing)."""
+    import jax
+
+    if not cpu_devices or jax.default_backend() != "cpu":
+        return  # a GPU or TPU run: the CPU's devices are not the run's
+    _check(jax.local_device_count() == cpu_devices,
+           f"parallel.cpu_devices={cpu_devices}, but JAX started with "
+           f"{jax.local_device_count()} CPU devices: it must be set before JAX's first "
+           "computation. The llmjax command does that; in Python, call "
+           f"jax.config.update('jax_num_cpu_devices', {cpu_devices}) right after importing jax")
 
 
 def parse_compiler_options(text: str) -> dict[str, bool | int | float | str]:
@@ -463,7 +506,7 @@ _RANGES = {
                      "model.norm_epsilon", "eval_steps", "eval_decode_examples", "eval_samples",
                      "data.prefetch_batches", "data.train_window_stride",
                      "tokenizer.extra_ids", "data.generated.order", "z_loss", "lora.rank",
-                     "qa.doc_stride", "model.num_token_types"),
+                     "qa.doc_stride", "model.num_token_types", "parallel.cpu_devices"),
                     _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
                      "model.attention_dropout_rate", "data.validation_fraction",
@@ -579,6 +622,8 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"parallel.mode={config.parallel.mode!r}: use single, pmap or mesh")
     if config.parallel.mode == "mesh":
         _check_mesh(config.parallel.mesh)
+    _check_gradient_allreduce(config.parallel)
+    _check_cpu_devices(config.parallel.cpu_devices)
     _check_compiler_options(config)
     g = config.generate
     check_generate_options(g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.beam_size,

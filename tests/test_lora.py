@@ -10,12 +10,14 @@ from conftest import jitted, tiny_config
 from flax import nnx
 
 import llmjax
+from llmjax import configs
 from llmjax.configs import ConfigError
 from llmjax.convert import hf as convert
 from llmjax.models import lora
 from llmjax.train import state as state_lib
 from llmjax.train.checkpoint import param_path_name
 from llmjax.train.loop import train_and_evaluate
+from llmjax.train.writer import read_metrics
 
 LORA = {"lora.rank": 4, "lora.targets": "attention/(query|value)|mlp/wi"}
 
@@ -178,3 +180,20 @@ def test_frozen_weights_get_no_backward_pass():
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7)
     flops = {n: steps[n].lower(state, batch).compile().cost_analysis()["flops"] for n in steps}
     assert flops["adapters"] < 0.85 * flops["all"], flops
+
+
+def test_adapters_train_data_parallel_as_on_one_device(lora_run, tmp_path):
+    """pmap and a data-only mesh (8 devices) sum only the adapters' gradients over devices (the
+    frozen weights' are zeros everywhere); the losses are one device's."""
+    root, c, _ = lora_run
+    c = configs.ml_collections.ConfigDict(c.to_dict())
+    c.num_train_steps, c.log_every_steps, c.eval_every_steps = 4, 1, 4
+    losses = {}
+    for mode in ("single", "pmap", "mesh"):
+        c.parallel.mode = mode
+        train_and_evaluate(c, tmp_path / mode)
+        losses[mode] = [r["train/loss"] for r in read_metrics(tmp_path / mode)
+                        if "train/loss" in r]
+    assert len(losses["single"]) == 4
+    np.testing.assert_allclose(losses["pmap"], losses["single"], atol=1e-5)
+    np.testing.assert_allclose(losses["mesh"], losses["single"], atol=1e-5)

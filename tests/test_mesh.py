@@ -2,6 +2,8 @@
 losses for each model family, parameters and optimizer state are really split, and a
 checkpoint written on one mesh restores bit-identically on another mesh and on one device."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -34,7 +36,8 @@ def family_setup(tmp_path, family: str, **extra):
     return c, objective, [next(train_iter) for _ in range(3)]
 
 
-def run_steps(c, objective, batches, mode, mesh=None, compiler_options=None):
+def run_steps(c, objective, batches, mode, mesh=None, compiler_options=None,
+              gradient_allreduce="auto"):
     """(losses of three steps, final device state, Parallel) under `mode`."""
     c = configs.ml_collections.ConfigDict(c.to_dict())
     if mesh:
@@ -44,7 +47,8 @@ def run_steps(c, objective, batches, mode, mesh=None, compiler_options=None):
     host_state = state_lib.init_state(params, tx, c.seed)
     abstract = jax.eval_shape(lambda: host_state)
     parallel = Parallel(mode, graphdef, objective, tx, schedule, mesh_sizes=c.parallel.mesh,
-                        abstract_state=abstract, compiler_options=compiler_options)
+                        abstract_state=abstract, compiler_options=compiler_options,
+                        gradient_allreduce=gradient_allreduce)
     state = parallel.to_device(host_state)
     losses = []
     for batch in batches:
@@ -65,6 +69,41 @@ def test_pmap_and_meshes_give_one_devices_losses(tmp_path, family):
     for name, mesh in MESHES.items():
         losses, state, _ = run_steps(c, objective, batches, "mesh", mesh)
         np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=f"mesh {name}")
+
+
+def all_reduced_arrays(parallel, state, batch) -> list[int]:
+    """For each all-reduce of the compiled train step, how many arrays it sums (XLA combines
+    all-reduces into one of several arrays, but XLA:CPU's runtime still exchanges them one
+    array at a time)."""
+    hlo = parallel._train.lower(state, parallel.shard_batch(batch)).compile().as_text()
+    results = re.findall(r"= (.*?) all-reduce(?:-start)?\(", hlo)
+    return [len(re.findall(r"[a-z]+[0-9]*\[[0-9,]*\]", result)) for result in results]
+
+
+@pytest.mark.parametrize("allreduce", ["flat", "per_array"])
+def test_data_parallel_sums_gradients_in_one_all_reduce_or_one_per_array(tmp_path, allreduce):
+    """pmap and a data-only mesh give one device's losses and eval sums with either way of
+    summing gradients. flat: one array all-reduced for the loss weights before the forward pass
+    and one holding every gradient and metric sum (the mesh's step then runs per batch shard
+    under shard_map); per_array: every gradient array on its own."""
+    c, objective, batches = family_setup(tmp_path, "decoder")
+    single, single_state, single_parallel = run_steps(c, objective, batches, "single")
+    expected_sums = single_parallel.eval_step(single_state["params"], batches[0])
+    num_arrays = len(jax.tree.leaves(single_state["params"]))
+    for mode, mesh in [("pmap", None), ("mesh", (8, 1, 1))]:
+        losses, state, parallel = run_steps(c, objective, batches, mode, mesh,
+                                            gradient_allreduce=allreduce)
+        np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=mode)
+        sums = parallel.unreplicate_metrics(parallel.eval_step(parallel.params(state),
+                                                               batches[0]))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), sums,
+                     expected_sums)
+        arrays = all_reduced_arrays(parallel, state, batches[0])
+        if allreduce == "flat":
+            assert arrays == [1, 1], (mode, arrays)
+            assert mode == "pmap" or parallel.per_shard
+        else:
+            assert sum(arrays) > num_arrays, (mode, arrays)
 
 
 LAYOUTS = {  # decoder layouts whose sublayers or norms span heads or sublayers together

@@ -96,6 +96,25 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
         [p.name for p in (tmp_path / "one/best/checkpoints").iterdir()]
 
 
+def test_two_processes_on_a_data_only_mesh_sum_gradients_in_one_all_reduce(tmp_path):
+    """fsdp = tensor = 1: each process steps on its batch shards (shard_map) and the gradients
+    cross between processes in one flat gloo all-reduce (one per array took the Shakespeare
+    recipe from 21 to 179 ms a step); the losses are one process's."""
+    config_file = write_config_file(multihost_config(**{"parallel.mesh.fsdp": 1}),
+                                    tmp_path / "config.py")
+    outputs = finish(launch_pair(config_file, tmp_path / "two", tmp_path / "tfds2"))
+    for i, (code, err) in enumerate(outputs):
+        assert code == 0, f"process {i}: {err[-3000:]}"
+    assert ("parallel: mesh data 4 x fsdp 1 x tensor 1 over 4 cpu device(s): the step on each "
+            "batch shard, gradients summed in one flat all-reduce") in outputs[0][1]
+    train_and_evaluate(multihost_config(**{"data.shards": 2, "parallel.mode": "single"}),
+                       tmp_path / "one")
+    two, single = train_losses(tmp_path / "two"), train_losses(tmp_path / "one")
+    assert sorted(two) == sorted(single) == list(range(1, 5))
+    for step in single:
+        assert two[step] == pytest.approx(single[step], abs=1e-5), step
+
+
 @pytest.mark.slow
 def test_sigterm_to_one_host_stops_both_at_one_step_and_resumes(tmp_path):
     """jax's preemption sync point: both hosts save the same step, then resume from it."""

@@ -118,6 +118,12 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"parallel.mode": "mesh", "parallel.mesh.data": 3}, "does not fit the 8 devices"),
     ({"parallel.mode": "mesh", "parallel.mesh.data": -1, "parallel.mesh.fsdp": -1},
      "at most one -1"),
+    ({"parallel.gradient_allreduce": "tree"}, "use auto, flat or per_array"),
+    ({"parallel.mode": "mesh", "parallel.mesh.fsdp": 2, "parallel.gradient_allreduce": "flat"},
+     "parallel.mesh has fsdp=2, whose gradients are sharded"),
+    ({"parallel.cpu_devices": 2}, r"JAX started with 8 CPU devices: .* "
+     r"jax.config.update\('jax_num_cpu_devices', 2\)"),
+    ({"parallel.cpu_devices": -1}, "parallel.cpu_devices=-1 must be >= 0"),
     ({"data.shards": 3}, "batch_size=8 is not divisible by data.shards=3"),
     ({"model.attention_impl": "cudnn"}, "runs in bfloat16 or float16"),
     ({"model.attention_impl": "xla", "model.attention_dropout_rate": 0.1},

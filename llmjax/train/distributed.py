@@ -6,6 +6,10 @@ that jax detects by itself (Cloud TPU pods, SLURM, Open MPI, Kubernetes) are joi
 `--distributed`, and a SLURM job step of several tasks, a Cloud TPU VM that is one worker of
 several (TPU_WORKER_HOSTNAMES lists more than one) or a set JAX_COORDINATOR_ADDRESS is joined
 automatically. A plain single-host run initialises nothing.
+
+On a CPU host, `parallel.cpu_devices` splits the CPU into that many JAX devices, so that
+`parallel.mode=mesh` (or pmap) runs data-parallel over its cores; like joining, this has to
+happen before JAX's first computation.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ def wanted(coordinator_address: str | None, distributed: bool | None) -> bool:
     if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-host TPU slice
         return True
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def use_cpu_devices(count: int) -> None:
+    """Makes JAX's CPU backend `count` devices (0: JAX's default); before any JAX computation."""
+    if count:
+        jax.config.update("jax_num_cpu_devices", count)
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,

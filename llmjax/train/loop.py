@@ -289,7 +289,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                         mesh_sizes=config.parallel.mesh, abstract_state=abstract,
                         compiler_options=configs.resolve_compiler_options(config),
                         regularizers=Regularizers(config.label_smoothing, config.z_loss),
-                        trainable=trainable)
+                        trainable=trainable,
+                        gradient_allreduce=config.parallel.gradient_allreduce)
+    logging.info("parallel: %s", parallel.describe())
     ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints_to_keep,
                                    config.async_checkpointing)
     start = ckpt.latest_step()

@@ -4,7 +4,16 @@
 - `pmap`:   jax.pmap data parallelism over all local devices (state replicated, batch split);
 - `mesh`:   jax.jit over a (data, fsdp, tensor) Mesh of all devices of all processes, with the
             state sharded by llmjax/sharding.py's rules and each process feeding its own part
-            of the global batch.
+            of the global batch. A mesh with data axes only (fsdp = tensor = 1) whose gradients
+            are summed in one flat all-reduce runs the step per batch shard under
+            jax.shard_map, which places that all-reduce itself (GSPMD would reduce each
+            gradient array).
+
+`gradient_allreduce` ('auto' | 'flat' | 'per_array') picks how pmap and data-only meshes sum
+gradients over devices: one all-reduce of all of them concatenated (step.flat_psum), or one per
+array. 'auto' is flat on CPU, whose runtime exchanges the arrays of an all-reduce one at a
+time, and per array on GPU and TPU, which reduce many arrays at once and overlap the
+reductions with the backward pass.
 
 Checkpoints hold plain (unreplicated, unsharded) arrays, so one restores under any mode and mesh.
 """
@@ -25,6 +34,15 @@ from llmjax.objectives.base import NO_REGULARIZERS, Regularizers
 from llmjax.train.step import loss_terms, make_eval_step, make_train_step
 
 AXIS = "batch"
+GRADIENT_ALLREDUCES = ("auto", "flat", "per_array")
+
+
+def flat_allreduce(choice: str) -> bool:
+    """Whether `gradient_allreduce` (one of GRADIENT_ALLREDUCES) sums gradients in one flat
+    all-reduce on this run's default backend."""
+    if choice not in GRADIENT_ALLREDUCES:
+        raise ValueError(f"gradient_allreduce={choice!r}: use one of {GRADIENT_ALLREDUCES}")
+    return choice == "flat" or (choice == "auto" and jax.default_backend() == "cpu")
 
 
 def _with_options(pmapped, compiler_options: dict | None):
@@ -47,42 +65,83 @@ def _with_options(pmapped, compiler_options: dict | None):
 class Parallel:
     """Runs train/eval steps in `mode`; moves state and batches to and from the devices.
     `abstract_state` (shapes of the train state) is needed in mesh mode, for its shardings;
-    `regularizers` are the training loss's (label smoothing, z-loss)."""
+    `regularizers` are the training loss's (label smoothing, z-loss); `gradient_allreduce` as
+    in the module's docstring."""
 
     def __init__(self, mode: str, graphdef: nnx.GraphDef, objective: Objective, optimizer,
                  schedule, accumulation_steps: int = 1, skip_nonfinite: bool = False, *,
                  mesh_sizes: Any = None, abstract_state: Any = None,
                  compiler_options: dict | None = None,
                  regularizers: Regularizers = NO_REGULARIZERS,
-                 trainable: Callable[[str], bool] | None = None):
+                 trainable: Callable[[str], bool] | None = None,
+                 gradient_allreduce: str = "auto"):
         self.mode = mode
         self.num_replicas = jax.local_device_count() if mode == "pmap" else 1
         self.loss_terms = tuple(loss_terms(objective))
+        flat = self._flat = flat_allreduce(gradient_allreduce)
+        # XLA:CPU can deadlock when many independent programs with in-process all-reduces are
+        # queued at once: evaluation's steps (146 of them for tiny Shakespeare's val split)
+        # hung in an all-reduce on 2 CPU devices of a 2-core machine, in pmap and mesh mode
+        # alike. Training's steps depend on each other, so only evaluation waits for each.
+        self._one_eval_at_a_time = (mode != "single" and jax.default_backend() == "cpu"
+                                    and jax.local_device_count() > 1)
         axis = AXIS if mode == "pmap" else None
+        self.per_shard = False  # mesh mode: the step runs on each batch shard (shard_map)
+        if mode == "mesh":
+            self.mesh = sharding.make_mesh(mesh_sizes)
+            # a data axis only: every device holds the whole state and steps on its batch shard
+            self.per_shard = flat and all(size == 1 for name, size in self.mesh.shape.items()
+                                          if name != "data")
+            axis = sharding.batch_sharding(self.mesh).spec[0] if self.per_shard else None
         train = make_train_step(graphdef, objective, optimizer, schedule, accumulation_steps,
                                 axis_name=axis, skip_nonfinite=skip_nonfinite,
-                                regularizers=regularizers, trainable=trainable)
-        evaluate = make_eval_step(graphdef, objective, axis_name=axis)
+                                regularizers=regularizers, trainable=trainable,
+                                flat_allreduce=flat)
+        evaluate = make_eval_step(graphdef, objective, axis_name=axis, flat_allreduce=flat)
         if mode == "pmap":
             self._train = _with_options(jax.pmap(train, axis_name=AXIS, donate_argnums=(0,)),
                                         compiler_options)
             self._eval = _with_options(jax.pmap(evaluate, axis_name=AXIS), compiler_options)
         elif mode == "mesh":
-            self.mesh = sharding.make_mesh(mesh_sizes)
             self.state_shardings = sharding.state_shardings(abstract_state, self.mesh)
             self.batch_sharding = sharding.batch_sharding(self.mesh)
             replicated = NamedSharding(self.mesh, PartitionSpec())
             params_shardings = self.state_shardings["params"]
-            self._train = jax.jit(self._traced_on_mesh(train), donate_argnums=(0,),
+            if self.per_shard:
+                train, evaluate = self._on_batch_shards(train), self._on_batch_shards(evaluate)
+            else:
+                train, evaluate = self._traced_on_mesh(train), self._traced_on_mesh(evaluate)
+            self._train = jax.jit(train, donate_argnums=(0,),
                                   in_shardings=(self.state_shardings, self.batch_sharding),
                                   out_shardings=(self.state_shardings, replicated),
                                   compiler_options=compiler_options)
-            self._eval = jax.jit(self._traced_on_mesh(evaluate),
-                                 in_shardings=(params_shardings, self.batch_sharding),
+            self._eval = jax.jit(evaluate, in_shardings=(params_shardings, self.batch_sharding),
                                  out_shardings=replicated, compiler_options=compiler_options)
         else:
             self._train = jax.jit(train, donate_argnums=(0,), compiler_options=compiler_options)
             self._eval = jax.jit(evaluate, compiler_options=compiler_options)
+
+    def describe(self) -> str:
+        """One line for the log: mode, devices and how gradients are summed."""
+        devices = f"{jax.device_count()} {jax.default_backend()} device(s)"
+        if self.mode == "single":
+            return f"one {jax.default_backend()} device"
+        if self.mode == "mesh":
+            layout = " x ".join(f"{name} {size}" for name, size in self.mesh.shape.items())
+            how = ("the step on each batch shard, gradients summed in one flat all-reduce"
+                   if self.per_shard else "GSPMD places the reductions")
+            return f"mesh {layout} over {devices}: {how}"
+        how = "one flat all-reduce" if self._flat else "one all-reduce per array"
+        return f"pmap over {devices}: gradients summed in {how}"
+
+    def _on_batch_shards(self, fn):
+        """fn(state_or_params, batch) run on each device's shard of the batch, with the state
+        replicated and the outputs (summed over devices inside fn) replicated. Unchecked
+        (check_vma=False), as under pmap: gradients of the replicated parameters are each
+        device's own until fn sums them, which the matmuls' custom gradients do not declare."""
+        whole, shards = PartitionSpec(), sharding.batch_sharding(self.mesh).spec
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=(whole, shards), out_specs=whole,
+                             check_vma=False)
 
     def _traced_on_mesh(self, fn):
         def on_mesh(*args):
@@ -152,7 +211,10 @@ class Parallel:
         return self._train(state, self.shard_batch(batch))
 
     def eval_step(self, params: Any, batch: dict[str, np.ndarray]) -> dict:
-        return self._eval(params, self.shard_batch(batch))
+        sums = self._eval(params, self.shard_batch(batch))
+        if self._one_eval_at_a_time:
+            jax.block_until_ready(sums)
+        return sums
 
     def params(self, device_state: Any) -> Any:
         return device_state["params"]
