@@ -13,8 +13,9 @@ exact GELU, bfloat16 compute, context 64, synthetic tokens), timed
 Then N processes, one per core, joined through jax.distributed on 127.0.0.1 (gloo, the CPU
 collectives), time an all-reduce of the model's gradients as one flat float32 vector and as one
 array per parameter (a jitted step's data-parallel gradient sum issues one per leaf), and then
-the data-parallel step itself: each process its 1/N share through llmjax's step, the gradients
-summed by one flat all-reduce. Prints a JSON line per row, then the ratios.
+the data-parallel step itself: each process its 1/N share through llmjax's mesh mode on a
+data-only mesh (the step per batch shard, the gradients summed by one flat all-reduce). Prints a
+JSON line per row, then the ratios.
 """
 
 from __future__ import annotations
@@ -89,22 +90,6 @@ def step_worker() -> dict:
             "ms_per_step": round(ms, 2)}
 
 
-def flat_psum(tree, axis_name: str | None):
-    """psum of a pytree as one float32 vector per call: XLA:CPU issues one gloo all-reduce per
-    leaf otherwise (the per-leaf row's figure), and their latencies add up."""
-    import jax
-    import jax.numpy as jnp
-
-    if axis_name is None:
-        return tree
-    leaves, treedef = jax.tree.flatten(tree)
-    flat = jax.lax.psum(jnp.concatenate([x.astype(jnp.float32).ravel() for x in leaves]),
-                        axis_name)
-    sizes = np.cumsum([x.size for x in leaves])[:-1]
-    return treedef.unflatten([part.reshape(x.shape).astype(x.dtype)
-                              for part, x in zip(jnp.split(flat, sizes), leaves, strict=True)])
-
-
 def join_processes():
     import jax
 
@@ -114,40 +99,19 @@ def join_processes():
 
 
 def data_parallel_worker() -> dict:
-    """This process's share of the batch through the recipe's step, gradients and metric sums
-    summed over the processes by one flat all-reduce (llmjax's pmap step, under shard_map)."""
+    """This process's share of the batch through llmjax's mesh mode on a data-only mesh of the
+    processes' devices: the step on each batch shard, the gradients and metric sums summed in
+    one flat gloo all-reduce (parallel.gradient_allreduce=auto on CPU)."""
     join_processes()
-    import jax
-    from flax import nnx
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
     from benchmarks import synthetic
-    from llmjax.objectives import get_objective
-    from llmjax.train import optim
-    from llmjax.train import state as state_lib
-    from llmjax.train import step as step_lib
 
     c = recipe_config(FLAGS.batch)
-    step_lib._psum = flat_psum  # this benchmark's lever, not llmjax's: see flat_psum
-    graphdef, params = nnx.split(state_lib.build_model(c))
-    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
-    train = step_lib.make_train_step(graphdef, get_objective(c.objective), tx, schedule,
-                                     axis_name="data")
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    split = NamedSharding(mesh, PartitionSpec("data"))
-    whole, rows = PartitionSpec(), PartitionSpec("data")
-    step = jax.jit(jax.shard_map(train, mesh=mesh, in_specs=(whole, rows),
-                                 out_specs=(whole, whole), check_vma=False),
-                   donate_argnums=(0,))
-    host = jax.device_get(state_lib.init_state(params, tx, 0))
-    state = jax.tree.map(lambda x: jax.make_array_from_callback(
-        np.shape(x), replicated, lambda index: np.asarray(x)[index]), host)
+    c.parallel.mode = "mesh"
+    parallel, host_state, _ = synthetic.train_setup(c)
     share = FLAGS.batch // FLAGS.num_processes
-    batch = {k: jax.make_array_from_process_local_data(
-        split, v[FLAGS.process_id * share:(FLAGS.process_id + 1) * share])
-        for k, v in synthetic.batch(c).items()}
-    ms = median_step_ms(step, state, batch)
+    rows = {k: v[FLAGS.process_id * share:(FLAGS.process_id + 1) * share]
+            for k, v in synthetic.batch(c).items()}
+    ms = median_step_ms(parallel.train_step, parallel.to_device(host_state), rows)
     return {"row": "data-parallel train step (one flat all-reduce)",
             "processes": FLAGS.num_processes, "batch_each": share, "ms_per_step": round(ms, 2)}
 
