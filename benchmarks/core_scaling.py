@@ -91,11 +91,9 @@ def step_worker() -> dict:
 
 
 def join_processes():
-    import jax
+    from llmjax.train import distributed  # gloo: JAX's CPU collectives
 
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(f"127.0.0.1:{FLAGS.port}", num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+    distributed.initialize(f"127.0.0.1:{FLAGS.port}", FLAGS.num_processes, FLAGS.process_id)
 
 
 def data_parallel_worker() -> dict:

@@ -366,8 +366,8 @@ def _check_gradient_allreduce(parallel: ml_collections.ConfigDict) -> None:
 
     from llmjax import sharding
 
-    sizes = sharding.mesh_shape(parallel.mesh, jax.device_count())
-    model_parallel = [f"{axis}={sizes[axis]}" for axis in ("fsdp", "tensor") if sizes[axis] > 1]
+    model_parallel = [f"{axis}={size}" for axis, size in sharding.model_axes(
+        sharding.mesh_shape(parallel.mesh, jax.device_count())).items()]
     _check(not model_parallel,
            f"parallel.gradient_allreduce=flat sums whole gradients replicated on every device, "
            f"but parallel.mesh has {' and '.join(model_parallel)}, whose gradients are sharded "

@@ -57,6 +57,12 @@ def mesh_shape(sizes: ml_collections.ConfigDict | dict, num_devices: int) -> dic
     return {a: (num_devices // max(known, 1) if s == -1 else s) for a, s in sizes.items()}
 
 
+def model_axes(sizes: dict[str, int]) -> dict[str, int]:
+    """The resolved mesh axes beyond `data` that have more than one device: those that split
+    the model's state (fsdp, tensor); empty on a data-only mesh."""
+    return {axis: size for axis, size in sizes.items() if axis != "data" and size > 1}
+
+
 def mesh_problem(sizes: ml_collections.ConfigDict | dict, num_devices: int,
                  num_processes: int) -> str | None:
     """Why `sizes` cannot be the mesh of this run (None if it can)."""

@@ -87,11 +87,12 @@ class Parallel:
                                     and jax.local_device_count() > 1)
         axis = AXIS if mode == "pmap" else None
         self.per_shard = False  # mesh mode: the step runs on each batch shard (shard_map)
+        # several processes feed one mesh: each batch becomes a global array of their rows
+        self._global_batches = mode == "mesh" and jax.process_count() > 1
         if mode == "mesh":
             self.mesh = sharding.make_mesh(mesh_sizes)
             # a data axis only: every device holds the whole state and steps on its batch shard
-            self.per_shard = flat and all(size == 1 for name, size in self.mesh.shape.items()
-                                          if name != "data")
+            self.per_shard = flat and not sharding.model_axes(dict(self.mesh.shape))
             axis = sharding.batch_sharding(self.mesh).spec[0] if self.per_shard else None
         train = make_train_step(graphdef, objective, optimizer, schedule, accumulation_steps,
                                 axis_name=axis, skip_nonfinite=skip_nonfinite,
@@ -123,9 +124,9 @@ class Parallel:
 
     def describe(self) -> str:
         """One line for the log: mode, devices and how gradients are summed."""
-        devices = f"{jax.device_count()} {jax.default_backend()} device(s)"
         if self.mode == "single":
             return f"one {jax.default_backend()} device"
+        devices = f"{jax.device_count()} {jax.default_backend()} device(s)"
         if self.mode == "mesh":
             layout = " x ".join(f"{name} {size}" for name, size in self.mesh.shape.items())
             how = ("the step on each batch shard, gradients summed in one flat all-reduce"
@@ -202,7 +203,7 @@ class Parallel:
         if self.mode == "pmap":
             n = self.num_replicas
             return {k: v.reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
-        if self.mode == "mesh" and jax.process_count() > 1:
+        if self._global_batches:
             return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
                     for k, v in batch.items()}
         # one process: the jitted step splits host arrays by its in_shardings itself, for

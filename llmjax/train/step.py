@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -40,9 +39,9 @@ def flat_psum(tree, axis_name: AxisName):
         flat = jax.lax.psum(jnp.concatenate([jnp.ravel(leaves[i]) for i in indices]), axis_name)
         start = 0
         for i in indices:
-            size = int(np.prod(jnp.shape(leaves[i])))
-            reduced[i] = flat[start:start + size].reshape(jnp.shape(leaves[i]))
-            start += size
+            end = start + jnp.size(leaves[i])
+            reduced[i] = flat[start:end].reshape(jnp.shape(leaves[i]))
+            start = end
     return jax.tree.unflatten(treedef, reduced)
 
 
