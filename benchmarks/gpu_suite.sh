@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: the GPU paths' correctness tests, then step time and MFU of
 # the GPT-2 124M shape (12 x 768, context 1024, vocabulary 50304) in bfloat16 for each attention
-# implementation, and float32 for reference. Figures are JSON lines on stdout.
+# implementation, and float32 for reference. Figures are JSON lines on stdout, the rows not yet
+# measured on a GPU first (so a run cut short still reports them).
 #
 #     bash benchmarks/gpu_suite.sh            # PYTHON=... to choose the interpreter
 set -u
@@ -9,12 +10,17 @@ PY=${PYTHON:-python3}
 export JAX_PLATFORMS=cuda PYTHONUNBUFFERED=1
 # float32 references at full precision (XLA may otherwise use TF32 for float32 matmuls)
 JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m pytest -q -p no:cacheprovider \
-    tests/test_attention_impl.py tests/test_models.py tests/test_encoder_decoder.py
-run() {  # dtype attention_impl batch
+    tests/test_attention_impl.py tests/test_models.py tests/test_encoder_decoder.py \
+    tests/test_matmul_outputs.py
+run() {  # dtype attention_impl batch [float32_matmul_outputs]
   timeout 240 $PY benchmarks/step_time.py --config=configs/gpt.py:size=base --vocab_size=50304 \
       --config.model.dtype="$1" --config.model.attention_impl="$2" --config.batch_size="$3" \
-      --steps=20 --peak_size=8192 2>&1 | grep '^{' || echo "{\"failed\": \"$1 $2 batch $3\"}"
+      --config.model.float32_matmul_outputs="${4:-True}" --steps=20 --peak_size=8192 2>&1 |
+      grep '^{' || echo "{\"failed\": \"$1 $2 batch $3 float32_matmul_outputs ${4:-True}\"}"
 }
+run bfloat16 cudnn 32 False
+run bfloat16 cudnn 64 False
+run bfloat16 cudnn 64
 run bfloat16 cudnn 16
 run bfloat16 cudnn 32
 run bfloat16 xla 16

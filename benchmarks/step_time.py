@@ -69,7 +69,9 @@ def main(argv):
     peak = flops.measure_matmul_peak(c.model.dtype, FLAGS.peak_size, seconds=2.0)
     device = jax.devices()[0]
     figures = {"device": device.device_kind, "dtype": c.model.dtype,
-               "attention_impl": c.model.attention_impl, "compile_s": round(compile_s, 2),
+               "attention_impl": c.model.attention_impl, "batch_size": c.batch_size,
+               "float32_matmul_outputs": c.model.float32_matmul_outputs,
+               "compile_s": round(compile_s, 2),
                "ms_per_step": round(step * 1e3, 2), "steps_per_sec": round(1 / step, 2),
                "tokens_per_sec": round(tokens / step),
                "model_tflops_per_sec": round(step_flops / step / 1e12, 3),

@@ -122,6 +122,11 @@ def base_config() -> ml_collections.ConfigDict:
     # jax.nn.dot_product_attention with that implementation (cudnn = flash attention on NVIDIA
     # GPUs, bfloat16/float16 only); both without attention dropout
     m.attention_impl = "einsum"
+    # the weight matmuls' results (dense layers, output logits) in float32; False: rounded to
+    # the compute dtype as the GEMM writes them (PyTorch autocast, MaxText): half the memory
+    # traffic of every activation a matmul writes, the bias, activation, norms, softmax and
+    # loss still in float32
+    m.float32_matmul_outputs = True
     # rematerialisation per block: none (keep activations), full (recompute the block in the
     # backward pass), dots (keep only matmul outputs, recompute the rest)
     m.remat = "none"

@@ -64,6 +64,7 @@ class ModelConfig:
     attention_window: int | None = None  # decoder: sliding-window attention (Mistral)
     global_attention_every: int | None = None  # every k-th layer unwindowed (Gemma 2/3)
     attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)
+    float32_matmul_outputs: bool = True  # False: weight matmuls write the compute dtype
     causal: bool = True
     num_token_types: int = 2  # encoder: 1 (RoBERTa) reads every token as type 0; 0: no table
     pooler_activation: str = "tanh"  # encoder's pooled [CLS]: tanh (BERT) | relu (DistilBERT)
@@ -99,6 +100,12 @@ class ModelConfig:
     @property
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+    @property
+    def matmul_result_dtype(self) -> jnp.dtype:
+        """What the weight matmuls (dense layers, output logits) write; they accumulate in
+        float32 either way."""
+        return jnp.dtype(jnp.float32) if self.float32_matmul_outputs else self.compute_dtype
 
     @property
     def weight_dtype(self) -> jnp.dtype:

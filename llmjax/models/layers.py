@@ -1,7 +1,8 @@
 """Shared Transformer layers: dense, norms, feed-forward, embeddings, positions, dropout.
 
 Weights are stored in `param_dtype` and cast to the compute dtype at use; matmuls accumulate in
-float32 (`preferred_element_type`), norms and softmax run in float32.
+float32 (`preferred_element_type`) and return float32 (or, with model.float32_matmul_outputs off,
+the compute dtype); norms and softmax run in float32.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def dropout(x: Array, rate: float, rng: Array | None) -> Array:
 MATMUL_NAME = "weight_matmul"  # what model.remat=dots keeps (jax.ad_checkpoint names)
 
 
-def matmul(x_NxI: Array, w_IxO: Array, dtype: jnp.dtype | None = None) -> Array:
+def matmul(x_NxI: Array, w_IxO: Array, dtype: jnp.dtype | None = None,
+           result_dtype: jnp.dtype = jnp.float32) -> Array:
     """x @ w with both cast to `dtype` (the compute dtype; None: as they are), float32
-    accumulation and a float32 result [N, O]; named for model.remat=dots. See
+    accumulation and a `result_dtype` result [N, O]; named for model.remat=dots. See
     `batched_matmul`."""
-    return checkpoint_name(batched_matmul(x_NxI, w_IxO, dtype), MATMUL_NAME)
+    return checkpoint_name(batched_matmul(x_NxI, w_IxO, dtype, result_dtype), MATMUL_NAME)
 
 
 def _bfloat16_on_cpu(dtype: jnp.dtype | None) -> bool:
@@ -68,19 +70,25 @@ def _transposed(x_BxMxN: Array) -> Array:
     return jnp.swapaxes(row_major(x_BxMxN), -1, -2)
 
 
-def _dot(a_BxMxK: Array, b_BxKxN: Array) -> Array:
+def _dot(a_BxMxK: Array, b_BxKxN: Array, result_dtype: jnp.dtype = jnp.float32) -> Array:
+    # YNNPACK's bfloat16 kernels write float32; a bfloat16-result dot takes another path on
+    # XLA:CPU (gpt:small's bfloat16 step 1022-1040 ms against 700), so there it rounds after
+    written = jnp.float32 if _bfloat16_on_cpu(a_BxMxK.dtype) else result_dtype
     return jnp.matmul(row_major(a_BxMxK), row_major(b_BxKxN),
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=written).astype(result_dtype)
 
 
 def _cast(x: Array, dtype: jnp.dtype | None) -> Array:
     return x if dtype is None else x.astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def batched_matmul(a_BxMxK: Array, b_BxKxN: Array, dtype: jnp.dtype | None = None) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def batched_matmul(a_BxMxK: Array, b_BxKxN: Array, dtype: jnp.dtype | None = None,
+                   result_dtype: jnp.dtype = jnp.float32) -> Array:
     """a @ b over shared leading batch dimensions, with both cast to `dtype` (None: as they
-    are), float32 accumulation and a float32 result [..., M, N].
+    are), float32 accumulation and a `result_dtype` result [..., M, N] (float32, or the
+    compute dtype: the accumulator rounded once, as PyTorch autocast's and MaxText's matmuls
+    write it; half the bytes for whatever reads it next).
 
     The backward matmuls also run in the compute dtype: autodiff alone would carry the float32
     result's cotangent into them and run the whole backward pass in float32 (measured on an
@@ -89,18 +97,20 @@ def batched_matmul(a_BxMxK: Array, b_BxKxN: Array, dtype: jnp.dtype | None = Non
     straight from the float32 accumulator: a float32 weight's gradient is never rounded to
     bfloat16 on the way (and the cast back is one op fewer: gpt:tiny's bfloat16 step 4% faster
     on an AMX CPU)."""
-    return _dot(_cast(a_BxMxK, dtype), _cast(b_BxKxN, dtype))
+    return _dot(_cast(a_BxMxK, dtype), _cast(b_BxKxN, dtype), result_dtype)
 
 
-def _batched_matmul_fwd(a: Array, b: Array, dtype: jnp.dtype | None
+def _batched_matmul_fwd(a: Array, b: Array, dtype: jnp.dtype | None, result_dtype: jnp.dtype
                         ) -> tuple[Array, tuple[Array, Array, Array, Array]]:
     a_c, b_c = _cast(a, dtype), _cast(b, dtype)
     # the operands' own dtypes travel as empty arrays (residuals must be arrays)
-    return _dot(a_c, b_c), (a_c, b_c, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+    return (_dot(a_c, b_c, result_dtype),
+            (a_c, b_c, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype)))
 
 
-def _batched_matmul_bwd(dtype: jnp.dtype | None, residuals: tuple[Array, Array, Array, Array],
-                        g_BxMxN: Array) -> tuple[Array, Array]:
+def _batched_matmul_bwd(dtype: jnp.dtype | None, result_dtype: jnp.dtype,
+                        residuals: tuple[Array, Array, Array, Array], g_BxMxN: Array
+                        ) -> tuple[Array, Array]:
     a, b, a_dtype, b_dtype = residuals
     g = g_BxMxN.astype(a.dtype)
     return (_dot(g, _transposed(b)).astype(a_dtype.dtype),
@@ -152,7 +162,7 @@ class Dense(nnx.Module):
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], cfg: ModelConfig,
                  *, rngs: nnx.Rngs, std: float = _INIT_STD, use_bias: bool | None = None):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
-        self.dtype = cfg.compute_dtype
+        self.dtype, self.result_dtype = cfg.compute_dtype, cfg.matmul_result_dtype
         init = jax.random.normal(rngs.params(), self.in_shape + self.out_shape, jnp.float32)
         self.kernel = nnx.Param((init * std).astype(cfg.weight_dtype))
         use_bias = cfg.use_bias if use_bias is None else use_bias
@@ -171,14 +181,18 @@ class Dense(nnx.Module):
         self.lora_scale = alpha / rank
 
     def __call__(self, x: Array, activation: Callable[[Array], Array] | None = None) -> Array:
-        """`activation` applies to the float32 result before its cast to the compute dtype."""
+        """The bias and `activation` apply in float32 before the cast to the compute dtype."""
         batch = x.shape[: x.ndim - len(self.in_shape)]
         n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
         x2 = x.reshape(-1, n_in).astype(self.dtype)
-        y = matmul(x2, self.kernel[...].reshape(n_in, n_out), self.dtype)
+        y = matmul(x2, self.kernel[...].reshape(n_in, n_out), self.dtype, self.result_dtype)
         if self.lora_a is not None:
             down = matmul(x2, self.lora_a[...], self.dtype).astype(self.dtype)
-            y = y + matmul(down, self.lora_b[...], self.dtype) * self.lora_scale
+            y = y + matmul(down, self.lora_b[...], self.dtype, self.result_dtype) * self.lora_scale
+        if self.bias is not None or activation is not None:
+            # a no-op for float32 results; else one elementwise pass that XLA fuses with the
+            # bias, the activation and the cast back
+            y = y.astype(jnp.float32)
         if self.bias is not None:
             y = add_bias(y, self.bias[...].reshape(n_out).astype(jnp.float32), self.dtype)
         if activation is not None:
@@ -279,7 +293,7 @@ class Embed(nnx.Module):
     def __init__(self, num: int, dim: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
         init = jax.random.normal(rngs.params(), (num, dim), jnp.float32) * _INIT_STD
         self.embedding = nnx.Param(init.astype(cfg.weight_dtype))
-        self.dtype = cfg.compute_dtype
+        self.dtype, self.result_dtype = cfg.compute_dtype, cfg.matmul_result_dtype
 
     def __call__(self, ids: Array) -> Array:
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
@@ -290,8 +304,9 @@ class Embed(nnx.Module):
         # whose transpose XLA folds into it, a layout XLA:CPU runs in neither YNNPACK nor for
         # bfloat16 at all
         table = self.embedding[...].astype(self.dtype)
-        logits = matmul(x_BxLxD.reshape(-1, table.shape[1]), table.T)
-        logits = logits.reshape(*x_BxLxD.shape[:-1], table.shape[0])
+        logits = matmul(x_BxLxD.reshape(-1, table.shape[1]), table.T,
+                        result_dtype=self.result_dtype)
+        logits = logits.reshape(*x_BxLxD.shape[:-1], table.shape[0]).astype(jnp.float32)
         return constrain(logits, ("batch",) + (None,) * (logits.ndim - 2) + ("vocab",))
 
 
