@@ -57,7 +57,8 @@ def test_matmul_result_dtype_rounds_the_result_and_keeps_the_gradients():
 
 
 @pytest.mark.parametrize("family", [
-    "decoder", pytest.param("encoder", marks=pytest.mark.slow), "encoder_decoder"])
+    "decoder", pytest.param("encoder", marks=pytest.mark.slow),
+    pytest.param("encoder_decoder", marks=pytest.mark.slow)])
 def test_training_losses_match_float32_outputs(tmp_path, family):
     c, objective, batches = family_setup(tmp_path, family, **{"model.dtype": "bfloat16"})
     reference, _, _ = run_steps(c, objective, batches, "single")
