@@ -5,24 +5,37 @@
 # measured on a GPU first (so a run cut short still reports them).
 #
 #     bash benchmarks/gpu_suite.sh            # PYTHON=... to choose the interpreter
+#     SIZE=tiny JAX_PLATFORMS=cpu bash benchmarks/gpu_suite.sh   # a dry run of the script here
+#
+# On the lent GPU machine, whose image lacks some of llmjax's packages: first
+# `bash benchmarks/gpu_wheels.sh` here, then run this there with .whl carried (it installs
+# them). The JSON lines also go to $OUT/gpu_suite.jsonl when $OUT is set (the device tool's).
 set -u
 PY=${PYTHON:-python3}
-export JAX_PLATFORMS=cuda PYTHONUNBUFFERED=1
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [ -d .whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/llmjax-site .whl/*.whl || exit 1
+  export PYTHONPATH=$PYTHONPATH:/tmp/llmjax-site
+fi
+RESULTS=${OUT:-/tmp}/gpu_suite.jsonl
 # float32 references at full precision (XLA may otherwise use TF32 for float32 matmuls)
 JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m pytest -q -p no:cacheprovider \
     tests/test_attention_impl.py tests/test_models.py tests/test_encoder_decoder.py \
     tests/test_matmul_outputs.py
 run() {  # dtype attention_impl batch [float32_matmul_outputs]
-  timeout 240 $PY benchmarks/step_time.py --config=configs/gpt.py:size=base --vocab_size=50304 \
-      --config.model.dtype="$1" --config.model.attention_impl="$2" --config.batch_size="$3" \
-      --config.model.float32_matmul_outputs="${4:-True}" --steps=20 --peak_size=8192 2>&1 |
-      grep '^{' || echo "{\"failed\": \"$1 $2 batch $3 float32_matmul_outputs ${4:-True}\"}"
+  timeout 240 $PY benchmarks/step_time.py --config=configs/gpt.py:size="${SIZE:-base}" \
+      --vocab_size=50304 --config.model.dtype="$1" --config.model.attention_impl="$2" \
+      --config.batch_size="$3" --config.model.float32_matmul_outputs="${4:-True}" --steps=20 \
+      --peak_size=8192 2>&1 | grep '^{' || echo "{\"failed\": \"$1 $2 batch $3 float32_matmul_outputs ${4:-True}\"}"
 }
-run bfloat16 cudnn 32 False
-run bfloat16 cudnn 64 False
-run bfloat16 cudnn 64
-run bfloat16 cudnn 16
-run bfloat16 cudnn 32
-run bfloat16 xla 16
-run bfloat16 einsum 16
-run float32 einsum 16
+{
+  run bfloat16 cudnn 32 False
+  run bfloat16 cudnn 64 False
+  run bfloat16 cudnn 64
+  run bfloat16 cudnn 16
+  run bfloat16 cudnn 32
+  run bfloat16 xla 16
+  run bfloat16 einsum 16
+  run float32 einsum 16
+} | tee -a "$RESULTS"
