@@ -6,8 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-import transformers
 from conftest import tiny_config
 from flax import nnx
 from test_convert_hf import _ids, byte_bpe, llama_folder  # noqa: F401 (a fixture)
@@ -15,6 +13,9 @@ from test_convert_hf import _ids, byte_bpe, llama_folder  # noqa: F401 (a fixtur
 import llmjax
 from llmjax.data.chat import prompt_layout, record_messages
 from llmjax.data.text_builder import DataError
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
 
 # The templates of test_convert_hf.py, with transformers' {% generation %} blocks around what an
 # assistant says, so that transformers' return_assistant_tokens_mask is an independent oracle.

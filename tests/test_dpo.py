@@ -31,7 +31,7 @@ def test_dpo_references_the_initial_model_and_starts_at_ln2(llama_folder, tmp_pa
     """From a Hugging Face LLaMA: each completion's reference log-likelihood is transformers'
     (after `<s> prompt </s>`, the completion and </s>), and the first step's loss is ln 2 with
     zero rewards, the policy being the reference."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     from llmjax.convert.hf import apply_hf_model_config
     from llmjax.data.tokenizers import load_hf_tokenizer

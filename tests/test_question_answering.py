@@ -237,8 +237,8 @@ def test_bert_for_question_answering_in_and_out(tmp_path):
     transformers', and `answer` reads out the span run_qa's post-processing picks (any
     context tokens, word pieces too, read back through the offsets); exported, it reloads
     as the same model."""
-    import torch
-    import transformers
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
     from test_convert_hf import bert_vocab, saved_random_model
 
     from llmjax.api import _token_class_logits

@@ -193,8 +193,8 @@ def test_bert_for_token_classification_in_and_out(tmp_path):
     with its id2label; `tag` gives the labels transformers' logits give at each word's first
     piece (words split as `is_split_into_words` splits them); exported, it reloads as the same
     model."""
-    import torch
-    import transformers
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
     from test_convert_hf import bert_vocab, saved_random_model
 
     from llmjax.convert import hf as convert
