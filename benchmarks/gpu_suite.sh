@@ -9,7 +9,8 @@
 #
 # On the lent GPU machine, whose image lacks some of llmjax's packages: first
 # `bash benchmarks/gpu_wheels.sh` here, then run this there with .whl carried (it installs
-# them). The JSON lines also go to $OUT/gpu_suite.jsonl when $OUT is set (the device tool's).
+# them). The JSON lines also go to $OUT/gpu_suite.jsonl, the closing profile to
+# $OUT/gpu_profile.txt, when $OUT is set (the device tool sets it).
 set -u
 PY=${PYTHON:-python3}
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -39,3 +40,8 @@ run() {  # dtype attention_impl batch [float32_matmul_outputs]
   run bfloat16 einsum 16
   run float32 einsum 16
 } | tee -a "$RESULTS"
+# where the bfloat16 step's device time goes (the ops that take the most), for the next lever
+timeout 240 $PY benchmarks/step_time.py --config=configs/gpt.py:size="${SIZE:-base}" \
+    --vocab_size=50304 --config.model.dtype=bfloat16 --config.model.attention_impl=cudnn \
+    --config.batch_size=32 --steps=5 --profile_steps=3 2>&1 |
+    grep -A40 '^device time' | tee "${OUT:-/tmp}/gpu_profile.txt"
