@@ -2,9 +2,11 @@
 # On a machine with an NVIDIA GPU: the GPU paths' correctness tests, then step time and MFU of
 # the GPT-2 124M shape (12 x 768, context 1024, vocabulary 50304) in bfloat16 for each attention
 # implementation, and float32 for reference. Figures are JSON lines on stdout, the rows not yet
-# measured on a GPU first (so a run cut short still reports them).
+# measured on a GPU first (so a run cut short still reports them); the whole default run should
+# fit one 10-minute device call.
 #
 #     bash benchmarks/gpu_suite.sh            # PYTHON=... to choose the interpreter
+#     ALL=1 bash benchmarks/gpu_suite.sh      # also the xla, einsum and float32 reference rows
 #     SIZE=tiny JAX_PLATFORMS=cpu bash benchmarks/gpu_suite.sh   # a dry run of the script here
 #
 # On the lent GPU machine, whose image lacks some of llmjax's packages: first
@@ -34,11 +36,13 @@ run() {  # dtype attention_impl batch [float32_matmul_outputs]
   run bfloat16 cudnn 32 False
   run bfloat16 cudnn 64 False
   run bfloat16 cudnn 64
-  run bfloat16 cudnn 16
   run bfloat16 cudnn 32
-  run bfloat16 xla 16
-  run bfloat16 einsum 16
-  run float32 einsum 16
+  run bfloat16 cudnn 16
+  if [ "${ALL:-0}" = 1 ]; then  # the reference rows, measured in README (~1 minute each)
+    run bfloat16 xla 16
+    run bfloat16 einsum 16
+    run float32 einsum 16
+  fi
 } | tee -a "$RESULTS"
 # where the bfloat16 step's device time goes (the ops that take the most), for the next lever
 timeout 240 $PY benchmarks/step_time.py --config=configs/gpt.py:size="${SIZE:-base}" \
