@@ -150,7 +150,7 @@ def restore_params(workdir: str | epath.Path, params: nnx.State, step: int | Non
             return False
         return not (top in optional and param_path_name(path) not in saved_names)
 
-    subset = params.filter(wanted)
+    subset = nnx.filter_state(params, wanted)
     _check_shapes(saved, subset, directory / str(step))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), subset)
     target = {"params": abstract}

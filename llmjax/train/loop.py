@@ -123,8 +123,8 @@ def initial_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.
     def adapter(path, _) -> bool:
         return lora.is_adapter(checkpoint.param_path_name(path))
 
-    base = _restored_params(config, params.filter(lambda p, v: not adapter(p, v)))
-    return nnx.merge_state(base, params.filter(adapter))
+    base = _restored_params(config, nnx.filter_state(params, lambda p, v: not adapter(p, v)))
+    return nnx.merge_state(base, nnx.filter_state(params, adapter))
 
 
 def _restored_params(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.State:
