@@ -27,10 +27,10 @@ def test_every_position_sees_every_other():
 
     def first_output(table):
         p2 = jax.tree.map(lambda x: x, p)
-        p2["embed"]["embedding"].value = table
+        p2["embed"]["embedding"][...] = table
         return (nnx.merge(g, p2)(toks)[0, 0] * readout).sum()
 
-    grad = jax.grad(first_output)(p["embed"]["embedding"].value)
+    grad = jax.grad(first_output)(p["embed"]["embedding"][...])
     used = np.abs(np.asarray(grad)).sum(-1) > 0
     assert used[np.asarray(toks[0])].all(), "position 0 depends on every token, later ones too"
 
