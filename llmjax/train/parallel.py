@@ -54,7 +54,7 @@ def _with_options(pmapped, compiler_options: dict | None):
 
     def call(*args):
         leaves, treedef = jax.tree.flatten(args)
-        key = (treedef, tuple((np.shape(x), getattr(x, 'dtype', type(x))) for x in leaves))
+        key = (treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
         if key not in compiled:
             compiled[key] = pmapped.lower(*args).compile(compiler_options=compiler_options)
         return compiled[key](*args)
