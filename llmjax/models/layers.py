@@ -70,12 +70,18 @@ def _transposed(x_BxMxN: Array) -> Array:
     return jnp.swapaxes(row_major(x_BxMxN), -1, -2)
 
 
+def written_dtype(operand_dtype: jnp.dtype, result_dtype: jnp.dtype) -> jnp.dtype:
+    """What a matmul of `operand_dtype` operands writes for a `result_dtype` result: float32
+    where XLA:CPU runs bfloat16 (YNNPACK's bfloat16 kernels write float32; a bfloat16-result
+    dot took another path, gpt:small's bfloat16 step 1022-1040 ms against 700), rounded after;
+    elsewhere the result dtype itself, straight from the GEMM."""
+    return jnp.dtype(jnp.float32) if _bfloat16_on_cpu(operand_dtype) else jnp.dtype(result_dtype)
+
+
 def _dot(a_BxMxK: Array, b_BxKxN: Array, result_dtype: jnp.dtype = jnp.float32) -> Array:
-    # YNNPACK's bfloat16 kernels write float32; a bfloat16-result dot takes another path on
-    # XLA:CPU (gpt:small's bfloat16 step 1022-1040 ms against 700), so there it rounds after
-    written = jnp.float32 if _bfloat16_on_cpu(a_BxMxK.dtype) else result_dtype
     return jnp.matmul(row_major(a_BxMxK), row_major(b_BxKxN),
-                      preferred_element_type=written).astype(result_dtype)
+                      preferred_element_type=written_dtype(a_BxMxK.dtype, result_dtype)
+                      ).astype(result_dtype)
 
 
 def _cast(x: Array, dtype: jnp.dtype | None) -> Array:

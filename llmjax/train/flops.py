@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from llmjax.models import layers
 from llmjax.models.config import ModelConfig
 from llmjax.train.checkpoint import param_path_name
 
@@ -92,14 +93,16 @@ def step_cost(config: ml_collections.ConfigDict, cfg: ModelConfig, params,
 
 
 def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float = 0.3,
-                        fastest: bool = False) -> float:
-    """FLOP/s of a large jitted matmul of `dtype` operands with a float32 result, as the model's
-    matmuls run (a bfloat16 result would leave XLA:CPU's bfloat16 kernels unused), on the
-    default device: the mean rate over `seconds`, or with `fastest` the rate of the fastest
-    call (what the device can do, robust to other work in the process, such as the input
-    pipeline filling its buffers)."""
+                        fastest: bool = False, result_dtype: str = "float32") -> float:
+    """FLOP/s of a large jitted matmul of `dtype` operands writing what the model's matmuls
+    write for a `result_dtype` result (layers.written_dtype: float32 by default; the compute
+    dtype with model.float32_matmul_outputs off, except on XLA:CPU), on the default device: the
+    mean rate over `seconds`, or with `fastest` the rate of the fastest call (what the device
+    can do, robust to other work in the process, such as the input pipeline filling its
+    buffers)."""
     x = jnp.ones((size, size), dtype)
-    matmul = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
+    written = layers.written_dtype(x.dtype, jnp.dtype(result_dtype))
+    matmul = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=written))
     matmul(x).block_until_ready()
     times, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds:
