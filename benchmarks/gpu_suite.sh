@@ -26,11 +26,14 @@ RESULTS=${OUT:-/tmp}/gpu_suite.jsonl
 JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m pytest -q -p no:cacheprovider \
     tests/test_attention_impl.py tests/test_models.py tests/test_encoder_decoder.py \
     tests/test_matmul_outputs.py
-run() {  # dtype attention_impl batch [float32_matmul_outputs]
+step_time() {  # the GPT-2 124M shape in benchmarks/step_time.py, with more flags
   timeout 240 $PY benchmarks/step_time.py --config=configs/gpt.py:size="${SIZE:-base}" \
-      --vocab_size=50304 --config.model.dtype="$1" --config.model.attention_impl="$2" \
-      --config.batch_size="$3" --config.model.float32_matmul_outputs="${4:-True}" --steps=20 \
-      --peak_size=8192 2>&1 | grep '^{' || echo "{\"failed\": \"$1 $2 batch $3 float32_matmul_outputs ${4:-True}\"}"
+      --vocab_size=50304 --peak_size=8192 "$@" 2>&1
+}
+run() {  # dtype attention_impl batch [float32_matmul_outputs]
+  step_time --config.model.dtype="$1" --config.model.attention_impl="$2" \
+      --config.batch_size="$3" --config.model.float32_matmul_outputs="${4:-True}" --steps=20 |
+      grep '^{' || echo "{\"failed\": \"$1 $2 batch $3 float32_matmul_outputs ${4:-True}\"}"
 }
 {
   run bfloat16 cudnn 32 False
@@ -45,7 +48,6 @@ run() {  # dtype attention_impl batch [float32_matmul_outputs]
   fi
 } | tee -a "$RESULTS"
 # where the bfloat16 step's device time goes (the ops that take the most), for the next lever
-timeout 240 $PY benchmarks/step_time.py --config=configs/gpt.py:size="${SIZE:-base}" \
-    --vocab_size=50304 --config.model.dtype=bfloat16 --config.model.attention_impl=cudnn \
-    --config.batch_size=32 --steps=5 --profile_steps=3 2>&1 |
+step_time --config.model.dtype=bfloat16 --config.model.attention_impl=cudnn \
+    --config.batch_size=32 --steps=5 --profile_steps=3 |
     grep -A40 '^device time' | tee "${OUT:-/tmp}/gpu_profile.txt"

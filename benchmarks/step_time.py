@@ -65,12 +65,12 @@ def main(argv):
         jax.block_until_ready(state)
         blocks.append((time.perf_counter() - start) / FLAGS.steps)
     step = float(np.median(blocks))
-    tokens, step_flops = flops.step_cost(c, state_lib.model_config(c), params)
+    model_cfg = state_lib.model_config(c)
+    tokens, step_flops = flops.step_cost(c, model_cfg, params)
     # the reference matmul writes what the model's do (float32, or with
     # model.float32_matmul_outputs off the compute dtype)
-    result_dtype = state_lib.model_config(c).matmul_result_dtype.name
     peak = flops.measure_matmul_peak(c.model.dtype, FLAGS.peak_size, seconds=2.0,
-                                     result_dtype=result_dtype)
+                                     result_dtype=model_cfg.matmul_result_dtype.name)
     device = jax.devices()[0]
     figures = {"device": device.device_kind, "dtype": c.model.dtype,
                "attention_impl": c.model.attention_impl, "batch_size": c.batch_size,

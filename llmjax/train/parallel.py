@@ -91,9 +91,10 @@ class Parallel:
         self._global_batches = mode == "mesh" and jax.process_count() > 1
         if mode == "mesh":
             self.mesh = sharding.make_mesh(mesh_sizes)
+            self.batch_sharding = sharding.batch_sharding(self.mesh)
             # a data axis only: every device holds the whole state and steps on its batch shard
             self.per_shard = flat and not sharding.model_axes(dict(self.mesh.shape))
-            axis = sharding.batch_sharding(self.mesh).spec[0] if self.per_shard else None
+            axis = self.batch_sharding.spec[0] if self.per_shard else None
         train = make_train_step(graphdef, objective, optimizer, schedule, accumulation_steps,
                                 axis_name=axis, skip_nonfinite=skip_nonfinite,
                                 regularizers=regularizers, trainable=trainable,
@@ -105,7 +106,6 @@ class Parallel:
             self._eval = _with_options(jax.pmap(evaluate, axis_name=AXIS), compiler_options)
         elif mode == "mesh":
             self.state_shardings = sharding.state_shardings(abstract_state, self.mesh)
-            self.batch_sharding = sharding.batch_sharding(self.mesh)
             replicated = NamedSharding(self.mesh, PartitionSpec())
             params_shardings = self.state_shardings["params"]
             if self.per_shard:
@@ -140,7 +140,7 @@ class Parallel:
         replicated and the outputs (summed over devices inside fn) replicated. Unchecked
         (check_vma=False), as under pmap: gradients of the replicated parameters are each
         device's own until fn sums them, which the matmuls' custom gradients do not declare."""
-        whole, shards = PartitionSpec(), sharding.batch_sharding(self.mesh).spec
+        whole, shards = PartitionSpec(), self.batch_sharding.spec
         return jax.shard_map(fn, mesh=self.mesh, in_specs=(whole, shards), out_specs=whole,
                              check_vma=False)
 

@@ -45,6 +45,11 @@ def flat_psum(tree, axis_name: AxisName):
     return jax.tree.unflatten(treedef, reduced)
 
 
+def device_sum(flat_allreduce: bool) -> Callable:
+    """How a step sums a tree over devices: flat_psum (one all-reduce) or one psum per array."""
+    return flat_psum if flat_allreduce else _psum
+
+
 def loss_terms(objective: Objective) -> dict[str, str]:
     """The objective's loss terms: {metric name: batch key of its weights}. The loss is the sum
     of the terms' weighted means (one term, 'loss', unless the objective declares more)."""
@@ -83,7 +88,7 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
     are summed over devices in one all-reduce (flat_psum) instead of one per array."""
 
     terms = loss_terms(objective)
-    reduce = flat_psum if flat_allreduce else _psum
+    reduce = device_sum(flat_allreduce)
 
     def sum_over_devices(grads, sums):
         if trainable is None:
@@ -156,7 +161,7 @@ def make_eval_step(graphdef: nnx.GraphDef, objective: Objective, axis_name: Axis
                    flat_allreduce: bool = False) -> Callable[[nnx.State, dict], dict]:
     """eval_step(params, batch) -> metric sums {name: (sum, count)}, reduced over devices (in
     one all-reduce with `flat_allreduce`)."""
-    reduce = flat_psum if flat_allreduce else _psum
+    reduce = device_sum(flat_allreduce)
 
     def eval_step(params: nnx.State, batch: dict) -> dict:
         sums = objective.loss(nnx.merge(graphdef, params), batch, None)
