@@ -5,10 +5,12 @@ from XLA's memory analysis of the step compiled on abstract shapes (nothing is a
 
 `--optimizer=adafactor` measures Adafactor's factored state instead of AdamW's; `--lora_rank=R`
 a LoRA fine-tune (adapters of rank R on `--lora_targets`, the only trained parameters: optimizer
-state for them alone, no weight gradients for the rest). Prints one JSON
-line per mesh: parameters + optimizer state per device (the step's donated
-state arguments), temporaries, and the compile time; then the fsdp=8 / data-only ratio of
-parameter + optimizer memory (ZeRO-3 divides it by the fsdp size).
+state for them alone, no weight gradients for the rest); `--logits_chunks=N` the causal-LM loss
+computed N chunks of the sequence at a time (model.logits_chunks), with `--vocab_size` to see
+what the [B, L, V] logits cost; `--dtype=bfloat16` bfloat16 compute; `--meshes=data,fsdp` a
+subset of the meshes. Prints one JSON line per mesh: parameters + optimizer state per device
+(the step's donated state arguments), temporaries, and the compile time; then the fsdp=8 /
+data-only ratio of parameter + optimizer memory (ZeRO-3 divides it by the fsdp size).
 """
 
 from __future__ import annotations
@@ -31,10 +33,16 @@ flags.DEFINE_bool("scan_layers", True, "model.scan_layers (one compiled block: f
 flags.DEFINE_enum("optimizer", "adamw", ["adamw", "adafactor"], "optimizer.name.")
 flags.DEFINE_integer("lora_rank", 0, "lora.rank (0: full training).")
 flags.DEFINE_string("lora_targets", "attention|mlp", "lora.targets.")
+flags.DEFINE_integer("vocab_size", 32768, "model.vocab_size.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (compute dtype).")
+flags.DEFINE_integer("logits_chunks", 1, "model.logits_chunks (1: the whole [B, L, V] logits).")
+flags.DEFINE_list("meshes", ["data", "fsdp", "tensor", "fsdp_tensor"],
+                  "Which meshes to compile for: data, fsdp, tensor, fsdp_tensor.")
 FLAGS = flags.FLAGS
 
-MESHES = {"data-only (8,1,1)": (8, 1, 1), "fsdp=8 (1,8,1)": (1, 8, 1),
-          "tensor=8 (1,1,8)": (1, 1, 8), "fsdp x tensor (1,4,2)": (1, 4, 2)}
+MESHES = {"data": ("data-only (8,1,1)", (8, 1, 1)), "fsdp": ("fsdp=8 (1,8,1)", (1, 8, 1)),
+          "tensor": ("tensor=8 (1,1,8)", (1, 1, 8)),
+          "fsdp_tensor": ("fsdp x tensor (1,4,2)", (1, 4, 2))}
 
 
 def main(argv):
@@ -52,7 +60,8 @@ def main(argv):
     c = configs.base_config()
     c.model.num_layers, c.model.emb_dim = FLAGS.layers, FLAGS.emb_dim
     c.model.num_heads, c.model.mlp_dim = FLAGS.emb_dim // 128, 4 * FLAGS.emb_dim
-    c.model.max_len, c.model.vocab_size = FLAGS.seq_len, 32768
+    c.model.max_len, c.model.vocab_size = FLAGS.seq_len, FLAGS.vocab_size
+    c.model.logits_chunks, c.model.dtype = FLAGS.logits_chunks, FLAGS.dtype
     c.model.remat, c.model.scan_layers = FLAGS.remat, FLAGS.scan_layers
     c.seq_len, c.batch_size = FLAGS.seq_len, FLAGS.batch_size
     c.optimizer.name = FLAGS.optimizer
@@ -68,12 +77,16 @@ def main(argv):
     batch = {"inputs": np.int32, "targets": np.int32, "segment_ids": np.int32,
              "weights": np.float32}
     print(json.dumps({"parameters": num_params, "optimizer": c.optimizer.name,
-                      "lora_rank": c.lora.rank,
+                      "lora_rank": c.lora.rank, "vocab_size": c.model.vocab_size,
+                      "logits_chunks": c.model.logits_chunks, "dtype": c.model.dtype,
                       "state_gib": round(state_bytes / 2**30, 2),
                       "devices": jax.device_count(), "remat": c.model.remat,
                       "scan_layers": c.model.scan_layers}))
     per_device = {}
-    for name, mesh in MESHES.items():
+    unknown = set(FLAGS.meshes) - set(MESHES)
+    if unknown:
+        raise app.UsageError(f"--meshes: unknown {sorted(unknown)}; choose from {list(MESHES)}")
+    for name, mesh in (MESHES[key] for key in FLAGS.meshes):
         c.parallel.mesh.data, c.parallel.mesh.fsdp, c.parallel.mesh.tensor = mesh
         parallel = Parallel("mesh", graphdef, objective, tx, schedule,
                             mesh_sizes=c.parallel.mesh, abstract_state=abstract,
@@ -92,8 +105,9 @@ def main(argv):
                           "temp_gib": round(memory.temp_size_in_bytes / 2**30, 3),
                           "output_gib": round(memory.output_size_in_bytes / 2**30, 3),
                           "compile_s": round(compile_s, 1)}))
-    ratio = per_device["data-only (8,1,1)"] / per_device["fsdp=8 (1,8,1)"]
-    print(json.dumps({"state_per_device_data_only_over_fsdp8": round(ratio, 2)}))
+    if {"data", "fsdp"} <= set(FLAGS.meshes):
+        ratio = per_device["data-only (8,1,1)"] / per_device["fsdp=8 (1,8,1)"]
+        print(json.dumps({"state_per_device_data_only_over_fsdp8": round(ratio, 2)}))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
     # backward pass), dots (keep only matmul outputs, recompute the rest)
     m.remat = "none"
     m.scan_layers = False  # run the blocks under jax.lax.scan: one compiled block, fast compile
+    # language-model losses (causal_lm, seq2seq, span_corruption) over this many chunks of the
+    # sequence, each chunk's gradients taken as it goes: 1/N of the [B, L, V] logits live
+    m.logits_chunks = 1
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "generated"
@@ -478,6 +481,8 @@ _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
 _OPEN_FRACTION = (lambda v: 0 < v < 1, "in (0, 1)")
 _UNIT = (lambda v: 0 < v <= 1, "in (0, 1]")
+# the objectives whose loss model.logits_chunks computes a chunk of the sequence at a time
+LOGITS_CHUNKS_OBJECTIVES = ("causal_lm", "seq2seq", "span_corruption")
 # The range of every numeric key that has one (None, a placeholder's unset value, is allowed).
 _RANGES = {
     **dict.fromkeys(("num_train_steps", "log_every_steps", "eval_every_steps",
@@ -489,7 +494,8 @@ _RANGES = {
                      "model.global_attention_every", "model.query_scale_dim",
                      "model.head_dim", "model.emb_dim", "model.mlp_dim", "model.max_len",
                      "model.vocab_size", "model.num_classes", "model.relative_buckets",
-                     "model.relative_max_distance", "tokenizer.vocab_size",
+                     "model.relative_max_distance", "model.logits_chunks",
+                     "tokenizer.vocab_size",
                      "optimizer.accumulation_steps", "optimizer.decay_steps",
                      "optimizer.cooldown_steps",
                      "data.tokenizer_sample_chars", "data.mean_noise_span_length",
@@ -635,6 +641,10 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                            g.min_p, g.repetition_penalty)
     _check(m.remat in ("none", "full", "dots"),
            f"model.remat={m.remat!r}: use none, full or dots")
+    _check(m.logits_chunks == 1 or config.objective in LOGITS_CHUNKS_OBJECTIVES,
+           f"model.logits_chunks={m.logits_chunks} splits the language-model losses "
+           f"({', '.join(LOGITS_CHUNKS_OBJECTIVES)}), not objective={config.objective}'s: "
+           "set model.logits_chunks=1")
     _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "relative", "alibi",
                                     "none"),
            f"model.position_embedding={m.position_embedding!r}: use learned, sinusoidal, "

@@ -61,6 +61,7 @@ class ModelConfig:
     embed_norm: bool = False  # decoder: a norm on the embeddings (BLOOM)
     remat: str = "none"  # none | full | dots: what the backward pass recomputes per block
     scan_layers: bool = False  # blocks under jax.lax.scan (parameters stay one per layer)
+    logits_chunks: int = 1  # LM losses: output logits made (and remade in backward) per chunk
     attention_window: int | None = None  # decoder: sliding-window attention (Mistral)
     global_attention_every: int | None = None  # every k-th layer unwindowed (Gemma 2/3)
     attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)

@@ -50,13 +50,21 @@ class Decoder(nnx.Module):
     def _final(self, x_BxLxD: Array) -> Array:
         return x_BxLxD if self.final_norm is None else self.final_norm(x_BxLxD)
 
-    def _logits(self, x_BxLxD: Array) -> Array:
+    @property
+    def output_head(self) -> nnx.Module:
+        """The module whose parameters project hidden states to logits: the embedding table
+        (tied) or lm_head."""
+        return self.embed if self.cfg.tie_embeddings else self.lm_head
+
+    def output_logits(self, x_BxLxD: Array, head: nnx.Module | None = None) -> Array:
         """Output projection of final hidden states -> logits [B, L, V] in float32, soft-capped
-        to (-cap, cap) with cfg.logit_softcap (Gemma 2)."""
+        to (-cap, cap) with cfg.logit_softcap (Gemma 2). `head`: another `output_head` (of
+        the same shapes) to project with."""
+        head = self.output_head if head is None else head
         if self.cfg.tie_embeddings:
-            logits = self.embed.attend(x_BxLxD)
+            logits = head.attend(x_BxLxD)
         else:
-            logits = self.lm_head(x_BxLxD).astype(jnp.float32)
+            logits = head(x_BxLxD).astype(jnp.float32)
         cap = self.cfg.logit_softcap
         return logits if cap is None else cap * jnp.tanh(logits / cap)
 
@@ -86,7 +94,7 @@ class Decoder(nnx.Module):
     def __call__(self, tokens_BxL: Array, *, positions: Array | None = None,
                  segment_ids: Array | None = None, rng: Array | None = None) -> Array:
         """Logits [B, L, V] in float32. segment_ids: packed documents 1, 2, ...; 0 = padding."""
-        return self._logits(self.hidden_states(tokens_BxL, positions=positions,
+        return self.output_logits(self.hidden_states(tokens_BxL, positions=positions,
                                                segment_ids=segment_ids, rng=rng))
 
     def init_cache(self, batch_size: int, max_len: int | None = None) -> dict:
@@ -129,7 +137,7 @@ class Decoder(nnx.Module):
                                    cache=layer_cache, cache_index=index, bias=bias,
                                    windowed=windowed)
             new_layers.append(layer_cache)
-        logits = self._logits(self._final(x))
+        logits = self.output_logits(self._final(x))
         return logits, {
             "layers": new_layers,
             "index": index + tokens_BxT.shape[1],

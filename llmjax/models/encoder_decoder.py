@@ -86,17 +86,35 @@ class EncoderDecoder(nnx.Module):
         x = apply_blocks(stack.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias)
         return stack.finish(x)
 
-    def _logits(self, x_BxTxD: Array) -> Array:
+    @property
+    def output_head(self) -> nnx.Module:
+        """The module whose parameters project decoder states to logits: the shared embedding
+        table (tied) or lm_head."""
+        return self.embed if self.cfg.tie_embeddings else self.lm_head
+
+    def output_logits(self, x_BxTxD: Array, head: nnx.Module | None = None) -> Array:
+        """The decoder's last states [B, T, D] -> logits [B, T, V] in float32. `head`: another
+        `output_head` (of the same shapes) to project with."""
+        head = self.output_head if head is None else head
         if self.cfg.scale_decoder_outputs:  # T5 v1.0
             x_BxTxD = x_BxTxD * (self.cfg.emb_dim ** -0.5)
         if self.cfg.tie_embeddings:
-            return self.embed.attend(x_BxTxD)
-        return self.lm_head(x_BxTxD).astype(jnp.float32)
+            return head.attend(x_BxTxD)
+        return head(x_BxTxD).astype(jnp.float32)
 
     def decode(self, decoder_tokens_BxT: Array, encoded_BxSxD: Array, *,
                encoder_segment_ids: Array, decoder_segment_ids: Array | None = None,
                rng: Array | None = None) -> Array:
         """Teacher-forced decoder logits [B, T, V] given the encoder output."""
+        return self.output_logits(self.decoder_hidden_states(
+            decoder_tokens_BxT, encoded_BxSxD, encoder_segment_ids=encoder_segment_ids,
+            decoder_segment_ids=decoder_segment_ids, rng=rng))
+
+    def decoder_hidden_states(self, decoder_tokens_BxT: Array, encoded_BxSxD: Array, *,
+                              encoder_segment_ids: Array,
+                              decoder_segment_ids: Array | None = None,
+                              rng: Array | None = None) -> Array:
+        """The decoder's last states [B, T, D] (after its final norm), teacher-forced."""
         seg = (jnp.ones_like(decoder_tokens_BxT) if decoder_segment_ids is None
                else decoder_segment_ids)
         pos = segment_positions(seg)
@@ -108,16 +126,27 @@ class EncoderDecoder(nnx.Module):
         bias = stack.bias(pos, pos)
         x = apply_blocks(stack.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias,
                          memory_BxSxD=encoded_BxSxD, memory_mask=memory_mask)
-        return self._logits(stack.finish(x))
+        return stack.finish(x)
 
     def __call__(self, tokens_BxS: Array, decoder_tokens_BxT: Array, *,
                  segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
                  rng: Array | None = None) -> Array:
         """Logits [B, T, V]: decoder position t predicts target token t."""
+        return self.output_logits(self.target_hidden_states(
+            tokens_BxS, decoder_tokens_BxT, segment_ids=segment_ids,
+            decoder_segment_ids=decoder_segment_ids, rng=rng))
+
+    def target_hidden_states(self, tokens_BxS: Array, decoder_tokens_BxT: Array, *,
+                             segment_ids: Array | None = None,
+                             decoder_segment_ids: Array | None = None,
+                             rng: Array | None = None) -> Array:
+        """The decoder's last states [B, T, D] of a source and teacher-forced target: what
+        `output_logits` turns into __call__'s logits."""
         seg = jnp.ones_like(tokens_BxS) if segment_ids is None else segment_ids
         encoded = self.encode(tokens_BxS, segment_ids=seg, rng=fold(rng, 0))
-        return self.decode(decoder_tokens_BxT, encoded, encoder_segment_ids=seg,
-                           decoder_segment_ids=decoder_segment_ids, rng=fold(rng, 1))
+        return self.decoder_hidden_states(decoder_tokens_BxT, encoded, encoder_segment_ids=seg,
+                                          decoder_segment_ids=decoder_segment_ids,
+                                          rng=fold(rng, 1))
 
     def hidden_states(self, tokens_BxS: Array, *, segment_ids: Array | None = None,
                       **unused) -> Array:
@@ -163,5 +192,5 @@ class EncoderDecoder(nnx.Module):
             x, layer_cache = layer(x, mask, positions, cache=layer_cache, cache_index=index,
                                    bias=bias, memory_kv=memory_kv, memory_mask=memory_mask)
             new_layers.append(layer_cache)
-        return self._logits(stack.finish(x)), {**cache, "layers": new_layers,
+        return self.output_logits(stack.finish(x)), {**cache, "layers": new_layers,
                                                  "index": index + length}

@@ -11,12 +11,8 @@ import numpy as np
 from llmjax.data import packing
 from llmjax.data.sources import read_documents
 from llmjax.data.tokenizers import Tokenizer
-from llmjax.objectives.base import (
-    NO_REGULARIZERS,
-    MetricSums,
-    Regularizers,
-    cross_entropy,
-)
+from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers
+from llmjax.objectives.lm_loss import token_sums
 
 
 class CausalLM:
@@ -46,12 +42,11 @@ class CausalLM:
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
              regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
-        logits = model(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
+        hidden = model.hidden_states(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
         weights = batch["weights"]
-        loss_sum = (cross_entropy(logits, batch["targets"], regularizers) * weights).sum()
-        correct = (logits.argmax(-1) == batch["targets"]) * weights
+        loss_sum, correct = token_sums(model, hidden, batch["targets"], weights, regularizers)
         count = weights.sum()
-        return {"loss": (loss_sum, count), "token_accuracy": (correct.sum(), count)}
+        return {"loss": (loss_sum, count), "token_accuracy": (correct, count)}
 
     def loss_floor(self, config: ml_collections.ConfigDict, tokenizer,
                    eval_batches: list[dict[str, np.ndarray]]) -> float | None:

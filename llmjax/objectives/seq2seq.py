@@ -32,9 +32,9 @@ from llmjax.objectives.base import (
     NO_REGULARIZERS,
     MetricSums,
     Regularizers,
-    cross_entropy,
     texts_up_to,
 )
+from llmjax.objectives.lm_loss import token_sums
 from llmjax.objectives.pairs import ArrayExamples
 
 
@@ -149,14 +149,14 @@ def seq2seq_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None,
     """Teacher-forced cross-entropy and token accuracy over the weighted target tokens, for
     either layout (an encoder-decoder's batches have `decoder_inputs`)."""
     if "decoder_inputs" in batch:
-        logits = model(batch["inputs"], batch["decoder_inputs"],
-                       segment_ids=batch["input_segments"],
-                       decoder_segment_ids=batch["target_segments"], rng=rng)
+        hidden = model.target_hidden_states(batch["inputs"], batch["decoder_inputs"],
+                                            segment_ids=batch["input_segments"],
+                                            decoder_segment_ids=batch["target_segments"],
+                                            rng=rng)
     else:
-        logits = model(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
+        hidden = model.hidden_states(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
     weights = batch["weights"]
-    loss_sum = (cross_entropy(logits, batch["targets"], regularizers) * weights).sum()
-    correct = ((logits.argmax(-1) == batch["targets"]) * weights).sum()
+    loss_sum, correct = token_sums(model, hidden, batch["targets"], weights, regularizers)
     count = weights.sum()
     return {"loss": (loss_sum, count), "token_accuracy": (correct, count)}
 
