@@ -75,7 +75,7 @@ def main(argv):
     figures = {"device": device.device_kind, "dtype": c.model.dtype,
                "attention_impl": c.model.attention_impl, "batch_size": c.batch_size,
                "float32_matmul_outputs": c.model.float32_matmul_outputs,
-               "compile_s": round(compile_s, 2),
+               "logits_chunks": c.model.logits_chunks, "compile_s": round(compile_s, 2),
                "ms_per_step": round(step * 1e3, 2), "steps_per_sec": round(1 / step, 2),
                "tokens_per_sec": round(tokens / step),
                "model_tflops_per_sec": round(step_flops / step / 1e12, 3),
