@@ -13,7 +13,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from llmjax import configs
+from llmjax import configs, validation
 from llmjax.configs import ConfigError
 from llmjax.data.tokenizers import Tokenizer, load_tokenizer
 from llmjax.objectives.base import cross_entropy
@@ -43,7 +43,7 @@ class Decoding:
             value = defaults[field.name] if value is None else value
             values[field.name] = (int if field.type == "int" else float)(value)
         options = cls(**values)
-        configs.check_generate_options(**dataclasses.asdict(options))
+        validation.check_generate_options(**dataclasses.asdict(options))
         return options
 
     def sampling(self) -> dict:

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from llmjax import configs
+from llmjax import validation
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 VARIANTS = [("demo.py", None), ("gpt.py", "size=tiny"), ("gpt.py", "size=base,style=llama"),
@@ -31,7 +31,7 @@ def test_config_files_validate(name, arg):
     c = load(name, arg)
     if name == "instruct.py":  # the architecture comes from the folder
         c.init.hf_path = "path/to/model"
-    configs.validate(c)
+    validation.validate(c)
 
 
 def test_instruct_stages_lay_out_chats_and_preferences():

@@ -196,10 +196,10 @@ def test_dpo_loss_variants_follow_their_formulas(monkeypatch, loss, smoothing):
      "for dpo.loss=sigmoid only"),
 ])
 def test_dpo_config_errors(overrides, message):
-    from llmjax import configs
+    from llmjax import validation
 
     with pytest.raises(ConfigError, match=message):
-        configs.validate(tiny_config(**{"objective": "dpo", **overrides}))
+        validation.validate(tiny_config(**{"objective": "dpo", **overrides}))
 
 
 def test_conversational_pairs_are_laid_out_by_the_chat_template(tmp_path):

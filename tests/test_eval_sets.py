@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import run_command, tiny_config
 
-from llmjax import configs
+from llmjax import configs, validation
 from llmjax.train.loop import train_and_evaluate
 from llmjax.train.writer import read_metrics
 
@@ -45,7 +45,7 @@ def test_extra_eval_sets_are_reported_by_name_in_training_and_eval(tmp_path, cap
 ])
 def test_malformed_extra_eval_sources_are_config_errors(spec, message):
     with pytest.raises(configs.ConfigError, match=message):
-        configs.validate(tiny_config(**{"data.extra_eval_sources": spec}))
+        validation.validate(tiny_config(**{"data.extra_eval_sources": spec}))
 
 
 def test_a_best_metric_of_an_unknown_eval_set_lists_the_reported_names(tmp_path):

@@ -13,7 +13,7 @@ from conftest import tiny_config
 from flax import nnx
 from test_mesh import family_setup, run_steps
 
-from llmjax import configs
+from llmjax import configs, validation
 from llmjax.models import Decoder, EncoderDecoder, ModelConfig
 from llmjax.objectives.base import Regularizers
 from llmjax.objectives.causal_lm import CausalLM
@@ -115,7 +115,7 @@ def test_the_config_key_reaches_the_model_and_is_checked():
     assert ModelConfig.from_config(c.model).logits_chunks == 4
     c.model.logits_chunks = 0
     with pytest.raises(configs.ConfigError, match="model.logits_chunks=0"):
-        configs.validate(c)
+        validation.validate(c)
     c = tiny_config(**{"model.logits_chunks": 2, "model.arch": "encoder", "objective": "mlm"})
     with pytest.raises(configs.ConfigError, match="not objective=mlm's: set model.logits_ch"):
-        configs.validate(c)
+        validation.validate(c)

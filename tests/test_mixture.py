@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from llmjax import configs
+from llmjax import configs, validation
 from llmjax.data import mixture, pipeline, sources
 from llmjax.data.text_builder import DataError
 from llmjax.objectives import get_objective
@@ -40,9 +40,9 @@ def test_mixture_specs_parse_and_bad_ones_are_config_errors():
                           ("text:a,,text:b", "empty member"),
                           ("text:a=1,text:a=2", "lists 'text:a' twice")]:
         with pytest.raises(configs.ConfigError, match=message):
-            configs.validate(tiny_config(**{"data.source": spec}))
+            validation.validate(tiny_config(**{"data.source": spec}))
     with pytest.raises(configs.ConfigError, match="empty member"):
-        configs.validate(tiny_config(**{"data.eval_source": "text:a,"}))
+        validation.validate(tiny_config(**{"data.eval_source": "text:a,"}))
 
 
 def test_batches_hold_the_members_in_proportion_and_resume_exactly(two_files):

@@ -7,7 +7,7 @@ from conftest import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmjax import configs
+from llmjax import validation
 from llmjax.configs import ConfigError
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import train_tokenizer
@@ -66,7 +66,7 @@ def test_random_configs_validate_or_say_why(seq_len, batch, heads, emb, accumula
                        "model.arch": arch, "objective": objective, "model.vocab_size": 20,
                        "model.num_classes": 2, "data.labels": "0,1"})
     try:
-        configs.validate(c)
+        validation.validate(c)
     except ConfigError as e:
         assert str(e)
         return

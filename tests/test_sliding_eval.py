@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from llmjax import configs
+from llmjax import configs, validation
 from llmjax.data import packing
 from llmjax.data.tokenizers import ByteTokenizer
 
@@ -46,4 +46,4 @@ def test_sliding_windows_score_every_target_once_with_long_context():
 def test_a_stride_longer_than_seq_len_is_refused():
     config = tiny_config(**{"data.eval_window_stride": 33})
     with pytest.raises(configs.ConfigError, match="eval_window_stride=33 is longer than"):
-        configs.validate(config)
+        validation.validate(config)

@@ -10,7 +10,7 @@ import pytest
 from conftest import TEST_XLA_FLAGS, tiny_config, write_config_file
 from test_cli import ROOT
 
-from llmjax import configs
+from llmjax import configs, validation
 from llmjax.train.loop import train_and_evaluate
 
 
@@ -189,7 +189,7 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
 ])
 def test_config_contradictions(overrides, expected):
     with pytest.raises(configs.ConfigError, match=expected):
-        configs.validate(tiny_config(**overrides))
+        validation.validate(tiny_config(**overrides))
 
 
 def test_every_ranged_key_exists_and_the_shipped_configs_are_in_range():
@@ -198,12 +198,12 @@ def test_every_ranged_key_exists_and_the_shipped_configs_are_in_range():
     import pathlib
 
     valid = dict(configs.flatten(configs.base_config()))
-    assert set(configs._RANGES) <= set(valid)
+    assert set(validation._RANGES) <= set(valid)
     root = pathlib.Path(ROOT)
     for path in [*sorted((root / "configs").glob("*.py")),
                  *sorted((root / "experiments").glob("*/config.py"))]:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        configs._check_ranges(module.get_config(None))
+        validation._check_ranges(module.get_config(None))
 

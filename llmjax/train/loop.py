@@ -16,7 +16,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from llmjax import configs, launch
+from llmjax import configs, launch, validation
 from llmjax.data import pipeline
 from llmjax.evaluation import choices
 from llmjax.evaluation.suite import EvalSuite, host_eval_class
@@ -234,7 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     workdir = epath.Path(workdir)
     mode = config.parallel.mode
     shards = Parallel.num_data_shards(mode, config.parallel.mesh)
-    configs.validate(config, num_data_shards=shards)
+    validation.validate(config, num_data_shards=shards)
     if stop_at_step is not None and stop_at_step < 1:
         raise configs.ConfigError(f"--stop_at_step={stop_at_step}: give a step of at least 1 "
                                   "(a checkpoint is saved there), or leave it out to train "
@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         from llmjax.convert.hf import apply_hf_model_config
 
         apply_hf_model_config(config)
-        configs.validate(config, num_data_shards=shards)
+        validation.validate(config, num_data_shards=shards)
     if checkpoint.holds_parameters_only(workdir):
         raise configs.ConfigError(
             f"--workdir={workdir} holds parameters only (a converted Hugging Face model or a "
