@@ -41,7 +41,7 @@ CONVERSATIONS = [
 
 
 def chat_folder(folder, template, specials):
-    from llmjax.data.tokenizers import load_hf_tokenizer
+    from llmjax.data.hf_tokenizer import load_hf_tokenizer
 
     folder.mkdir()
     byte_bpe(specials).save(str(folder / "tokenizer.json"))

@@ -833,7 +833,7 @@ def test_chat_template_layouts_tokenize_as_transformers_applies_them(tmp_path):
     import json
 
     from llmjax.data.chat import prompt_layout
-    from llmjax.data.tokenizers import load_hf_tokenizer
+    from llmjax.data.hf_tokenizer import load_hf_tokenizer
 
     tok = byte_bpe(["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"])
     for name, template, stop in (("llama2", LLAMA2_CHAT, "</s>"), ("chatml", CHATML,

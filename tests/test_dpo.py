@@ -34,7 +34,7 @@ def test_dpo_references_the_initial_model_and_starts_at_ln2(llama_folder, tmp_pa
     torch = pytest.importorskip("torch")
 
     from llmjax.convert.hf import apply_hf_model_config
-    from llmjax.data.tokenizers import load_hf_tokenizer
+    from llmjax.data.hf_tokenizer import load_hf_tokenizer
     from llmjax.objectives.dpo import DirectPreference
     from llmjax.train.loop import resolve_vocab
 

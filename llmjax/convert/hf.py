@@ -218,7 +218,7 @@ def _top_modules(flat: dict) -> set[str]:
 def folder_tokenizer(path: str | epath.Path, config: ml_collections.ConfigDict):
     """The folder's tokenizer, checked against the model's vocabulary; sets
     config.tokenizer.kind to match it."""
-    from llmjax.data.tokenizers import load_hf_tokenizer
+    from llmjax.data.hf_tokenizer import load_hf_tokenizer
 
     tokenizer = load_hf_tokenizer(path)
     if tokenizer.vocab_size > config.model.vocab_size:

@@ -80,7 +80,7 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tup
         raise FileNotFoundError(f"init.workdir={config.init.workdir} has no tokenizer/ directory;"
                                 " point it at the workdir of a finished llmjax run")
     if config.init.hf_path:
-        from llmjax.data.tokenizers import load_hf_tokenizer
+        from llmjax.data.hf_tokenizer import load_hf_tokenizer
 
         return (load_hf_tokenizer(config.init.hf_path, config.tokenizer.lowercase),
                 config.init.hf_path)
