@@ -18,7 +18,8 @@ from llmjax.objectives import get_objective
 from llmjax.objectives.classification import encode_pair
 from llmjax.train import state as state_lib
 from llmjax.train.checkpoint import ShapeMismatchError
-from llmjax.train.loop import initial_params, train_and_evaluate
+from llmjax.train.loop import train_and_evaluate
+from llmjax.train.start import initial_params
 
 GOOD, BAD = ["good", "great", "fine", "superb"], ["bad", "awful", "dull", "poor"]
 FILLER = ["the", "movie", "plot", "was", "and", "cast", "a", "very", "story", "it"]

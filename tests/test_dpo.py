@@ -36,7 +36,7 @@ def test_dpo_references_the_initial_model_and_starts_at_ln2(llama_folder, tmp_pa
     from llmjax.convert.hf import apply_hf_model_config
     from llmjax.data.hf_tokenizer import load_hf_tokenizer
     from llmjax.objectives.dpo import DirectPreference
-    from llmjax.train.loop import resolve_vocab
+    from llmjax.train.start import resolve_vocab
 
     folder, hf_model = llama_folder
     data = write_pairs(tmp_path / "pairs.jsonl", PAIRS)

@@ -29,7 +29,7 @@ class ReferenceModel:
     def __init__(self, config: ml_collections.ConfigDict,
                  scores: Callable[[nnx.Module, dict], jax.Array]):
         from llmjax.train import state as state_lib
-        from llmjax.train.loop import initial_params
+        from llmjax.train.start import initial_params
 
         graphdef, params = nnx.split(state_lib.build_model(config))
         params = initial_params(config, params)
