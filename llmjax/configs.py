@@ -251,7 +251,7 @@ def base_config() -> ml_collections.ConfigDict:
     p.cpu_devices = 0
     # XLA compiler options for the train and eval steps, 'name=value,name=value' (options of
     # another backend are ignored); '' keeps XLA's own defaults. 'auto' (see
-    # resolve_compiler_options) picks by compute dtype (benchmarks/compiler_options.py).
+    # resolve_compiler_options) picks by compute dtype and CPU (benchmarks/compiler_options.py).
     p.compiler_options = "auto"
 
     # a jax.profiler trace of training steps [start_step, start_step + num_steps), written to
@@ -366,19 +366,32 @@ def parse_compiler_options(text: str) -> dict[str, bool | int | float | str]:
 
 
 # XLA:CPU's dots through Eigen rather than YNNPACK: 1.2-1.3x faster float32 train steps at
-# 6 x 384 on an AVX2 CPU, the same on an AVX-512 one. YNNPACK is XLA:CPU's only path to
-# bfloat16 matmul kernels (AMX, AVX-512 BF16): without it bfloat16 dots run on Eigen at
-# float32's rate.
+# 6 x 384 on an AVX2 CPU; on an AVX-512 + AMX one 4-9% slower (YNNPACK's reductions, such as
+# the loss's, are faster too). YNNPACK is XLA:CPU's only path to bfloat16 matmul kernels (AMX,
+# AVX-512 BF16): without it bfloat16 dots run on Eigen at float32's rate.
 EIGEN_DOTS = "xla_cpu_experimental_ynn_fusion_type="
+
+
+def cpu_has_avx512() -> bool:
+    """Whether this host's CPU has AVX-512 (from Linux's /proc/cpuinfo; False where that cannot
+    be read)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(line.startswith("flags") and "avx512f" in line.split()
+                       for line in cpuinfo)
+    except OSError:
+        return False
 
 
 def resolve_compiler_options(config: ml_collections.ConfigDict, text: str | None = None
                              ) -> dict[str, Any]:
     """The train and eval steps' XLA options: `text` (default parallel.compiler_options) parsed,
-    where 'auto' means Eigen dots for float32 compute and XLA's defaults (YNNPACK) otherwise."""
+    where 'auto' means Eigen dots for float32 compute on a CPU without AVX-512, and XLA's
+    defaults (YNNPACK) otherwise."""
     text = config.parallel.compiler_options if text is None else text
     if text == "auto":
-        text = EIGEN_DOTS if config.model.dtype == "float32" else ""
+        eigen = config.model.dtype == "float32" and not cpu_has_avx512()
+        text = EIGEN_DOTS if eigen else ""
     return parse_compiler_options(text)
 
 

@@ -46,9 +46,13 @@ def test_every_train_step_matmul_runs_on_bfloat16_operands(tmp_path):
     assert all(pair == ("bf16", "bf16") for pair in dots), sorted(set(dots))
 
 
-def test_float32_runs_keep_eigen_dots_and_bfloat16_runs_xlas_defaults():
+def test_auto_gives_float32_runs_eigen_dots_without_avx512_and_else_xlas_defaults(monkeypatch):
     c = tiny_config()
+    monkeypatch.setattr(configs, "cpu_has_avx512", lambda: False)
     assert configs.resolve_compiler_options(c) == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    monkeypatch.setattr(configs, "cpu_has_avx512", lambda: True)
+    assert configs.resolve_compiler_options(c) == {}
+    monkeypatch.setattr(configs, "cpu_has_avx512", lambda: False)
     c.model.dtype = "bfloat16"
     assert configs.resolve_compiler_options(c) == {}
     c.parallel.compiler_options = "xla_cpu_enable_fast_math=false"
