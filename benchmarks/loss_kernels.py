@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -36,6 +35,7 @@ def main(argv):
     import jax.numpy as jnp
     import numpy as np
 
+    from benchmarks import synthetic
     from llmjax import configs
     from llmjax.objectives.base import cross_entropy
 
@@ -59,14 +59,11 @@ def main(argv):
     }
     for name, piece in pieces.items():
         compiled = jax.jit(piece, compiler_options=options)
-        jax.block_until_ready(compiled(logits, targets))
-        times = []
-        for _ in range(FLAGS.repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(logits, targets))
-            times.append(time.perf_counter() - start)
+        run = lambda: jax.block_until_ready(compiled(logits, targets))  # noqa: B023, E731
+        run()  # compile
+        seconds = synthetic.median_seconds(run, FLAGS.repeats)
         print(json.dumps({"piece": name, "shape": [FLAGS.tokens, FLAGS.vocab_size],
-                          "ms": round(float(np.median(times)) * 1e3, 1)}))
+                          "ms": round(seconds * 1e3, 1)}))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import collections
 import json
 import os
 import sys
-import time
 
 import numpy as np
 from absl import app, flags
@@ -31,6 +30,7 @@ from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks import synthetic  # noqa: E402
 from llmjax.launch import reexec_with_malloc_tunables  # noqa: E402
 
 reexec_with_malloc_tunables()  # as the llmjax command runs (llmjax/launch.py)
@@ -81,7 +81,7 @@ def jax_rate(shape: Shape, compiler_options: dict) -> float:
 
     run = jax.jit(loop, compiler_options=compiler_options)
     jax.block_until_ready(run(x, w))
-    seconds = median_seconds(lambda: jax.block_until_ready(run(x, w)))
+    seconds = synthetic.median_seconds(lambda: jax.block_until_ready(run(x, w)))
     return 2.0 * b * m * k * n * FLAGS.repeats / seconds
 
 
@@ -96,17 +96,7 @@ def torch_rate(shape: Shape) -> float:
             torch.bmm(x, w, out=out)
 
     run()
-    return 2.0 * b * m * k * n * FLAGS.repeats / median_seconds(run)
-
-
-def median_seconds(run, times: int = 5) -> float:
-    """Median seconds of `times` calls."""
-    seconds = []
-    for _ in range(times):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds))
+    return 2.0 * b * m * k * n * FLAGS.repeats / synthetic.median_seconds(run)
 
 
 def main(argv):

@@ -1,9 +1,11 @@
 """What the throughput benchmarks share: a config's train step (on one device unless its
-parallel.mode says otherwise) and a synthetic batch in its objective's layout (no data
-pipeline, so only the step is measured)."""
+parallel.mode says otherwise), a synthetic batch in its objective's layout (no data
+pipeline, so only the step is measured), and a median timer."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -65,3 +67,13 @@ def batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndar
 def tokens_per_step(batch: dict[str, np.ndarray]) -> int:
     """Input tokens of a batch (an encoder-decoder counts source and target)."""
     return sum(v.size for k, v in batch.items() if k in ("inputs", "decoder_inputs"))
+
+
+def median_seconds(run: Callable[[], Any], times: int = 5) -> float:
+    """Median seconds of `times` calls of `run`."""
+    seconds = []
+    for _ in range(times):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))

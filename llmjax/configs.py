@@ -8,6 +8,7 @@ defined (with its type) here, and the command line can override any of them.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -372,6 +373,7 @@ def parse_compiler_options(text: str) -> dict[str, bool | int | float | str]:
 EIGEN_DOTS = "xla_cpu_experimental_ynn_fusion_type="
 
 
+@functools.cache
 def cpu_has_avx512() -> bool:
     """Whether this host's CPU has AVX-512 (from Linux's /proc/cpuinfo; False where that cannot
     be read)."""

@@ -115,8 +115,6 @@ _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
 _OPEN_FRACTION = (lambda v: 0 < v < 1, "in (0, 1)")
 _UNIT = (lambda v: 0 < v <= 1, "in (0, 1]")
-# the objectives whose loss model.logits_chunks computes a chunk of the sequence at a time
-LOGITS_CHUNKS_OBJECTIVES = ("causal_lm", "seq2seq", "span_corruption")
 # The range of every numeric key that has one (None, a placeholder's unset value, is allowed).
 _RANGES = {
     **dict.fromkeys(("num_train_steps", "log_every_steps", "eval_every_steps",
@@ -255,10 +253,14 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                            g.min_p, g.repetition_penalty)
     _check(m.remat in ("none", "full", "dots"),
            f"model.remat={m.remat!r}: use none, full or dots")
-    _check(m.logits_chunks == 1 or config.objective in LOGITS_CHUNKS_OBJECTIVES,
-           f"model.logits_chunks={m.logits_chunks} splits the language-model losses "
-           f"({', '.join(LOGITS_CHUNKS_OBJECTIVES)}), not objective={config.objective}'s: "
-           "set model.logits_chunks=1")
+    if m.logits_chunks != 1:
+        from llmjax.objectives import OBJECTIVES
+
+        chunked = sorted(n for n, o in OBJECTIVES.items() if getattr(o, "chunks_logits", False))
+        _check(config.objective in chunked,
+               f"model.logits_chunks={m.logits_chunks} splits the language-model losses "
+               f"({', '.join(chunked)}), not objective={config.objective}'s: "
+               "set model.logits_chunks=1")
     _check(m.position_embedding in ("learned", "sinusoidal", "rotary", "relative", "alibi",
                                     "none"),
            f"model.position_embedding={m.position_embedding!r}: use learned, sinusoidal, "

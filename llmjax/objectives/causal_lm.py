@@ -17,6 +17,7 @@ from llmjax.objectives.lm_loss import token_sums
 
 class CausalLM:
     name = "causal_lm"
+    chunks_logits = True  # its loss honours model.logits_chunks (lm_loss.token_sums)
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {}

@@ -190,6 +190,7 @@ def _last_exchange(messages: list[dict]) -> tuple[str, str]:
 
 class Seq2Seq:
     name = "seq2seq"
+    chunks_logits = True  # its loss honours model.logits_chunks (lm_loss.token_sums)
     decodes = True  # generate answers a prompt laid out as a source
 
     @staticmethod

@@ -141,6 +141,7 @@ class SpanChunks:
 
 class SpanCorruption:
     name = "span_corruption"
+    chunks_logits = True  # its loss honours model.logits_chunks (lm_loss.token_sums)
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {}
