@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
     # seq2seq / question answering: how many eval examples are decoded (answered) for BLEU /
     # exact match / F1 (None or 0: all)
     c.eval_decode_examples = config_dict.placeholder(int)
+    # seq2seq: what the decoded eval examples are scored with (evaluation/text_metrics.py):
+    # comma-separated, of bleu, chrf, rouge (rouge1, rouge2, rougeL, rougeLsum), exact_match
+    c.eval_decode_metrics = "bleu,exact_match"
     c.eval_samples = 3  # seq2seq / question answering: answers written to the log at each eval
     c.checkpoint_every_steps = 500
     c.max_checkpoints_to_keep = 3

@@ -12,6 +12,7 @@ from llmjax.configs import (
     named_sources,
     resolve_compiler_options,
 )
+from llmjax.evaluation import text_metrics
 
 # the objectives each architecture can train
 OBJECTIVES_BY_ARCH = {
@@ -159,6 +160,13 @@ _RANGES = {
 }
 
 
+def _check_decode_metrics(spec: str) -> None:
+    try:
+        text_metrics.selection(spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
     values = dict(flatten(config))
     for key, (within, allowed) in _RANGES.items():
@@ -189,6 +197,7 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.objective != "dpo" or config.init.hf_path or config.init.workdir,
            "objective=dpo measures the policy against the model it starts from: set "
            "init.hf_path or init.workdir (usually a supervised fine-tuning run)")
+    _check_decode_metrics(config.eval_decode_metrics)
     _check(config.seq_len <= m.max_len,
            f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}: "
            "raise model.max_len or lower seq_len")

@@ -1,6 +1,6 @@
 """Encoder-decoder end to end: a generated transduction task learnt to >= 95% exact match,
-generate (greedy and beam) and eval through the CLI, parallel files, TFDS translation data, and
-fine-tuning from a span-corruption run."""
+generate (greedy and beam) and eval through the CLI, parallel files, TFDS translation and
+summarisation data, and fine-tuning from a span-corruption run."""
 
 import json
 import types
@@ -70,12 +70,19 @@ def test_generate_and_eval_through_the_api_and_cli(reverse_run, capsys):
     assert capsys.readouterr().out.strip() == "efgh"  # the output alone, not the prompt
     assert run.hidden_states(["abc", "a"]).shape == (2, 4, 64)  # text + <eos>
     run.config.generate.beam_size = 2
+    run.config.eval_decode_metrics = "exact_match,rouge,chrf"
     flags = types.SimpleNamespace(workdir=str(workdir), step=None, config=run.config,
                                   split=None)
-    commands.eval(flags)  # what `llmjax eval --config.generate.beam_size=2` runs
+    commands.eval(flags)  # `llmjax eval --config.generate.beam_size=2 --config.eval_decode_...`
     out = capsys.readouterr().out
     evaluated = json.loads(out[out.index("{"):])
-    assert evaluated["eval/exact_match"] >= 0.95
+    assert evaluated["eval/exact_match"] >= 0.95 and "eval/bleu" not in evaluated
+    # each output is one word: ROUGE (a mean over examples) scores an exact match 100 and a
+    # miss at most partly; chrF counts character n-grams over the corpus, misses spoil it
+    for name in ("rouge1", "rougeL", "rougeLsum"):
+        assert 100 * evaluated["eval/exact_match"] <= evaluated[f"eval/{name}"] <= 100
+    assert evaluated["eval/rouge2"] == 0.0  # one word has no bigram
+    assert 90 < evaluated["eval/chrf"] < 100
     np.testing.assert_allclose(evaluated["eval/loss"], metrics["eval/loss"], rtol=1e-5)
 
 
@@ -105,6 +112,22 @@ def test_tfds_translation_catalog_with_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=64):
         metrics = train_and_evaluate(c, tmp_path / "wmt")
     assert np.isfinite(metrics["eval/loss"]) and 0.0 <= metrics["eval/bleu"] <= 100.0
+
+
+@pytest.mark.slow
+def test_tfds_summarisation_catalog_scored_by_rouge_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    c = seq2seq_config(**{"data.source": "tfds:samsum", "data.source_column": "dialogue",
+                          "data.target_column": "summary", "tokenizer.kind": "byte",
+                          "num_train_steps": 4, "eval_every_steps": 4, "eval_steps": 1,
+                          "eval_decode_examples": 8, "eval_decode_metrics": "rouge",
+                          "seq_len": 32, "target_seq_len": 32, "model.max_len": 32})
+    with tfds.testing.mock_data(num_examples=64):
+        metrics = train_and_evaluate(c, tmp_path / "samsum")
+    assert np.isfinite(metrics["eval/loss"])
+    assert all(0.0 <= metrics[f"eval/{n}"] <= 100.0
+               for n in ("rouge1", "rouge2", "rougeL", "rougeLsum"))
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Decoding-based evaluation of seq2seq runs: the eval sources are decoded (beam search when
 `generate.beam_size` > 1, else greedy) and the detokenized outputs scored against the raw
-reference texts: BLEU (sacrebleu's corpus BLEU, 13a tokenization) and exact match. An
+reference texts with the metrics `eval_decode_metrics` names (text_metrics.py: BLEU, chrF,
+ROUGE, exact match). An
 encoder-decoder encodes each source; a decoder continues its prompt (<bos> source <eos>, or
 the chat template's: data/chat.py)."""
 
@@ -9,13 +10,13 @@ from __future__ import annotations
 import jax
 import ml_collections
 import numpy as np
-import sacrebleu
 from flax import nnx
 
 from llmjax.data import sources
 from llmjax.data.chat import prompt_layout
 from llmjax.decoding.decoder import continue_prompts
 from llmjax.decoding.encoder_decoder import decode
+from llmjax.evaluation.text_metrics import reported_names, text_metrics
 from llmjax.objectives.seq2seq import (
     record_conversations,
     seq2seq_arrays,
@@ -100,7 +101,10 @@ SOURCE_DECODERS = {"encoder_decoder": _EncoderSources, "decoder": _DecoderPrompt
 class DecodingEval:
     """Holds the (sources, references) of an eval split; `__call__(params)` scores a model."""
 
-    metric_names = ("bleu", "exact_match")  # what __call__ reports
+    @staticmethod
+    def metric_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+        """What __call__ reports."""
+        return reported_names(config.eval_decode_metrics)
 
     def __init__(self, config: ml_collections.ConfigDict, tokenizer, graphdef: nnx.GraphDef,
                  source: str, split: str):
@@ -135,11 +139,9 @@ class DecodingEval:
         return out
 
     def __call__(self, params: nnx.State) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
-        """({bleu, exact_match}, [(source, reference, hypothesis)] for the first eval_samples)."""
+        """({metric: score} of eval_decode_metrics, [(source, reference, hypothesis)] for the
+        first eval_samples)."""
         hyps = self.hypotheses(params)
-        bleu = sacrebleu.corpus_bleu(hyps, [self.references]).score
-        exact = np.mean([h.strip() == r.strip() for h, r in zip(hyps, self.references,
-                                                                 strict=True)])
         samples = list(zip(self.sources, self.references, hyps, strict=True))
-        return ({"bleu": float(bleu), "exact_match": float(exact)},
+        return (text_metrics(self.config.eval_decode_metrics, hyps, self.references),
                 samples[: self.config.eval_samples])

@@ -28,7 +28,10 @@ def spearman(predicted: np.ndarray, true: np.ndarray) -> float:
 class RankEval:
     """Holds an eval split's texts (pairs) and true scores; `__call__(params)` scores a model."""
 
-    metric_names = ("spearman",)  # what __call__ reports
+    @staticmethod
+    def metric_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+        """What __call__ reports."""
+        return ("spearman",)
 
     def __init__(self, config: ml_collections.ConfigDict, tokenizer, graphdef: nnx.GraphDef,
                  source: str, split: str):

@@ -15,7 +15,10 @@ from llmjax.objectives.question_answering import passage_windows, read_passages
 class SpanEval:
     """Holds the windows of an eval split's questions; `__call__(params)` scores a model."""
 
-    metric_names = ("exact_match", "f1")  # what __call__ reports
+    @staticmethod
+    def metric_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+        """What __call__ reports."""
+        return ("exact_match", "f1")
 
     def __init__(self, config: ml_collections.ConfigDict, tokenizer, graphdef: nnx.GraphDef,
                  source: str, split: str):

@@ -1,7 +1,8 @@
 """Everything a training run evaluates at each eval step, loaded once before the run starts:
 the eval split (`eval/*`, with the generated data's loss floor), the sets of
-`data.extra_eval_sources` (`eval_NAME/*`), decoding metrics for seq2seq objectives (BLEU,
-exact match) or question answering's answers (exact match, F1) on each of those, and the
+`data.extra_eval_sources` (`eval_NAME/*`), decoding metrics for seq2seq objectives
+(`eval_decode_metrics`: BLEU, chrF, ROUGE, exact match) or question answering's answers (exact
+match, F1) on each of those, and the
 multiple-choice sets of `data.choice_eval_sources`."""
 
 from __future__ import annotations

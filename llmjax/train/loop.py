@@ -359,7 +359,7 @@ def _best_metric(config: ml_collections.ConfigDict, objective, evals: EvalSuite
     graphdef, params = state_lib.abstract_model(config)
     host_eval = host_eval_class(objective)
     extra = (("best_achievable_loss",) if evals.floor is not None else ()) + (
-        host_eval.metric_names if host_eval is not None else ())
+        host_eval.metric_names(config) if host_eval is not None else ())
     names = best_lib.eval_metric_names(make_eval_step(graphdef, objective), params,
                                        evals.eval_data[0], tuple(loss_terms(objective)), extra,
                                        tuple(evals.extra))
