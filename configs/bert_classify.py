@@ -14,7 +14,6 @@ Figures (tiny, 1000 steps, CPU): dev accuracy 0.763 fine-tuned from the configs/
 at lr 1e-4, dev accuracy 0.860 (experiments/minilm_sst2/README.md).
 """
 
-import importlib.util
 import os
 
 SST2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sst2")
@@ -24,7 +23,14 @@ def get_config(arg: str | None = None):
     from llmjax import configs
 
     args = configs.parse_arg(arg, {"size": "tiny"})
-    c = _sibling("bert").get_config(f"size={args['size']},objective=classification")
+    c = configs.sibling(__file__, "bert").get_config(
+        f"size={args['size']},objective=classification")
+    use_sst2(c)
+    return c
+
+
+def use_sst2(c) -> None:
+    """SST-2 from ../shared/data and the fine-tuning schedule (configs/gpt_classify.py too)."""
     c.data.source = "tsv:" + os.path.abspath(os.path.join(SST2, "train.tsv"))
     c.data.eval_source = "tsv:" + os.path.abspath(os.path.join(SST2, "dev.tsv"))
     c.data.text_column, c.data.label_column = "sentence", "label"
@@ -33,13 +39,4 @@ def get_config(arg: str | None = None):
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 500, 1000
     o = c.optimizer
     o.learning_rate, o.end_learning_rate, o.schedule, o.warmup_steps = 5e-4, 0.0, "linear", 200
-    return c
 
-
-def _sibling(name: str):
-    """Another config file of this directory (config files are loaded by path, not package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"llmjax_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -20,16 +20,9 @@ scratch, 4.6 fine-tuned from the configs/t5.py span-corruption run (at this budg
 on the same text hurts); details in experiments/t5_multi30k/README.md.
 """
 
-import importlib.util
-import os
-
 from llmjax import configs
 
 
 def get_config(arg: str | None = None):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "t5.py")
-    spec = importlib.util.spec_from_file_location("llmjax_configs_t5", path)
-    t5 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(t5)
     size = configs.parse_arg(arg, {"size": "tiny"})["size"]
-    return t5.get_config(f"size={size},objective=seq2seq")
+    return configs.sibling(__file__, "t5").get_config(f"size={size},objective=seq2seq")

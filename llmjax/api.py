@@ -316,6 +316,7 @@ class Run:
         if not hasattr(self.model, "decode"):
             raise ConfigError(f"generate needs a model that decodes; this run's model.arch is "
                              f"{self.config.model.arch!r}")
+        self._check_language_model("generate")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         options = Decoding.of(self.config.generate, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -324,6 +325,12 @@ class Run:
         decode = self._transduce if self.is_seq2seq else self._continue
         outputs = decode(prompts, options) if prompts else []
         return outputs[0] if isinstance(prompt, str) else outputs
+
+    def _check_language_model(self, command: str) -> None:
+        """A decoder trained for classification or regression has no language-model head."""
+        if "lm" not in getattr(self.model, "heads", ("lm",)):
+            raise ConfigError(f"{command} needs a language model; this run's decoder was "
+                              f"trained with objective={self.config.objective} (use predict)")
 
     def chat(self, messages: Sequence[dict] | Sequence[Sequence[dict]],
              max_new_tokens: int | None = None, temperature: float | None = None,
@@ -339,6 +346,7 @@ class Run:
         if not hasattr(self.model, "decode") or self.is_seq2seq:
             raise ConfigError(f"chat needs a decoder; this run's model.arch is "
                               f"{self.config.model.arch!r}")
+        self._check_language_model("chat")
         one = bool(messages) and isinstance(messages[0], dict)
         conversations = [list(messages)] if one else [list(c) for c in messages]
         layout = chat_layout(self.tokenizer, "chat", "chat with a run fine-tuned from, or "
@@ -495,8 +503,7 @@ def _seq2seq_log_likelihood(model, sources_BxS, decoder_BxT, source_segments_BxS
 
 
 def _class_logits(model, tokens_BxL, types_BxL, segments_BxL):
-    hidden = model.hidden_states(tokens_BxL, token_types=types_BxL, segment_ids=segments_BxL)
-    return model.class_logits(hidden)
+    return model.classify(tokens_BxL, token_types=types_BxL, segment_ids=segments_BxL)
 
 
 def _token_class_logits(model, tokens_BxL, types_BxL, segments_BxL):

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import json
+import os
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -275,6 +278,16 @@ def base_config() -> ml_collections.ConfigDict:
     gen.beam_size = 1  # encoder_decoder: > 1 decodes with beam search (eval uses it too)
     gen.length_penalty = 0.6  # beam search: GNMT's alpha; 0 ranks by total log-probability
     return c
+
+
+def sibling(config_file: str, name: str) -> ModuleType:
+    """The config file `name`.py beside `config_file` (a config file's __file__), as a module:
+    config files are loaded by path, not imported from a package."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"llmjax_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:

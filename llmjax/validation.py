@@ -16,7 +16,7 @@ from llmjax.evaluation import text_metrics
 
 # the objectives each architecture can train
 OBJECTIVES_BY_ARCH = {
-    "decoder": ("causal_lm", "seq2seq", "dpo"),
+    "decoder": ("causal_lm", "seq2seq", "dpo", "classification", "regression"),
     "encoder": ("mlm", "nsp", "mlm_nsp", "classification", "regression",
                 "token_classification", "question_answering"),
     "encoder_decoder": ("span_corruption", "seq2seq"),
@@ -377,6 +377,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(not choice or m.arch != "encoder",
            "data.choice_eval_sources scores choices by the model's likelihood: a decoder or "
            "encoder_decoder, not model.arch='encoder'")
+    _check(not choice or config.objective not in ("classification", "regression"),
+           f"data.choice_eval_sources scores choices by the model's likelihood; "
+           f"objective={config.objective} trains a head without a language model: drop it")
     _check(config.tokenizer.kind in ("char", "byte", "bpe", "wordpiece", "sentencepiece"),
            f"tokenizer.kind={config.tokenizer.kind!r}: use char, byte, bpe, wordpiece or "
            "sentencepiece")

@@ -115,16 +115,21 @@ def test_classifier_trains_from_scratch_and_reports_all_metrics(tsv, tmp_path):
     assert out.returncode != 0 and "records have no column 'label'" in out.stderr
 
 
+def fine_tuning_start(c, pre):
+    """(the parameters a fine-tuning run of `c` starts from, the fresh ones they replace, the
+    parameters of the pretraining run `pre`), resolved as `train` resolves them."""
+    tok, _ = pipeline.get_tokenizer(c, None)  # the pretraining run's tokenizer
+    c.model.vocab_size = tok.vocab_size
+    get_objective(c.objective).resolve_config(c)
+    _, fresh = nnx.split(state_lib.build_model(c))
+    return initial_params(c, fresh), fresh, nnx.state(llmjax.load(pre).model)
+
+
 def test_finetuning_from_mlm_restores_the_encoder_and_starts_a_fresh_head(tsv, tmp_path):
     pre = tmp_path / "mlm"
     train_and_evaluate(classify_config(tsv, **{"objective": "mlm", "num_train_steps": 20}), pre)
     c = classify_config(tsv, **{"init.workdir": str(pre), "num_train_steps": 2})
-    tok, _ = pipeline.get_tokenizer(c, None)  # the pretraining run's tokenizer
-    c.model.vocab_size = tok.vocab_size
-    get_objective("classification").resolve_config(c)
-    _, fresh = nnx.split(state_lib.build_model(c))
-    params = initial_params(c, fresh)
-    pretrained = nnx.state(llmjax.load(pre).model)
+    params, fresh, pretrained = fine_tuning_start(c, pre)
     same = jax.tree.map(np.array_equal, params["encoder"], pretrained["encoder"])
     assert all(jax.tree.leaves(same)), "encoder weights are restored bit-identically"
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params["classifier"],

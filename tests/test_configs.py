@@ -11,7 +11,9 @@ from llmjax import validation
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 VARIANTS = [("demo.py", None), ("gpt.py", "size=tiny"), ("gpt.py", "size=base,style=llama"),
             ("gpt.py", "size=small,style=gemma2"), ("bert.py", "size=tiny"),
-            ("bert_classify.py", None), ("t5.py", "size=tiny"), ("translate.py", "size=tiny"),
+            ("bert_classify.py", None), ("gpt_classify.py", None),
+            ("gpt_classify.py", "size=small,style=llama"), ("t5.py", "size=tiny"),
+            ("translate.py", "size=tiny"),
             ("instruct.py", "stage=sft"), ("instruct.py", "stage=dpo")]
 
 

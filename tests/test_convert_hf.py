@@ -544,6 +544,44 @@ def test_llama_import_export_matches_transformers(llama_folder, tmp_path):
         "The quick brown")
 
 
+def test_decoder_classification_from_a_llama_folder_pools_as_transformers(llama_folder,
+                                                                         tmp_path):
+    """A classification run from a LlamaForCausalLM folder keeps the body (its lm_head left
+    behind) and scores classes as LlamaForSequenceClassification with that head: from the
+    last token before the padding."""
+    from conftest import tiny_config
+    from test_classification import write_sentiment_tsv
+
+    from llmjax.train.loop import train_and_evaluate
+
+    folder, hf_model = llama_folder
+    c = tiny_config(**{
+        "objective": "classification", "init.hf_path": str(folder),
+        "data.source": f"tsv:{write_sentiment_tsv(tmp_path / 'train.tsv', 64, 0)}",
+        "data.eval_source": f"tsv:{write_sentiment_tsv(tmp_path / 'dev.tsv', 16, 1)}",
+        "data.text_column": "sentence", "num_train_steps": 1, "seq_len": 32,
+        "optimizer.learning_rate": 0.0, "optimizer.end_learning_rate": 0.0})
+    train_and_evaluate(c, tmp_path / "ft")
+    run = llmjax.load(tmp_path / "ft")
+    assert "lm_head" not in nnx.state(run.model)
+    kernel = np.asarray(nnx.state(run.model)["classifier"]["dense"]["kernel"][...])
+    theirs_config = transformers.LlamaConfig(**{**hf_model.config.to_dict(), "num_labels": 2,
+                                                "pad_token_id": 2})
+    theirs = transformers.LlamaForSequenceClassification(theirs_config).eval()
+    theirs.model.load_state_dict(hf_model.model.state_dict())
+    with torch.no_grad():
+        theirs.score.weight.copy_(torch.tensor(kernel.T))
+    ids, mask = padded_batch([7, 12, 3], 300, seed=5)  # tokens from 3 up
+    ids = np.where(mask == 1, ids, 2)  # padded with the pad id transformers pools before
+    ours = run.model.classify(jnp.asarray(ids), segment_ids=jnp.asarray(mask, jnp.int32))
+    with torch.no_grad():
+        expected = theirs(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_allclose(np.asarray(ours), expected.numpy(), atol=1e-4)
+    with pytest.raises(ConfigError, match="objective=classification on a decoder has no "
+                                          "Hugging Face export yet"):
+        convert.export_workdir(tmp_path / "ft", tmp_path / "hf")
+
+
 def test_a_bfloat16_checkpoint_sharded_over_files_imports(llama_folder, tmp_path):
     """Hub LLaMA-family checkpoints are mostly bfloat16, the larger ones split over
     model-0000k-of-0000n.safetensors files listed in model.safetensors.index.json."""

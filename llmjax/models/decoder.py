@@ -10,25 +10,37 @@ from llmjax.models.alibi import alibi_bias
 from llmjax.models.attention import make_attention_mask, segment_positions
 from llmjax.models.blocks import TransformerBlock, apply_blocks
 from llmjax.models.config import ModelConfig
+from llmjax.models.heads import ClassifierHead
 from llmjax.models.layers import Dense, Embed, Norm, dropout, fold, sinusoidal
 
 Array = jax.Array
 
 
 class Decoder(nnx.Module):
-    """tokens [B, L] -> logits [B, L, V]; causal self-attention within each packed segment."""
+    """tokens [B, L] -> logits [B, L, V]; causal self-attention within each packed segment.
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+    `heads`: 'lm' (the output projection: the tied token table or lm_head) and/or 'classifier'
+    (num_classes-way on the last token's state, as GPT-1 and Hugging Face's
+    ForSequenceClassification pool a decoder; a classification run has no lm_head)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, heads: tuple[str, ...] = ("lm",),
+                 num_classes: int = 0):
+        unknown = set(heads) - {"lm", "classifier"}
+        if unknown:
+            raise ValueError(f"unknown decoder heads {sorted(unknown)}")
+        self.cfg, self.heads = cfg, tuple(heads)
         self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)
         if cfg.position_embedding == "learned":
             self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
         self.embed_norm = Norm(cfg.emb_dim, cfg) if cfg.embed_norm else None  # BLOOM
         self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position != "post" else None
-        if not cfg.tie_embeddings:
+        if not cfg.tie_embeddings and "lm" in heads:
             self.lm_head = Dense((cfg.emb_dim,), (cfg.vocab_size,), cfg, rngs=rngs,
                                  use_bias=cfg.lm_head_bias)
+        # no bias: Hugging Face's decoders score classes with one bias-free `score` matrix
+        self.classifier = (ClassifierHead(cfg, num_classes, rngs=rngs, use_bias=False)
+                           if "classifier" in heads else None)
 
     def _embed(self, tokens_BxL: Array, positions_BxL: Array, rng: Array | None) -> Array:
         x = self.embed(tokens_BxL)
@@ -60,6 +72,9 @@ class Decoder(nnx.Module):
         """Output projection of final hidden states -> logits [B, L, V] in float32, soft-capped
         to (-cap, cap) with cfg.logit_softcap (Gemma 2). `head`: another `output_head` (of
         the same shapes) to project with."""
+        if "lm" not in self.heads:
+            raise ValueError("this decoder was built for classification and has no language-"
+                             "model head: it classifies (classify), it does not predict tokens")
         head = self.output_head if head is None else head
         if self.cfg.tie_embeddings:
             logits = head.attend(x_BxLxD)
@@ -90,6 +105,18 @@ class Decoder(nnx.Module):
         x = apply_blocks(self.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias,
                          window_mask=window_mask)
         return self._final(x)
+
+    def classify(self, tokens_BxL: Array, *, segment_ids: Array, rng: Array | None = None,
+                 token_types: Array | None = None) -> Array:
+        """Class logits [B, num_classes] (float32) from the state of each row's last token
+        (segment_ids > 0 mark a right-padded row's tokens): under causal attention the one
+        that has read the whole text. Token types are not embedded: a pair is <bos> a <eos>
+        b <eos>, its separator in the tokens."""
+        del token_types
+        hidden = self.hidden_states(tokens_BxL, segment_ids=segment_ids, rng=rng)
+        last = jnp.maximum((segment_ids > 0).sum(axis=1) - 1, 0)
+        pooled = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+        return self.classifier(pooled, rng)  # the blocks draw from fold(rng, i)
 
     def __call__(self, tokens_BxL: Array, *, positions: Array | None = None,
                  segment_ids: Array | None = None, rng: Array | None = None) -> Array:

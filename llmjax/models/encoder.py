@@ -94,6 +94,13 @@ class EncoderWithHeads(nnx.Module):
     def class_logits(self, hidden_BxLxD: Array, rng: Array | None = None) -> Array:
         return self.classifier(self.pooler(hidden_BxLxD), rng)
 
+    def classify(self, tokens_BxL: Array, *, segment_ids: Array, rng: Array | None = None,
+                 token_types: Array | None = None) -> Array:
+        """Class logits [B, num_classes] (float32) from the pooled [CLS] state."""
+        hidden = self.hidden_states(tokens_BxL, token_types=token_types,
+                                    segment_ids=segment_ids, rng=rng)
+        return self.class_logits(hidden, rng)
+
     def token_class_logits(self, hidden_BxLxD: Array, rng: Array | None = None) -> Array:
         """[B, L, num_classes]: every token's classes."""
         return self.classifier(hidden_BxLxD, rng)

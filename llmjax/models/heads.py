@@ -44,9 +44,10 @@ class ClassifierHead(nnx.Module):
     """Dropout + dense on the pooled vector -> logits [B, num_classes] (float32); NSP is a
     2-class instance, regression a 1-class one."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, num_classes: int, *, rngs: nnx.Rngs,
+                 use_bias: bool = True):
         self.dropout_rate = cfg.dropout_rate
-        self.dense = Dense((cfg.emb_dim,), (num_classes,), cfg, rngs=rngs, use_bias=True)
+        self.dense = Dense((cfg.emb_dim,), (num_classes,), cfg, rngs=rngs, use_bias=use_bias)
 
     def __call__(self, pooled_BxD: Array, rng: Array | None = None) -> Array:
         return self.dense(dropout(pooled_BxD, self.dropout_rate, rng)).astype(jnp.float32)

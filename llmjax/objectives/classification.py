@@ -1,5 +1,6 @@
-"""Sequence(-pair) classification on the pooled [CLS] state: [<bos>] a [<eos>] (b [<eos>]),
-token types 0 for a and 1 for b, longest-first truncation to seq_len.
+"""Sequence(-pair) classification on the pooled [CLS] state of an encoder, or the last token's
+state of a decoder: [<bos>] a [<eos>] (b [<eos>]), token types 0 for a and 1 for b (an
+encoder's), longest-first truncation to seq_len.
 
 The label set is read from the training split once (sorted label strings) and recorded in the
 run's config as `data.labels`, so eval and predict map labels the same way; a label outside it
@@ -29,7 +30,7 @@ from llmjax.objectives.base import (
 from llmjax.objectives.pairs import (
     ArrayExamples,
     FineTuningTask,
-    encode,
+    class_logits,
     encoded_pair_examples,
     padding_pair,
 )
@@ -80,7 +81,7 @@ class Classification(FineTuningTask):
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
              regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
-        logits = model.class_logits(encode(model, batch, rng), rng)
+        logits = class_logits(model, batch, rng)
         weights = batch["weights"]
         loss_sum = (cross_entropy(logits, batch["label"], regularizers) * weights).sum()
         predicted = logits.argmax(-1)

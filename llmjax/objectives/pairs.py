@@ -1,6 +1,6 @@
-"""What the [CLS]-based sentence(-pair) objectives (classification, regression, NSP) share:
-examples of packed pairs with a label, their padding example, the encoder pass over them, and
-what a fine-tuning task on the pooled state declares."""
+"""What the sentence(-pair) objectives (classification, regression, NSP) share: examples of
+packed pairs with a label, their padding example, the model pass over them (an encoder's pooled
+[CLS] state, a decoder's last token), and what a fine-tuning task on that state declares."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from llmjax.data.tokenizers import Tokenizer
 
 
 class FineTuningTask:
-    """A task head on the pooled [CLS] state, fine-tuned from a pretraining run."""
+    """A task head on the pooled state (an encoder's [CLS], a decoder's last token), fine-tuned
+    from a pretraining run."""
 
     vocab_positions = staticmethod(lambda seq_len: 0)  # FLOP count: no vocabulary projection
     fresh_modules = ("classifier",)  # a fine-tuning run never restores the task head
@@ -92,6 +93,13 @@ def padding_pair(seq_len: int, label_dtype: type = np.int32) -> dict[str, np.nda
     return {"tokens": zeros, "token_types": zeros, "segment_ids": zeros,
             "label": np.zeros((), label_dtype),
             "weights": np.zeros((), np.float32)}
+
+
+def class_logits(model, batch: dict[str, jax.Array], rng: jax.Array | None) -> jax.Array:
+    """The task head's logits [B, C] of a batch of packed pairs: an encoder's from its pooled
+    [CLS] state, a decoder's from each row's last token."""
+    return model.classify(batch["tokens"], token_types=batch["token_types"],
+                          segment_ids=batch["segment_ids"], rng=rng)
 
 
 def encode(model, batch: dict[str, jax.Array], rng: jax.Array | None,

@@ -1,5 +1,5 @@
-"""Sentence(-pair) regression on the pooled [CLS] state (STS-B-style similarity scores): the
-classifier head with one output, trained with squared error.
+"""Sentence(-pair) regression on the pooled state (an encoder's [CLS], a decoder's last token;
+STS-B-style similarity scores): the classifier head with one output, trained with squared error.
 
 Inputs are packed as for classification. The label column holds numbers; anything else is a
 data error naming the record. Metrics: loss = mean squared error, and Pearson's r from summed
@@ -22,7 +22,7 @@ from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers
 from llmjax.objectives.pairs import (
     ArrayExamples,
     FineTuningTask,
-    encode,
+    class_logits,
     encoded_pair_examples,
     padding_pair,
 )
@@ -62,7 +62,7 @@ class Regression(FineTuningTask):
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
              regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
         """Squared error; `regularizers` are for cross-entropies (validation refuses them)."""
-        predicted = model.class_logits(encode(model, batch, rng), rng)[:, 0]
+        predicted = class_logits(model, batch, rng)[:, 0]
         target, weights = batch["label"], batch["weights"]
         count = weights.sum()
         squared = ((predicted - target) ** 2 * weights).sum()
