@@ -11,7 +11,9 @@ head on the last token's state (Hugging Face's ForSequenceClassification pooling
     llmjax predict --workdir=runs/gpt-sst2 --text="a gorgeous , witty , seductive movie ."
 
 Data and schedule as configs/bert_classify.py: GLUE SST-2 from ../shared/data/sst2, 2000 steps
-of 32 sentences, lr 5e-4 with 200 warmup steps and linear decay. Pair tasks: set
+of 32 sentences, lr 5e-4 with 200 warmup steps and linear decay. Figures (tiny, 3.3 min on 2 CPU
+cores): dev accuracy 0.799 from scratch, 0.797 fine-tuned from the causal-LM run above (2000
+steps on WikiText-2 valid.txt); details in experiments/gpt_sst2/README.md. Pair tasks: set
 data.text_pair_column (<bos> a <eos> b <eos>); scores: --config.objective=regression. From a
 Hugging Face decoder (--config.init.hf_path=DIR: GPT-2, LLaMA, Qwen2, ...) the model and
 tokenizer come from DIR and its language-model head is left behind.
