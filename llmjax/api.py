@@ -101,7 +101,11 @@ class Run:
     def logits(self, texts: Sequence[str], targets: Sequence[str] | None = None) -> np.ndarray:
         """LM logits [batch, length, vocab] (position i predicts token i + 1). For an
         encoder-decoder, `texts` are the sources and the decoder reads <bos> + `targets`
-        (default: just <bos>)."""
+        (default: just <bos>). For a classification run, class logits [batch, classes] (a
+        regression run's scores [batch, 1]), with `targets` as the text pairs."""
+        if self.prediction in ("label", "score"):
+            texts, pairs = self._texts_and_pairs(list(texts), targets)
+            return np.asarray(self._head_outputs(texts, pairs), np.float32)
         if not texts:
             return np.zeros((0, 0, self.config.model.vocab_size), np.float32)
         if not self.is_seq2seq:

@@ -90,6 +90,10 @@ def test_a_gpt_fine_tunes_for_classification_from_a_causal_lm_run(sentiment):
     label, probabilities = run.predict("the plot was superb")
     assert label == "1" and sum(probabilities.values()) == pytest.approx(1.0)
     assert run.predict(["a dull story", "a fine cast"])[0][0] == "0"
+    logits = run.logits(["the plot was superb", "a dull story"])  # class logits, as predict's
+    assert logits.shape == (2, 2)
+    np.testing.assert_allclose(np.exp(logits[0]) / np.exp(logits[0]).sum(),
+                               list(probabilities.values()), rtol=1e-5)
     with pytest.raises(configs.ConfigError, match="objective=classification .use predict"):
         run.generate("the plot")
 
