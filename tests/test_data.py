@@ -149,6 +149,44 @@ def test_jsonl_errors_name_the_line(tmp_path, lines, expected):
         sources.open_split(f"jsonl:{tmp_path}/bad.jsonl", "train", tiny_config())
 
 
+def test_parquet_shards_read_the_same_records_as_jsonl(tmp_path):
+    """A Hugging Face Hub layout (a split in two Parquet shards; numbers, token lists and
+    answer dicts as columns) reads record for record as the same rows in JSON Lines, so every
+    objective reads parquet: as it reads jsonl:."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"context": f"Eve came {i}.", "label": i % 2, "tokens": ["Eve", "came", str(i)],
+             "answers": {"text": ["Eve"], "answer_start": [0]}} for i in range(30)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for shard, part in enumerate((rows[:12], rows[12:])):
+        pq.write_table(pa.Table.from_pylist(part),
+                       tmp_path / f"train-{shard:05d}-of-00002.parquet")
+    c = tiny_config()
+    for split in ("train", "validation"):
+        jsonl = list(sources.iter_records(
+            sources.open_split(f"jsonl:{tmp_path}/rows.jsonl", split, c)))
+        parquet = list(sources.iter_records(
+            sources.open_split(f"parquet:{tmp_path}/train-*.parquet", split, c)))
+        assert parquet == jsonl and len(parquet) == (27 if split == "train" else 3)
+    assert parquet[0]["tokens"] == b'["Eve", "came", "27"]' and parquet[0]["label"] == b"1"
+
+
+def test_parquet_errors_name_the_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "notes.parquet").write_text("not parquet\n")
+    with pytest.raises(DataError, match=r"notes.parquet: not a Parquet file"):
+        sources.open_split(f"parquet:{tmp_path}/notes.parquet", "train", tiny_config())
+    pq.write_table(pa.Table.from_pylist([{"text": "a"}]), tmp_path / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([{"sentence": "b"}]), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"b.parquet: columns \['sentence'\] differ from"):
+        sources.open_split(f"parquet:{tmp_path}/[ab].parquet", "train", tiny_config())
+
+
 def test_catalog_dataset_through_tfds_mock_data():
     c = tiny_config(**{"data.source": "tfds:lm1b", "tokenizer.kind": "byte"})
     with tfds.testing.mock_data(num_examples=64):

@@ -14,8 +14,12 @@ from llmjax.data.text_builder import DataError, read_text
 from llmjax.data.tsv_builder import LocalTsv
 
 
-def _as_text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def field_text(value) -> str:
+    """A record's value as the builders keep it: text as is, bytes decoded, anything else as
+    JSON writes it (1 -> "1", a list of tokens or a dict of answers as JSON text)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def read_jsonl_rows(files: list[epath.Path]) -> tuple[list[str], list[list[str]]]:
@@ -42,7 +46,7 @@ def read_jsonl_rows(files: list[epath.Path]) -> tuple[list[str], list[list[str]]
                 raise DataError(f"{f}:{number}: keys differ from the first row's {header} "
                                 f"(missing {missing}, extra {extra}); give every row the same "
                                 "keys")
-            rows.append([_as_text(record[k]) for k in header])
+            rows.append([field_text(record[k]) for k in header])
     if not rows:
         raise DataError(f"{[str(f) for f in files]} hold no JSON objects")
     return header, rows

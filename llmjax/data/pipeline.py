@@ -36,8 +36,9 @@ class HostShard:
 
 def eval_source_and_split(config: ml_collections.ConfigDict) -> tuple[str, str]:
     """Where evaluation reads from: `data.eval_source` (default: the train source) and
-    `data.eval_split` (default 'validation'; a separate text:/tsv:/jsonl:/parallel: eval source
-    is read whole, as tfds's 'all' split; so is a mixture of them). Splits take tfds syntax:
+    `data.eval_split` (default 'validation'; a separate text:/tsv:/jsonl:/parquet:/parallel:
+    eval source is read whole, as tfds's 'all' split; so is a mixture of them). Splits take tfds
+    syntax:
     'train[:10%]', 'train+validation', 'all'."""
     source = config.data.eval_source or config.data.source
     return source, eval_split_of(source, config)
@@ -49,7 +50,7 @@ def eval_split_of(source: str, config: ml_collections.ConfigDict) -> str:
     file's held-out end)."""
     if config.data.eval_split is not None:
         return config.data.eval_split
-    local = ("text", "tsv", "jsonl", "parallel")
+    local = ("text", "tsv", "jsonl", "parquet", "parallel")
     trained_on = {member for member, _ in mixture.members(config.data.source)}
     members = [member for member, _ in mixture.members(source)]
     separate_files = (all(m.split(":")[0] in local for m in members)

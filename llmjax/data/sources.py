@@ -1,7 +1,7 @@
 """Data sources -> records and documents. Every source is read as a TFDS dataset (ArrayRecord,
 random access, no TensorFlow): `generated` (Markov text) and `generated:TASK` (transduction
-pairs), `tfds:NAME[/CONFIG]` from the catalog, and local `text:GLOB`, `tsv:GLOB`, `jsonl:GLOB`
-and `parallel:SRC_GLOB|TGT_GLOB` files.
+pairs), `tfds:NAME[/CONFIG]` from the catalog, and local `text:GLOB`, `tsv:GLOB`, `jsonl:GLOB`,
+`parquet:GLOB` and `parallel:SRC_GLOB|TGT_GLOB` files.
 
 A document is one string; records that carry a `document` field (local files, generated text)
 are chunks of one, joined back here. Each host reads only its shard of the records.
@@ -65,6 +65,12 @@ def _prepared_builder(spec: str, config: ml_collections.ConfigDict) -> tfds.core
 
         builder = prepare_local_tsv(arg, config.data.validation_fraction, data_dir,
                                     what="data source", builder_class=LocalJsonl)
+    elif kind == "parquet":
+        from llmjax.data.parquet_builder import LocalParquet
+        from llmjax.data.tsv_builder import prepare_local_tsv
+
+        builder = prepare_local_tsv(arg, config.data.validation_fraction, data_dir,
+                                    what="data source", builder_class=LocalParquet)
     elif kind == "tfds":
         _import_catalog_modules(arg)
         try:
@@ -77,7 +83,7 @@ def _prepared_builder(spec: str, config: ml_collections.ConfigDict) -> tfds.core
             builder.download_and_prepare(file_format="array_record")
     else:
         raise DataError(f"data source {spec!r}: use generated, generated:reverse|sort|copy, "
-                        "tfds:NAME[/CONFIG], text:GLOB, tsv:GLOB, jsonl:GLOB or "
+                        "tfds:NAME[/CONFIG], text:GLOB, tsv:GLOB, jsonl:GLOB, parquet:GLOB or "
                         "parallel:SRC_GLOB|TGT_GLOB")
     return builder
 
