@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
     # comma-separated, of bleu, chrf, rouge (rouge1, rouge2, rougeL, rougeLsum), exact_match
     c.eval_decode_metrics = "bleu,exact_match"
     c.eval_samples = 3  # seq2seq / question answering: answers written to the log at each eval
+    # causal LM: prompts, separated by |, continued at each eval with the generate.* settings
+    # and written to WORKDIR/samples.jsonl, TensorBoard and the log ("" = one from <bos> alone)
+    c.eval_prompts = config_dict.placeholder(str)
     c.checkpoint_every_steps = 500
     c.max_checkpoints_to_keep = 3
     # an eval metric (e.g. eval/accuracy): its best eval's parameters are kept in WORKDIR/best

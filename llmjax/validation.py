@@ -377,6 +377,10 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(not choice or m.arch != "encoder",
            "data.choice_eval_sources scores choices by the model's likelihood: a decoder or "
            "encoder_decoder, not model.arch='encoder'")
+    _check(config.eval_prompts is None or (m.arch == "decoder"
+                                            and config.objective == "causal_lm"),
+           f"eval_prompts are continued by a language model: model.arch=decoder and "
+           f"objective=causal_lm, not {m.arch} / {config.objective}")
     _check(not choice or config.objective not in ("classification", "regression"),
            f"data.choice_eval_sources scores choices by the model's likelihood; "
            f"objective={config.objective} trains a head without a language model: drop it")

@@ -301,6 +301,25 @@ def test_outputs_tensorboard_png_config_and_metric_names(tmp_path):
     assert '"vocab_size": 17' in (tmp_path / "config.json").read_text()  # 12 letters + 5
 
 
+def test_eval_prompts_are_sampled_at_each_eval_and_a_resumed_run_repeats_them(tmp_path):
+    c = tiny_config(**{"eval_prompts": "ab|", "generate.max_new_tokens": 8})
+    train_and_evaluate(c, tmp_path / "once")
+    rows = read_metrics(tmp_path / "once", "samples.jsonl")
+    assert [(r["step"], r["prompt"]) for r in rows] == [(10, "ab"), (10, ""), (20, "ab"),
+                                                        (20, "")]  # "": from <bos> alone
+    run = llmjax.load(tmp_path / "once")  # step 20: the samples are its generate's
+    assert [r["text"] for r in rows[2:]] == run.generate(["ab", ""])
+    assert rows[0]["text"] != rows[2]["text"] and len(rows[2]["text"]) > 0
+    assert _event_steps(tmp_path / "once", "samples/1/text_summary") == [10, 20]
+    # stopped at 15, then killed after writing a sample row past that checkpoint: resuming
+    # drops the stray row and writes the rows of the run that never stopped
+    train_and_evaluate(c, tmp_path / "twice", stop_at_step=15)
+    with (tmp_path / "twice" / "samples.jsonl").open("a") as f:
+        f.write('{"step": 20, "prompt": "ab", "text": "stray"}\n')
+    train_and_evaluate(c, tmp_path / "twice")
+    assert read_metrics(tmp_path / "twice", "samples.jsonl") == rows
+
+
 def test_writing_tensorboard_events_does_not_import_torch(tmp_path):
     """tensorboardX imports torch whenever it is installed; the writer hides it (2.4 s and
     torch's libraries per training process, measured)."""

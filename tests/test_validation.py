@@ -179,6 +179,8 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"data.noise_density": 0.0}, r"data.noise_density=0.0 must be in \(0, 1\)"),
     ({"generate.top_k": -1}, "top_k=-1 must be >= 0"),
     ({"early_stopping_evals": 3}, "set it too"),
+    ({"model.arch": "encoder", "objective": "mlm", "eval_prompts": "a"},
+     "eval_prompts are continued by a language model"),
     ({"optimizer.name": "sgd"}, "use adamw, adafactor or muon"),
     ({"profile.start_step": 21}, r"after the run's last step \(num_train_steps=20\)"),
     ({"checkpoint_best_mode": "largest"}, "use auto, min or max"),

@@ -2,8 +2,8 @@
 the eval split (`eval/*`, with the generated data's loss floor), the sets of
 `data.extra_eval_sources` (`eval_NAME/*`), decoding metrics for seq2seq objectives
 (`eval_decode_metrics`: BLEU, chrF, ROUGE, exact match) or question answering's answers (exact
-match, F1) on each of those, and the
-multiple-choice sets of `data.choice_eval_sources`."""
+match, F1) on each of those, the multiple-choice sets of `data.choice_eval_sources`, and the
+continuations of `eval_prompts`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ class EvalSuite:
         self.choice_sets = choices.choice_evals(config) if named_sets else {}
         self.decoding: dict[str, Any] = {}  # prefix -> DecodingEval / SpanEval, with the model
         self.graphdef: nnx.GraphDef | None = None
+        prompts = config.eval_prompts if named_sets else None
+        self.prompts = [] if prompts is None else prompts.split("|")
+        self.samples: list[tuple[str, str]] = []  # (prompt, continuation) of the last call
 
     def attach_model(self, graphdef: nnx.GraphDef) -> None:
         """Prepares what decodes or answers with the model: seq2seq's DecodingEvals, question
@@ -57,13 +60,17 @@ class EvalSuite:
         for name, batches in self.extra.items():
             metrics.update({f"eval_{name}/{k}": v
                             for k, v in evaluate(parallel, params, batches).items()})
-        if self.decoding or self.choice_sets:
+        if self.decoding or self.choice_sets or self.prompts:
             one_copy = parallel.single_copy(params)  # decoding runs on one device
             for prefix, decoding_eval in self.decoding.items():
                 metrics.update(decoding_metrics(decoding_eval, one_copy, step, prefix))
+            run = choices.run_of(self.config, self.tokenizer, self.graphdef, one_copy, step)
             if self.choice_sets:
-                run = choices.run_of(self.config, self.tokenizer, self.graphdef, one_copy, step)
                 metrics.update(choices.choice_metrics(self.choice_sets, run))
+            if self.prompts:  # generate.* settings and seed: the same samples on every rerun
+                self.samples = list(zip(self.prompts, run.generate(self.prompts), strict=True))
+                for prompt, text in self.samples:
+                    logging.info("step %d sample: %r -> %r", step, prompt, text)
         return metrics
 
 

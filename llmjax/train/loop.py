@@ -315,6 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
             if is_eval_step(step):
                 eval_metrics = evals(parallel, parallel.params(state), step)
                 writer.write(step, eval_metrics)
+                writer.write_samples(step, evals.samples)
                 if is_primary:
                     logging.info("step %d: %s", step, _format(eval_metrics))
                 if best is not None:

@@ -1,5 +1,6 @@
-"""Run outputs, written by process 0 only: metrics.jsonl, TensorBoard event files (tensorboardX;
-flax.metrics.tensorboard would import TensorFlow) and plots/loss.png."""
+"""Run outputs, written by process 0 only: metrics.jsonl, samples.jsonl (`eval_prompts`'
+continuations), TensorBoard event files (tensorboardX; flax.metrics.tensorboard would import
+TensorFlow) and plots/loss.png."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import jax
 from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
 
 
-def read_metrics(workdir: str | epath.Path) -> list[dict]:
-    path = epath.Path(workdir) / METRICS_FILE
+def read_metrics(workdir: str | epath.Path, name: str = METRICS_FILE) -> list[dict]:
+    """The rows of WORKDIR/metrics.jsonl (or another of the run's JSON Lines files)."""
+    path = epath.Path(workdir) / name
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -52,10 +55,11 @@ class MetricWriter:
         resumed run does not write them twice."""
         if not self.enabled:
             return
-        rows = read_metrics(self.workdir)
-        kept = [r for r in rows if r["step"] <= step]
-        if len(kept) != len(rows):
-            (self.workdir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+        for name in (METRICS_FILE, SAMPLES_FILE):
+            rows = read_metrics(self.workdir, name)
+            kept = [r for r in rows if r["step"] <= step]
+            if len(kept) != len(rows):
+                (self.workdir / name).write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         """One row {"step": step, "split/metric": value, ...}."""
@@ -68,6 +72,18 @@ class MetricWriter:
         for key, value in metrics.items():
             if math.isfinite(float(value)):
                 tb.add_scalar(key, float(value), int(step))
+
+    def write_samples(self, step: int, samples: list[tuple[str, str]]) -> None:
+        """Rows {"step", "prompt", "text"} of samples.jsonl, and TensorBoard text `samples/I`
+        (the prompt in bold, then its continuation)."""
+        if not self.enabled or not samples:
+            return
+        with (self.workdir / SAMPLES_FILE).open("a") as f:
+            for prompt, text in samples:
+                f.write(json.dumps({"step": int(step), "prompt": prompt, "text": text}) + "\n")
+        tb = self._tensorboard()
+        for i, (prompt, text) in enumerate(samples):
+            tb.add_text(f"samples/{i}", f"**{prompt}**{text}", int(step))
 
     def plot(self) -> epath.Path | None:
         """plots/loss.png: train and eval loss (and each extra eval set's) against step."""
