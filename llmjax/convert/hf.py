@@ -253,7 +253,7 @@ def export_params(config: ml_collections.ConfigDict, params: nnx.State,
     """(config.json dict, tensors) of an llmjax model in its Hugging Face family's format;
     `pad_id`: the tokenizer's, for the families that count positions from it (RoBERTa)."""
     family = export_family(config)
-    if config.model.arch == "decoder" and "classifier" in params:
+    if config.model.arch == "decoder" and config.objective in ("classification", "regression"):
         raise ConfigError(f"objective={config.objective} on a decoder has no Hugging Face "
                           "export yet (llmjax writes a decoder as a causal LM; its "
                           "ForSequenceClassification `score` layout is not written): use the "
