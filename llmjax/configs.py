@@ -152,7 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.choice_delimiter = " "  # decoders score context + this + choice
     # seq2seq decoders: lay pairs out with the tokenizer's Hugging Face chat template
     d.chat_template = False
-    d.pack_pairs = False  # seq2seq decoders: pack training pairs several to a sequence
+    d.pack_pairs = False  # seq2seq: pack training pairs several to a row (both layouts)
     # seq2seq decoders with chat_template: records hold conversations (role/content lists)
     d.messages_column = config_dict.placeholder(str)
     d.train_split = "train"

@@ -367,10 +367,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                                              and config.objective in ("seq2seq", "dpo")),
            "data.chat_template lays out a decoder's source -> target pairs: it needs "
            "model.arch=decoder and objective=seq2seq (or dpo)")
-    _check(not config.data.pack_pairs or (m.arch == "decoder"
-                                          and config.objective == "seq2seq"),
-           "data.pack_pairs packs a decoder's source -> target pairs: it needs "
-           "model.arch=decoder and objective=seq2seq (causal_lm packs documents always)")
+    _check(not config.data.pack_pairs or config.objective == "seq2seq",
+           "data.pack_pairs packs source -> target pairs: it needs objective=seq2seq "
+           "(causal_lm packs documents always)")
     _check(not config.data.messages_column or config.data.chat_template,
            "data.messages_column lays conversations out with the tokenizer's chat template: "
            "it needs data.chat_template=True (and model.arch=decoder, objective=seq2seq)")

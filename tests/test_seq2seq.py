@@ -202,6 +202,49 @@ def test_packed_pairs_share_rows_and_give_the_loss_of_unpacked_ones():
     np.testing.assert_allclose(sums(packed), sums(one_each), rtol=1e-5)
 
 
+@pytest.mark.parametrize("positions", ["relative", pytest.param("learned",
+                                                                marks=pytest.mark.slow)])
+def test_packed_encoder_decoder_pairs_give_the_loss_and_gradients_of_unpacked_ones(positions):
+    """data.pack_pairs with an encoder-decoder: pairs share a row while both sides fit, the
+    k-th pair segment k of source and target, and cross-attention keeps pairs apart: loss
+    sums, token counts and gradients equal those of one pair per row."""
+    from llmjax.data.tokenizers import ByteTokenizer
+    from llmjax.objectives.seq2seq import encoder_decoder_examples, seq2seq_loss
+    from llmjax.train.state import build_model
+
+    tok = ByteTokenizer()
+    c = seq2seq_config(**{"seq_len": 8, "target_seq_len": 6, "model.max_len": 8,
+                          "data.pack_pairs": True, "model.position_embedding": positions,
+                          "model.vocab_size": tok.vocab_size, "model.emb_dim": 32,
+                          "model.mlp_dim": 64})
+    sources, targets = ["ab", "c", "defghijkl", "m", "no"], ["x", "yz", "u", "vw", "t"]
+    packed = encoder_decoder_examples(sources, targets, c, tok, train=True).arrays
+    one_each = encoder_decoder_examples(sources, targets, c, tok, train=False).arrays
+    # sources + <eos> take 3, 2, 8 (cut), 2, 3 positions of 8; <bos> + targets 2, 3, 2, 3, 2 of 6
+    assert len(packed["inputs"]) == 3 and len(one_each["inputs"]) == 5
+    np.testing.assert_array_equal(packed["input_segments"][0], [1, 1, 1, 2, 2, 0, 0, 0])
+    np.testing.assert_array_equal(packed["target_segments"][0], [1, 1, 2, 2, 2, 0])
+    np.testing.assert_array_equal(packed["input_segments"][2], [1, 1, 2, 2, 2, 0, 0, 0])
+    graphdef, params = nnx.split(build_model(c))
+
+    @jax.jit
+    def value_and_grads(p, batch):
+        return jax.value_and_grad(
+            lambda p: seq2seq_loss(nnx.merge(graphdef, p), batch, None)["loss"],
+            has_aux=True)(p)
+
+    def loss_and_grads(arrays):
+        (total, count), grads = value_and_grads(params, arrays)
+        return float(total), float(count), grads
+
+    packed_loss, packed_count, packed_grads = loss_and_grads(packed)
+    loss, count, grads = loss_and_grads(one_each)
+    assert packed_count == count == 12  # each target and its <eos>
+    np.testing.assert_allclose(packed_loss, loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(packed_grads), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def decoder_reverse_run(tmp_path_factory):
     """A tiny decoder fine-tuned on source -> target pairs (prompt <bos> source <eos>, loss on

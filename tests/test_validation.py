@@ -150,7 +150,7 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
      "a decoder or encoder_decoder, not model.arch='encoder'"),
     ({"data.choice_eval_sources": "a"}, "data.choice_eval_sources='a': write NAME=SOURCE"),
     ({"data.chat_template": True}, "needs model.arch=decoder and objective=seq2seq"),
-    ({"data.pack_pairs": True}, "packs a decoder's source -> target pairs"),
+    ({"data.pack_pairs": True}, "packs source -> target pairs: it needs objective=seq2seq"),
     ({"objective": "seq2seq", "data.messages_column": "messages"},
      "data.messages_column .* needs data.chat_template=True"),
     ({"model.local_rotary_base": 1e4, "model.attention_window": 8},

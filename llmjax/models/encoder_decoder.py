@@ -121,8 +121,10 @@ class EncoderDecoder(nnx.Module):
         stack = self.decoder
         x = stack.embed_positions(self.embed(decoder_tokens_BxT), pos, fold(rng, 0))
         mask = make_attention_mask(seg, seg, causal=True)
-        # Every decoder position (padding too, whose output is unused) sees the real source.
-        memory_mask = make_attention_mask(jnp.ones_like(seg), encoder_segment_ids, causal=False)
+        # Decoder segment k (a packed row's k-th pair) sees source segment k; padding, whose
+        # output is unused, sees the first pair's source, so no softmax row is empty.
+        memory_mask = make_attention_mask(jnp.maximum(seg, 1), encoder_segment_ids,
+                                          causal=False)
         bias = stack.bias(pos, pos)
         x = apply_blocks(stack.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias,
                          memory_BxSxD=encoded_BxSxD, memory_mask=memory_mask)

@@ -39,24 +39,40 @@ from llmjax.objectives.pairs import ArrayExamples
 
 
 def seq2seq_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int, source_len: int,
-                   target_len: int, tokenizer: Tokenizer) -> ArrayExamples:
+                   target_len: int, tokenizer: Tokenizer, pack: bool = False) -> ArrayExamples:
     """ArrayExamples in the layout above from `count` (source tokens, target tokens) pairs
-    (without special tokens); <eos> is kept when a side is cut."""
-    arrays = {name: np.zeros((count, length), np.int32) for name, length in (
+    (without special tokens); <eos> is kept when a side is cut. `pack`: consecutive pairs share
+    a row while both sides fit (next-fit, as t5x packs), the k-th pair of a row segment k on
+    both sides, so the encoder, the decoder and cross-attention keep pairs apart."""
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    cut = [(np.append(source[: source_len - 1], eos), target[: target_len - 1])
+           for source, target in pairs]
+    assert len(cut) == count, (len(cut), count)
+    rows: list[list[int]] = []
+    used = (source_len, target_len)  # a full row: the first pair starts one
+    for i, (source, target) in enumerate(cut):
+        need = (len(source), len(target) + 1)
+        if not pack or used[0] + need[0] > source_len or used[1] + need[1] > target_len:
+            rows.append([])
+            used = (0, 0)
+        rows[-1].append(i)
+        used = (used[0] + need[0], used[1] + need[1])
+    arrays = {name: np.zeros((len(rows), length), np.int32) for name, length in (
         ("inputs", source_len), ("input_segments", source_len), ("decoder_inputs", target_len),
         ("targets", target_len), ("target_segments", target_len))}
-    arrays["weights"] = np.zeros((count, target_len), np.float32)
-    bos, eos = tokenizer.bos_id, tokenizer.eos_id
-    for i, (source, target) in enumerate(pairs):
-        source = np.append(source[: source_len - 1], eos)
-        target = target[: target_len - 1]
-        arrays["inputs"][i, : len(source)] = source
-        arrays["input_segments"][i, : len(source)] = 1
-        n = len(target) + 1
-        arrays["decoder_inputs"][i, :n] = np.append(bos, target)
-        arrays["targets"][i, :n] = np.append(target, eos)
-        arrays["target_segments"][i, :n] = 1
-        arrays["weights"][i, :n] = 1.0
+    arrays["weights"] = np.zeros((len(rows), target_len), np.float32)
+    for r, members in enumerate(rows):
+        at_source = at_target = 0
+        for segment, i in enumerate(members, start=1):
+            source, target = cut[i]
+            s, t = len(source), len(target) + 1
+            arrays["inputs"][r, at_source:at_source + s] = source
+            arrays["input_segments"][r, at_source:at_source + s] = segment
+            arrays["decoder_inputs"][r, at_target:at_target + t] = np.append(bos, target)
+            arrays["targets"][r, at_target:at_target + t] = np.append(target, eos)
+            arrays["target_segments"][r, at_target:at_target + t] = segment
+            arrays["weights"][r, at_target:at_target + t] = 1.0
+            at_source, at_target = at_source + s, at_target + t
     if tokenizer.pad_id:  # padding positions hold the tokenizer's pad id
         for name in ("inputs", "decoder_inputs", "targets"):
             segments = arrays["input_segments" if name == "inputs" else "target_segments"]
@@ -137,7 +153,8 @@ def encoder_decoder_examples(sources: Sequence[str], targets: Sequence[str],
                              train: bool = False) -> ArrayExamples:
     pairs = zip(tokenizer.encode_batch(list(sources)), tokenizer.encode_batch(list(targets)),
                 strict=True)
-    return seq2seq_arrays(pairs, len(sources), config.seq_len, config.target_seq_len, tokenizer)
+    return seq2seq_arrays(pairs, len(sources), config.seq_len, config.target_seq_len, tokenizer,
+                          pack=train and config.data.pack_pairs)
 
 
 # model.arch -> its example layout (module docstring)
