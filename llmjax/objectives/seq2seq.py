@@ -14,7 +14,8 @@ With data.messages_column a record is a conversation instead, laid out whole by 
 template and weighted on every assistant answer; eval decodes its last answer.
 
 Sources are cut to `seq_len` tokens with their special tokens, targets to `target_seq_len`.
-Evaluation adds BLEU and exact match on decoded outputs (evaluation/decoding.py).
+With data.pack_pairs, training pairs share rows (segments 1, 2, ... in either layout).
+Evaluation adds the scores of `eval_decode_metrics` on decoded outputs (evaluation/decoding.py).
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ class Seq2Seq:
 
     @staticmethod
     def host_eval() -> type:
-        """What evaluation adds on the host: the sources decoded, BLEU and exact match."""
+        """What evaluation adds on the host: the sources decoded and scored (BLEU, ...)."""
         from llmjax.evaluation.decoding import DecodingEval
 
         return DecodingEval
