@@ -26,7 +26,8 @@ config_flags.DEFINE_config_file("config", None, "Config file: configs/FILE.py[:k
 flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
 flags.DEFINE_integer("stop_at_step", None, "train: save a checkpoint at this step and exit.")
 flags.DEFINE_integer("step", None, "eval/generate/predict: checkpoint step (default: latest).")
-flags.DEFINE_string("split", None, "eval: split to evaluate (default: data.eval_split).")
+flags.DEFINE_string("split", None, "eval: split to evaluate (default: data.eval_split); "
+                    "predict --input: the split to predict (default: as eval's).")
 flags.DEFINE_string("prompt", None, "generate: the prompt text.")
 flags.DEFINE_string("messages", None, "generate: a conversation to reply to, as the chat "
                     "template lays it out: a JSON list of {role, content}, or a file holding one.")
@@ -47,7 +48,10 @@ flags.DEFINE_string("text_pair", None, "predict: the second text of a pair task 
 flags.DEFINE_enum("from", None, ["hf"], "convert: import from this format (--path, --out).")
 flags.DEFINE_enum("to", None, ["hf"], "convert: export --workdir to this format (--out).")
 flags.DEFINE_string("path", None, "convert --from=hf: the Hugging Face model folder.")
-flags.DEFINE_string("out", None, "convert: the folder to write (a workdir, or a HF folder).")
+flags.DEFINE_string("out", None, "convert: the folder to write (a workdir, or a HF folder); "
+                    "predict --input: the JSON Lines file of predictions.")
+flags.DEFINE_string("input", None, "predict: a data source (tsv:, jsonl:, parquet:, tfds:, ...) "
+                    "whose every record is predicted, into --out.")
 flags.DEFINE_string("coordinator_address", None,
                     "multi-host: HOST:PORT of process 0 (jax.distributed), same on every host.")
 flags.DEFINE_integer("num_processes", None, "multi-host: how many processes (hosts) in all.")
@@ -165,6 +169,7 @@ USAGE = """llmjax: train, evaluate, sample from and convert Transformer language
   llmjax generate --workdir=DIR --prompt="..." [--max_new_tokens=N --temperature=T --top_k=K --top_p=P --min_p=M --repetition_penalty=R --beam_size=B --seed=S]
   llmjax generate --workdir=DIR --messages='[{"role": "user", "content": "..."}]' (or FILE.json) [sampling flags]
   llmjax predict  --workdir=DIR --text="..." [--text_pair="..."]
+  llmjax predict  --workdir=DIR --input=SOURCE --out=FILE.jsonl [--split=NAME]
   llmjax convert  --from=hf --path=HF_DIR --out=WORKDIR | --to=hf --workdir=DIR --out=HF_DIR [--step=N]
 
 Every config key and its meaning: README.md, "Config reference".

@@ -94,8 +94,12 @@ def _conversation(value: str) -> list[dict]:
 def predict(FLAGS: flags.FlagValues) -> None:
     from llmjax import api
 
+    if getattr(FLAGS, "input", None) is not None:  # (tests pass namespaces of a few flags)
+        _predict_source(FLAGS)
+        return
     if FLAGS.text is None:
-        raise ConfigError("predict needs --text=TEXT (and --text_pair=TEXT for pair tasks)")
+        raise ConfigError("predict needs --text=TEXT (and --text_pair=TEXT for pair tasks), or "
+                          "--input=SOURCE --out=FILE for every record of a data source")
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
     _warn_unknown(run, FLAGS.text, FLAGS.text_pair)
     if run.prediction == "tags":
@@ -113,6 +117,21 @@ def predict(FLAGS: flags.FlagValues) -> None:
         return
     label, probabilities = run.predict(FLAGS.text, FLAGS.text_pair)
     print(json.dumps({"label": label, "probabilities": probabilities}, indent=2))
+
+
+def _predict_source(FLAGS: flags.FlagValues) -> None:
+    """predict --input=SOURCE --out=FILE: every record's prediction, one JSON line each."""
+    from llmjax import api
+    from llmjax.data import pipeline
+    from llmjax.evaluation.predictions import write_predictions
+
+    if FLAGS.text is not None or FLAGS.out is None:
+        raise ConfigError("predict --input=SOURCE writes every record's prediction to "
+                          "--out=FILE (JSON Lines): give --out, and no --text")
+    run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
+    split = FLAGS.split or pipeline.eval_split_of(FLAGS.input, run.config)
+    count = write_predictions(run, FLAGS.input, split, FLAGS.out)
+    logging.info("wrote %d predictions of %s (%s) to %s", count, FLAGS.input, split, FLAGS.out)
 
 
 def _warn_unknown(run, *texts: str | None) -> None:

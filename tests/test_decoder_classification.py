@@ -2,6 +2,8 @@
 ForSequenceClassification classifies: a bias-free head on the last token's state, fine-tuned
 from a causal-LM run's parameters and tokenizer."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from conftest import jitted, tiny_config
 from flax import nnx
 from test_classification import fine_tuning_start, write_sentiment_tsv
+from test_cli import llmjax_cli
 
 import llmjax
 from llmjax import configs, validation
@@ -96,6 +99,30 @@ def test_a_gpt_fine_tunes_for_classification_from_a_causal_lm_run(sentiment):
                                list(probabilities.values()), rtol=1e-5)
     with pytest.raises(configs.ConfigError, match="objective=classification .use predict"):
         run.generate("the plot")
+
+
+def test_predict_writes_every_records_prediction_of_a_data_source(sentiment):
+    """`llmjax predict --input=tsv:dev.tsv --out=FILE`: one line per record, in order, each
+    Run.predict's; their accuracy is eval's (the fine-tuning test's run, or a fresh one)."""
+    d, train, dev, pre = sentiment
+    workdir = d / "fine"
+    if not (workdir / "checkpoints").exists():  # this test alone: train the run it reads
+        train_and_evaluate(gpt_classify_config(sentiment), workdir)
+    out = d / "predictions.jsonl"
+    llmjax_cli("predict", f"--workdir={workdir}", f"--input=tsv:{dev}", f"--out={out}")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    records = [line.split("\t") for line in dev.read_text().splitlines()[1:]]
+    assert [r["index"] for r in rows] == list(range(len(records))) == list(range(100))
+    run = llmjax.load(workdir)
+    expected = run.predict([text for text, _ in records[:20]])
+    assert [(r["label"], r["probabilities"]) for r in rows[:20]] == pytest.approx(expected)
+    accuracy = np.mean([r["label"] == label.strip() for r, (_, label) in
+                        zip(rows, records, strict=True)])
+    evaluated = json.loads(llmjax_cli("eval", f"--workdir={workdir}").stdout)
+    assert accuracy == pytest.approx(evaluated["eval/accuracy"])
+    assert not list(d.glob(".predictions.jsonl.partial"))
+    failed = llmjax_cli("predict", f"--workdir={workdir}", f"--input=tsv:{dev}", check=False)
+    assert failed.returncode != 0 and "give --out, and no --text" in failed.stderr
 
 
 def test_a_gpt_regresses_scores(sentiment):

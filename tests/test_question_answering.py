@@ -15,6 +15,7 @@ from llmjax.data import pipeline
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import ByteTokenizer
 from llmjax.evaluation.answers import answer_f1, normalize_answer, squad_metrics
+from llmjax.evaluation.predictions import write_predictions
 from llmjax.objectives import get_objective
 from llmjax.objectives.question_answering import (
     Passage,
@@ -229,6 +230,17 @@ def test_a_reader_learns_to_answer_and_answers_new_questions(tmp_path, capsys):
     evaluated = run_command("eval", tmp_path / "run", capsys)
     assert evaluated["eval/exact_match"] == pytest.approx(metrics["eval/exact_match"])
     assert evaluated["eval/f1"] == pytest.approx(metrics["eval/f1"])
+    # predict --input: every dev question answered; scored, the file gives eval's figures
+    dev = tmp_path / "dev.jsonl"
+    assert write_predictions(run, f"jsonl:{dev}", "all", tmp_path / "answers.jsonl") == 100
+    answers = [json.loads(line)["answer"] for line in
+               (tmp_path / "answers.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in dev.read_text().splitlines()]
+    assert answers[:5] == run.answer([r["question"] for r in records[:5]],
+                                     [r["context"] for r in records[:5]])
+    scored = squad_metrics(answers, [r["answers"]["text"] for r in records])
+    assert scored == pytest.approx({"exact_match": metrics["eval/exact_match"],
+                                    "f1": metrics["eval/f1"]})
 
 
 def test_bert_for_question_answering_in_and_out(tmp_path):

@@ -13,6 +13,7 @@ import llmjax
 from llmjax.data.text_builder import DataError
 from llmjax.data.tokenizers import ByteTokenizer
 from llmjax.evaluation.entities import TagScheme, entity_counts, entity_metrics
+from llmjax.evaluation.predictions import write_predictions
 from llmjax.objectives.token_classification import tagged_words
 
 
@@ -162,6 +163,12 @@ def test_a_tagger_learns_entities_and_tags_new_sentences(tmp_path, capsys):
         "tags": [["Bert", "B-PER"], ["Ito", "I-PER"], ["saw", "O"], ["Lima", "B-LOC"]]}
     evaluated = run_command("eval", tmp_path / "run", capsys)
     assert evaluated["eval/entity_f1"] == pytest.approx(metrics["eval/entity_f1"], abs=1e-6)
+    # predict --input: every dev sentence's words tagged, as `tag` tags them
+    assert write_predictions(run, f"jsonl:{dev}", "all", tmp_path / "tags.jsonl") == 80
+    rows = [json.loads(line) for line in (tmp_path / "tags.jsonl").read_text().splitlines()]
+    sentences = [json.loads(line) for line in dev.read_text().splitlines()]
+    tagged = run.tag([" ".join(s["tokens"]) for s in sentences[:10]])
+    assert [r["tags"] for r in rows[:10]] == [[list(pair) for pair in t] for t in tagged]
 
 
 def test_tags_as_indices_into_data_labels_and_bad_records(tmp_path):
