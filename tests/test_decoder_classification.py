@@ -3,6 +3,7 @@ ForSequenceClassification classifies: a bias-free head on the last token's state
 from a causal-LM run's parameters and tokenizer."""
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +15,11 @@ from test_classification import fine_tuning_start, write_sentiment_tsv
 from test_cli import llmjax_cli
 
 import llmjax
-from llmjax import configs, validation
+from llmjax import commands, configs, validation
 from llmjax.models import Decoder
 from llmjax.train import state as state_lib
 from llmjax.train.loop import train_and_evaluate
+from llmjax.train.writer import read_metrics
 
 
 def test_the_decoder_classifies_from_the_last_real_token():
@@ -118,13 +120,16 @@ def test_predict_writes_every_records_prediction_of_a_data_source(sentiment):
     assert [(r["label"], r["probabilities"]) for r in rows[:20]] == pytest.approx(expected)
     accuracy = np.mean([r["label"] == label.strip() for r, (_, label) in
                         zip(rows, records, strict=True)])
-    evaluated = json.loads(llmjax_cli("eval", f"--workdir={workdir}").stdout)
-    assert accuracy == pytest.approx(evaluated["eval/accuracy"])
+    evaluated = [r for r in read_metrics(workdir) if "eval/accuracy" in r][-1]
+    assert accuracy == pytest.approx(evaluated["eval/accuracy"])  # the run's eval of dev.tsv
     assert not list(d.glob(".predictions.jsonl.partial"))
-    failed = llmjax_cli("predict", f"--workdir={workdir}", f"--input=tsv:{dev}", check=False)
-    assert failed.returncode != 0 and "give --out, and no --text" in failed.stderr
+    flags = types.SimpleNamespace(workdir=str(workdir), step=None, config=run.config,
+                                  input=f"tsv:{dev}", out=None, text=None, split=None)
+    with pytest.raises(configs.ConfigError, match="give --out, and no --text"):
+        commands.predict(flags)
 
 
+@pytest.mark.slow
 def test_a_gpt_regresses_scores(sentiment):
     d, train, dev, pre = sentiment
     c = gpt_classify_config(sentiment, **{"objective": "regression", "num_train_steps": 60,
