@@ -56,7 +56,9 @@ def test_a_selection_reports_its_names_in_order_and_bad_ones_are_config_errors()
             validation.validate(tiny_config(eval_decode_metrics=bad))
 
 
+@pytest.mark.slow
 def test_a_seq2seq_run_reports_rouge_and_keeps_its_best_checkpoint_by_it(tmp_path):
+    """~11 s (the default suite's `llmjax eval` of the reversal run reports ROUGE too)."""
     c = tiny_config(**{"model.arch": "encoder_decoder", "objective": "seq2seq",
                        "data.source": "generated:reverse", "model.position_embedding": "relative",
                        "seq_len": 16, "target_seq_len": 16, "model.max_len": 16,
