@@ -13,7 +13,9 @@ def metrics(workdir, key: str) -> dict[int, float]:
     return {r["step"]: r[key] for r in read_metrics(workdir) if key in r}
 
 
-@pytest.mark.parametrize("mode", ["mesh", "pmap"])
+# pmap slow (28 s): pmap over 8 fake devices runs by default in test_train, the two-device
+# eval wait and flat all-reduce in the mesh case
+@pytest.mark.parametrize("mode", ["mesh", pytest.param("pmap", marks=pytest.mark.slow)])
 def test_two_cpu_devices_train_and_evaluate_as_one_device(tmp_path, mode):
     # ~200 eval batches queued at once: XLA:CPU's in-process all-reduce on two devices hung
     # in most such runs (it is a race) until each eval step was made to wait for the one before

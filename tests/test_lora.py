@@ -182,6 +182,7 @@ def test_frozen_weights_get_no_backward_pass():
     assert flops["adapters"] < 0.85 * flops["all"], flops
 
 
+@pytest.mark.slow  # 20 s (the default suite's time budget)
 def test_adapters_train_data_parallel_as_on_one_device(lora_run, tmp_path):
     """pmap and a data-only mesh (8 devices) sum only the adapters' gradients over devices (the
     frozen weights' are zeros everywhere); the losses are one device's."""

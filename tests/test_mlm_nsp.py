@@ -70,6 +70,7 @@ def test_loss_is_the_sum_of_exact_means_under_pmap_and_accumulation(tmp_path):
     assert last["eval/loss"] == pytest.approx(mlm + nsp, rel=1e-5)
 
 
+@pytest.mark.slow  # the default suite's budget; test_determinism runs mlm_nsp by default
 def test_mlm_nsp_pretraining_learns_both_tasks(tmp_path):
     """~20 s. NSP's negatives are drawn afresh every batch, so no single token predicts the
     label and NSP is learnt only once the encoder compares the two segments: a breakthrough
