@@ -85,8 +85,7 @@ class Run:
         ids = self.tokenizer.encode_batch(list(texts))
         length = max(len(x) for x in ids) + 1
         self._check_length(length)
-        arrays = seq2seq_arrays(((x, empty) for x in ids), len(ids), length, 1,
-                                self.tokenizer).arrays
+        arrays = seq2seq_arrays(((x, empty) for x in ids), length, 1, self.tokenizer).arrays
         return arrays["inputs"], arrays["input_segments"]
 
     def hidden_states(self, texts: Sequence[str]) -> np.ndarray:
@@ -139,8 +138,8 @@ class Run:
             source_len, target_len = (max(len(x) for x in sides) + 1 for sides in
                                       (sources, targets))
             self._check_length(max(source_len, target_len))
-            a = seq2seq_arrays(zip(sources, targets, strict=True), len(texts), source_len,
-                               target_len, self.tokenizer).arrays
+            a = seq2seq_arrays(zip(sources, targets, strict=True), source_len, target_len,
+                               self.tokenizer).arrays
             return np.asarray(self._apply(_seq2seq_log_likelihood, a["inputs"],
                                           a["decoder_inputs"], a["input_segments"],
                                           a["target_segments"], a["targets"], a["weights"]),

@@ -160,6 +160,13 @@ _RANGES = {
 }
 
 
+def _predicts_tokens(objective: str) -> bool:
+    """Whether the objective's model keeps a language-model head (a task head alone: no)."""
+    from llmjax.objectives import get_objective
+
+    return getattr(get_objective(objective), "predicts_tokens", True)
+
+
 def _check_decode_metrics(spec: str) -> None:
     try:
         text_metrics.selection(spec)
@@ -380,7 +387,7 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                                             and config.objective == "causal_lm"),
            f"eval_prompts are continued by a language model: model.arch=decoder and "
            f"objective=causal_lm, not {m.arch} / {config.objective}")
-    _check(not choice or config.objective not in ("classification", "regression"),
+    _check(not choice or _predicts_tokens(config.objective),
            f"data.choice_eval_sources scores choices by the model's likelihood; "
            f"objective={config.objective} trains a head without a language model: drop it")
     _check(config.tokenizer.kind in ("char", "byte", "bpe", "wordpiece", "sentencepiece"),

@@ -252,8 +252,11 @@ def export_params(config: ml_collections.ConfigDict, params: nnx.State,
                   pad_id: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json dict, tensors) of an llmjax model in its Hugging Face family's format;
     `pad_id`: the tokenizer's, for the families that count positions from it (RoBERTa)."""
+    from llmjax.objectives import get_objective
+
     family = export_family(config)
-    if config.model.arch == "decoder" and config.objective in ("classification", "regression"):
+    if config.model.arch == "decoder" and not getattr(get_objective(config.objective),
+                                                      "predicts_tokens", True):
         raise ConfigError(f"objective={config.objective} on a decoder has no Hugging Face "
                           "export yet (llmjax writes a decoder as a causal LM; its "
                           "ForSequenceClassification `score` layout is not written): use the "

@@ -33,7 +33,7 @@ class _EncoderSources:
                ) -> tuple[np.ndarray, np.ndarray]:
         empty = np.zeros((0,), np.int32)
         encoded = tokenizer.encode_batch(texts)
-        arrays = seq2seq_arrays(((s, empty) for s in encoded), len(encoded), config.seq_len, 1,
+        arrays = seq2seq_arrays(((s, empty) for s in encoded), config.seq_len, 1,
                                 tokenizer).arrays
         return arrays["inputs"], arrays["input_segments"]
 

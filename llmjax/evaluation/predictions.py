@@ -55,16 +55,12 @@ def predictions(run, records: Sequence[dict]) -> Iterator[dict]:
         raise ConfigError(f"predict needs a classification, regression, token classification "
                           f"or question answering run; this run's objective is "
                           f"{run.config.objective!r}")
-    batch: list[tuple] = []
+    inputs = (_inputs(record, run) for record in sources.iter_records(records))
     index = 0
-    for record in itertools.chain(sources.iter_records(records), [None]):  # None: the end
-        if record is not None:
-            batch.append(_inputs(record, run))
-        if batch and (record is None or len(batch) == run.config.batch_size):
-            for prediction in _predict_batch(run, batch):
-                yield {"index": index, **prediction}
-                index += 1
-            batch = []
+    while batch := list(itertools.islice(inputs, run.config.batch_size)):
+        for prediction in _predict_batch(run, batch):
+            yield {"index": index, **prediction}
+            index += 1
 
 
 def write_predictions(run, source: str, split: str, out: str | epath.Path) -> int:

@@ -64,7 +64,8 @@ class EvalSuite:
             one_copy = parallel.single_copy(params)  # decoding runs on one device
             for prefix, decoding_eval in self.decoding.items():
                 metrics.update(decoding_metrics(decoding_eval, one_copy, step, prefix))
-            run = choices.run_of(self.config, self.tokenizer, self.graphdef, one_copy, step)
+            run = (choices.run_of(self.config, self.tokenizer, self.graphdef, one_copy, step)
+                   if self.choice_sets or self.prompts else None)
             if self.choice_sets:
                 metrics.update(choices.choice_metrics(self.choice_sets, run))
             if self.prompts:  # generate.* settings and seed: the same samples on every rerun

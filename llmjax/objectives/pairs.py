@@ -23,6 +23,7 @@ class FineTuningTask:
     fresh_modules = ("classifier",)  # a fine-tuning run never restores the task head
     optional_modules = ("pooler",)  # restored when the pretraining run had one (NSP)
     prediction = "label"  # what `llmjax predict` prints: a label with probabilities, or a score
+    predicts_tokens = False  # its model has no language-model head (a decoder's is left out)
 
 
 class ArrayExamples:

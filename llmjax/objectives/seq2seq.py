@@ -39,16 +39,15 @@ from llmjax.objectives.lm_loss import token_sums
 from llmjax.objectives.pairs import ArrayExamples
 
 
-def seq2seq_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int, source_len: int,
+def seq2seq_arrays(pairs: Iterable[tuple[np.ndarray, np.ndarray]], source_len: int,
                    target_len: int, tokenizer: Tokenizer, pack: bool = False) -> ArrayExamples:
-    """ArrayExamples in the layout above from `count` (source tokens, target tokens) pairs
-    (without special tokens); <eos> is kept when a side is cut. `pack`: consecutive pairs share
+    """ArrayExamples in the layout above from (source tokens, target tokens) pairs (without
+    special tokens); <eos> is kept when a side is cut. `pack`: consecutive pairs share
     a row while both sides fit (next-fit, as t5x packs), the k-th pair of a row segment k on
     both sides, so the encoder, the decoder and cross-attention keep pairs apart."""
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
     cut = [(np.append(source[: source_len - 1], eos), target[: target_len - 1])
            for source, target in pairs]
-    assert len(cut) == count, (len(cut), count)
     rows: list[list[int]] = []
     used = (source_len, target_len)  # a full row: the first pair starts one
     for i, (source, target) in enumerate(cut):
@@ -154,7 +153,7 @@ def encoder_decoder_examples(sources: Sequence[str], targets: Sequence[str],
                              train: bool = False) -> ArrayExamples:
     pairs = zip(tokenizer.encode_batch(list(sources)), tokenizer.encode_batch(list(targets)),
                 strict=True)
-    return seq2seq_arrays(pairs, len(sources), config.seq_len, config.target_seq_len, tokenizer,
+    return seq2seq_arrays(pairs, config.seq_len, config.target_seq_len, tokenizer,
                           pack=train and config.data.pack_pairs)
 
 

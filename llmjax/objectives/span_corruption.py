@@ -133,7 +133,7 @@ class SpanChunks:
             real.append(length >= 2)
         c = self.config
         arrays = seq2seq_arrays(((np.asarray(i, np.int32), np.asarray(t, np.int32))
-                                 for i, t in pairs), len(pairs), c.seq_len, c.target_seq_len,
+                                 for i, t in pairs), c.seq_len, c.target_seq_len,
                                 self.tokenizer).arrays
         arrays["weights"] *= np.asarray(real, np.float32)[:, None]
         return arrays
