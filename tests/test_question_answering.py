@@ -194,6 +194,7 @@ def qa_records(n, seed):
     return out
 
 
+@pytest.mark.slow  # 25 s, the default suite's budget; the QA pieces have their own tests
 def test_a_reader_learns_to_answer_and_answers_new_questions(tmp_path, capsys):
     """End to end on char tokens: contexts span up to three windows, the answer may be in
     any and "how many?" may have none (qa.no_answer); answers are at most 7 characters
