@@ -24,6 +24,10 @@ pythia = the gpt2 sizes GPT-NeoX's way: biases, untied embeddings, rotary positi
 quarter of each head, attention and MLP side by side (the layout `convert --to=hf` writes as
 GPT-NeoX); the same command with style=pythia, seed 0: final eval loss 1.810 in 2000 steps
 (811,264 parameters; session 15).
+
+experts=E (any style) makes every feed-forward layer a mixture of E experts (models/moe.py),
+each token through its top 2, each expert half the dense layer's width: the dense model's
+FLOPs per token with E / 2 times its feed-forward parameters (Switch Transformer's comparison).
 """
 
 from llmjax import configs
@@ -36,7 +40,8 @@ SIZES = {  # layers, emb_dim, heads, seq_len, batch_size
 
 
 def get_config(arg: str | None = None):
-    args = configs.parse_arg(arg, {"size": "tiny", "tokenizer": "char", "style": "gpt2"})
+    args = configs.parse_arg(arg, {"size": "tiny", "tokenizer": "char", "style": "gpt2",
+                                   "experts": 0})
     if args["size"] not in SIZES:
         raise ValueError(f"size={args['size']!r}: use one of {sorted(SIZES)}")
     if args["style"] not in ("gpt2", "llama", "gemma2", "pythia"):
@@ -64,6 +69,9 @@ def get_config(arg: str | None = None):
     if args["style"] == "pythia":
         m.position_embedding, m.rotary_fraction, m.parallel_residual = "rotary", 0.25, True
         m.use_bias, m.tie_embeddings = True, False
+    if args["experts"]:  # top-2 of E experts half as wide: the dense model's FLOPs
+        m.num_experts, m.num_experts_per_token = args["experts"], 2
+        m.mlp_dim //= 2
     c.seq_len, c.batch_size = seq_len, batch
     c.num_train_steps = 2000
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 500, 500

@@ -138,6 +138,18 @@ def base_config() -> ml_collections.ConfigDict:
     # language-model losses (causal_lm, seq2seq, span_corruption) over this many chunks of the
     # sequence, each chunk's gradients taken as it goes: 1/N of the [B, L, V] logits live
     m.logits_chunks = 1
+    # mixture of experts (Switch Transformer, Mixtral; llmjax/models/moe.py): feed-forward
+    # layers of num_experts expert MLPs, each mlp_dim wide; a router sends each token to its
+    # num_experts_per_token best
+    m.num_experts = 0  # 0: dense feed-forward layers
+    m.num_experts_per_token = 2
+    m.moe_every = 1  # every k-th block (the k-th, 2k-th, ...) is a mixture, the others dense
+    m.moe_normalize_top_k = True  # chosen experts' weights rescaled to sum 1 (Mixtral)
+    # training: an expert takes at most ceil(factor x k x L / E) of a row's L tokens, the rest
+    # skip it; 0: no limit (dropless). Evaluation and decoding are always dropless
+    m.moe_capacity_factor = 1.25
+    m.moe_balance_loss_weight = 0.01  # x the load-balancing loss (Switch: 1 when balanced)
+    m.moe_z_loss_weight = 0.001  # x the router z-loss (ST-MoE)
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "generated"

@@ -38,6 +38,12 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(query|key|value)/kernel", ("embed", "heads", "kv")),
     (r"(query|key|value)/bias", ("heads", "kv")),
     (r"attention/out/kernel", ("heads", "kv", "embed")),
+    # mixture-of-experts kernels [E, D, F] / [E, F, D]: the expert axis whole, each expert
+    # split as a dense layer is (models/moe.py)
+    (r"experts/(wi|wg)/kernel", ("expert", "embed", "mlp")),
+    (r"experts/(wi|wg)/bias", ("expert", "mlp")),
+    (r"experts/wo/kernel", ("expert", "mlp", "embed")),
+    (r"mlp/router", ("embed", None)),
     (r"(wi|wg)/kernel", ("embed", "mlp")),
     (r"(wi|wg)/bias", ("mlp",)),
     (r"wo/kernel", ("mlp", "embed")),

@@ -135,7 +135,8 @@ _RANGES = {
                      "data.generated.alphabet_size", "data.generated.train_documents",
                      "data.generated.eval_documents", "data.generated.max_pair_length",
                      "qa.max_answer_tokens",
-                     "data.eval_window_stride"),
+                     "data.eval_window_stride", "model.num_experts_per_token",
+                     "model.moe_every"),
                     _AT_LEAST_1),
     **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor", "lora.alpha",
                      "model.local_rotary_base", "model.attention_softcap", "model.logit_softcap",
@@ -150,7 +151,9 @@ _RANGES = {
                      "model.norm_epsilon", "eval_steps", "eval_decode_examples", "eval_samples",
                      "data.prefetch_batches", "data.train_window_stride",
                      "tokenizer.extra_ids", "data.generated.order", "z_loss", "lora.rank",
-                     "qa.doc_stride", "model.num_token_types", "parallel.cpu_devices"),
+                     "qa.doc_stride", "model.num_token_types", "parallel.cpu_devices",
+                     "model.num_experts", "model.moe_capacity_factor",
+                     "model.moe_balance_loss_weight", "model.moe_z_loss_weight"),
                     _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
                      "model.attention_dropout_rate", "data.validation_fraction",
@@ -341,6 +344,16 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.position_embedding != "relative" or m.arch == "encoder_decoder",
            f"model.position_embedding='relative' (T5 buckets) is built for encoder_decoder "
            f"models; for model.arch={m.arch!r} use learned, sinusoidal or rotary")
+    _check(not m.num_experts or m.num_experts > 1,
+           "model.num_experts=1 is a dense feed-forward layer with a router: use 0 (dense) or "
+           "at least 2")
+    _check(not m.num_experts or m.num_experts_per_token <= m.num_experts,
+           f"model.num_experts_per_token={m.num_experts_per_token} experts per token of "
+           f"model.num_experts={m.num_experts}: choose at most num_experts")
+    _check(not (m.num_experts and m.scan_layers and m.moe_every > 1),
+           f"model.scan_layers runs one block's program for every layer, and model.moe_every="
+           f"{m.moe_every} mixes dense and mixture blocks: set model.moe_every=1 or "
+           "model.scan_layers=False")
     _check(m.attention_impl in ("einsum", "xla", "cudnn"),
            f"model.attention_impl={m.attention_impl!r}: use einsum, xla or cudnn")
     _check(m.attention_impl == "einsum" or m.attention_dropout_rate == 0.0,

@@ -8,6 +8,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import tiny_config
 from flax import nnx
 from test_mesh import family_setup, run_steps
@@ -92,6 +93,7 @@ def test_batched_matmul_gradients_equal_autodiffs():
         assert np.any(np.asarray(x) != np.asarray(x.astype(jnp.bfloat16), np.float32))
 
 
+@pytest.mark.slow  # 15 s; float32's pmap and meshes run by default (test_mesh)
 def test_bfloat16_pmap_and_mesh_give_one_devices_losses(tmp_path):
     c, objective, batches = family_setup(tmp_path, "decoder", **BF16)
     single, _, _ = run_steps(c, objective, batches, "single")

@@ -80,7 +80,9 @@ def all_reduced_arrays(parallel, state, batch) -> list[int]:
     return [len(re.findall(r"[a-z]+[0-9]*\[[0-9,]*\]", result)) for result in results]
 
 
-@pytest.mark.parametrize("allreduce", ["flat", "per_array"])
+# flat is what `auto` picks on CPU, so test_pmap_and_meshes_give_one_devices_losses runs it
+@pytest.mark.parametrize("allreduce", [pytest.param("flat", marks=pytest.mark.slow),
+                                       "per_array"])
 def test_data_parallel_sums_gradients_in_one_all_reduce_or_one_per_array(tmp_path, allreduce):
     """pmap and a data-only mesh give one device's losses and eval sums with either way of
     summing gradients. flat: one array all-reduced for the loss weights before the forward pass

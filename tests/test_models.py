@@ -102,6 +102,9 @@ def test_attention_mask_blocks_padding_and_future():
     # OLMo 2: norms on the sublayers' outputs, QK-norm over all heads at once
     dict(position_embedding="rotary", norm_position="output", qk_norm=True,
          qk_norm_scope="all", num_heads=4, num_kv_heads=2, head_dim=4),
+    # a mixture of experts on every other layer: dropless, so a token's output does not
+    # depend on how many tokens its call holds
+    dict(position_embedding="rotary", num_experts=4, moe_every=2, moe_capacity_factor=0.5),
 ])
 def test_kv_cache_decoding_equals_full_forward(kw):
     model = make(**kw)

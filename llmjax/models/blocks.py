@@ -13,13 +13,17 @@ from flax import nnx
 from llmjax.models.attention import MultiHeadAttention
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import MATMUL_NAME, FeedForward, Norm, dropout, fold
+from llmjax.models.moe import MoEFeedForward, no_stats, put_router_stats, take_router_stats
 from llmjax.sharding import constrain
 
 Array = jax.Array
 
 
 class TransformerBlock(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, cross_attention: bool = False):
+    """`moe`: its feed-forward is a mixture of experts (models/moe.py)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, cross_attention: bool = False,
+                 moe: bool = False):
         self.norm_position = cfg.norm_position  # pre | post | output
         self.parallel = cfg.parallel_residual
         self.dropout_rate = cfg.dropout_rate
@@ -32,7 +36,7 @@ class TransformerBlock(nnx.Module):
             self.cross_attention = None
         # one norm for both sublayers: parallel blocks whose MLP reads the attention's input
         self.mlp_norm = None if cfg.parallel_shared_norm else Norm(cfg.emb_dim, cfg)
-        self.mlp = FeedForward(cfg, rngs=rngs)
+        self.mlp = MoEFeedForward(cfg, rngs=rngs) if moe else FeedForward(cfg, rngs=rngs)
         post = cfg.post_norms
         self.attention_post_norm = Norm(cfg.emb_dim, cfg) if post else None
         self.cross_attention_post_norm = (Norm(cfg.emb_dim, cfg) if post and cross_attention
@@ -100,6 +104,8 @@ def apply_blocks(layers: nnx.List, x_BxLxD: Array, mask: Array, positions_BxL: A
 
     - cfg.remat: 'full' recomputes each block in the backward pass (keeps only its input);
       'dots' keeps the outputs of the weight matmuls and recomputes the rest.
+      (Either way each block runs on a copy of its parameters inside a transform: the router
+      statistics a mixture block records there come out as values and are put back on it.)
     - cfg.scan_layers: one jax.lax.scan over the blocks' parameters stacked along a new
       leading axis, so XLA compiles one block instead of L. The parameters themselves stay one
       entry per layer (checkpoints and conversions do not depend on the switch); stacking
@@ -118,9 +124,11 @@ def apply_blocks(layers: nnx.List, x_BxLxD: Array, mask: Array, positions_BxL: A
         # a traced flag (scan) picks the layer's mask and rotary base as data
         layer_mask = mask if window_mask is None else jax.numpy.where(is_windowed, window_mask,
                                                                       mask)
-        y, _ = nnx.merge(graphdef, state)(x, layer_mask, positions_BxL, rng=layer_rng,
-                                          windowed=is_windowed, **kwargs)
-        return y
+        layer = nnx.merge(graphdef, state)
+        y, _ = layer(x, layer_mask, positions_BxL, rng=layer_rng, windowed=is_windowed,
+                     **kwargs)
+        stats = take_router_stats(layer) if layer_rng is not None else None
+        return y, no_stats() if stats is None else stats
 
     if cfg.remat != "none":
         policy = (jax.checkpoint_policies.save_only_these_names(MATMUL_NAME)
@@ -129,15 +137,19 @@ def apply_blocks(layers: nnx.List, x_BxLxD: Array, mask: Array, positions_BxL: A
     flags = jax.numpy.array(windowed)
     if not cfg.scan_layers:
         for i, state in enumerate(states):
-            x_BxLxD = block(state, x_BxLxD, fold(rng, i + 1), flags[i])
+            x_BxLxD, stats = block(state, x_BxLxD, fold(rng, i + 1), flags[i])
+            if rng is not None and isinstance(layers[i].mlp, MoEFeedForward):
+                put_router_stats(layers[i].mlp, stats)
         return x_BxLxD
 
     def body(x, inputs):
         state, i, is_windowed = inputs
         layer_rng = None if rng is None else jax.random.fold_in(rng, i + 1)
-        return block(state, x, layer_rng, is_windowed), None
+        return block(state, x, layer_rng, is_windowed)
 
     stacked = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *states)
-    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD,
-                              (stacked, jax.numpy.arange(len(states)), flags))
+    x_BxLxD, stats = jax.lax.scan(body, x_BxLxD,
+                                  (stacked, jax.numpy.arange(len(states)), flags))
+    if rng is not None and cfg.num_experts:  # scan needs every block alike: all mixtures
+        put_router_stats(layers[0].mlp, stats.sum(0))
     return x_BxLxD

@@ -69,6 +69,11 @@ class ModelConfig:
     causal: bool = True
     num_token_types: int = 2  # encoder: 1 (RoBERTa) reads every token as type 0; 0: no table
     pooler_activation: str = "tanh"  # encoder's pooled [CLS]: tanh (BERT) | relu (DistilBERT)
+    num_experts: int = 0  # mixture-of-experts feed-forward layers (models/moe.py); 0: dense
+    num_experts_per_token: int = 2  # top-k
+    moe_every: int = 1  # every k-th block is a mixture (layers k-1, 2k-1, ...), others dense
+    moe_normalize_top_k: bool = True  # chosen experts' weights rescaled to sum 1 (Mixtral)
+    moe_capacity_factor: float = 1.25  # training's buffer size; 0: dropless
 
     @property
     def encoder_layers(self) -> int:

@@ -12,6 +12,7 @@ from llmjax.models.blocks import TransformerBlock, apply_blocks
 from llmjax.models.config import ModelConfig
 from llmjax.models.heads import ClassifierHead
 from llmjax.models.layers import Dense, Embed, Norm, dropout, fold, sinusoidal
+from llmjax.models.moe import is_moe_layer
 
 Array = jax.Array
 
@@ -33,7 +34,8 @@ class Decoder(nnx.Module):
         if cfg.position_embedding == "learned":
             self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
         self.embed_norm = Norm(cfg.emb_dim, cfg) if cfg.embed_norm else None  # BLOOM
-        self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs, moe=is_moe_layer(cfg, i))
+                                for i in range(cfg.num_layers)])
         self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position != "post" else None
         if not cfg.tie_embeddings and "lm" in heads:
             self.lm_head = Dense((cfg.emb_dim,), (cfg.vocab_size,), cfg, rngs=rngs,

@@ -13,6 +13,7 @@ from llmjax.models.attention import make_attention_mask, segment_positions
 from llmjax.models.blocks import TransformerBlock, apply_blocks
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import Embed, Norm, dropout, fold, sinusoidal
+from llmjax.models.moe import is_moe_layer
 
 Array = jax.Array
 
@@ -32,7 +33,8 @@ class Encoder(nnx.Module):
         # BERT (post-norm) normalises the summed embeddings; pre-norm stacks end with a norm.
         post = cfg.norm_position == "post"
         self.embed_norm = Norm(cfg.emb_dim, cfg) if post else None
-        self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = nnx.List([TransformerBlock(cfg, rngs=rngs, moe=is_moe_layer(cfg, i))
+                                for i in range(cfg.num_layers)])
         self.final_norm = None if post else Norm(cfg.emb_dim, cfg)
 
     def __call__(self, tokens_BxL: Array, *, token_types: Array | None = None,

@@ -19,6 +19,7 @@ from llmjax.models.attention import make_attention_mask, segment_positions
 from llmjax.models.blocks import TransformerBlock, apply_blocks
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import Dense, Embed, Norm, dropout, fold, sinusoidal
+from llmjax.models.moe import is_moe_layer
 from llmjax.models.relative_position import RelativePositionBias
 
 Array = jax.Array
@@ -35,8 +36,9 @@ class _Stack(nnx.Module):
                               if cfg.position_embedding == "relative" else None)
         # Post-norm stacks (BART) normalise the summed embeddings; pre-norm ones end with a norm.
         self.embed_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position == "post" else None
-        self.layers = nnx.List([TransformerBlock(self.cfg, rngs=rngs, cross_attention=causal)
-                                for _ in range(num_layers)])
+        self.layers = nnx.List([TransformerBlock(self.cfg, rngs=rngs, cross_attention=causal,
+                                                 moe=is_moe_layer(cfg, i))
+                                for i in range(num_layers)])
         self.final_norm = Norm(cfg.emb_dim, cfg) if cfg.norm_position != "post" else None
 
     def embed_positions(self, x_BxLxD: Array, positions_BxL: Array, rng: Array | None) -> Array:

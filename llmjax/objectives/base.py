@@ -22,11 +22,16 @@ MetricSums = dict[str, tuple[jax.Array, jax.Array]]  # name -> (weighted sum, we
 @dataclasses.dataclass(frozen=True)
 class Regularizers:
     """Terms the training loss adds to every cross-entropy (config keys `label_smoothing`,
-    `z_loss`); evaluation and the API always use the plain cross-entropy, so eval loss and
-    perplexity stay comparable across runs."""
+    `z_loss`) and, for a mixture of experts, to the loss as a whole; evaluation and the API
+    always use the plain cross-entropy, so eval loss and perplexity stay comparable across
+    runs."""
 
     label_smoothing: float = 0.0  # target = (1 - e) one-hot + e / V, as torch and optax
     z_loss: float = 0.0  # + z * log(Z)^2 per token (PaLM, t5x): keeps the softmax normaliser near 1
+    # mixture-of-experts models (models/moe.py): + these times the router losses, each the
+    # mean over the mixture layers (model.moe_balance_loss_weight, model.moe_z_loss_weight)
+    moe_balance_loss: float = 0.0
+    moe_z_loss: float = 0.0
 
 
 NO_REGULARIZERS = Regularizers()

@@ -6,6 +6,8 @@ appendix B, as in nanoGPT and MaxText). The body runs on every position; the voc
 projection on the positions an objective predicts (all for causal LM, the ~15% chosen ones for
 MLM, none for classification); pooled heads (NSP, classifier) once per example. Embedding tables
 are lookups, not matmuls, except the token table where it is also the (tied) output projection.
+A mixture of experts counts the experts each token runs through (k of E: active parameters),
+not the padding its capacity buffers add.
 """
 
 from __future__ import annotations
@@ -33,10 +35,17 @@ DATASHEET_PEAKS = {
 POOLED_MODULES = ("pooler", "nsp_head", "classifier")
 
 
-def matmul_params(tree) -> int:
-    """Parameters of `tree` that multiply activations: all but embedding tables (lookups)."""
-    return sum(x.size for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-               if param_path_name(path).split("/")[-1] != "embedding")
+def matmul_params(tree, cfg: ModelConfig | None = None) -> float:
+    """Parameters of `tree` that multiply activations: all but embedding tables (lookups). A
+    mixture of experts counts the active ones: of each expert layer's E experts, the k a
+    token runs through (its router's E x D all count)."""
+    share = cfg.num_experts_per_token / cfg.num_experts if cfg and cfg.num_experts else 1.0
+    total = 0.0
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = param_path_name(path)
+        if name.split("/")[-1] != "embedding":
+            total += x.size * (share if "/experts/" in f"/{name}" else 1.0)
+    return total
 
 
 def flops_per_example(cfg: ModelConfig, params, seq_len: int,
@@ -45,7 +54,7 @@ def flops_per_example(cfg: ModelConfig, params, seq_len: int,
     positions, the output head (lm_head, or the MLM head with the tied token table) on
     `vocab_positions` (default seq_len), pooled heads once, attention over the context."""
     vocab_positions = seq_len if vocab_positions is None else vocab_positions
-    sizes = {name: matmul_params(tree) for name, tree in params.items()}
+    sizes = {name: matmul_params(tree, cfg) for name, tree in params.items()}
     pooled = sum(sizes.pop(name, 0) for name in POOLED_MODULES)
     output = sizes.pop("lm_head", 0) + sizes.pop("mlm_head", 0)
     if vocab_positions and "lm_head" not in params:  # tied: the token table projects
@@ -67,8 +76,8 @@ def encoder_decoder_flops_per_example(cfg: ModelConfig, params, source_len: int,
 
     decoder = jax.tree_util.tree_flatten_with_path(params["decoder"])[0]
     cross_kv = sum(x.size for path, x in decoder if on_source(path))
-    source_params = matmul_params(params["encoder"]) + cross_kv
-    target_params = matmul_params(params["decoder"]) - cross_kv + (
+    source_params = matmul_params(params["encoder"], cfg) + cross_kv
+    target_params = matmul_params(params["decoder"], cfg) - cross_kv + (
         matmul_params(params["lm_head"]) if "lm_head" in params else cfg.vocab_size * cfg.emb_dim)
     per_layer = 12 * cfg.num_heads * cfg.head_dim
     attention = per_layer * (cfg.encoder_layers * source_len**2

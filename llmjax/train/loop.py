@@ -183,7 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                         config.optimizer.accumulation_steps, config.skip_nonfinite_updates,
                         mesh_sizes=config.parallel.mesh, abstract_state=abstract,
                         compiler_options=configs.resolve_compiler_options(config),
-                        regularizers=Regularizers(config.label_smoothing, config.z_loss),
+                        regularizers=Regularizers(config.label_smoothing, config.z_loss,
+                                                 config.model.moe_balance_loss_weight,
+                                                 config.model.moe_z_loss_weight),
                         trainable=trainable,
                         gradient_allreduce=config.parallel.gradient_allreduce)
     logging.info("parallel: %s", parallel.describe())

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from llmjax.models import moe
 from llmjax.objectives import Objective
 from llmjax.objectives.base import NO_REGULARIZERS, Regularizers
 from llmjax.train.checkpoint import param_path_name
@@ -81,7 +82,10 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
     With `skip_nonfinite`, a step whose loss or gradient norm is NaN/Inf leaves parameters and
     optimizer state as they were and reports skipped_updates=1 with weight 0 (its metrics are
     zeros, so they drop out of the log interval's means). `regularizers` (label smoothing,
-    z-loss) enter the differentiated loss and the reported train loss, not the eval step.
+    z-loss) enter the differentiated loss and the reported train loss, not the eval step; a
+    mixture of experts' router losses (regularizers.moe_*) enter the differentiated loss
+    only, and are reported as moe_* metrics, each piece's (device's micro-batch's) own,
+    averaged over the pieces (Switch Transformer's per-device balance).
     With `trainable` (parameter path -> bool: LoRA), the other parameters enter the loss under
     stop_gradient, so the backward pass never computes their gradients (zeros), and only the
     trained ones are summed over devices. With `flat_allreduce`, the gradients and metric sums
@@ -108,10 +112,20 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
             params = jax.tree_util.tree_map_with_path(
                 lambda path, x: x if trainable(param_path_name(path)) else jax.lax.stop_gradient(x),
                 params)
-        sums = objective.loss(nnx.merge(graphdef, params), batch, rng, regularizers)
+        model = nnx.merge(graphdef, params)
+        sums = objective.loss(model, batch, rng, regularizers)
         # Each term's sum over this micro-batch / that term's weight over the global batch:
         # summing over micro-batches and devices gives exactly sum_t mean_t.
-        return sum(sums[t][0] * scale[t] for t in terms), sums
+        loss = sum(sums[t][0] * scale[t] for t in terms)
+        stats = moe.take_router_stats(model)
+        if stats is None:
+            return loss, sums
+        # router losses: this micro-batch's on this device, averaged over all the pieces
+        router = moe.router_metrics(stats)
+        loss = loss + scale["pieces"] * (regularizers.moe_balance_loss * router["moe_balance_loss"]
+                                         + regularizers.moe_z_loss * router["moe_z_loss"])
+        return loss, {**sums, **{name: (value, jnp.float32(1.0))
+                                 for name, value in router.items()}}
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -123,6 +137,9 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
         counts = reduce({t: batch[key].astype(jnp.float32).sum() for t, key in terms.items()},
                         axis_name)
         scale = {t: 1.0 / jnp.maximum(c, 1.0) for t, c in counts.items()}
+        # devices x micro-batches: what a per-piece mean (the router losses) is averaged over
+        devices = 1 if axis_name is None else jax.lax.psum(1, axis_name)  # static: no exchange
+        scale["pieces"] = 1.0 / (devices * accumulation_steps)
         micro = jax.tree.map(
             lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:]), batch)
 

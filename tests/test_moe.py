@@ -1,0 +1,277 @@
+"""Mixture-of-experts feed-forward layers (models/moe.py): each token through its top-k experts
+as a per-token loop computes it, GShard's capacity (second choices dropped first), the router
+statistics and the losses they add to the gradient, equal losses on meshes, pmap and the
+memory levers, active-parameter FLOPs, and a whole run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import tiny_config
+from flax import nnx
+
+import llmjax
+from llmjax import validation
+from llmjax.configs import ConfigError
+from llmjax.models import ModelConfig, moe
+from llmjax.objectives.base import Regularizers
+from llmjax.train import flops, optim
+from llmjax.train import state as state_lib
+from llmjax.train import step as step_lib
+
+E, K, D, F = 4, 2, 8, 12
+
+
+def layer(**kw) -> moe.MoEFeedForward:
+    cfg = ModelConfig(**{"vocab_size": 10, "emb_dim": D, "mlp_dim": F, "num_heads": 2,
+                         "head_dim": 4, "num_experts": E, "num_experts_per_token": K, **kw})
+    return moe.MoEFeedForward(cfg, rngs=nnx.Rngs(0))
+
+
+def per_token_reference(m: moe.MoEFeedForward, x: np.ndarray, keep=lambda t, rank: True
+                        ) -> np.ndarray:
+    """Each token through its top-k experts one at a time, in float64; `keep(t, rank)`: whether
+    token t's rank-th choice is taken (capacity)."""
+    cfg = m.cfg
+    ex = m.experts
+    get = lambda v: None if v is None else np.asarray(v[...], np.float64)  # noqa: E731
+    wi, wo = get(ex.wi.kernel), get(ex.wo.kernel)
+    wg = None if ex.wg is None else get(ex.wg.kernel)
+    bi, bo = get(ex.wi.bias), get(ex.wo.bias)
+    act = {"silu": lambda h: h / (1 + np.exp(-h)), "relu": lambda h: np.maximum(h, 0)}[
+        cfg.activation]
+    out = np.zeros(x.shape)
+    for b, t in np.ndindex(x.shape[:2]):
+        logits = x[b, t] @ np.asarray(m.router[...], np.float64)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        top = np.argsort(-p)[:K]
+        weights = p[top] / p[top].sum() if cfg.moe_normalize_top_k else p[top]
+        for rank, (j, w) in enumerate(zip(top, weights, strict=True)):
+            if not keep(t, rank):
+                continue
+            h = x[b, t] @ wi[j] + (0 if bi is None else bi[j])
+            h = act(h) * (1 if wg is None else x[b, t] @ wg[j])
+            out[b, t] += w * (h @ wo[j] + (0 if bo is None else bo[j]))
+    return out
+
+
+@pytest.mark.parametrize("kw", [
+    dict(gated_mlp=True, activation="silu", use_bias=False),  # Mixtral's experts
+    dict(gated_mlp=False, activation="relu", use_bias=True, moe_normalize_top_k=False),
+])
+def test_each_token_goes_through_its_top_k_experts_weighted_by_the_router(kw):
+    """Evaluation (no dropout key) is dropless whatever the capacity factor."""
+    m = layer(moe_capacity_factor=0.25, **kw)
+    if m.experts.wi.bias is not None:  # biases start at zero: make a mapping error show
+        m.experts.wi.bias[...] = jax.random.normal(jax.random.key(3), (E, F))
+        m.experts.wo.bias[...] = jax.random.normal(jax.random.key(4), (E, D))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (3, 7, D)))
+    np.testing.assert_allclose(m(jnp.asarray(x)), per_token_reference(m, x), atol=1e-5)
+    assert moe.take_router_stats(m) is None  # nothing recorded outside training
+
+
+def routed(first: list[int], second: list[int]) -> tuple[moe.MoEFeedForward, jax.Array]:
+    """A layer and one row of tokens whose first and second choices are as given."""
+    m = layer(moe_capacity_factor=1.0, gated_mlp=True, activation="silu", use_bias=False)
+    router = np.zeros((D, E), np.float32)
+    x = np.zeros((1, len(first), D), np.float32)
+    for t, (a, b) in enumerate(zip(first, second, strict=True)):
+        x[0, t, t % D] = 1.0  # token t reads router row t
+        router[t % D, a], router[t % D, b] = 3.0, 2.0
+    m.router[...] = jnp.asarray(router)
+    for dense in (m.experts.wi, m.experts.wg, m.experts.wo):  # outputs of order 1
+        dense.kernel[...] = dense.kernel[...] * 30
+    return m, jnp.asarray(x + 0.01 * np.random.RandomState(0).randn(*x.shape))
+
+
+def test_capacity_keeps_every_first_choice_before_any_second_choice():
+    """8 tokens, top-2 of 4 experts, capacity factor 1: 4 slots per expert. Tokens 0-3 choose
+    experts (0, 1), tokens 4-7 (1, 0): the first choices fill both experts, so every second
+    choice is dropped (token order alone would drop tokens 4-7's first choices instead)."""
+    m, x = routed([0, 0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0])
+    assert moe.capacity(m.cfg, 8, train=True) == 4
+    trained = m(x, rng=jax.random.key(0))
+    firsts = per_token_reference(m, np.asarray(x), keep=lambda t, rank: rank == 0)
+    np.testing.assert_allclose(trained, firsts, atol=1e-5)
+    assert not np.allclose(m(x), firsts, atol=1e-4)  # dropless: both choices
+    stats = moe.router_metrics(moe.take_router_stats(m))
+    assert float(stats["moe_dropped"]) == pytest.approx(0.5)
+
+
+def test_tokens_over_capacity_skip_the_expert_in_token_order():
+    """All 8 tokens choose experts 0 then 1: each expert takes the first 4 tokens; tokens 4-7
+    pass through the residual alone (the layer adds nothing for them)."""
+    m, x = routed([0] * 8, [1] * 8)
+    trained = np.asarray(m(x, rng=jax.random.key(0)))
+    np.testing.assert_allclose(
+        trained, per_token_reference(m, np.asarray(x), keep=lambda t, rank: t < 4), atol=1e-5)
+    np.testing.assert_array_equal(trained[0, 4:], 0.0)
+    stats = moe.router_metrics(moe.take_router_stats(m))
+    assert float(stats["moe_max_load"]) == pytest.approx(E * 0.5)  # half the choices: expert 0
+
+
+def test_router_statistics_are_switch_balance_and_st_moe_z_loss():
+    m = layer(moe_capacity_factor=0.0)
+    x = jax.random.normal(jax.random.key(2), (2, 9, D))
+    train = nnx.jit(lambda m, x, rng: m(x, rng=rng))  # keeps what the call records
+    train(m, x, jax.random.key(0))
+    train(m, x[:, :5], jax.random.key(1))  # a second call adds to the first
+    stats = moe.take_router_stats(m)
+    assert moe.take_router_stats(m) is None  # taken: gone from the layer
+    expected = np.zeros(5)
+    for xs in (x, x[:, :5]):
+        logits = np.asarray(xs, np.float64) @ np.asarray(m.router[...], np.float64)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        chosen = np.argsort(-p, axis=-1)[..., :K]
+        f = np.bincount(chosen.ravel(), minlength=E) / chosen.size
+        lse = np.log(np.exp(logits).sum(-1))
+        expected += [E * (f * p.mean((0, 1))).sum(), (lse ** 2).mean(), E * f.max(), 0.0, 1.0]
+    np.testing.assert_allclose(stats, expected, rtol=1e-5)
+    assert abs(expected[0] / 2 - 1.0) < 0.2  # near 1: a random router is nearly balanced
+
+
+def setup_run(**overrides):
+    c = tiny_config(**{"model.num_experts": E, "model.mlp_dim": 32, **overrides})
+    c.model.vocab_size = 20
+    graphdef, params = nnx.split(state_lib.build_model(c))
+    rng = np.random.RandomState(0)
+    tokens = rng.randint(1, 20, (4, 17)).astype(np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+             "segment_ids": np.ones((4, 16), np.int32), "weights": np.ones((4, 16), np.float32)}
+    from llmjax.objectives import get_objective
+
+    return c, graphdef, params, get_objective("causal_lm"), batch
+
+
+def test_router_losses_enter_the_gradient_with_their_weights():
+    """A step's gradient with router-loss weights (a, b) minus the one without = the gradient
+    of a x balance + b x z-loss; the reported train loss stays the cross-entropy."""
+    c, graphdef, params, objective, batch = setup_run()
+    state = state_lib.init_state(params, optax.sgd(1.0), 0)
+
+    def step(a, b):
+        fn = step_lib.make_train_step(graphdef, objective, optax.sgd(1.0),
+                                      optax.constant_schedule(1.0),
+                                      regularizers=Regularizers(0.0, 0.0, a, b))
+        new, metrics = jax.jit(fn)(state, batch)
+        return jax.tree.map(lambda p, q: p - q, params, new["params"]), metrics  # = grads
+
+    def router_losses(p):  # [balance, z-loss] of the step's forward pass
+        model = nnx.merge(graphdef, p)
+        objective.loss(model, batch, jax.random.key(0))
+        stats = moe.router_metrics(moe.take_router_stats(model))
+        return jnp.stack([stats["moe_balance_loss"], stats["moe_z_loss"]])
+
+    plain, metrics = step(0.0, 0.0)
+    assert set(metrics) >= {"moe_balance_loss", "moe_z_loss", "moe_max_load", "moe_dropped"}
+    a, b = 0.5, 0.25
+    weighted, weighted_metrics = step(a, b)
+    assert float(weighted_metrics["loss"]) == float(metrics["loss"])
+    jacobian = jax.jit(jax.jacrev(router_losses))(params)  # each leaf [2, ...]
+    for i, name in enumerate(("balance", "z-loss")):  # each moves the router
+        router = jacobian["layers"][0]["mlp"]["router"][...][i]
+        assert float(jnp.abs(router).max()) > 1e-4, name
+    expected = jax.tree.map(lambda g: a * g[0] + b * g[1], jacobian)
+    difference = jax.tree.map(lambda w, p: w - p, weighted, plain)
+    for got, want in zip(jax.tree.leaves(difference), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+@pytest.mark.parametrize("levers", [
+    {"model.remat": "full"},
+    pytest.param({"model.scan_layers": True, "model.remat": "dots"}, marks=pytest.mark.slow)])
+def test_remat_and_scanned_layers_record_the_same_router_statistics(levers):
+    def metrics(**kw):
+        c, graphdef, params, objective, batch = setup_run(**kw)
+        tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
+        fn = jax.jit(step_lib.make_train_step(graphdef, objective, tx, schedule,
+                                              regularizers=Regularizers(0, 0, 0.01, 0.001)))
+        _, out = fn(state_lib.init_state(params, tx, 0), batch)
+        return {k: float(v) for k, v in out.items()}
+
+    plain, levered = metrics(), metrics(**levers)
+    assert set(plain) == set(levered)
+    for name in plain:
+        assert levered[name] == pytest.approx(plain[name], rel=1e-5, abs=1e-6), name
+
+
+@pytest.mark.slow
+def test_pmap_and_meshes_give_one_devices_losses(tmp_path):
+    """Capacity applies per row, so a device's rows route as they would on one device."""
+    from test_mesh import family_setup, run_steps
+
+    c, objective, batches = family_setup(tmp_path, "decoder", **{"model.num_experts": E,
+                                                                  "model.moe_capacity_factor": 1.0})
+    single, _, _ = run_steps(c, objective, batches, "single")
+    for mode, mesh in (("pmap", None), ("mesh", (2, 2, 2)), ("mesh", (1, 4, 2))):
+        losses, _, _ = run_steps(c, objective, batches, mode, mesh)
+        np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=f"{mode} {mesh}")
+
+
+def test_flops_count_the_active_experts():
+    """Top-2 of 4 experts of width F cost what a dense layer of width 2F does, plus the
+    router (D x E per token)."""
+    def count(**kw):
+        c = tiny_config(**kw)
+        c.model.vocab_size = 20
+        cfg = ModelConfig.from_config(c.model)
+        params = nnx.state(state_lib.build_model(c), nnx.Param)
+        return flops.flops_per_example(cfg, params.to_pure_dict(), 32)
+
+    mixture = count(**{"model.num_experts": 4, "model.mlp_dim": 16, "model.use_bias": False})
+    dense = count(**{"model.mlp_dim": 32, "model.use_bias": False})
+    assert mixture - dense == pytest.approx(6 * 2 * 32 * 4 * 32)  # 6 x layers x D x E x L
+
+
+def test_expert_kernels_shard_and_orthogonalise_one_expert_at_a_time():
+    from llmjax import sharding
+
+    assert sharding.param_logical_axes("layers/0/mlp/experts/wi/kernel", 3) == (
+        "expert", "embed", "mlp")
+    assert sharding.param_logical_axes("layers/0/mlp/experts/wo/kernel", 3) == (
+        "expert", "mlp", "embed")
+    assert sharding.param_logical_axes("layers/0/mlp/router", 2) == ("embed", None)
+    dims = optim.muon_dimensions("layers/0/mlp/experts/wg/kernel", 3)
+    assert (dims.reduction_axis, dims.output_axis) == (1, 2)
+    assert optim.muon_dimensions("layers/0/mlp/router", 2) is None  # AdamW's, as heads are
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.num_experts": 4, "model.num_experts_per_token": 5}, "choose at most num_experts"),
+    ({"model.num_experts": 1}, "use 0 \\(dense\\) or at least 2"),
+    ({"model.num_experts": 4, "model.moe_every": 2, "model.scan_layers": True},
+     "set model.moe_every=1 or model.scan_layers=False"),
+    ({"model.num_experts": 4, "model.moe_capacity_factor": -1.0},
+     "model.moe_capacity_factor"),
+])
+def test_bad_mixture_settings_say_what_to_change(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validation.validate(tiny_config(**overrides))
+
+
+def test_a_mixture_run_trains_reports_router_metrics_and_generates(tmp_path):
+    from llmjax.train.loop import train_and_evaluate
+
+    c = tiny_config(**{"model.num_experts": E, "model.moe_every": 2,
+                       "model.position_embedding": "rotary", "num_train_steps": 30,
+                       "eval_every_steps": 30, "checkpoint_every_steps": 30})
+    train_and_evaluate(c, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().split("\n")
+            if line]
+    train = [r for r in rows if "train/loss" in r]
+    for name in ("moe_balance_loss", "moe_z_loss", "moe_max_load", "moe_dropped"):
+        assert all(np.isfinite(r[f"train/{name}"]) for r in train), name
+    assert all(0.9 < r["train/moe_balance_loss"] < 2.0 for r in train)
+    assert train[-1]["train/loss"] < train[0]["train/loss"] - 0.15
+    evals = [r for r in rows if "eval/loss" in r]
+    assert not any(k.startswith("eval/moe") for k in evals[-1])  # eval: dropless, no losses
+    run = llmjax.load(tmp_path / "run")
+    state = nnx.state(run.model)
+    assert "router" not in state["layers"][0]["mlp"]  # layer 0 dense, layer 1 a mixture
+    assert state["layers"][1]["mlp"]["experts"]["wi"]["kernel"][...].shape == (E, 32, 64)
+    assert isinstance(run.generate("ab", max_new_tokens=5, temperature=0.0), str)
