@@ -33,6 +33,7 @@ from llmjax.convert import (
     gpt2,
     gpt_neox,
     llama,
+    mixtral,
     opt,
     phi,
     roberta,
@@ -46,6 +47,7 @@ FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom,
             "gpt_neox": gpt_neox, "distilbert": distilbert, "phi": phi,
             "opt": opt,
             **dict.fromkeys(llama.MODEL_TYPES, llama), **dict.fromkeys(gemma.MODEL_TYPES, gemma),
+            **dict.fromkeys(mixtral.MODEL_TYPES, mixtral),
             **dict.fromkeys(roberta.MODEL_TYPES, roberta)}
 
 
@@ -55,6 +57,8 @@ def export_family(config: ml_collections.ConfigDict):
     if m.arch == "encoder_decoder":  # post-norm with learned positions: BART; else T5
         return bart if m.norm_position == "post" else t5
     if m.arch == "decoder":
+        if m.num_experts:
+            return mixtral
         if m.scale_embeddings or m.post_norms:  # only Gemma's layout has these
             return gemma
         if m.parallel_shared_norm:  # one norm under parallel attention and MLP
@@ -356,14 +360,17 @@ def _check_export_target(out: epath.Path) -> None:
                           "llmjax run?): export into a new directory")
 
 
-# Model settings a fine-tuning config keeps when `init.hf_path` supplies the rest.
+# Model settings a fine-tuning config keeps when `init.hf_path` supplies the rest: how the
+# run trains and computes, not the architecture it reads.
 _KEPT_MODEL_KEYS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
-                    "num_classes")
+                    "num_classes", "remat", "scan_layers", "logits_chunks", "attention_impl",
+                    "float32_matmul_outputs", "moe_capacity_factor", "moe_balance_loss_weight",
+                    "moe_z_loss_weight")
 
 
 def apply_hf_model_config(config: ml_collections.ConfigDict) -> None:
     """Sets config.model (architecture and sizes) from the `init.hf_path` folder, keeping the
-    run's objective, dropout and dtypes."""
+    run's objective and _KEPT_MODEL_KEYS (dropout, dtypes, memory levers, mixture training)."""
     hf_config, tensors = read_folder(config.init.hf_path)
     family = family_of(hf_config)
     imported = configs.base_config()

@@ -163,10 +163,13 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     config.seq_len = min(config.seq_len, m.max_len)
 
 
-def import_projections(get: TensorReader, m: ml_collections.ConfigDict, i: int
-                       ) -> dict[str, np.ndarray]:
-    """Layer i's attention projections (+ query/key/value biases) and gated MLP, as LLaMA
-    names them (Gemma's too)."""
+# llmjax's gated MLP kernel -> LLaMA's Linear: down(silu(gate(x)) * up(x))
+GATED_MLP_NAMES = (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj"))
+
+
+def import_attention(get: TensorReader, m: ml_collections.ConfigDict, i: int
+                     ) -> dict[str, np.ndarray]:
+    """Layer i's attention projections (+ query/key/value biases), as LLaMA names them."""
     p, q = f"layers.{i}.", f"layers/{i}/"
     d, k = m.emb_dim, m.head_dim
     out = {}
@@ -176,14 +179,23 @@ def import_projections(get: TensorReader, m: ml_collections.ConfigDict, i: int
         if m.qkv_bias:
             out[q + f"attention/{ours}/bias"] = get(p + f"self_attn.{theirs}.bias").reshape(-1, k)
     out[q + "attention/out/kernel"] = get(p + "self_attn.o_proj.weight").T.reshape(-1, k, d)
-    for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
+    return out
+
+
+def import_projections(get: TensorReader, m: ml_collections.ConfigDict, i: int
+                       ) -> dict[str, np.ndarray]:
+    """Layer i's attention projections (+ query/key/value biases) and gated MLP, as LLaMA
+    names them (Gemma's too)."""
+    p, q = f"layers.{i}.", f"layers/{i}/"
+    out = import_attention(get, m, i)
+    for ours, theirs in GATED_MLP_NAMES:
         out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight").T
     return out
 
 
-def export_projections(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict, i: int
-                       ) -> dict[str, np.ndarray]:
-    """import_projections' inverse: layer i's tensors under their Hugging Face names."""
+def export_attention(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict, i: int
+                     ) -> dict[str, np.ndarray]:
+    """import_attention's inverse: layer i's tensors under their Hugging Face names."""
     p, q = f"model.layers.{i}.", f"layers/{i}/"
     d = m.emb_dim
     t = {}
@@ -192,9 +204,55 @@ def export_projections(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict
         if m.qkv_bias:
             t[p + f"self_attn.{theirs}.bias"] = flat[q + f"attention/{ours}/bias"].reshape(-1)
     t[p + "self_attn.o_proj.weight"] = flat[q + "attention/out/kernel"].reshape(-1, d).T
-    for ours, theirs in (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj")):
+    return t
+
+
+def export_projections(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict, i: int
+                       ) -> dict[str, np.ndarray]:
+    """import_projections' inverse: layer i's tensors under their Hugging Face names."""
+    p, q = f"model.layers.{i}.", f"layers/{i}/"
+    t = export_attention(flat, m, i)
+    for ours, theirs in GATED_MLP_NAMES:
         t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"].T
     return t
+
+
+def import_ends(get: TensorReader, m: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The token table, the final norm and an untied lm_head (LlamaModel has none)."""
+    out = {"embed/embedding": get("embed_tokens.weight"), "final_norm/scale": get("norm.weight")}
+    if not m.tie_embeddings and "lm_head.weight" in get:
+        out["lm_head/kernel"] = get("lm_head.weight").T
+    return out
+
+
+def export_ends(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict
+                ) -> dict[str, np.ndarray]:
+    """import_ends' inverse."""
+    t = {"model.embed_tokens.weight": flat["embed/embedding"],
+         "model.norm.weight": flat["final_norm/scale"]}
+    if not m.tie_embeddings:
+        t["lm_head.weight"] = flat["lm_head/kernel"].T
+    return t
+
+
+def import_qk_norms(get: TensorReader, m: ml_collections.ConfigDict, i: int
+                    ) -> dict[str, np.ndarray]:
+    """Layer i's query and key norms (Qwen3, OLMo 2), if the model has them."""
+    if not m.qk_norm:
+        return {}
+    p, q = f"layers.{i}.self_attn.", f"layers/{i}/attention/"
+    return {q + "query_norm/scale": get(p + "q_norm.weight"),
+            q + "key_norm/scale": get(p + "k_norm.weight")}
+
+
+def export_qk_norms(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict, i: int
+                    ) -> dict[str, np.ndarray]:
+    """import_qk_norms' inverse."""
+    if not m.qk_norm:
+        return {}
+    p, q = f"model.layers.{i}.self_attn.", f"layers/{i}/attention/"
+    return {p + "q_norm.weight": flat[q + "query_norm/scale"],
+            p + "k_norm.weight": flat[q + "key_norm/scale"]}
 
 
 def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
@@ -203,15 +261,11 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
     m = config.model
     tensors, fused = _unfused(tensors, m)
     get = TensorReader(tensors, "model.")
-    out = {"embed/embedding": get("embed_tokens.weight"), "final_norm/scale": get("norm.weight")}
-    if not m.tie_embeddings and "lm_head.weight" in get:  # LlamaModel: none
-        out["lm_head/kernel"] = get("lm_head.weight").T
+    out = import_ends(get, m)
     for i in range(m.num_layers):
         p, q = f"layers.{i}.", f"layers/{i}/"
         out.update(import_projections(get, m, i))
-        if m.qk_norm:
-            out[q + "attention/query_norm/scale"] = get(p + "self_attn.q_norm.weight")
-            out[q + "attention/key_norm/scale"] = get(p + "self_attn.k_norm.weight")
+        out.update(import_qk_norms(get, m, i))
         for ours, theirs in _norm_names(m).items():
             out[q + f"{ours}/scale"] = get(p + f"{theirs}.weight")
     return out, {fused.get(name, name) for name in get.used}
@@ -272,16 +326,11 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     m = config.model
     d = m.emb_dim
     head_dim = m.head_dim or d // m.num_heads
-    t = {"model.embed_tokens.weight": flat["embed/embedding"],
-         "model.norm.weight": flat["final_norm/scale"]}
-    if not m.tie_embeddings:
-        t["lm_head.weight"] = flat["lm_head/kernel"].T
+    t = export_ends(flat, m)
     for i in range(m.num_layers):
         p, q = f"model.layers.{i}.", f"layers/{i}/"
         t.update(export_projections(flat, m, i))
-        if m.qk_norm:
-            t[p + "self_attn.q_norm.weight"] = flat[q + "attention/query_norm/scale"]
-            t[p + "self_attn.k_norm.weight"] = flat[q + "attention/key_norm/scale"]
+        t.update(export_qk_norms(flat, m, i))
         for ours, theirs in _norm_names(m).items():
             t[p + f"{theirs}.weight"] = flat[q + f"{ours}/scale"]
     rope = rope_parameters(m)
