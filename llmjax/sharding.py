@@ -2,9 +2,11 @@
 and activation, and the rules that map logical axes onto mesh axes.
 
 Mesh axes: `data` (batch only), `fsdp` (batch, and parameters and optimizer state split along
-their model dimension, gathered for each matmul: ZeRO-3) and `tensor` (heads, MLP hidden units
-and vocabulary split across devices: Megatron). A dimension that does not divide evenly by its
-mesh axes stays whole (replicated) rather than failing, so tiny models run on any mesh.
+their model dimension, gathered for each matmul: ZeRO-3; a mixture of experts' experts, whole
+ones per device, where the axis divides their number: expert parallelism) and `tensor` (heads,
+MLP hidden units and vocabulary split across devices: Megatron). A dimension that does not
+divide evenly by its mesh axes stays whole (replicated) rather than failing, so tiny models run
+on any mesh.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # whole ('act_embed'), so FSDP gathers weights instead of splitting activations.
 RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data", "fsdp"),
+    # a mixture's expert axis (GShard): E / fsdp whole experts per device, which then keep
+    # their model dimension whole (an axis splits one dimension of an array); the tokens
+    # travel to them (all-to-all) instead of every expert's weights to every device. A count
+    # the axis does not divide leaves the experts to shard as dense layers do.
+    "expert": ("fsdp",),
     "embed": ("fsdp",),
     "vocab": ("tensor",),
     "heads": ("tensor",),
@@ -38,8 +45,7 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(query|key|value)/kernel", ("embed", "heads", "kv")),
     (r"(query|key|value)/bias", ("heads", "kv")),
     (r"attention/out/kernel", ("heads", "kv", "embed")),
-    # mixture-of-experts kernels [E, D, F] / [E, F, D]: the expert axis whole, each expert
-    # split as a dense layer is (models/moe.py)
+    # mixture-of-experts kernels [E, D, F] / [E, F, D] (models/moe.py)
     (r"experts/(wi|wg)/kernel", ("expert", "embed", "mlp")),
     (r"experts/(wi|wg)/bias", ("expert", "mlp")),
     (r"experts/wo/kernel", ("expert", "mlp", "embed")),

@@ -136,7 +136,8 @@ def test_router_statistics_are_switch_balance_and_st_moe_z_loss():
 
 
 def setup_run(**overrides):
-    c = tiny_config(**{"model.num_experts": E, "model.mlp_dim": 32, **overrides})
+    c = tiny_config(**{"model.num_experts": E, "model.mlp_dim": 32, "model.num_layers": 1,
+                       **overrides})
     c.model.vocab_size = 20
     graphdef, params = nnx.split(state_lib.build_model(c))
     rng = np.random.RandomState(0)
@@ -182,9 +183,9 @@ def test_router_losses_enter_the_gradient_with_their_weights():
         np.testing.assert_allclose(got, want, atol=2e-6)
 
 
-@pytest.mark.parametrize("levers", [
-    {"model.remat": "full"},
-    pytest.param({"model.scan_layers": True, "model.remat": "dots"}, marks=pytest.mark.slow)])
+@pytest.mark.slow  # 9-12 s each
+@pytest.mark.parametrize("levers", [{"model.remat": "full"},
+                                    {"model.scan_layers": True, "model.remat": "dots"}])
 def test_remat_and_scanned_layers_record_the_same_router_statistics(levers):
     def metrics(**kw):
         c, graphdef, params, objective, batch = setup_run(**kw)
@@ -202,15 +203,33 @@ def test_remat_and_scanned_layers_record_the_same_router_statistics(levers):
 
 @pytest.mark.slow
 def test_pmap_and_meshes_give_one_devices_losses(tmp_path):
-    """Capacity applies per row, so a device's rows route as they would on one device."""
+    """Capacity applies per row, so a device's rows route as they would on one device; on a
+    mesh whose fsdp axis holds whole experts the tokens travel to them by all-to-all."""
     from test_mesh import family_setup, run_steps
 
     c, objective, batches = family_setup(tmp_path, "decoder", **{"model.num_experts": E,
                                                                   "model.moe_capacity_factor": 1.0})
     single, _, _ = run_steps(c, objective, batches, "single")
     for mode, mesh in (("pmap", None), ("mesh", (2, 2, 2)), ("mesh", (1, 4, 2))):
-        losses, _, _ = run_steps(c, objective, batches, mode, mesh)
+        losses, state, parallel = run_steps(c, objective, batches, mode, mesh)
         np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=f"{mode} {mesh}")
+    hlo = parallel._train.lower(state, parallel.shard_batch(batches[0])).compile().as_text()
+    assert "all-to-all" in hlo
+
+
+@pytest.mark.parametrize("mesh, experts, expected", [
+    ((2, 4, 1), 4, ("fsdp", None, None)),  # one whole expert per fsdp device
+    ((1, 4, 2), 8, ("fsdp", None, "tensor")),  # two each, hidden units split over tensor
+    ((1, 4, 2), 6, (None, "fsdp", "tensor")),  # 4 does not divide 6: as a dense layer
+])
+def test_the_fsdp_axis_holds_whole_experts_where_it_divides_them(mesh, experts, expected):
+    from jax.sharding import PartitionSpec
+
+    from llmjax import sharding
+
+    devices = sharding.make_mesh(dict(zip(sharding.MESH_AXES, mesh, strict=True)))
+    axes = sharding.param_logical_axes("layers/0/mlp/experts/wi/kernel", 3)
+    assert sharding.spec(axes, (experts, 32, 64), devices) == PartitionSpec(*expected)
 
 
 def test_flops_count_the_active_experts():

@@ -96,7 +96,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
         [p.name for p in (tmp_path / "one/best/checkpoints").iterdir()]
 
 
-@pytest.mark.slow  # 33 s; the flat all-reduce runs by default in test_cpu_devices and test_mesh
+@pytest.mark.slow  # 33 s; the flat all-reduce runs by default in test_mesh
 def test_two_processes_on_a_data_only_mesh_sum_gradients_in_one_all_reduce(tmp_path):
     """fsdp = tensor = 1: each process steps on its batch shards (shard_map) and the gradients
     cross between processes in one flat gloo all-reduce (one per array took the Shakespeare

@@ -171,6 +171,7 @@ def test_a_decoder_example_is_prompt_then_completion_with_loss_on_the_completion
     np.testing.assert_array_equal(arrays["inputs"][1][:5], [bos, a, b, c, eos])
 
 
+@pytest.mark.slow  # 13 s; packed encoder-decoder pairs run by default below
 def test_packed_pairs_share_rows_and_give_the_loss_of_unpacked_ones():
     """data.pack_pairs: consecutive pairs fill a row while they fit, each its own segment;
     the loss sums and token counts of a model over packed rows equal those over one pair per

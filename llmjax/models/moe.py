@@ -14,8 +14,12 @@ other forward pass (evaluation, decoding, the API) is dropless, so what a sequen
 depends on the sequences batched with it; dropless buffers hold a whole row (L slots), which
 costs E / k times the experts' work, as does moe_capacity_factor=0 (dropless training).
 
+On a mesh each row fills its buffers on its own device. Where the fsdp axis divides E, each
+device holds E / fsdp whole experts and the buffers travel to them and back by all-to-all
+(expert parallelism, GShard); otherwise the experts shard as dense layers do (sharding.py).
+
 A training forward (one given a dropout key) records its router statistics on the layer, as
-`RouterStats`; the train step pops them (`pop_router_stats`) and adds the load-balancing loss
+`RouterStats`; the train step takes them (`take_router_stats`) and adds the load-balancing loss
 (Switch's E * sum_e f_e P_e, 1 when balanced) and the router z-loss (ST-MoE's mean squared
 log-normaliser) to the loss it differentiates.
 """
@@ -89,7 +93,7 @@ class Experts(nnx.Module):
         h = self.wi(x_ExNxD, self.activation)
         if self.wg is not None:
             h = h * self.wg(x_ExNxD)
-        h = constrain(h, (None, "batch", "mlp"))
+        h = constrain(h, ("expert", "batch", "mlp"))
         return self.wo(dropout(h, self.dropout_rate, rng))
 
 
@@ -144,11 +148,12 @@ class MoEFeedForward(nnx.Module):
         source = jnp.full((b, e * c + 1), length, jnp.int32).at[rows, where].set(
             jnp.broadcast_to(token, (b, k * length)))[:, : e * c]  # token per slot; L: empty
         x_padded = jnp.concatenate([x_BxLxD, jnp.zeros((b, 1, d), x_BxLxD.dtype)], axis=1)
-        # rows stay on their devices (batch over data x fsdp): routing never crosses them
+        # each row fills its buffers on its own device (batch over data x fsdp); with the
+        # experts spread over fsdp (sharding.RULES) the buffers then travel to them
         buffers = constrain(jnp.take_along_axis(x_padded, source[..., None], axis=1),
                             ("batch", None, None))  # [B, E*C, D]
         buffers = buffers.reshape(b, e, c, d).transpose(1, 0, 2, 3).reshape(e, b * c, d)
-        out = self.experts(constrain(buffers, (None, "batch", None)), rng)  # [E, B*C, D]
+        out = self.experts(constrain(buffers, ("expert", "batch", None)), rng)  # [E, B*C, D]
         out = out.reshape(e, b, c, d).transpose(1, 0, 2, 3).reshape(b, e * c, d)
         out = jnp.concatenate([constrain(out, ("batch", None, None)),
                                jnp.zeros((b, 1, d), out.dtype)], axis=1)
