@@ -148,6 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
     # training: an expert takes at most ceil(factor x k x L / E) of a row's L tokens, the rest
     # skip it; 0: no limit (dropless). Evaluation and decoding are always dropless
     m.moe_capacity_factor = 1.25
+    # a shared expert of this many hidden units that every token runs through, its output
+    # scaled by a sigmoid gate of the token (Qwen2-MoE); 0: none
+    m.moe_shared_mlp_dim = 0
     m.moe_balance_loss_weight = 0.01  # x the load-balancing loss (Switch: 1 when balanced)
     m.moe_z_loss_weight = 0.001  # x the router z-loss (ST-MoE)
 

@@ -152,7 +152,7 @@ _RANGES = {
                      "data.prefetch_batches", "data.train_window_stride",
                      "tokenizer.extra_ids", "data.generated.order", "z_loss", "lora.rank",
                      "qa.doc_stride", "model.num_token_types", "parallel.cpu_devices",
-                     "model.num_experts", "model.moe_capacity_factor",
+                     "model.num_experts", "model.moe_capacity_factor", "model.moe_shared_mlp_dim",
                      "model.moe_balance_loss_weight", "model.moe_z_loss_weight"),
                     _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",

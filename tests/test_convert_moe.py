@@ -1,6 +1,6 @@
-"""Mixtral, Qwen3-MoE and OLMoE folders (convert/mixtral.py) against transformers: logits,
-hidden states and greedy tokens, export round trips, transformers' fused expert layout, and the
-settings with no match."""
+"""Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE folders (convert/mixtral.py) against transformers:
+logits, hidden states and greedy tokens, export round trips, transformers' fused expert layout,
+and the settings with no match."""
 
 import numpy as np
 import pytest
@@ -22,6 +22,10 @@ COMMON = dict(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_l
 FAMILIES = {
     "mixtral": lambda: (transformers.MixtralForCausalLM,
                         transformers.MixtralConfig(num_local_experts=4, **COMMON)),
+    # a shared expert beside the routed ones, query/key/value biases
+    "qwen2_moe": lambda: (transformers.Qwen2MoeForCausalLM, transformers.Qwen2MoeConfig(
+        num_experts=4, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+        **COMMON)),
     # experts on every other layer (decoder_sparse_step), the dense layers as wide as one
     "qwen3_moe": lambda: (transformers.Qwen3MoeForCausalLM, transformers.Qwen3MoeConfig(
         num_experts=4, decoder_sparse_step=2, norm_topk_prob=True, moe_intermediate_size=24,
@@ -43,9 +47,10 @@ def test_mixtures_import_and_export_as_transformers_runs_them(family, tmp_path):
                                                   redraw_norms)
     m = run.config.model
     assert (m.num_experts, m.num_experts_per_token) == (4, 2)
-    assert (m.moe_every, m.moe_normalize_top_k, m.qk_norm_scope if m.qk_norm else None) == {
-        "mixtral": (1, True, None), "qwen3_moe": (2, True, "head"),
-        "olmoe": (1, False, "all")}[family]
+    assert (m.moe_every, m.moe_normalize_top_k, m.qk_norm_scope if m.qk_norm else None,
+            m.moe_shared_mlp_dim) == {
+        "mixtral": (1, True, None, 0), "qwen2_moe": (1, False, None, 40),
+        "qwen3_moe": (2, True, "head", 0), "olmoe": (1, False, "all", 0)}[family]
     assert_same_causal_lm(run.model, hf_model)  # logits, hidden states, greedy decoding
     reloaded = export_round_trip(folder, hf_model, tmp_path)
     assert reloaded.config.model_type == family

@@ -44,6 +44,11 @@ def per_token_reference(m: moe.MoEFeedForward, x: np.ndarray, keep=lambda t, ran
     act = {"silu": lambda h: h / (1 + np.exp(-h)), "relu": lambda h: np.maximum(h, 0)}[
         cfg.activation]
     out = np.zeros(x.shape)
+    if m.shared is not None:  # + sigmoid(x . gate) x the shared expert (Qwen2-MoE)
+        s = m.shared
+        h = act(x @ get(s.wi.kernel)) * (x @ get(s.wg.kernel))
+        gate = 1 / (1 + np.exp(-(x @ get(m.shared_gate.kernel))))
+        out += gate * (h @ get(s.wo.kernel))
     for b, t in np.ndindex(x.shape[:2]):
         logits = x[b, t] @ np.asarray(m.router[...], np.float64)
         p = np.exp(logits - logits.max())
@@ -62,6 +67,7 @@ def per_token_reference(m: moe.MoEFeedForward, x: np.ndarray, keep=lambda t, ran
 @pytest.mark.parametrize("kw", [
     dict(gated_mlp=True, activation="silu", use_bias=False),  # Mixtral's experts
     dict(gated_mlp=False, activation="relu", use_bias=True, moe_normalize_top_k=False),
+    dict(gated_mlp=True, activation="silu", use_bias=False, moe_shared_mlp_dim=6),  # Qwen2-MoE
 ])
 def test_each_token_goes_through_its_top_k_experts_weighted_by_the_router(kw):
     """Evaluation (no dropout key) is dropless whatever the capacity factor."""
@@ -258,6 +264,8 @@ def test_expert_kernels_shard_and_orthogonalise_one_expert_at_a_time():
     dims = optim.muon_dimensions("layers/0/mlp/experts/wg/kernel", 3)
     assert (dims.reduction_axis, dims.output_axis) == (1, 2)
     assert optim.muon_dimensions("layers/0/mlp/router", 2) is None  # AdamW's, as heads are
+    assert optim.muon_dimensions("layers/0/mlp/shared/wo/kernel", 2) == (0, 1)  # a dense MLP's
+    assert optim.muon_dimensions("layers/0/mlp/shared_gate/kernel", 2) is None
 
 
 @pytest.mark.parametrize("overrides, message", [

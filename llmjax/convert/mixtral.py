@@ -1,13 +1,16 @@
-"""Mixtral, Qwen3-MoE and OLMoE (their ForCausalLM / Model) <-> llmjax Decoder with mixture-of-
-experts feed-forward layers (models/moe.py).
+"""Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE (their ForCausalLM / Model) <-> llmjax Decoder with
+mixture-of-experts feed-forward layers (models/moe.py).
 
 All three are LLaMA (convert/llama.py: pre-RMSNorm, rotary positions, grouped-query attention,
 no biases) with each MLP replaced by a router (`gate`, a bias-free Linear [E, D]) over E SwiGLU
 experts, each token through its top-k. Mixtral names its block `block_sparse_moe` and its
 expert Linears w1 (gate), w3 (up) and w2 (down), and always rescales the chosen experts'
 weights to sum 1; Qwen3-MoE and OLMoE name them as LLaMA's MLP under `mlp.experts.J` and
-rescale only with norm_topk_prob. Qwen3-MoE adds Qwen3's per-head QK-norm and may keep dense
-MLPs on some layers (decoder_sparse_step: llmjax's model.moe_every); OLMoE adds OLMo 2's norm
+rescale only with norm_topk_prob. Qwen2-MoE adds Qwen2's query/key/value biases and a shared
+expert beside the routed ones (`shared_expert`, an MLP every token runs through, scaled by
+sigmoid(`shared_expert_gate`): model.moe_shared_mlp_dim). Qwen2- and Qwen3-MoE may keep dense
+MLPs on some layers (decoder_sparse_step: llmjax's model.moe_every); Qwen3-MoE adds Qwen3's
+per-head QK-norm, OLMoE OLMo 2's norm
 over all heads' queries and keys, on pre-norm blocks. Checkpoints hold one tensor per expert
 (transformers >= 5 fuses them in memory, as `experts.gate_up_proj` and `experts.down_proj`,
 and writes them back apart); both layouts import, exports write the per-expert one.
@@ -25,13 +28,15 @@ from llmjax.convert import llama
 from llmjax.convert.common import TensorReader, settings_problems
 
 MODEL_TYPE = "mixtral"
-MODEL_TYPES = ("mixtral", "qwen3_moe", "olmoe")
+MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 HEADS = llama.HEADS
 IGNORED = llama.IGNORED
 # the LLaMA-family type whose attention each one shares (what llama.configure reads)
-_ATTENTION_TYPE = {"mixtral": "mistral", "qwen3_moe": "qwen3", "olmoe": "llama"}
+_ATTENTION_TYPE = {"mixtral": "mistral", "qwen2_moe": "qwen2", "qwen3_moe": "qwen3",
+                   "olmoe": "llama"}
 # model_type -> (the mixture block's name, its experts' Linears as llmjax's wi, wg, wo)
 _EXPERT_NAMES = {"mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
+                 "qwen2_moe": ("mlp", ("gate_proj", "up_proj", "down_proj")),
                  "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj")),
                  "olmoe": ("mlp", ("gate_proj", "up_proj", "down_proj"))}
 
@@ -53,10 +58,13 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     if hf.get("clip_qkv") is not None:
         raise ConversionError(f"clip_qkv={hf['clip_qkv']} (OLMoE's clamped projections) has no "
                               "llmjax match")
-    if hf.get("shared_expert_intermediate_size"):
-        raise ConversionError("shared experts (Qwen2-MoE) have no llmjax match yet")
+    if hf.get("shared_expert_intermediate_size") and kind != "qwen2_moe":
+        raise ConversionError(f"shared experts in a {kind} model have no llmjax match")
     llama.configure(config, {**hf, "model_type": _ATTENTION_TYPE[kind]}, tensors, objective)
     m = config.model
+    if kind == "qwen2_moe":
+        m.qkv_bias = True if hf.get("qkv_bias", True) else None
+        m.moe_shared_mlp_dim = hf.get("shared_expert_intermediate_size") or 0
     m.num_experts = hf.get("num_local_experts") or hf["num_experts"]
     m.num_experts_per_token = hf["num_experts_per_tok"]
     m.moe_normalize_top_k = True if kind == "mixtral" else bool(hf.get("norm_topk_prob"))
@@ -112,10 +120,17 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
         out[q + "mlp/router"] = get(block + "gate.weight").T  # [D, E]
         for ours, kernel in _expert_kernels(get, m, block, expert_names).items():
             out[q + f"mlp/experts/{ours}/kernel"] = kernel
+        if m.moe_shared_mlp_dim:
+            for ours, theirs in llama.GATED_MLP_NAMES:
+                out[q + f"mlp/shared/{ours}/kernel"] = get(
+                    f"{block}shared_expert.{theirs}.weight").T
+            out[q + "mlp/shared_gate/kernel"] = get(block + "shared_expert_gate.weight").T
     return out, get.used
 
 
 def _export_type(m: ml_collections.ConfigDict) -> str:
+    if m.moe_shared_mlp_dim:
+        return "qwen2_moe"
     if m.qk_norm:
         return "olmoe" if m.qk_norm_scope == "all" else "qwen3_moe"
     return "mixtral"
@@ -126,8 +141,11 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     kind = _export_type(m)
     wanted = {"position_embedding": "rotary", "norm": "rmsnorm", "norm_position": "pre",
               "use_bias": False, "gated_mlp": True, "activation": "silu", "embed_norm": False,
-              "scale_attention": True, "qkv_bias": None}
-    family = {"mixtral": "Mixtral", "qwen3_moe": "Qwen3-MoE", "olmoe": "OLMoE"}[kind]
+              "scale_attention": True, "qkv_bias": True if kind == "qwen2_moe" else None}
+    if kind == "qwen2_moe":
+        wanted["qk_norm"] = False
+    family = {"mixtral": "Mixtral", "qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE",
+              "olmoe": "OLMoE"}[kind]
     problems = settings_problems(m, wanted, family, whole_heads=False, llama_like=True)
     if kind == "mixtral" and not m.moe_normalize_top_k:
         problems.append("model.moe_normalize_top_k=False without QK-norm (Mixtral rescales "
@@ -136,9 +154,9 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     if kind == "olmoe" and m.moe_normalize_top_k:
         problems.append("model.moe_normalize_top_k=True with model.qk_norm_scope=all (OLMoE "
                         "never rescales)")
-    if m.moe_every > 1 and kind != "qwen3_moe":
+    if m.moe_every > 1 and kind not in ("qwen2_moe", "qwen3_moe"):
         problems.append(f"model.moe_every={m.moe_every} ({family} has a mixture on every "
-                        "layer; Qwen3-MoE, with per-head QK-norm, may skip layers)")
+                        "layer; Qwen2- and Qwen3-MoE may skip layers)")
     if m.attention_window and kind != "mixtral":
         problems.append(f"model.attention_window with QK-norm ({family} attends to every "
                         "earlier token)")
@@ -171,9 +189,14 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
             kernels = flat[q + f"mlp/experts/{ours}/kernel"]
             for j in range(m.num_experts):
                 t[f"{block}experts.{j}.{theirs}.weight"] = kernels[j].T
+        if m.moe_shared_mlp_dim:
+            for ours, theirs in llama.GATED_MLP_NAMES:
+                t[f"{block}shared_expert.{theirs}.weight"] = flat[
+                    q + f"mlp/shared/{ours}/kernel"].T
+            t[block + "shared_expert_gate.weight"] = flat[q + "mlp/shared_gate/kernel"].T
     rope = llama.rope_parameters(m)
-    architecture = {"mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-                    "olmoe": "OlmoeForCausalLM"}[kind]
+    architecture = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+                    "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM"}[kind]
     hf = {"model_type": kind, "architectures": [architecture], "vocab_size": m.vocab_size,
           "hidden_size": m.emb_dim, "intermediate_size": m.mlp_dim,
           "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
@@ -189,9 +212,11 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
                   router_jitter_noise=0.0)
     else:
         hf.update(num_experts=m.num_experts, norm_topk_prob=bool(m.moe_normalize_top_k))
-    if kind == "qwen3_moe":
+    if kind in ("qwen2_moe", "qwen3_moe"):
         hf.update(moe_intermediate_size=m.mlp_dim, decoder_sparse_step=m.moe_every,
                   mlp_only_layers=[], use_sliding_window=False, sliding_window=None)
+    if kind == "qwen2_moe":
+        hf.update(shared_expert_intermediate_size=m.moe_shared_mlp_dim, qkv_bias=True)
     if kind == "olmoe":
         hf.update(clip_qkv=None)
     return hf, t

@@ -74,6 +74,7 @@ class ModelConfig:
     moe_every: int = 1  # every k-th block is a mixture (layers k-1, 2k-1, ...), others dense
     moe_normalize_top_k: bool = True  # chosen experts' weights rescaled to sum 1 (Mixtral)
     moe_capacity_factor: float = 1.25  # training's buffer size; 0: dropless
+    moe_shared_mlp_dim: int = 0  # a gated shared expert every token runs through (Qwen2-MoE)
 
     @property
     def encoder_layers(self) -> int:

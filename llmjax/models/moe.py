@@ -26,6 +26,7 @@ log-normaliser) to the loss it differentiates.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -37,8 +38,11 @@ from llmjax.models.layers import (
     _INIT_STD,
     ACTIVATIONS,
     MATMUL_NAME,
+    Dense,
+    FeedForward,
     batched_matmul,
     dropout,
+    fold,
 )
 from llmjax.sharding import constrain
 
@@ -108,13 +112,20 @@ def capacity(cfg: ModelConfig, length: int, train: bool) -> int:
 
 
 class MoEFeedForward(nnx.Module):
-    """x [B, L, D] -> [B, L, D]: each token through its top-k experts, weighted."""
+    """x [B, L, D] -> [B, L, D]: each token through its top-k experts, weighted; plus, with
+    cfg.moe_shared_mlp_dim, through a shared expert scaled by sigmoid(shared_gate(x))."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         init = jax.random.normal(rngs.params(), (cfg.emb_dim, cfg.num_experts), jnp.float32)
         self.router = nnx.Param((init * _INIT_STD).astype(cfg.weight_dtype))  # [D, E]
         self.experts = Experts(cfg, rngs=rngs)
+        if cfg.moe_shared_mlp_dim:
+            shared = dataclasses.replace(cfg, mlp_dim=cfg.moe_shared_mlp_dim)
+            self.shared = FeedForward(shared, rngs=rngs)
+            self.shared_gate = Dense((cfg.emb_dim,), (1,), cfg, rngs=rngs, use_bias=False)
+        else:
+            self.shared = self.shared_gate = None
 
     def route(self, x_BxLxD: Array) -> tuple[Array, Array, Array]:
         """(router logits [B, L, E], top-k weights [B, L, k], top-k experts [B, L, k]). The
@@ -161,6 +172,9 @@ class MoEFeedForward(nnx.Module):
                                ("batch", None, None))  # [B, k*L, D]
         per_choice = per_choice.reshape(b, k, length, d).astype(jnp.float32)
         y = jnp.einsum("bkld,blk->bld", per_choice, weights)
+        if self.shared is not None:
+            gate = jax.nn.sigmoid(self.shared_gate(x_BxLxD).astype(jnp.float32))
+            y = y + gate * self.shared(x_BxLxD, fold(rng, 1)).astype(jnp.float32)
         if train:
             self._record(logits, one_hot, kept)
         return y.astype(x_BxLxD.dtype)

@@ -114,7 +114,7 @@ def _adamw(o: ml_collections.ConfigDict, schedule: optax.Schedule
 
 # The blocks' weight matrices (attention projections, MLP), in any stack: Muon's parameters.
 _MUON_KERNEL = re.compile(
-    r"(^|/)layers/\d+/(attention|cross_attention|mlp)/(experts/)?(\w+)/kernel$")
+    r"(^|/)layers/\d+/(attention|cross_attention|mlp)/(experts/|shared/)?(\w+)/kernel$")
 # Moonlight's scaling (Liu et al. 2025, "Muon is scalable"): updates of RMS 0.2, as AdamW's
 # typically are, so AdamW's learning rate and weight decay carry over.
 MUON_UPDATE_RMS = 0.2
@@ -123,13 +123,13 @@ MUON_UPDATE_RMS = 0.2
 def muon_dimensions(path: str, ndim: int) -> MuonDimensionNumbers | None:
     """How Muon sees the parameter at `path` as an [inputs, outputs] matrix (None: AdamW's):
     query/key/value kernels [D, H, K] are [D, H*K], the output kernel [H, K, D] is [H*K, D],
-    MLP kernels are matrices already, a mixture's expert kernels [E, I, O] E matrices.
-    Embeddings, output and task heads, a mixture's router, norms and biases stay with AdamW,
-    as in Muon's recipe."""
+    MLP kernels are matrices already (a mixture's shared expert's too), a mixture's expert
+    kernels [E, I, O] E matrices. Embeddings, output and task heads, a mixture's router and
+    shared-expert gate, norms and biases stay with AdamW, as in Muon's recipe."""
     match = _MUON_KERNEL.search(path)
-    if not match:
+    if not match or match.group(4) == "shared_gate":
         return None
-    if match.group(3):  # experts: one matrix each, orthogonalised on its own
+    if match.group(3) == "experts/":  # one matrix each, orthogonalised on its own
         return MuonDimensionNumbers(reduction_axis=1, output_axis=2) if ndim == 3 else None
     if ndim == 3:
         return (MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=2)
