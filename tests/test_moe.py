@@ -251,6 +251,12 @@ def test_flops_count_the_active_experts():
     mixture = count(**{"model.num_experts": 4, "model.mlp_dim": 16, "model.use_bias": False})
     dense = count(**{"model.mlp_dim": 32, "model.use_bias": False})
     assert mixture - dense == pytest.approx(6 * 2 * 32 * 4 * 32)  # 6 x layers x D x E x L
+    c = tiny_config(**{"model.num_experts": 4, "model.mlp_dim": 16, "model.use_bias": False,
+                       "model.vocab_size": 20})
+    params = nnx.state(state_lib.build_model(c), nnx.Param)
+    experts = 2 * 4 * (2 * 32 * 16)  # layers x E x (wi + wo); half of them unchosen
+    assert state_lib.count_active_params(params, 4, 2) == state_lib.count_params(params) - \
+        experts // 2
 
 
 def test_expert_kernels_shard_and_orthogonalise_one_expert_at_a_time():

@@ -229,9 +229,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     peak, peak_origin = flops.peak_flops_per_device(config.model.dtype,
                                                     config.peak_flops_per_device)
     peak_total = peak * jax.device_count() if mode != "single" else peak
-    logging.info("model: %s, %s parameters; %s training FLOPs/step; peak %.3g FLOP/s (%s)",
-                 config.model.arch, f"{num_params:,}", f"{flops_per_step:.3g}", peak_total,
-                 peak_origin)
+    size = f"{num_params:,} parameters"
+    if config.model.num_experts:  # a mixture: what a token runs through too
+        active = state_lib.count_active_params(params, config.model.num_experts,
+                                               config.model.num_experts_per_token)
+        size += f" ({active:,} active per token)"
+    logging.info("model: %s, %s; %s training FLOPs/step; peak %.3g FLOP/s (%s)",
+                 config.model.arch, size, f"{flops_per_step:.3g}", peak_total, peak_origin)
     missing = launch.missing_malloc_tunables(dict(os.environ))
     if jax.default_backend() == "cpu" and missing:
         logging.info("GLIBC_TUNABLES lacks %s: each CPU step will page-fault its buffers in "

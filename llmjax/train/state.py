@@ -52,3 +52,15 @@ def init_state(params: nnx.State, optimizer: optax.GradientTransformation, seed:
 
 def count_params(params: nnx.State) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
+
+
+def count_active_params(params: nnx.State, num_experts: int, experts_per_token: int) -> int:
+    """The parameters one token runs through: all but the unchosen experts of a mixture (k of
+    each mixture layer's E experts count)."""
+    from llmjax.train.checkpoint import param_path_name
+
+    total = 0.0
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        expert = num_experts and "/experts/" in f"/{param_path_name(path)}"
+        total += x.size * (experts_per_token / num_experts if expert else 1)
+    return round(total)
