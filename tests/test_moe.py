@@ -255,7 +255,8 @@ def test_flops_count_the_active_experts():
                        "model.vocab_size": 20})
     params = nnx.state(state_lib.build_model(c), nnx.Param)
     experts = 2 * 4 * (2 * 32 * 16)  # layers x E x (wi + wo); half of them unchosen
-    assert state_lib.count_active_params(params, 4, 2) == state_lib.count_params(params) - \
+    cfg = ModelConfig.from_config(c.model)
+    assert state_lib.count_active_params(params, cfg) == state_lib.count_params(params) - \
         experts // 2
 
 

@@ -70,8 +70,7 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.moe_normalize_top_k = True if kind == "mixtral" else bool(hf.get("norm_topk_prob"))
     m.mlp_dim = hf.get("moe_intermediate_size") or hf["intermediate_size"]
     sparse = _sparse_layers(hf)
-    step = hf.get("decoder_sparse_step") or 1
-    m.moe_every = step
+    m.moe_every = hf.get("decoder_sparse_step") or 1
     cfg = ModelConfig.from_config(m, vocab_size=m.vocab_size)
     if sparse != [is_moe_layer(cfg, i) for i in range(m.num_layers)]:
         raise ConversionError(f"mlp_only_layers={hf.get('mlp_only_layers')} has no llmjax "

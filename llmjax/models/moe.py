@@ -127,9 +127,10 @@ class MoEFeedForward(nnx.Module):
         else:
             self.shared = self.shared_gate = None
 
-    def route(self, x_BxLxD: Array) -> tuple[Array, Array, Array]:
-        """(router logits [B, L, E], top-k weights [B, L, k], top-k experts [B, L, k]). The
-        router runs in float32 (Switch Transformer: bfloat16 routing was unstable)."""
+    def route(self, x_BxLxD: Array) -> tuple[Array, Array, Array, Array]:
+        """(router logits [B, L, E], their softmax [B, L, E], top-k weights [B, L, k], top-k
+        experts [B, L, k]). The router runs in float32 (Switch Transformer: bfloat16 routing
+        was unstable)."""
         cfg = self.cfg
         logits = jnp.einsum("bld,de->ble", x_BxLxD.astype(jnp.float32),
                             self.router[...].astype(jnp.float32))
@@ -137,7 +138,7 @@ class MoEFeedForward(nnx.Module):
         weights, experts = jax.lax.top_k(probs, cfg.num_experts_per_token)
         if cfg.moe_normalize_top_k:
             weights = weights / weights.sum(-1, keepdims=True)
-        return logits, weights, experts
+        return logits, probs, weights, experts
 
     def __call__(self, x_BxLxD: Array, rng: Array | None = None) -> Array:
         cfg = self.cfg
@@ -145,7 +146,7 @@ class MoEFeedForward(nnx.Module):
         e, k = cfg.num_experts, cfg.num_experts_per_token
         train = rng is not None
         c = capacity(cfg, length, train)
-        logits, weights, experts = self.route(x_BxLxD)
+        logits, probs, weights, experts = self.route(x_BxLxD)
         # assignments [B, k*L], choice-major: every token's first choice, then the second ...
         chosen = experts.transpose(0, 2, 1).reshape(b, k * length)
         token = jnp.tile(jnp.arange(length), k)  # the token of each assignment
@@ -176,14 +177,15 @@ class MoEFeedForward(nnx.Module):
             gate = jax.nn.sigmoid(self.shared_gate(x_BxLxD).astype(jnp.float32))
             y = y + gate * self.shared(x_BxLxD, fold(rng, 1)).astype(jnp.float32)
         if train:
-            self._record(logits, one_hot, kept)
+            self._record(logits, probs, one_hot, kept)
         return y.astype(x_BxLxD.dtype)
 
-    def _record(self, logits_BxLxE: Array, one_hot: Array, kept: Array) -> None:
+    def _record(self, logits_BxLxE: Array, probs_BxLxE: Array, one_hot: Array, kept: Array
+                ) -> None:
         """Adds this call's router statistics to the layer's RouterStats."""
         e = self.cfg.num_experts
         load = one_hot.astype(jnp.float32).mean((0, 1))  # f_e: share of assignments [E]
-        prob = jax.nn.softmax(logits_BxLxE, axis=-1).mean((0, 1))  # P_e [E]
+        prob = probs_BxLxE.mean((0, 1))  # P_e [E]
         z = jnp.square(jax.nn.logsumexp(logits_BxLxE, axis=-1)).mean()
         stats = jnp.stack([e * jnp.sum(jax.lax.stop_gradient(load) * prob), z,
                            jax.lax.stop_gradient(e * load.max()),
@@ -195,6 +197,14 @@ def is_moe_layer(cfg: ModelConfig, layer: int) -> bool:
     """Whether block `layer` (from 0) has a mixture feed-forward: with num_experts, every
     moe_every-th block (layers k-1, 2k-1, ...; Qwen-MoE's decoder_sparse_step)."""
     return cfg.num_experts > 0 and (layer + 1) % cfg.moe_every == 0
+
+
+def active_share(cfg: ModelConfig, name: str) -> float:
+    """The share of the parameter named `name` (checkpoint path) that one token runs through:
+    k / E of a mixture's expert kernels and biases, all of anything else."""
+    if cfg.num_experts and "/experts/" in f"/{name}":
+        return cfg.num_experts_per_token / cfg.num_experts
+    return 1.0
 
 
 def no_stats() -> Array:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from llmjax.models import layers
+from llmjax.models import layers, moe
 from llmjax.models.config import ModelConfig
 from llmjax.train.checkpoint import param_path_name
 
@@ -39,12 +39,11 @@ def matmul_params(tree, cfg: ModelConfig | None = None) -> float:
     """Parameters of `tree` that multiply activations: all but embedding tables (lookups). A
     mixture of experts counts the active ones: of each expert layer's E experts, the k a
     token runs through (its router's E x D all count)."""
-    share = cfg.num_experts_per_token / cfg.num_experts if cfg and cfg.num_experts else 1.0
     total = 0.0
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
         name = param_path_name(path)
         if name.split("/")[-1] != "embedding":
-            total += x.size * (share if "/experts/" in f"/{name}" else 1.0)
+            total += x.size * (1.0 if cfg is None else moe.active_share(cfg, name))
     return total
 
 

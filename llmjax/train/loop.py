@@ -231,8 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     peak_total = peak * jax.device_count() if mode != "single" else peak
     size = f"{num_params:,} parameters"
     if config.model.num_experts:  # a mixture: what a token runs through too
-        active = state_lib.count_active_params(params, config.model.num_experts,
-                                               config.model.num_experts_per_token)
+        active = state_lib.count_active_params(params, cfg)
         size += f" ({active:,} active per token)"
     logging.info("model: %s, %s; %s training FLOPs/step; peak %.3g FLOP/s (%s)",
                  config.model.arch, size, f"{flops_per_step:.3g}", peak_total, peak_origin)

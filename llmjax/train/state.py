@@ -12,7 +12,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from llmjax.models import MODELS, ModelConfig
+from llmjax.models import MODELS, ModelConfig, moe
 
 TrainState = dict  # {"step": int32[], "params": nnx.State, "opt_state": ..., "rng": uint32[2]}
 
@@ -54,13 +54,10 @@ def count_params(params: nnx.State) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
 
 
-def count_active_params(params: nnx.State, num_experts: int, experts_per_token: int) -> int:
+def count_active_params(params: nnx.State, cfg: ModelConfig) -> int:
     """The parameters one token runs through: all but the unchosen experts of a mixture (k of
-    each mixture layer's E experts count)."""
+    each mixture layer's E experts count: moe.active_share)."""
     from llmjax.train.checkpoint import param_path_name
 
-    total = 0.0
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        expert = num_experts and "/experts/" in f"/{param_path_name(path)}"
-        total += x.size * (experts_per_token / num_experts if expert else 1)
-    return round(total)
+    return round(sum(x.size * moe.active_share(cfg, param_path_name(path))
+                     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]))
