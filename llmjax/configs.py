@@ -96,6 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.rope_beta_fast = 32.0  # yarn: rotations in the original context above which ...
     m.rope_beta_slow = 1.0  # ... frequencies are kept, and below which they are scaled
     m.rope_attention_factor = config_dict.placeholder(float)  # yarn: None = 0.1 ln(factor) + 1
+    # yarn: attention logits also x (0.1 x this x ln(factor) + 1)^2 (DeepSeek's mscale_all_dim);
+    # 0: not
+    m.rope_mscale_all_dim = 0.0
     m.relative_buckets = 32  # position_embedding=relative (T5): buckets per direction pair
     m.relative_max_distance = 128  # distances beyond this share the last bucket
     m.norm = "layernorm"  # layernorm | rmsnorm
@@ -153,6 +156,14 @@ def base_config() -> ml_collections.ConfigDict:
     m.moe_shared_mlp_dim = 0
     m.moe_balance_loss_weight = 0.01  # x the load-balancing loss (Switch: 1 when balanced)
     m.moe_z_loss_weight = 0.001  # x the router z-loss (ST-MoE)
+    # multi-head latent attention (DeepSeek-V2/V3; llmjax/models/latent_attention.py), rotary
+    # positions only: keys and values come from a per-token latent of kv_lora_rank dims (what
+    # decoding caches, with the qk_rope_head_dim rotary key dims), each head's queries and keys
+    # have head_dim unrotated + qk_rope_head_dim rotary dims, its values v_head_dim
+    m.kv_lora_rank = 0  # 0: standard multi-head attention
+    m.q_lora_rank = 0  # the queries' own low-rank bottleneck; 0: a full-rank projection
+    m.qk_rope_head_dim = 64
+    m.v_head_dim = config_dict.placeholder(int)  # None: head_dim
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "generated"

@@ -43,6 +43,9 @@ RULES: dict[str, tuple[str, ...]] = {
 # match wins. Optimizer-state leaves (Adam's mu and nu) end in the same paths and follow them.
 PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(query|key|value)/kernel", ("embed", "heads", "kv")),
+    # latent attention's up-projections [r, H, K] (models/latent_attention.py); its down-
+    # projections [D, r] are the plain kernels below
+    (r"(key_up|value_up)/kernel", (None, "heads", "kv")),
     (r"(query|key|value)/bias", ("heads", "kv")),
     (r"attention/out/kernel", ("heads", "kv", "embed")),
     # mixture-of-experts kernels [E, D, F] / [E, F, D] (models/moe.py)

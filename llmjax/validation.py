@@ -136,7 +136,7 @@ _RANGES = {
                      "data.generated.eval_documents", "data.generated.max_pair_length",
                      "qa.max_answer_tokens",
                      "data.eval_window_stride", "model.num_experts_per_token",
-                     "model.moe_every"),
+                     "model.moe_every", "model.qk_rope_head_dim", "model.v_head_dim"),
                     _AT_LEAST_1),
     **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor", "lora.alpha",
                      "model.local_rotary_base", "model.attention_softcap", "model.logit_softcap",
@@ -153,7 +153,8 @@ _RANGES = {
                      "tokenizer.extra_ids", "data.generated.order", "z_loss", "lora.rank",
                      "qa.doc_stride", "model.num_token_types", "parallel.cpu_devices",
                      "model.num_experts", "model.moe_capacity_factor", "model.moe_shared_mlp_dim",
-                     "model.moe_balance_loss_weight", "model.moe_z_loss_weight"),
+                     "model.moe_balance_loss_weight", "model.moe_z_loss_weight",
+                     "model.kv_lora_rank", "model.q_lora_rank", "model.rope_mscale_all_dim"),
                     _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
                      "model.attention_dropout_rate", "data.validation_fraction",
@@ -182,6 +183,31 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     for key, (within, allowed) in _RANGES.items():
         value = values.get(key)
         _check(value is None or within(value), f"{key}={value!r} must be {allowed}")
+
+
+def _check_latent_attention(m: ml_collections.ConfigDict) -> None:
+    """Multi-head latent attention's settings (model.kv_lora_rank > 0)."""
+    if not m.kv_lora_rank:
+        _check(not m.q_lora_rank, f"model.q_lora_rank={m.q_lora_rank} is latent attention's "
+               "query bottleneck: set model.kv_lora_rank too, or leave it at 0")
+        return
+    name = f"model.kv_lora_rank={m.kv_lora_rank} (latent attention)"
+    _check(m.arch != "encoder_decoder", f"{name} is built for decoder and encoder models, "
+           "not model.arch='encoder_decoder' (cross-attention keeps its keys and values)")
+    _check(m.position_embedding == "rotary", f"{name} rotates qk_rope_head_dim dims of its "
+           f"own: set model.position_embedding=rotary, not {m.position_embedding!r}")
+    _check(m.qk_rope_head_dim >= 2 and m.qk_rope_head_dim % 2 == 0,
+           f"model.qk_rope_head_dim={m.qk_rope_head_dim}: rotary positions rotate pairs, so it "
+           "must be an even number of at least 2")
+    _check(m.rotary_fraction == 1.0, f"{name} rotates model.qk_rope_head_dim dims per head, "
+           "not a fraction of head_dim: leave model.rotary_fraction at 1")
+    _check(not m.qk_norm, f"{name} normalises its latents, not queries and keys: set "
+           "model.qk_norm=False")
+    _check(m.num_kv_heads is None or m.num_kv_heads == m.num_heads,
+           f"{name} makes keys and values for every head from its latent: leave "
+           "model.num_kv_heads unset")
+    _check(m.attention_impl == "einsum", f"{name} runs the project's own attention: set "
+           f"model.attention_impl=einsum, not {m.attention_impl!r}")
 
 
 def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> None:
@@ -318,9 +344,11 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.rotary_fraction == 1.0 or m.position_embedding == "rotary",
            f"model.rotary_fraction={m.rotary_fraction} is the share of each head that rotary "
            "positions rotate: set model.position_embedding=rotary, or leave it at 1")
+    _check_latent_attention(m)
     head_dim = m.head_dim or m.emb_dim // m.num_heads
     rotary_dim = int(head_dim * m.rotary_fraction)
-    _check(m.position_embedding != "rotary" or (rotary_dim >= 2 and rotary_dim % 2 == 0),
+    _check(m.position_embedding != "rotary" or m.kv_lora_rank
+           or (rotary_dim >= 2 and rotary_dim % 2 == 0),
            f"model.rotary_fraction={m.rotary_fraction} of head_dim={head_dim} rotates "
            f"{rotary_dim} dims: rotary positions rotate pairs, so it must be an even number "
            "of at least 2")

@@ -60,6 +60,19 @@ def jitted(model, method: str = "__call__"):
     return lambda *args, **kwargs: _method_caller()(graphdef, method, state, args, kwargs)
 
 
+def decode_in_steps(decode, tokens_BxT, cache, first: int):
+    """Logits [B, T, V] of `decode(tokens, cache) -> (logits, cache)` fed the first `first`
+    tokens at once, then one at a time (what a KV cache must reproduce of the full forward)."""
+    import jax.numpy as jnp
+
+    logits, cache = decode(tokens_BxT[:, :first], cache)
+    steps = [logits]
+    for t in range(first, tokens_BxT.shape[1]):
+        logits, cache = decode(tokens_BxT[:, t:t + 1], cache)
+        steps.append(logits)
+    return jnp.concatenate(steps, axis=1)
+
+
 @functools.cache
 def _method_caller():
     import jax

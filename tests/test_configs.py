@@ -10,7 +10,8 @@ from llmjax import validation
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 VARIANTS = [("demo.py", None), ("gpt.py", "size=tiny"), ("gpt.py", "size=base,style=llama"),
-            ("gpt.py", "size=small,style=gemma2"), ("bert.py", "size=tiny"),
+            ("gpt.py", "size=small,style=gemma2"),
+            ("gpt.py", "size=tiny,style=deepseek,experts=4"), ("bert.py", "size=tiny"),
             ("bert_classify.py", None), ("gpt_classify.py", None),
             ("gpt_classify.py", "size=small,style=llama"), ("t5.py", "size=tiny"),
             ("translate.py", "size=tiny"),

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import jitted
+from conftest import decode_in_steps, jitted
 from flax import nnx
 
 from llmjax.models import EncoderDecoder, ModelConfig
@@ -35,12 +35,8 @@ def test_cached_decoding_equals_full_recompute(position):
     encoded = jitted(model, "encode")(source, segment_ids=source_seg)
     cache = model.init_cache(encoded, source_seg, max_len=12)
     # the first three tokens at once, then one at a time
-    logits, cache = decode_step(target[:, :3], cache)
-    steps = [logits]
-    for t in range(3, 7):
-        logits, cache = decode_step(target[:, t:t + 1], cache)
-        steps.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
+    np.testing.assert_allclose(decode_in_steps(decode_step, target, cache, 3), full,
+                               atol=2e-5)
 
 
 def test_decoder_is_causal_and_reads_the_source():

@@ -27,6 +27,11 @@ CASES = {
         "model.position_embedding": "rotary"}),
     "mlm_nsp": lambda tmp: bert_config(tmp, **WIDE),
     "encoder_decoder": lambda tmp: tiny_config(**WIDE, **ENCODER_DECODER, batch_size=4),
+    # DeepSeek's latent attention: queries/keys of head_dim + qk_rope_head_dim, other values
+    "decoder_latent": lambda tmp: tiny_config(**WIDE, **{
+        "seq_len": 64, "batch_size": 4, "model.position_embedding": "rotary",
+        "model.kv_lora_rank": 64, "model.q_lora_rank": 96, "model.qk_rope_head_dim": 16,
+        "model.v_head_dim": 48}),
     "decoder_tied": lambda tmp: tiny_config(**WIDE, seq_len=64, batch_size=4),
     "mlm": lambda tmp: tiny_config(**WIDE, **{"model.arch": "encoder", "objective": "mlm",
                                               "seq_len": 64, "batch_size": 4}),
@@ -35,7 +40,7 @@ CASES = {
         "objective": "seq2seq", "data.source": "generated:reverse", "seq_len": 32,
         "target_seq_len": 32, "batch_size": 4}),
 }
-DEFAULT = ("decoder_untied", "mlm_nsp", "encoder_decoder", "decoder_seq2seq")
+DEFAULT = ("decoder_untied", "mlm_nsp", "encoder_decoder", "decoder_seq2seq", "decoder_latent")
 
 
 @pytest.mark.parametrize("case", [c if c in DEFAULT else pytest.param(c, marks=pytest.mark.slow)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import jitted
+from conftest import decode_in_steps, jitted
 from flax import nnx
 
 from llmjax.models import Decoder, ModelConfig
@@ -24,9 +24,10 @@ def tokens(shape, seed=0):
     return jnp.asarray(np.random.RandomState(seed).randint(4, 40, shape), jnp.int32)
 
 
-@pytest.mark.parametrize("position", ["learned", "rotary"])
+@pytest.mark.parametrize("position", ["learned", "rotary", "latent"])
 def test_gradient_of_logits_wrt_later_inputs_is_zero(position):
-    model = make(position_embedding=position)
+    model = (make(position_embedding="rotary", kv_lora_rank=8, qk_rope_head_dim=4)
+             if position == "latent" else make(position_embedding=position))
     toks = tokens((1, 10))
     original = Decoder._embed
 
@@ -105,19 +106,21 @@ def test_attention_mask_blocks_padding_and_future():
     # a mixture of experts on every other layer: dropless, so a token's output does not
     # depend on how many tokens its call holds
     dict(position_embedding="rotary", num_experts=4, moe_every=2, moe_capacity_factor=0.5),
+    # DeepSeek's latent attention: decoding attends over cached latents (absorbed weights),
+    # the full forward over keys and values expanded from them; with a query bottleneck,
+    # a window and YaRN's logit factor
+    dict(position_embedding="rotary", kv_lora_rank=12, qk_rope_head_dim=4, v_head_dim=6),
+    dict(position_embedding="rotary", kv_lora_rank=12, q_lora_rank=10, qk_rope_head_dim=4,
+         attention_window=3, rope_scaling="yarn", rope_scaling_factor=4.0,
+         rope_original_max_len=8, rope_mscale_all_dim=1.0),
 ])
 def test_kv_cache_decoding_equals_full_forward(kw):
     model = make(**kw)
     forward, decode = jitted(model), jitted(model, "decode")
     toks = tokens((2, 12))
     full = forward(toks)
-    cache = model.init_cache(2, 16)
-    first, cache = decode(toks[:, :5], cache)
-    steps = [first]
-    for t in range(5, 12):
-        logits, cache = decode(toks[:, t:t + 1], cache)
-        steps.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+    steps = decode_in_steps(decode, toks, model.init_cache(2, 16), 5)
+    np.testing.assert_allclose(steps, full, atol=1e-5)
 
 
 @pytest.mark.parametrize("position", ["rotary", "alibi"])

@@ -12,6 +12,7 @@ from flax import nnx
 
 from llmjax.models.attention import MultiHeadAttention
 from llmjax.models.config import ModelConfig
+from llmjax.models.latent_attention import LatentAttention
 from llmjax.models.layers import MATMUL_NAME, FeedForward, Norm, dropout, fold
 from llmjax.models.moe import MoEFeedForward, no_stats, put_router_stats, take_router_stats
 from llmjax.sharding import constrain
@@ -28,7 +29,8 @@ class TransformerBlock(nnx.Module):
         self.parallel = cfg.parallel_residual
         self.dropout_rate = cfg.dropout_rate
         self.attention_norm = Norm(cfg.emb_dim, cfg)
-        self.attention = MultiHeadAttention(cfg, rngs=rngs)
+        self.attention = (LatentAttention(cfg, rngs=rngs) if cfg.kv_lora_rank
+                          else MultiHeadAttention(cfg, rngs=rngs))
         if cross_attention:
             self.cross_attention_norm = Norm(cfg.emb_dim, cfg)
             self.cross_attention = MultiHeadAttention(cfg, rngs=rngs)

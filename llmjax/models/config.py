@@ -35,6 +35,7 @@ class ModelConfig:
     rope_beta_fast: float = 32.0  # yarn's ramp between kept and scaled frequencies
     rope_beta_slow: float = 1.0
     rope_attention_factor: float | None = None  # yarn: None = 0.1 ln(factor) + 1
+    rope_mscale_all_dim: float = 0.0  # yarn: logits x (0.1 this ln(factor) + 1)^2 (DeepSeek)
     local_rotary_base: float | None = None  # windowed layers' base, no scaling (Gemma 3)
     relative_buckets: int = 32  # T5 relative position buckets ('relative' positions)
     relative_max_distance: int = 128
@@ -75,6 +76,10 @@ class ModelConfig:
     moe_normalize_top_k: bool = True  # chosen experts' weights rescaled to sum 1 (Mixtral)
     moe_capacity_factor: float = 1.25  # training's buffer size; 0: dropless
     moe_shared_mlp_dim: int = 0  # a gated shared expert every token runs through (Qwen2-MoE)
+    kv_lora_rank: int = 0  # multi-head latent attention's key/value latent (DeepSeek); 0: off
+    q_lora_rank: int = 0  # latent attention: the queries' low-rank bottleneck; 0: full rank
+    qk_rope_head_dim: int = 64  # latent attention: rotary dims per head beside head_dim's
+    v_head_dim: int | None = None  # latent attention: value dims per head; None: head_dim
 
     @property
     def encoder_layers(self) -> int:
@@ -96,8 +101,24 @@ class ModelConfig:
     @property
     def rotary_dim(self) -> int:
         """The leading dims of each head that rotary positions rotate (Hugging Face's
-        int(head_dim * partial_rotary_factor)); the rest pass through unchanged."""
+        int(head_dim * partial_rotary_factor)); the rest pass through unchanged. Latent
+        attention rotates qk_rope_head_dim dims of their own."""
+        if self.kv_lora_rank:
+            return self.qk_rope_head_dim
         return int(self.head_dim * self.rotary_fraction)
+
+    @property
+    def query_key_dim(self) -> int:
+        """Dims per head that queries and keys multiply over: head_dim, plus latent
+        attention's rotary dims."""
+        return self.head_dim + (self.qk_rope_head_dim if self.kv_lora_rank else 0)
+
+    @property
+    def value_dim(self) -> int:
+        """Dims per head of the values (and of the attention output)."""
+        if self.kv_lora_rank and self.v_head_dim is not None:
+            return self.v_head_dim
+        return self.head_dim
 
     @property
     def kv_heads(self) -> int:

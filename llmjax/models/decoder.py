@@ -127,13 +127,19 @@ class Decoder(nnx.Module):
                                                segment_ids=segment_ids, rng=rng))
 
     def init_cache(self, batch_size: int, max_len: int | None = None) -> dict:
-        """An empty KV cache for `decode`: per-layer keys/values [B, S, H_kv, K] and bookkeeping."""
+        """An empty KV cache for `decode`: per-layer keys/values [B, S, H_kv, K] (latent
+        attention: latents [B, S, 1, kv_lora_rank + qk_rope_head_dim]) and bookkeeping."""
         cfg = self.cfg
         s = max_len or cfg.max_len
-        shape = (batch_size, s, cfg.kv_heads, cfg.head_dim)
+        if cfg.kv_lora_rank:
+            shape = (batch_size, s, 1, cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+            layer_cache = {"latent": jnp.zeros(shape, cfg.compute_dtype)}
+        else:
+            shape = (batch_size, s, cfg.kv_heads, cfg.head_dim)
+            layer_cache = {"k": jnp.zeros(shape, cfg.compute_dtype),
+                           "v": jnp.zeros(shape, cfg.compute_dtype)}
         return {
-            "layers": [{"k": jnp.zeros(shape, cfg.compute_dtype),
-                        "v": jnp.zeros(shape, cfg.compute_dtype)} for _ in self.layers],
+            "layers": [dict(layer_cache) for _ in self.layers],
             "index": jnp.zeros((), jnp.int32),  # slots written so far
             "key_valid": jnp.zeros((batch_size, s), jnp.int32),  # 1 where a slot holds a token
             "next_position": jnp.zeros((batch_size,), jnp.int32),

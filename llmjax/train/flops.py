@@ -1,13 +1,14 @@
 """Model FLOPs per step and the peak they are compared with (MFU).
 
 Training FLOPs = 6 x (parameters that multiply activations) x (positions they run on) plus the
-attention score and value matmuls, 12 x layers x heads x head_dim x seq_len^2 per example (PaLM
-appendix B, as in nanoGPT and MaxText). The body runs on every position; the vocabulary
-projection on the positions an objective predicts (all for causal LM, the ~15% chosen ones for
-MLM, none for classification); pooled heads (NSP, classifier) once per example. Embedding tables
-are lookups, not matmuls, except the token table where it is also the (tied) output projection.
-A mixture of experts counts the experts each token runs through (k of E: active parameters),
-not the padding its capacity buffers add.
+attention score and value matmuls, 6 x layers x heads x (query/key dims + value dims) x
+seq_len^2 per example (12 x layers x heads x head_dim x seq_len^2 when both are head_dim: PaLM
+appendix B, as in nanoGPT and MaxText; latent attention's differ). The body runs on every
+position; the vocabulary projection on the positions an objective predicts (all for causal LM,
+the ~15% chosen ones for MLM, none for classification); pooled heads (NSP, classifier) once
+per example. Embedding tables are lookups, not matmuls, except the token table where it is
+also the (tied) output projection. A mixture of experts counts the experts each token runs
+through (k of E: active parameters), not the padding its capacity buffers add.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def flops_per_example(cfg: ModelConfig, params, seq_len: int,
     if vocab_positions and "lm_head" not in params:  # tied: the token table projects
         output += cfg.vocab_size * cfg.emb_dim
     body = sum(sizes.values())
-    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len**2
+    head_dims = cfg.query_key_dim + cfg.value_dim
+    attention = 6 * cfg.num_layers * cfg.num_heads * head_dims * seq_len**2
     return 6.0 * (body * seq_len + output * vocab_positions + pooled) + attention
 
 
