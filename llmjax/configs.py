@@ -154,6 +154,19 @@ def base_config() -> ml_collections.ConfigDict:
     # a shared expert of this many hidden units that every token runs through, its output
     # scaled by a sigmoid gate of the token (Qwen2-MoE); 0: none
     m.moe_shared_mlp_dim = 0
+    m.moe_shared_gated = True  # the shared expert's output x that gate; False: as is (DeepSeek)
+    m.moe_mlp_dim = config_dict.placeholder(int)  # each expert's hidden units; None: mlp_dim
+    m.moe_first_dense = 0  # the first k blocks keep dense layers (DeepSeek)
+    # DeepSeek's routing: sigmoid scores (V3) instead of a softmax; a bias on the scores that
+    # steers the choice only (V3), trained by moving it moe_bias_update_rate against the sign
+    # of each expert's excess load after every step; the choice limited to each token's
+    # moe_group_top_k best of moe_groups groups of experts; the weights x moe_routed_scale
+    m.moe_router = "softmax"  # softmax | sigmoid
+    m.moe_router_bias = False
+    m.moe_bias_update_rate = 0.001
+    m.moe_groups = 0  # 0: no groups
+    m.moe_group_top_k = 0
+    m.moe_routed_scale = 1.0
     m.moe_balance_loss_weight = 0.01  # x the load-balancing loss (Switch: 1 when balanced)
     m.moe_z_loss_weight = 0.001  # x the router z-loss (ST-MoE)
     # multi-head latent attention (DeepSeek-V2/V3; llmjax/models/latent_attention.py), rotary

@@ -136,14 +136,15 @@ _RANGES = {
                      "data.generated.eval_documents", "data.generated.max_pair_length",
                      "qa.max_answer_tokens",
                      "data.eval_window_stride", "model.num_experts_per_token",
-                     "model.moe_every", "model.qk_rope_head_dim", "model.v_head_dim"),
+                     "model.moe_every", "model.qk_rope_head_dim", "model.v_head_dim",
+                     "model.moe_mlp_dim"),
                     _AT_LEAST_1),
     **dict.fromkeys(("model.rotary_base", "model.rope_scaling_factor", "lora.alpha",
                      "model.local_rotary_base", "model.attention_softcap", "model.logit_softcap",
                      "model.rope_original_max_len", "model.rope_low_freq_factor",
                      "model.rope_high_freq_factor", "peak_flops_per_device",
                      "model.rope_beta_fast", "model.rope_beta_slow",
-                     "model.rope_attention_factor", "dpo.beta",
+                     "model.rope_attention_factor", "dpo.beta", "model.moe_routed_scale",
                      "data.generated.concentration"), _POSITIVE),
     **dict.fromkeys(("optimizer.learning_rate", "optimizer.end_learning_rate",
                      "optimizer.warmup_steps",
@@ -154,7 +155,9 @@ _RANGES = {
                      "qa.doc_stride", "model.num_token_types", "parallel.cpu_devices",
                      "model.num_experts", "model.moe_capacity_factor", "model.moe_shared_mlp_dim",
                      "model.moe_balance_loss_weight", "model.moe_z_loss_weight",
-                     "model.kv_lora_rank", "model.q_lora_rank", "model.rope_mscale_all_dim"),
+                     "model.kv_lora_rank", "model.q_lora_rank", "model.rope_mscale_all_dim",
+                     "model.moe_first_dense", "model.moe_groups", "model.moe_group_top_k",
+                     "model.moe_bias_update_rate"),
                     _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
                      "model.attention_dropout_rate", "data.validation_fraction",
@@ -183,6 +186,33 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     for key, (within, allowed) in _RANGES.items():
         value = values.get(key)
         _check(value is None or within(value), f"{key}={value!r} must be {allowed}")
+
+
+def _check_routing(m: ml_collections.ConfigDict) -> None:
+    """A mixture's router settings (DeepSeek's groups and scores)."""
+    _check(m.moe_router in ("softmax", "sigmoid"),
+           f"model.moe_router={m.moe_router!r}: use softmax or sigmoid")
+    _check(not (m.num_experts and m.scan_layers and m.moe_first_dense),
+           f"model.scan_layers runs one block's program for every layer, and "
+           f"model.moe_first_dense={m.moe_first_dense} keeps the first blocks dense: set "
+           "model.moe_first_dense=0 or model.scan_layers=False")
+    if m.moe_groups <= 1:
+        _check(not m.moe_group_top_k, f"model.moe_group_top_k={m.moe_group_top_k} picks "
+               "groups of experts: set model.moe_groups too, or leave it at 0")
+        return
+    e, groups = m.num_experts, m.moe_groups
+    _check(e % groups == 0, f"model.moe_groups={groups} does not divide model.num_experts={e}")
+    per_group = e // groups
+    _check(1 <= m.moe_group_top_k <= groups,
+           f"model.moe_group_top_k={m.moe_group_top_k}: choose 1 to model.moe_groups={groups} "
+           "groups per token")
+    _check(m.num_experts_per_token <= m.moe_group_top_k * per_group,
+           f"model.num_experts_per_token={m.num_experts_per_token} experts from "
+           f"model.moe_group_top_k={m.moe_group_top_k} groups of {per_group}: choose more "
+           "groups or fewer experts")
+    _check(m.moe_router != "sigmoid" or per_group >= 2,
+           f"model.moe_router='sigmoid' scores a group by its best two experts, and "
+           f"model.moe_groups={groups} leaves {per_group}: use fewer groups")
 
 
 def _check_latent_attention(m: ml_collections.ConfigDict) -> None:
@@ -382,6 +412,7 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"model.scan_layers runs one block's program for every layer, and model.moe_every="
            f"{m.moe_every} mixes dense and mixture blocks: set model.moe_every=1 or "
            "model.scan_layers=False")
+    _check_routing(m)
     _check(m.attention_impl in ("einsum", "xla", "cudnn"),
            f"model.attention_impl={m.attention_impl!r}: use einsum, xla or cudnn")
     _check(m.attention_impl == "einsum" or m.attention_dropout_rate == 0.0,

@@ -26,10 +26,11 @@ FAMILIES = {
     "qwen2_moe": lambda: (transformers.Qwen2MoeForCausalLM, transformers.Qwen2MoeConfig(
         num_experts=4, moe_intermediate_size=24, shared_expert_intermediate_size=40,
         **COMMON)),
-    # experts on every other layer (decoder_sparse_step), the dense layers as wide as one
+    # experts on every other layer (decoder_sparse_step), the dense layers twice as wide as
+    # one (model.moe_mlp_dim)
     "qwen3_moe": lambda: (transformers.Qwen3MoeForCausalLM, transformers.Qwen3MoeConfig(
         num_experts=4, decoder_sparse_step=2, norm_topk_prob=True, moe_intermediate_size=24,
-        **{**COMMON, "intermediate_size": 24})),
+        **COMMON)),
     "olmoe": lambda: (transformers.OlmoeForCausalLM,
                       transformers.OlmoeConfig(num_experts=4, **COMMON)),
 }
@@ -97,7 +98,7 @@ def test_olmoe_and_qwen_settings_without_a_match_are_refused(change, message, tm
         convert.import_folder(folder)
 
 
-def test_qwen_dense_layers_other_than_every_kth_are_refused(tmp_path):
+def test_qwen_dense_layers_other_than_the_first_or_every_kth_are_refused(tmp_path):
     model_class, hf_config = FAMILIES["qwen3_moe"]()
     # layer 0 a mixture, layer 1 dense: no model.moe_every lays them out so
     hf_config.mlp_only_layers, hf_config.decoder_sparse_step = [1], 1
@@ -136,3 +137,14 @@ def test_fine_tuning_from_a_folder_keeps_the_runs_own_training_settings(tmp_path
     apply_hf_model_config(c)
     assert (c.model.num_experts, c.model.emb_dim, c.model.remat) == (4, 32, "full")
     assert (c.model.moe_capacity_factor, c.model.moe_z_loss_weight) == (2.0, 0.0)
+
+
+def test_qwen_dense_first_layers_import_as_moe_first_dense(tmp_path):
+    model_class, hf_config = FAMILIES["qwen3_moe"]()
+    hf_config.mlp_only_layers, hf_config.decoder_sparse_step = [0], 1
+    folder, hf_model, run = imported_llama_family(tmp_path, model_class, hf_config,
+                                                  redraw_norms)
+    m = run.config.model
+    assert (m.moe_first_dense, m.moe_every, m.mlp_dim, m.moe_mlp_dim) == (1, 1, 48, 24)
+    assert_same_causal_lm(run.model, hf_model)
+    export_round_trip(folder, hf_model, tmp_path)

@@ -44,17 +44,32 @@ def per_token_reference(m: moe.MoEFeedForward, x: np.ndarray, keep=lambda t, ran
     act = {"silu": lambda h: h / (1 + np.exp(-h)), "relu": lambda h: np.maximum(h, 0)}[
         cfg.activation]
     out = np.zeros(x.shape)
-    if m.shared is not None:  # + sigmoid(x . gate) x the shared expert (Qwen2-MoE)
+    if m.shared is not None:  # + [sigmoid(x . gate) x] the shared expert (Qwen2-MoE, DeepSeek)
         s = m.shared
         h = act(x @ get(s.wi.kernel)) * (x @ get(s.wg.kernel))
-        gate = 1 / (1 + np.exp(-(x @ get(m.shared_gate.kernel))))
+        gate = (1 if m.shared_gate is None
+                else 1 / (1 + np.exp(-(x @ get(m.shared_gate.kernel)))))
         out += gate * (h @ get(s.wo.kernel))
+    bias = 0 if m.router_bias is None else get(m.router_bias)
     for b, t in np.ndindex(x.shape[:2]):
         logits = x[b, t] @ np.asarray(m.router[...], np.float64)
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        top = np.argsort(-p)[:K]
+        if cfg.moe_router == "sigmoid":  # DeepSeek-V3
+            p = 1 / (1 + np.exp(-logits))
+        else:
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+        choice = p + bias
+        if cfg.moe_groups:  # DeepSeek: only the best groups' experts compete
+            grouped = choice.reshape(cfg.moe_groups, -1)
+            score = (np.sort(grouped, -1)[:, -2:].sum(-1) if cfg.moe_router == "sigmoid"
+                     else grouped.max(-1))
+            lost = np.argsort(-score)[cfg.moe_group_top_k:]
+            grouped = grouped.copy()
+            grouped[lost] = -np.inf
+            choice = grouped.reshape(-1)
+        top = np.argsort(-choice)[:K]
         weights = p[top] / p[top].sum() if cfg.moe_normalize_top_k else p[top]
+        weights = weights * cfg.moe_routed_scale
         for rank, (j, w) in enumerate(zip(top, weights, strict=True)):
             if not keep(t, rank):
                 continue
@@ -68,10 +83,21 @@ def per_token_reference(m: moe.MoEFeedForward, x: np.ndarray, keep=lambda t, ran
     dict(gated_mlp=True, activation="silu", use_bias=False),  # Mixtral's experts
     dict(gated_mlp=False, activation="relu", use_bias=True, moe_normalize_top_k=False),
     dict(gated_mlp=True, activation="silu", use_bias=False, moe_shared_mlp_dim=6),  # Qwen2-MoE
+    # DeepSeek-V3: sigmoid scores chosen through a bias among the best group (by its best
+    # two), rescaled and scaled; an ungated shared expert; experts narrower than mlp_dim
+    dict(gated_mlp=True, activation="silu", use_bias=False, moe_shared_mlp_dim=6,
+         moe_shared_gated=False, moe_router="sigmoid", moe_router_bias=True, moe_groups=2,
+         moe_group_top_k=1, moe_routed_scale=2.5, moe_mlp_dim=5),
+    # DeepSeek-V2: softmax, groups scored by their best expert, weights scaled, not rescaled
+    dict(gated_mlp=True, activation="silu", use_bias=False, moe_shared_mlp_dim=6,
+         moe_shared_gated=False, moe_groups=2, moe_group_top_k=1, moe_routed_scale=1.5,
+         moe_normalize_top_k=False),
 ])
 def test_each_token_goes_through_its_top_k_experts_weighted_by_the_router(kw):
     """Evaluation (no dropout key) is dropless whatever the capacity factor."""
     m = layer(moe_capacity_factor=0.25, **kw)
+    if m.router_bias is not None:  # a bias large enough to change choices
+        m.router_bias[...] = 0.5 * jax.random.normal(jax.random.key(5), (E,))
     if m.experts.wi.bias is not None:  # biases start at zero: make a mapping error show
         m.experts.wi.bias[...] = jax.random.normal(jax.random.key(3), (E, F))
         m.experts.wo.bias[...] = jax.random.normal(jax.random.key(4), (E, D))
@@ -128,7 +154,7 @@ def test_router_statistics_are_switch_balance_and_st_moe_z_loss():
     train(m, x[:, :5], jax.random.key(1))  # a second call adds to the first
     stats = moe.take_router_stats(m)
     assert moe.take_router_stats(m) is None  # taken: gone from the layer
-    expected = np.zeros(5)
+    expected = np.zeros(6)
     for xs in (x, x[:, :5]):
         logits = np.asarray(xs, np.float64) @ np.asarray(m.router[...], np.float64)
         p = np.exp(logits - logits.max(-1, keepdims=True))
@@ -136,7 +162,8 @@ def test_router_statistics_are_switch_balance_and_st_moe_z_loss():
         chosen = np.argsort(-p, axis=-1)[..., :K]
         f = np.bincount(chosen.ravel(), minlength=E) / chosen.size
         lse = np.log(np.exp(logits).sum(-1))
-        expected += [E * (f * p.mean((0, 1))).sum(), (lse ** 2).mean(), E * f.max(), 0.0, 1.0]
+        expected += [E * (f * p.mean((0, 1))).sum(), (lse ** 2).mean(), E * f.max(), 0.0, 0.0,
+                     1.0]
     np.testing.assert_allclose(stats, expected, rtol=1e-5)
     assert abs(expected[0] / 2 - 1.0) < 0.2  # near 1: a random router is nearly balanced
 
@@ -187,6 +214,56 @@ def test_router_losses_enter_the_gradient_with_their_weights():
     difference = jax.tree.map(lambda w, p: w - p, weighted, plain)
     for got, want in zip(jax.tree.leaves(difference), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_router_biases_step_against_each_experts_excess_load():
+    """DeepSeek-V3's balancing: after a step each expert's bias has moved by the rate, down
+    where the expert took more than its share (1 / E) of the batch's choices, up where fewer;
+    the loss, its gradient norm and every other parameter's update are as without it."""
+    overrides = {"model.moe_router": "sigmoid", "model.moe_router_bias": True,
+                 "model.num_layers": 2}
+    c, graphdef, params, objective, batch = setup_run(**overrides)
+    rate = 0.01
+    bias = params["layers"][0]["mlp"]["router_bias"]
+    bias[...] = jnp.asarray([0.03, -0.02, 0.01, 0.0])  # steers the choice
+    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps, router_bias_rate=rate)
+    plain_tx, _ = optim.make_optimizer(c.optimizer, c.num_train_steps)
+
+    def step(tx, update):
+        fn = step_lib.make_train_step(graphdef, objective, tx, schedule,
+                                      regularizers=Regularizers(moe_bias_update=update))
+        return jax.jit(fn)(state_lib.init_state(params, tx, 0), batch)
+
+    (new, metrics), (plain, plain_metrics) = step(tx, True), step(plain_tx, False)
+    # the choices of layer 0's router on the step's own inputs
+    model = nnx.merge(graphdef, params)
+    layer = model.layers[0]
+    captured = {}
+    original = moe.MoEFeedForward.route
+
+    def spy(self, h):
+        out = original(self, h)
+        captured.setdefault(id(self), out[3])
+        return out
+
+    moe.MoEFeedForward.route = spy
+    try:
+        objective.loss(model, batch, jax.random.key(0))
+    finally:
+        moe.MoEFeedForward.route = original
+    chosen = np.asarray(captured[id(layer.mlp)]).ravel()
+    load = np.bincount(chosen, minlength=E) / chosen.size
+    moved = np.asarray(new["params"]["layers"][0]["mlp"]["router_bias"][...]) - np.asarray(
+        bias[...])
+    np.testing.assert_allclose(moved, -rate * np.sign(load - 1 / E), atol=1e-7)
+    assert float(metrics["loss"]) == float(plain_metrics["loss"])
+    assert float(metrics["grad_norm"]) == pytest.approx(float(plain_metrics["grad_norm"]))
+    np.testing.assert_array_equal(plain["params"]["layers"][0]["mlp"]["router_bias"][...],
+                                  bias[...])  # without the rule: fixed (a zero gradient)
+    for got, want in zip(jax.tree.leaves(new["params"]["layers"][0]["mlp"]["router"]),
+                         jax.tree.leaves(plain["params"]["layers"][0]["mlp"]["router"]),
+                         strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-7)
 
 
 @pytest.mark.slow  # 9-12 s each
@@ -309,3 +386,34 @@ def test_a_mixture_run_trains_reports_router_metrics_and_generates(tmp_path):
     assert "router" not in state["layers"][0]["mlp"]  # layer 0 dense, layer 1 a mixture
     assert state["layers"][1]["mlp"]["experts"]["wi"]["kernel"][...].shape == (E, 32, 64)
     assert isinstance(run.generate("ab", max_new_tokens=5, temperature=0.0), str)
+
+
+def test_a_deepseek_v3_routed_run_balances_through_its_router_biases(tmp_path):
+    """The first block dense, sigmoid routing among the best of 2 groups, an ungated shared
+    expert, narrower experts: each bias ends a whole number of update steps from 0, and
+    resuming continues the run (the biases travel in the checkpoint)."""
+    from llmjax.train.loop import train_and_evaluate
+
+    rate = 0.002
+    c = tiny_config(**{"model.num_experts": E, "model.moe_first_dense": 1,
+                       "model.moe_router": "sigmoid", "model.moe_router_bias": True,
+                       "model.moe_bias_update_rate": rate, "model.moe_groups": 2,
+                       "model.moe_group_top_k": 1, "model.moe_shared_mlp_dim": 16,
+                       "model.moe_shared_gated": False, "model.moe_mlp_dim": 24,
+                       "model.moe_routed_scale": 2.0, "model.position_embedding": "rotary",
+                       "num_train_steps": 20, "eval_every_steps": 20,
+                       "checkpoint_every_steps": 10})
+    train_and_evaluate(c, tmp_path / "run", stop_at_step=10)
+    train_and_evaluate(c, tmp_path / "run")
+    run = llmjax.load(tmp_path / "run")
+    state = nnx.state(run.model)
+    assert "router" not in state["layers"][0]["mlp"]  # dense
+    mlp = state["layers"][1]["mlp"]
+    assert mlp["experts"]["wi"]["kernel"][...].shape == (E, 32, 24)
+    assert "shared_gate" not in mlp
+    steps = np.asarray(mlp["router_bias"][...]) / rate
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert 1 <= np.abs(steps).max() <= 20  # at most one step per training step
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().split("\n")
+            if line]
+    assert all(0.5 < r["train/moe_balance_loss"] < 2.0 for r in rows if "train/loss" in r)

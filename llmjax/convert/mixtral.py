@@ -9,9 +9,10 @@ weights to sum 1; Qwen3-MoE and OLMoE name them as LLaMA's MLP under `mlp.expert
 rescale only with norm_topk_prob. Qwen2-MoE adds Qwen2's query/key/value biases and a shared
 expert beside the routed ones (`shared_expert`, an MLP every token runs through, scaled by
 sigmoid(`shared_expert_gate`): model.moe_shared_mlp_dim). Qwen2- and Qwen3-MoE may keep dense
-MLPs on some layers (decoder_sparse_step: llmjax's model.moe_every); Qwen3-MoE adds Qwen3's
-per-head QK-norm, OLMoE OLMo 2's norm
-over all heads' queries and keys, on pre-norm blocks. Checkpoints hold one tensor per expert
+MLPs on some layers (decoder_sparse_step: llmjax's model.moe_every; mlp_only_layers of the
+first k: model.moe_first_dense), wider than an expert (model.mlp_dim beside model.moe_mlp_dim);
+Qwen3-MoE adds Qwen3's per-head QK-norm, OLMoE OLMo 2's norm over all heads' queries and keys,
+on pre-norm blocks. Checkpoints hold one tensor per expert
 (transformers >= 5 fuses them in memory, as `experts.gate_up_proj` and `experts.down_proj`,
 and writes them back apart); both layouts import, exports write the per-expert one.
 
@@ -68,18 +69,21 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.num_experts = hf.get("num_local_experts") or hf["num_experts"]
     m.num_experts_per_token = hf["num_experts_per_tok"]
     m.moe_normalize_top_k = True if kind == "mixtral" else bool(hf.get("norm_topk_prob"))
-    m.mlp_dim = hf.get("moe_intermediate_size") or hf["intermediate_size"]
     sparse = _sparse_layers(hf)
+    expert_dim = hf.get("moe_intermediate_size") or hf["intermediate_size"]
+    # the dense layers keep intermediate_size, the experts moe_intermediate_size
+    m.mlp_dim = expert_dim if all(sparse) else hf["intermediate_size"]
+    m.moe_mlp_dim = expert_dim if expert_dim != m.mlp_dim else None
     m.moe_every = hf.get("decoder_sparse_step") or 1
+    dense = sorted(hf.get("mlp_only_layers") or [])
+    if dense == list(range(len(dense))):  # the first k layers: llmjax's model.moe_first_dense
+        m.moe_first_dense = len(dense)
     cfg = ModelConfig.from_config(m, vocab_size=m.vocab_size)
     if sparse != [is_moe_layer(cfg, i) for i in range(m.num_layers)]:
         raise ConversionError(f"mlp_only_layers={hf.get('mlp_only_layers')} has no llmjax "
-                              "match (llmjax's dense layers are those between every "
+                              "match (llmjax's dense layers are the first "
+                              "model.moe_first_dense and those between every "
                               "model.moe_every-th)")
-    if not all(sparse) and hf["intermediate_size"] != m.mlp_dim:
-        raise ConversionError(f"dense layers of intermediate_size={hf['intermediate_size']} "
-                              f"beside experts of moe_intermediate_size={m.mlp_dim} have no "
-                              "llmjax match (one model.mlp_dim for both)")
     if kind == "olmoe":
         m.qk_norm, m.qk_norm_scope = True, "all"
 
@@ -153,9 +157,14 @@ def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
     if kind == "olmoe" and m.moe_normalize_top_k:
         problems.append("model.moe_normalize_top_k=True with model.qk_norm_scope=all (OLMoE "
                         "never rescales)")
-    if m.moe_every > 1 and kind not in ("qwen2_moe", "qwen3_moe"):
-        problems.append(f"model.moe_every={m.moe_every} ({family} has a mixture on every "
-                        "layer; Qwen2- and Qwen3-MoE may skip layers)")
+    if (m.moe_every > 1 or m.moe_first_dense) and kind not in ("qwen2_moe", "qwen3_moe"):
+        problems.append(f"model.moe_every={m.moe_every}, model.moe_first_dense="
+                        f"{m.moe_first_dense} ({family} has a mixture on every layer; Qwen2- "
+                        "and Qwen3-MoE may keep dense layers)")
+    deepseek = {"moe_router": "softmax", "moe_router_bias": False, "moe_groups": 0,
+                "moe_routed_scale": 1.0, "moe_shared_gated": True}
+    problems += [f"model.{key}={m[key]!r} (DeepSeek's routing; {family} routes by softmax "
+                 f"alone)" for key, value in deepseek.items() if m[key] != value]
     if m.attention_window and kind != "mixtral":
         problems.append(f"model.attention_window with QK-norm ({family} attends to every "
                         "earlier token)")
@@ -171,6 +180,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     kind = _export_type(m)
     block_name, expert_names = _EXPERT_NAMES[kind]
     cfg = ModelConfig.from_config(m)
+    expert_dim = m.moe_mlp_dim or m.mlp_dim
     t = llama.export_ends(flat, m)
     for i in range(m.num_layers):
         p, q = f"model.layers.{i}.", f"layers/{i}/"
@@ -197,7 +207,8 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     architecture = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
                     "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM"}[kind]
     hf = {"model_type": kind, "architectures": [architecture], "vocab_size": m.vocab_size,
-          "hidden_size": m.emb_dim, "intermediate_size": m.mlp_dim,
+          "hidden_size": m.emb_dim,
+          "intermediate_size": m.mlp_dim if kind in ("qwen2_moe", "qwen3_moe") else expert_dim,
           "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
           "num_key_value_heads": m.num_kv_heads or m.num_heads,
           "head_dim": m.head_dim or m.emb_dim // m.num_heads,
@@ -212,8 +223,9 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     else:
         hf.update(num_experts=m.num_experts, norm_topk_prob=bool(m.moe_normalize_top_k))
     if kind in ("qwen2_moe", "qwen3_moe"):
-        hf.update(moe_intermediate_size=m.mlp_dim, decoder_sparse_step=m.moe_every,
-                  mlp_only_layers=[], use_sliding_window=False, sliding_window=None)
+        hf.update(moe_intermediate_size=expert_dim, decoder_sparse_step=m.moe_every,
+                  mlp_only_layers=list(range(m.moe_first_dense)), use_sliding_window=False,
+                  sliding_window=None)
     if kind == "qwen2_moe":
         hf.update(shared_expert_intermediate_size=m.moe_shared_mlp_dim, qkv_bias=True)
     if kind == "olmoe":

@@ -76,6 +76,14 @@ class ModelConfig:
     moe_normalize_top_k: bool = True  # chosen experts' weights rescaled to sum 1 (Mixtral)
     moe_capacity_factor: float = 1.25  # training's buffer size; 0: dropless
     moe_shared_mlp_dim: int = 0  # a gated shared expert every token runs through (Qwen2-MoE)
+    moe_shared_gated: bool = True  # its output x sigmoid(gate); False: added as is (DeepSeek)
+    moe_mlp_dim: int | None = None  # each expert's hidden units; None: mlp_dim
+    moe_first_dense: int = 0  # the first k blocks stay dense (DeepSeek's first_k_dense_replace)
+    moe_router: str = "softmax"  # softmax | sigmoid (DeepSeek-V3): the experts' scores
+    moe_router_bias: bool = False  # a bias on the scores for choosing only (DeepSeek-V3)
+    moe_groups: int = 0  # experts in groups; a token picks its moe_group_top_k best groups first
+    moe_group_top_k: int = 0
+    moe_routed_scale: float = 1.0  # the chosen experts' weights x this (routed_scaling_factor)
     kv_lora_rank: int = 0  # multi-head latent attention's key/value latent (DeepSeek); 0: off
     q_lora_rank: int = 0  # latent attention: the queries' low-rank bottleneck; 0: full rank
     qk_rope_head_dim: int = 64  # latent attention: rotary dims per head beside head_dim's

@@ -1,8 +1,8 @@
-"""Mixture-of-experts feed-forward layer (GShard, Switch Transformer, Mixtral, OLMoE).
+"""Mixture-of-experts feed-forward layer (GShard, Switch Transformer, Mixtral, OLMoE, DeepSeek).
 
-A router scores each token against `num_experts` expert MLPs (each one FeedForward of mlp_dim
-hidden units); the token goes to its `num_experts_per_token` best (top-k) and the layer returns
-their outputs weighted by the router's probabilities.
+A router scores each token against `num_experts` expert MLPs (each one FeedForward of
+moe_mlp_dim hidden units, mlp_dim unless set); the token goes to its `num_experts_per_token`
+best (top-k) and the layer returns their outputs weighted by the router's probabilities.
 
 Tokens reach their experts through fixed-size buffers, one per (row, expert), so every expert
 runs as one dense batched matmul on any backend (XLA:CPU runs jax.lax.ragged_dot ~10x slower
@@ -22,6 +22,13 @@ A training forward (one given a dropout key) records its router statistics on th
 `RouterStats`; the train step takes them (`take_router_stats`) and adds the load-balancing loss
 (Switch's E * sum_e f_e P_e, 1 when balanced) and the router z-loss (ST-MoE's mean squared
 log-normaliser) to the loss it differentiates.
+
+DeepSeek's routers (model.moe_router, moe_router_bias, moe_groups, moe_routed_scale): scores
+may be sigmoids instead of a softmax (V3), chosen through a bias that only steers the choice
+(V3's aux-loss-free balancing, trained by `moe_bias_update_rate`: the train step's gradient
+of `bias_pull` is each expert's excess share of the choices, and the optimizer moves the bias
+against its sign), among each token's best groups of experts only (V2: a group's best score;
+V3: the sum of its best two), with the chosen weights scaled by moe_routed_scale.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ from llmjax.sharding import constrain
 
 Array = jax.Array
 # RouterStats' entries, summed over layers and calls; "calls" counts them (the divisor)
-STAT_NAMES = ("balance_loss", "z_loss", "max_load", "dropped", "calls")
+# ("bias_pull" is 0 by value: its gradient drives the router bias, see `MoEFeedForward._record`)
+STAT_NAMES = ("balance_loss", "z_loss", "max_load", "dropped", "bias_pull", "calls")
+REPORTED = ("balance_loss", "z_loss", "max_load", "dropped")
 
 
 class RouterStats(nnx.Intermediate):
@@ -85,7 +94,7 @@ class Experts(nnx.Module):
     """E feed-forward networks (gated when cfg.gated_mlp), as FeedForward's wi / wg / wo."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        e, d, f = cfg.num_experts, cfg.emb_dim, cfg.mlp_dim
+        e, d, f = cfg.num_experts, cfg.emb_dim, cfg.moe_mlp_dim or cfg.mlp_dim
         self.activation = ACTIVATIONS[cfg.activation]
         self.wi = ExpertDense(e, d, f, cfg, rngs=rngs)
         self.wg = ExpertDense(e, d, f, cfg, rngs=rngs) if cfg.gated_mlp else None
@@ -111,34 +120,64 @@ def capacity(cfg: ModelConfig, length: int, train: bool) -> int:
     return max(1, min(length, slots))
 
 
+def best_groups_only(choice_BxLxE: Array, cfg: ModelConfig) -> Array:
+    """The choice scores with every expert outside the token's moe_group_top_k best groups (of
+    moe_groups contiguous ones) at -inf. A group's score: its best expert's (DeepSeek-V2,
+    softmax routers) or its best two's sum (DeepSeek-V3, sigmoid routers)."""
+    groups = cfg.moe_groups
+    grouped = choice_BxLxE.reshape(*choice_BxLxE.shape[:-1], groups, -1)
+    if cfg.moe_router == "sigmoid":
+        group_score = jax.lax.top_k(grouped, 2)[0].sum(-1)
+    else:
+        group_score = grouped.max(-1)
+    _, best = jax.lax.top_k(group_score, cfg.moe_group_top_k)
+    keep = jax.nn.one_hot(best, groups, dtype=jnp.int32).sum(-2) > 0  # [B, L, groups]
+    return jnp.where(keep[..., None], grouped, -jnp.inf).reshape(choice_BxLxE.shape)
+
+
 class MoEFeedForward(nnx.Module):
     """x [B, L, D] -> [B, L, D]: each token through its top-k experts, weighted; plus, with
-    cfg.moe_shared_mlp_dim, through a shared expert scaled by sigmoid(shared_gate(x))."""
+    cfg.moe_shared_mlp_dim, through a shared expert (scaled by sigmoid(shared_gate(x)) when
+    cfg.moe_shared_gated)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         init = jax.random.normal(rngs.params(), (cfg.emb_dim, cfg.num_experts), jnp.float32)
         self.router = nnx.Param((init * _INIT_STD).astype(cfg.weight_dtype))  # [D, E]
+        # float32 whatever param_dtype: it moves in steps of moe_bias_update_rate
+        self.router_bias = (nnx.Param(jnp.zeros((cfg.num_experts,), jnp.float32))
+                            if cfg.moe_router_bias else None)
         self.experts = Experts(cfg, rngs=rngs)
         if cfg.moe_shared_mlp_dim:
             shared = dataclasses.replace(cfg, mlp_dim=cfg.moe_shared_mlp_dim)
             self.shared = FeedForward(shared, rngs=rngs)
-            self.shared_gate = Dense((cfg.emb_dim,), (1,), cfg, rngs=rngs, use_bias=False)
         else:
-            self.shared = self.shared_gate = None
+            self.shared = None
+        self.shared_gate = (Dense((cfg.emb_dim,), (1,), cfg, rngs=rngs, use_bias=False)
+                            if cfg.moe_shared_mlp_dim and cfg.moe_shared_gated else None)
 
     def route(self, x_BxLxD: Array) -> tuple[Array, Array, Array, Array]:
-        """(router logits [B, L, E], their softmax [B, L, E], top-k weights [B, L, k], top-k
-        experts [B, L, k]). The router runs in float32 (Switch Transformer: bfloat16 routing
-        was unstable)."""
+        """(router logits [B, L, E], the scores as probabilities [B, L, E], top-k weights
+        [B, L, k], top-k experts [B, L, k]). The router runs in float32 (Switch Transformer:
+        bfloat16 routing was unstable). Sigmoid scores count as probabilities once
+        normalised to sum 1 (the load-balancing loss reads them so); the weights are the
+        chosen scores themselves."""
         cfg = self.cfg
         logits = jnp.einsum("bld,de->ble", x_BxLxD.astype(jnp.float32),
                             self.router[...].astype(jnp.float32))
-        probs = jax.nn.softmax(logits, axis=-1)
-        weights, experts = jax.lax.top_k(probs, cfg.num_experts_per_token)
+        if cfg.moe_router == "sigmoid":
+            scores = jax.nn.sigmoid(logits)
+            probs = scores / scores.sum(-1, keepdims=True)
+        else:
+            scores = probs = jax.nn.softmax(logits, axis=-1)
+        choice = scores if self.router_bias is None else scores + self.router_bias[...]
+        if cfg.moe_groups > 1:
+            choice = best_groups_only(choice, cfg)
+        _, experts = jax.lax.top_k(jax.lax.stop_gradient(choice), cfg.num_experts_per_token)
+        weights = jnp.take_along_axis(scores, experts, axis=-1)
         if cfg.moe_normalize_top_k:
-            weights = weights / weights.sum(-1, keepdims=True)
-        return logits, probs, weights, experts
+            weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+        return logits, probs, weights * cfg.moe_routed_scale, experts
 
     def __call__(self, x_BxLxD: Array, rng: Array | None = None) -> Array:
         cfg = self.cfg
@@ -174,29 +213,39 @@ class MoEFeedForward(nnx.Module):
         per_choice = per_choice.reshape(b, k, length, d).astype(jnp.float32)
         y = jnp.einsum("bkld,blk->bld", per_choice, weights)
         if self.shared is not None:
-            gate = jax.nn.sigmoid(self.shared_gate(x_BxLxD).astype(jnp.float32))
-            y = y + gate * self.shared(x_BxLxD, fold(rng, 1)).astype(jnp.float32)
+            shared = self.shared(x_BxLxD, fold(rng, 1)).astype(jnp.float32)
+            if self.shared_gate is not None:
+                shared = jax.nn.sigmoid(self.shared_gate(x_BxLxD).astype(jnp.float32)) * shared
+            y = y + shared
         if train:
             self._record(logits, probs, one_hot, kept)
         return y.astype(x_BxLxD.dtype)
 
     def _record(self, logits_BxLxE: Array, probs_BxLxE: Array, one_hot: Array, kept: Array
                 ) -> None:
-        """Adds this call's router statistics to the layer's RouterStats."""
+        """Adds this call's router statistics to the layer's RouterStats. `bias_pull` is 0,
+        with the gradient f_e - 1 / E (expert e's excess share of the choices) with respect
+        to the router bias: the train step adds it to the loss when the bias trains, and the
+        optimizer steps the bias against that gradient's sign (DeepSeek-V3)."""
         e = self.cfg.num_experts
-        load = one_hot.astype(jnp.float32).mean((0, 1))  # f_e: share of assignments [E]
+        load = jax.lax.stop_gradient(one_hot.astype(jnp.float32).mean((0, 1)))  # f_e [E]
         prob = probs_BxLxE.mean((0, 1))  # P_e [E]
         z = jnp.square(jax.nn.logsumexp(logits_BxLxE, axis=-1)).mean()
-        stats = jnp.stack([e * jnp.sum(jax.lax.stop_gradient(load) * prob), z,
-                           jax.lax.stop_gradient(e * load.max()),
-                           (~kept).astype(jnp.float32).mean(), jnp.float32(1.0)])
+        pull = jnp.float32(0.0)
+        if self.router_bias is not None:
+            pull = jnp.sum((load - 1.0 / e) * self.router_bias[...])
+            pull = pull - jax.lax.stop_gradient(pull)
+        stats = jnp.stack([e * jnp.sum(load * prob), z, e * load.max(),
+                           (~kept).astype(jnp.float32).mean(), pull, jnp.float32(1.0)])
         put_router_stats(self, stats)
 
 
 def is_moe_layer(cfg: ModelConfig, layer: int) -> bool:
     """Whether block `layer` (from 0) has a mixture feed-forward: with num_experts, every
-    moe_every-th block (layers k-1, 2k-1, ...; Qwen-MoE's decoder_sparse_step)."""
-    return cfg.num_experts > 0 and (layer + 1) % cfg.moe_every == 0
+    moe_every-th block (layers k-1, 2k-1, ...; Qwen-MoE's decoder_sparse_step) from block
+    moe_first_dense on (DeepSeek's first_k_dense_replace)."""
+    return (cfg.num_experts > 0 and layer >= cfg.moe_first_dense
+            and (layer + 1) % cfg.moe_every == 0)
 
 
 def active_share(cfg: ModelConfig, name: str) -> float:
@@ -207,13 +256,18 @@ def active_share(cfg: ModelConfig, name: str) -> float:
     return 1.0
 
 
+def is_router_bias(name: str) -> bool:
+    """Is the parameter at this path (checkpoint name) a router's choice bias?"""
+    return name.endswith("mlp/router_bias")
+
+
 def no_stats() -> Array:
     """What a dense block contributes to the router statistics: zeros, no calls."""
     return jnp.zeros((len(STAT_NAMES),), jnp.float32)
 
 
 def take_router_stats(module: nnx.Module) -> Array | None:
-    """The RouterStats recorded anywhere in `module`, summed and removed from it ([5]
+    """The RouterStats recorded anywhere in `module`, summed and removed from it ([6]
     float32); None when there are none (a dense model, or no training forward)."""
     leaves = jax.tree.leaves(nnx.pop(module, RouterStats))
     return sum(leaves[1:], leaves[0]) if leaves else None
@@ -230,5 +284,10 @@ def put_router_stats(module: nnx.Module, stats: Array) -> None:
 def router_metrics(stats: Array) -> dict[str, Array]:
     """{moe_balance_loss, moe_z_loss, moe_max_load, moe_dropped}: the means over the mixture
     layers' calls of summed RouterStats."""
-    calls = jnp.maximum(stats[-1], 1.0)
-    return {f"moe_{name}": stats[i] / calls for i, name in enumerate(STAT_NAMES[:-1])}
+    calls = jnp.maximum(stats[STAT_NAMES.index("calls")], 1.0)
+    return {f"moe_{name}": stats[STAT_NAMES.index(name)] / calls for name in REPORTED}
+
+
+def bias_pull(stats: Array) -> Array:
+    """The summed RouterStats' `bias_pull` (0; its gradient drives the router biases)."""
+    return stats[STAT_NAMES.index("bias_pull")]

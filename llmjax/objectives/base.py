@@ -32,6 +32,9 @@ class Regularizers:
     # mean over the mixture layers (model.moe_balance_loss_weight, model.moe_z_loss_weight)
     moe_balance_loss: float = 0.0
     moe_z_loss: float = 0.0
+    # router biases (model.moe_router_bias) trained by DeepSeek-V3's balancing: the loss adds
+    # the routers' bias_pull (0, whose gradient is each expert's excess load)
+    moe_bias_update: bool = False
 
 
 NO_REGULARIZERS = Regularizers()

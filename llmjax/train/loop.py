@@ -176,8 +176,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         graphdef, params = nnx.split(state_lib.build_model(config))
     num_params = state_lib.count_params(params)
     trainable = lora.trainable(objective) if config.lora.rank else None  # None: everything
+    # DeepSeek-V3's balancing: router biases moved by the sign of each expert's excess load
+    bias_rate = (config.model.moe_bias_update_rate
+                 if config.model.num_experts and config.model.moe_router_bias else 0.0)
     optimizer, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
-                                               trainable=trainable)
+                                               trainable=trainable, router_bias_rate=bias_rate)
     abstract = jax.eval_shape(lambda p: state_lib.init_state(p, optimizer, config.seed), params)
     parallel = Parallel(mode, graphdef, objective, optimizer, schedule,
                         config.optimizer.accumulation_steps, config.skip_nonfinite_updates,
@@ -185,7 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                         compiler_options=configs.resolve_compiler_options(config),
                         regularizers=Regularizers(config.label_smoothing, config.z_loss,
                                                  config.model.moe_balance_loss_weight,
-                                                 config.model.moe_z_loss_weight),
+                                                 config.model.moe_z_loss_weight,
+                                                 moe_bias_update=bias_rate > 0),
                         trainable=trainable,
                         gradient_allreduce=config.parallel.gradient_allreduce)
     logging.info("parallel: %s", parallel.describe())

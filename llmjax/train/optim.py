@@ -14,6 +14,7 @@ import ml_collections
 import optax
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
+from llmjax.models.moe import is_router_bias
 from llmjax.train.checkpoint import param_path_name
 
 
@@ -64,14 +65,27 @@ def weight_decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def sign_descent(rate: float) -> optax.GradientTransformation:
+    """Updates of -rate x sign(gradient), no state: DeepSeek-V3's router-bias rule, whose
+    'gradient' is each expert's excess share of the choices (models/moe.py, bias_pull)."""
+    return optax.stateless(lambda updates, _: jax.tree.map(lambda g: -rate * jnp.sign(g),
+                                                           updates))
+
+
 def make_optimizer(o: ml_collections.ConfigDict, num_train_steps: int,
-                   trainable: Callable[[str], bool] | None = None
+                   trainable: Callable[[str], bool] | None = None,
+                   router_bias_rate: float = 0.0
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(the optimizer of `o`, its learning-rate schedule). With `trainable` (a parameter path
     -> bool, e.g. lora.is_adapter), only those parameters are updated, clipped and given
-    optimizer state; the others stay as they are."""
+    optimizer state; the others stay as they are. With `router_bias_rate`, mixture routers'
+    choice biases step by that rate against the sign of their gradient, outside the
+    optimizer, its clipping and its learning-rate schedule."""
     schedule = learning_rate_schedule(o, num_train_steps)
     optimizer = _optimizer(o, schedule)
+    if router_bias_rate:
+        optimizer = _with_router_bias(optimizer, router_bias_rate, trainable)
+        return optimizer, schedule
     if trainable is None:
         return optimizer, schedule
 
@@ -81,6 +95,21 @@ def make_optimizer(o: ml_collections.ConfigDict, num_train_steps: int,
 
     return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()},
                                  labels), schedule
+
+
+def _with_router_bias(optimizer: optax.GradientTransformation, rate: float,
+                      trainable: Callable[[str], bool] | None) -> optax.GradientTransformation:
+    def labels(params):
+        def label(path, _):
+            name = param_path_name(path)
+            if is_router_bias(name):
+                return "router_bias"
+            return "train" if trainable is None or trainable(name) else "frozen"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero(),
+                                  "router_bias": sign_descent(rate)}, labels)
 
 
 def _optimizer(o: ml_collections.ConfigDict, schedule: optax.Schedule

@@ -94,6 +94,14 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
     terms = loss_terms(objective)
     reduce = device_sum(flat_allreduce)
 
+    def loss_gradients(grads):
+        """The gradients of the loss: without the router biases' balancing signal."""
+        if not regularizers.moe_bias_update:
+            return grads
+        return jax.tree_util.tree_map_with_path(
+            lambda path, g: jnp.zeros_like(g) if moe.is_router_bias(param_path_name(path))
+            else g, grads)
+
     def sum_over_devices(grads, sums):
         if trainable is None:
             return reduce((grads, sums), axis_name)
@@ -124,6 +132,8 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
         router = moe.router_metrics(stats)
         loss = loss + scale["pieces"] * (regularizers.moe_balance_loss * router["moe_balance_loss"]
                                          + regularizers.moe_z_loss * router["moe_z_loss"])
+        if regularizers.moe_bias_update:  # 0 by value: only the router biases' gradients
+            loss = loss + moe.bias_pull(stats)
         return loss, {**sums, **{name: (value, jnp.float32(1.0))
                                  for name, value in router.items()}}
 
@@ -158,7 +168,8 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = mean_metrics(sums, terms)
-        metrics.update(grad_norm=optax.global_norm(grads), weight=counts[next(iter(terms))])
+        metrics.update(grad_norm=optax.global_norm(loss_gradients(grads)),
+                       weight=counts[next(iter(terms))])
         if skip_nonfinite:
             finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
             keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
