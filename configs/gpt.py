@@ -33,6 +33,10 @@ final eval loss 1.695 in 2000 steps (830,208 parameters; session 26).
 experts=E (any style) makes every feed-forward layer a mixture of E experts (models/moe.py),
 each token through its top 2, each expert half the dense layer's width: the dense model's
 FLOPs per token with E / 2 times its feed-forward parameters (Switch Transformer's comparison).
+With style=deepseek it is DeepSeek-V3's mixture (the layout `convert --to=hf` writes as
+DeepSeek-V3, as it writes style=deepseek alone): the first block dense, then sigmoid routing
+balanced by router biases (model.moe_router_bias) over E experts a third of the dense width,
+each token through its top 2 and an always-on shared expert of that width: the same FLOPs.
 """
 
 from llmjax import configs
@@ -82,6 +86,11 @@ def get_config(arg: str | None = None):
     if args["experts"]:  # top-2 of E experts half as wide: the dense model's FLOPs
         m.num_experts, m.num_experts_per_token = args["experts"], 2
         m.mlp_dim //= 2
+    if args["experts"] and args["style"] == "deepseek":  # DeepSeek-V3's mixture, same FLOPs
+        m.mlp_dim *= 2  # the first block's dense layer
+        m.moe_router, m.moe_router_bias, m.moe_balance_loss_weight = "sigmoid", True, 1e-4
+        m.moe_first_dense, m.moe_mlp_dim = 1, m.mlp_dim // 3
+        m.moe_shared_mlp_dim, m.moe_shared_gated = m.moe_mlp_dim, False
     c.seq_len, c.batch_size = seq_len, batch
     c.num_train_steps = 2000
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 500, 500

@@ -26,7 +26,7 @@ def config(**kw) -> ModelConfig:
     return ModelConfig(**{**base, **kw})
 
 
-def rms(x, scale, eps=1e-5):
+def rms(x, scale, eps=1e-6):  # the latents' norms: DeepSeek's epsilon
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * scale
 
 

@@ -28,6 +28,7 @@ from llmjax.convert import (
     bart,
     bert,
     bloom,
+    deepseek,
     distilbert,
     gemma,
     gpt2,
@@ -48,6 +49,7 @@ FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5, "bart": bart, "bloom": bloom,
             "opt": opt,
             **dict.fromkeys(llama.MODEL_TYPES, llama), **dict.fromkeys(gemma.MODEL_TYPES, gemma),
             **dict.fromkeys(mixtral.MODEL_TYPES, mixtral),
+            **dict.fromkeys(deepseek.MODEL_TYPES, deepseek),
             **dict.fromkeys(roberta.MODEL_TYPES, roberta)}
 
 
@@ -57,6 +59,8 @@ def export_family(config: ml_collections.ConfigDict):
     if m.arch == "encoder_decoder":  # post-norm with learned positions: BART; else T5
         return bart if m.norm_position == "post" else t5
     if m.arch == "decoder":
+        if m.kv_lora_rank:  # latent attention: only DeepSeek's layout has it
+            return deepseek
         if m.num_experts:
             return mixtral
         if m.scale_embeddings or m.post_norms:  # only Gemma's layout has these

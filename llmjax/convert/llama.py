@@ -167,6 +167,18 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
 GATED_MLP_NAMES = (("wi", "gate_proj"), ("wg", "up_proj"), ("wo", "down_proj"))
 
 
+def import_gated_mlp(get: TensorReader, theirs: str, ours: str) -> dict[str, np.ndarray]:
+    """A gated MLP's kernels under llmjax prefix `ours` ('layers/0/mlp/') from the Linears
+    under Hugging Face prefix `theirs` ('layers.0.mlp.')."""
+    return {f"{ours}{a}/kernel": get(f"{theirs}{b}.weight").T for a, b in GATED_MLP_NAMES}
+
+
+def export_gated_mlp(flat: dict[str, np.ndarray], ours: str, theirs: str
+                     ) -> dict[str, np.ndarray]:
+    """import_gated_mlp's inverse."""
+    return {f"{theirs}{b}.weight": flat[f"{ours}{a}/kernel"].T for a, b in GATED_MLP_NAMES}
+
+
 def import_attention(get: TensorReader, m: ml_collections.ConfigDict, i: int
                      ) -> dict[str, np.ndarray]:
     """Layer i's attention projections (+ query/key/value biases), as LLaMA names them."""
@@ -187,10 +199,7 @@ def import_projections(get: TensorReader, m: ml_collections.ConfigDict, i: int
     """Layer i's attention projections (+ query/key/value biases) and gated MLP, as LLaMA
     names them (Gemma's too)."""
     p, q = f"layers.{i}.", f"layers/{i}/"
-    out = import_attention(get, m, i)
-    for ours, theirs in GATED_MLP_NAMES:
-        out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight").T
-    return out
+    return {**import_attention(get, m, i), **import_gated_mlp(get, p + "mlp.", q + "mlp/")}
 
 
 def export_attention(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict, i: int
@@ -211,10 +220,7 @@ def export_projections(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict
                        ) -> dict[str, np.ndarray]:
     """import_projections' inverse: layer i's tensors under their Hugging Face names."""
     p, q = f"model.layers.{i}.", f"layers/{i}/"
-    t = export_attention(flat, m, i)
-    for ours, theirs in GATED_MLP_NAMES:
-        t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"].T
-    return t
+    return {**export_attention(flat, m, i), **export_gated_mlp(flat, q + "mlp/", p + "mlp.")}
 
 
 def import_ends(get: TensorReader, m: ml_collections.ConfigDict) -> dict[str, np.ndarray]:

@@ -88,18 +88,39 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
         m.qk_norm, m.qk_norm_scope = True, "all"
 
 
-def _expert_kernels(get: TensorReader, m: ml_collections.ConfigDict, block: str,
-                    names: tuple[str, str, str]) -> dict[str, np.ndarray]:
+def expert_kernels(get: TensorReader, m: ml_collections.ConfigDict, block: str,
+                   names: tuple[str, str, str]) -> dict[str, np.ndarray]:
     """The experts of the mixture block `block` (its prefix) as llmjax's [E, D, F] wi / wg and
     [E, F, D] wo kernels, from one Linear per expert or transformers' fused tensors."""
     if f"{block}experts.gate_up_proj" in get:  # [E, 2F, D] (gate rows, then up) and [E, D, F]
         gate_up = get(f"{block}experts.gate_up_proj")
-        return {"wi": gate_up[:, : m.mlp_dim].transpose(0, 2, 1),
-                "wg": gate_up[:, m.mlp_dim:].transpose(0, 2, 1),
+        f = m.moe_mlp_dim or m.mlp_dim
+        return {"wi": gate_up[:, :f].transpose(0, 2, 1), "wg": gate_up[:, f:].transpose(0, 2, 1),
                 "wo": get(f"{block}experts.down_proj").transpose(0, 2, 1)}
     return {ours: np.stack([get(f"{block}experts.{j}.{theirs}.weight").T
                             for j in range(m.num_experts)])
             for ours, theirs in zip(("wi", "wg", "wo"), names, strict=True)}
+
+
+def import_mixture(get: TensorReader, m: ml_collections.ConfigDict, ours: str, block: str,
+                   names: tuple[str, str, str]) -> dict[str, np.ndarray]:
+    """A mixture block's router and experts under llmjax prefix `ours` ('layers/1/mlp/'),
+    from its Hugging Face prefix `block` (its `gate` and `experts`)."""
+    out = {ours + "router": get(block + "gate.weight").T}  # [D, E]
+    for name, kernel in expert_kernels(get, m, block, names).items():
+        out[ours + f"experts/{name}/kernel"] = kernel
+    return out
+
+
+def export_mixture(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict, ours: str,
+                   block: str, names: tuple[str, str, str]) -> dict[str, np.ndarray]:
+    """import_mixture's inverse, one Linear per expert (as checkpoints hold them)."""
+    t = {block + "gate.weight": flat[ours + "router"].T}
+    for name, theirs in zip(("wi", "wg", "wo"), names, strict=True):
+        kernels = flat[ours + f"experts/{name}/kernel"]
+        for j in range(m.num_experts):
+            t[f"{block}experts.{j}.{theirs}.weight"] = kernels[j].T
+    return t
 
 
 def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
@@ -116,17 +137,12 @@ def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collecti
         out[q + "attention_norm/scale"] = get(p + "input_layernorm.weight")
         out[q + "mlp_norm/scale"] = get(p + "post_attention_layernorm.weight")
         if not sparse:
-            for ours, theirs in llama.GATED_MLP_NAMES:
-                out[q + f"mlp/{ours}/kernel"] = get(p + f"mlp.{theirs}.weight").T
+            out.update(llama.import_gated_mlp(get, p + "mlp.", q + "mlp/"))
             continue
         block = f"{p}{block_name}."
-        out[q + "mlp/router"] = get(block + "gate.weight").T  # [D, E]
-        for ours, kernel in _expert_kernels(get, m, block, expert_names).items():
-            out[q + f"mlp/experts/{ours}/kernel"] = kernel
+        out.update(import_mixture(get, m, q + "mlp/", block, expert_names))
         if m.moe_shared_mlp_dim:
-            for ours, theirs in llama.GATED_MLP_NAMES:
-                out[q + f"mlp/shared/{ours}/kernel"] = get(
-                    f"{block}shared_expert.{theirs}.weight").T
+            out.update(llama.import_gated_mlp(get, block + "shared_expert.", q + "mlp/shared/"))
             out[q + "mlp/shared_gate/kernel"] = get(block + "shared_expert_gate.weight").T
     return out, get.used
 
@@ -189,19 +205,12 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         t[p + "input_layernorm.weight"] = flat[q + "attention_norm/scale"]
         t[p + "post_attention_layernorm.weight"] = flat[q + "mlp_norm/scale"]
         if not is_moe_layer(cfg, i):
-            for ours, theirs in llama.GATED_MLP_NAMES:
-                t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"].T
+            t.update(llama.export_gated_mlp(flat, q + "mlp/", p + "mlp."))
             continue
         block = f"{p}{block_name}."
-        t[block + "gate.weight"] = flat[q + "mlp/router"].T
-        for ours, theirs in zip(("wi", "wg", "wo"), expert_names, strict=True):
-            kernels = flat[q + f"mlp/experts/{ours}/kernel"]
-            for j in range(m.num_experts):
-                t[f"{block}experts.{j}.{theirs}.weight"] = kernels[j].T
+        t.update(export_mixture(flat, m, q + "mlp/", block, expert_names))
         if m.moe_shared_mlp_dim:
-            for ours, theirs in llama.GATED_MLP_NAMES:
-                t[f"{block}shared_expert.{theirs}.weight"] = flat[
-                    q + f"mlp/shared/{ours}/kernel"].T
+            t.update(llama.export_gated_mlp(flat, q + "mlp/shared/", block + "shared_expert."))
             t[block + "shared_expert_gate.weight"] = flat[q + "mlp/shared_gate/kernel"].T
     rope = llama.rope_parameters(m)
     architecture = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",

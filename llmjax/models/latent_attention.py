@@ -17,6 +17,7 @@ shared by all query heads, whose values are c itself.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -36,6 +37,7 @@ from llmjax.models.layers import (
 from llmjax.sharding import constrain
 
 Array = jax.Array
+LATENT_NORM_EPSILON = 1e-6
 
 
 def attention_scale(cfg: ModelConfig) -> float:
@@ -67,9 +69,11 @@ class LatentAttention(nnx.Module):
         r, v = cfg.kv_lora_rank, cfg.value_dim
         self.cfg = cfg
         bias = cfg.qkv_bias  # None: cfg.use_bias (DeepSeek's attention_bias)
+        # the latents' norms keep DeepSeek's epsilon whatever the blocks' (its RMSNorm default)
+        latent_norm = dataclasses.replace(cfg, norm_epsilon=LATENT_NORM_EPSILON)
         if cfg.q_lora_rank:
             self.query_down = Dense((d,), (cfg.q_lora_rank,), cfg, rngs=rngs, use_bias=bias)
-            self.query_norm = Norm(cfg.q_lora_rank, cfg)
+            self.query_norm = Norm(cfg.q_lora_rank, latent_norm)
             q_in = cfg.q_lora_rank
         else:
             self.query_down = self.query_norm = None
@@ -77,7 +81,7 @@ class LatentAttention(nnx.Module):
         self.query = Dense((q_in,), (h, n + p), cfg, rngs=rngs, use_bias=False)
         # [D, r + p]: the latent, then the rotary key part every head shares
         self.kv_down = Dense((d,), (r + p,), cfg, rngs=rngs, use_bias=bias)
-        self.kv_norm = Norm(r, cfg)
+        self.kv_norm = Norm(r, latent_norm)
         self.key_up = Dense((r,), (h, n), cfg, rngs=rngs, use_bias=False)
         self.value_up = Dense((r,), (h, v), cfg, rngs=rngs, use_bias=False)
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
