@@ -26,9 +26,11 @@ GPT-NeoX); the same command with style=pythia, seed 0: final eval loss 1.810 in 
 (811,264 parameters; session 15). deepseek = llama's sizes with DeepSeek-V2's multi-head
 latent attention (models/latent_attention.py) in DeepSeek-V2-Lite's proportions: keys and
 values from a latent of width / 4 dims, each head's queries and keys width / heads unrotated +
-half that rotary dims, values width / heads: its decoding cache holds 3 / 16 of the numbers
-per token that multi-head attention's would. The same command with style=deepseek, seed 0:
-final eval loss 1.695 in 2000 steps (830,208 parameters; session 26).
+half that rotary dims, values width / heads: its decoding cache holds 1/8 + 1/(4 x heads) of
+the numbers per token that multi-head attention's would (3/16 at tiny, a third of style=llama's
+grouped-query cache at small). The same command with style=deepseek, seeds 0-2: mean final
+eval loss 1.701 in 2000 steps (830,208 parameters; with experts=8, 1.677; session 26:
+experiments/deepseek_shakespeare).
 
 experts=E (any style) makes every feed-forward layer a mixture of E experts (models/moe.py),
 each token through its top 2, each expert half the dense layer's width: the dense model's

@@ -5,21 +5,15 @@ equal transformers', and exports reload in transformers and re-import bit for bi
 
 import json
 
+import numpy as np
 import pytest
+import torch
+import transformers
+from test_convert_hf import assert_same_causal_lm, export_round_trip, llama_tokenizer_folder
 
-pytest.importorskip("torch", reason="the Hugging Face parity tests need torch")
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from test_convert_hf import (  # noqa: E402
-    assert_same_causal_lm,
-    export_round_trip,
-    llama_tokenizer_folder,
-)
-
-import llmjax  # noqa: E402
-from llmjax.convert import hf as convert  # noqa: E402
-from llmjax.convert.hf import ConversionError  # noqa: E402
+import llmjax
+from llmjax.convert import hf as convert
+from llmjax.convert.hf import ConversionError
 
 COMMON = dict(vocab_size=300, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
               num_hidden_layers=3, num_attention_heads=4, kv_lora_rank=16, qk_rope_head_dim=8,

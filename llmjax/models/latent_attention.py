@@ -41,9 +41,10 @@ LATENT_NORM_EPSILON = 1e-6
 
 
 def attention_scale(cfg: ModelConfig) -> float:
-    """What queries are multiplied by: query_key_dim ** -0.5 (or query_scale_dim's), times
-    DeepSeek's YaRN factor (0.1 rope_mscale_all_dim ln(factor) + 1)^2 when set."""
-    scale = (cfg.query_scale_dim or cfg.query_key_dim) ** -0.5
+    """What queries are multiplied by: query_key_dim ** -0.5 (or query_scale_dim's; 1 without
+    model.scale_attention), times DeepSeek's YaRN factor (0.1 rope_mscale_all_dim ln(factor)
+    + 1)^2 when set."""
+    scale = (cfg.query_scale_dim or cfg.query_key_dim) ** -0.5 if cfg.scale_attention else 1.0
     factor = cfg.rope_scaling_factor
     if cfg.rope_scaling == "yarn" and cfg.rope_mscale_all_dim and factor > 1:
         scale *= (0.1 * cfg.rope_mscale_all_dim * math.log(factor) + 1.0) ** 2
