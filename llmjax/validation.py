@@ -201,6 +201,8 @@ def _check_routing(m: ml_collections.ConfigDict) -> None:
                "groups of experts: set model.moe_groups too, or leave it at 0")
         return
     e, groups = m.num_experts, m.moe_groups
+    _check(e > 0, f"model.moe_groups={groups} groups a mixture's experts: set "
+           "model.num_experts too, or leave it at 0")
     _check(e % groups == 0, f"model.moe_groups={groups} does not divide model.num_experts={e}")
     per_group = e // groups
     _check(1 <= m.moe_group_top_k <= groups,

@@ -146,6 +146,27 @@ def test_tokens_over_capacity_skip_the_expert_in_token_order():
     assert float(stats["moe_max_load"]) == pytest.approx(E * 0.5)  # half the choices: expert 0
 
 
+def test_padding_takes_no_capacity_and_no_share_of_the_statistics():
+    """Tokens 0-3 choose experts 1 then 0, padding tokens 4-7 expert 0 first: counted, the
+    padding's first choices would fill expert 0 (capacity 4) before the real tokens' second
+    choices; marked as padding, every real choice is kept and the statistics are the real
+    tokens' alone (each a block's input in a padded batch: blocks pass the mask's rows)."""
+    m, x = routed([1] * 4 + [0] * 4, [0] * 8)
+    valid = jnp.asarray([[True] * 4 + [False] * 4])
+    counted = np.asarray(m(x, rng=jax.random.key(0)))
+    moe.take_router_stats(m)
+    reference = per_token_reference(m, np.asarray(x))
+    assert np.abs(counted[0, :4] - reference[0, :4]).max() > 1e-2  # second choices dropped
+    masked = np.asarray(m(x, rng=jax.random.key(0), valid_BxL=valid))
+    np.testing.assert_allclose(masked[0, :4], reference[0, :4], atol=1e-5)
+    stats = moe.router_metrics(moe.take_router_stats(m))
+    m(x[:, :4], rng=jax.random.key(0))  # the real tokens alone (half the capacity)
+    alone = moe.router_metrics(moe.take_router_stats(m))
+    for name in ("moe_balance_loss", "moe_z_loss", "moe_max_load"):
+        assert float(stats[name]) == pytest.approx(float(alone[name]), rel=1e-5), name
+    assert float(stats["moe_dropped"]) == 0.0
+
+
 def test_router_statistics_are_switch_balance_and_st_moe_z_loss():
     m = layer(moe_capacity_factor=0.0)
     x = jax.random.normal(jax.random.key(2), (2, 9, D))
@@ -417,3 +438,24 @@ def test_a_deepseek_v3_routed_run_balances_through_its_router_biases(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().split("\n")
             if line]
     assert all(0.5 < r["train/moe_balance_loss"] < 2.0 for r in rows if "train/loss" in r)
+
+
+def test_a_padded_batchs_router_statistics_are_its_real_tokens():
+    """Through a decoder's blocks: right padding (segment 0) changes no router statistic."""
+    from llmjax.models import Decoder
+
+    cfg = ModelConfig(vocab_size=20, num_layers=2, num_heads=2, head_dim=8, emb_dim=16,
+                      mlp_dim=32, num_experts=E, moe_capacity_factor=0.0)
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(np.random.RandomState(0).randint(1, 20, (2, 7)), jnp.int32)
+    forward = nnx.jit(lambda m, t, s: m(t, segment_ids=s, rng=jax.random.key(0)))
+
+    def metrics(t, s):
+        forward(model, t, s)
+        return moe.router_metrics(moe.take_router_stats(model))
+
+    plain = metrics(tokens, jnp.ones_like(tokens))
+    padded = metrics(jnp.pad(tokens, ((0, 0), (0, 5))),
+                     jnp.pad(jnp.ones_like(tokens), ((0, 0), (0, 5))))
+    for name in plain:
+        assert float(padded[name]) == pytest.approx(float(plain[name]), rel=1e-5), name

@@ -185,6 +185,7 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
       "model.num_experts_per_token": 1, "model.moe_router": "sigmoid"},
      "by its best two experts, and model.moe_groups=4 leaves 1"),
     ({"model.moe_group_top_k": 2}, "set model.moe_groups too"),
+    ({"model.moe_groups": 2, "model.moe_group_top_k": 1}, "set model.num_experts too"),
     ({"model.num_experts": 4, "model.moe_first_dense": 1, "model.scan_layers": True},
      "set model.moe_first_dense=0 or model.scan_layers=False"),
     ({"model.moe_routed_scale": 0.0}, "model.moe_routed_scale=0.0 must be > 0"),

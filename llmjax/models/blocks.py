@@ -78,7 +78,8 @@ class TransformerBlock(nnx.Module):
             y, cache = attend(h)
             if self.attention_post_norm is not None:
                 y = self.attention_post_norm(y)
-            z = self.mlp(h if self.mlp_norm is None else self.mlp_norm(x_BxLxD), fold(rng, 2))
+            z = self._feed_forward(h if self.mlp_norm is None else self.mlp_norm(x_BxLxD),
+                                   fold(rng, 2), mask)
             if self.mlp_post_norm is not None:
                 z = self.mlp_post_norm(z)
             return (x_BxLxD + dropout(y, self.dropout_rate, fold(rng, 1))
@@ -92,9 +93,16 @@ class TransformerBlock(nnx.Module):
 
             x, _ = self._residual(x, self.cross_attention_norm, cross, fold(rng, 5),
                                   self.cross_attention_post_norm)
-        x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h, fold(rng, 2)), None),
+        x, _ = self._residual(x, self.mlp_norm,
+                              lambda h: (self._feed_forward(h, fold(rng, 2), mask), None),
                               fold(rng, 3), self.mlp_post_norm)
         return x, cache
+
+    def _feed_forward(self, h_BxLxD: Array, rng: Array | None, mask: Array) -> Array:
+        if not isinstance(self.mlp, MoEFeedForward):
+            return self.mlp(h_BxLxD, rng)
+        # a token is real when it attends to anything (padding queries' mask rows are empty)
+        return self.mlp(h_BxLxD, rng, valid_BxL=mask[:, 0].any(-1))
 
 
 def apply_blocks(layers: nnx.List, x_BxLxD: Array, mask: Array, positions_BxL: Array | None,

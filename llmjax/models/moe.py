@@ -9,10 +9,11 @@ runs as one dense batched matmul on any backend (XLA:CPU runs jax.lax.ragged_dot
 than the dense matmul of the same work, measured at [4096, 256] x [8, 256, 1024]). In training
 each buffer holds `ceil(moe_capacity_factor * L * k / E)` of a row's L tokens (GShard's
 capacity): a token over it skips that expert (every token's first choice is placed before any
-second choice, then in token order) and its other choices and the residual carry it. Every
-other forward pass (evaluation, decoding, the API) is dropless, so what a sequence gets never
-depends on the sequences batched with it; dropless buffers hold a whole row (L slots), which
-costs E / k times the experts' work, as does moe_capacity_factor=0 (dropless training).
+second choice, then in token order) and its other choices and the residual carry it. Padding
+tokens route nowhere (no slot, no share of the statistics). Every other forward pass
+(evaluation, decoding, the API) is dropless, so what a sequence gets never depends on the
+sequences batched with it; dropless buffers hold a whole row (L slots), which costs E / k times
+the experts' work, as does moe_capacity_factor=0 (dropless training).
 
 On a mesh each row fills its buffers on its own device. Where the fsdp axis divides E, each
 device holds E / fsdp whole experts and the buffers travel to them and back by all-to-all
@@ -179,7 +180,10 @@ class MoEFeedForward(nnx.Module):
             weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
         return logits, probs, weights * cfg.moe_routed_scale, experts
 
-    def __call__(self, x_BxLxD: Array, rng: Array | None = None) -> Array:
+    def __call__(self, x_BxLxD: Array, rng: Array | None = None,
+                 valid_BxL: Array | None = None) -> Array:
+        """`valid` marks real tokens (False: padding, which takes no expert's capacity and
+        no part in the router statistics; its output is the shared expert's alone)."""
         cfg = self.cfg
         b, length, d = x_BxLxD.shape
         e, k = cfg.num_experts, cfg.num_experts_per_token
@@ -189,9 +193,13 @@ class MoEFeedForward(nnx.Module):
         # assignments [B, k*L], choice-major: every token's first choice, then the second ...
         chosen = experts.transpose(0, 2, 1).reshape(b, k * length)
         token = jnp.tile(jnp.arange(length), k)  # the token of each assignment
-        one_hot = jax.nn.one_hot(chosen, e, dtype=jnp.int32)  # [B, k*L, E]
+        # padding tokens route nowhere: no buffer slot, no share of the statistics
+        real = (jnp.ones((b, length), bool) if valid_BxL is None
+                else valid_BxL.astype(bool))
+        real_choices = jnp.tile(real, (1, k))  # [B, k*L]
+        one_hot = jax.nn.one_hot(chosen, e, dtype=jnp.int32) * real_choices[..., None]
         slot = ((jnp.cumsum(one_hot, axis=1) - 1) * one_hot).sum(-1)  # place in its buffer
-        kept = slot < c
+        kept = (slot < c) & real_choices
         # buffer index (expert * C + slot) of each kept assignment; dropped ones -> E * C,
         # which reads a zero row on the way in and is never read on the way out
         where = jnp.where(kept, chosen * c + slot, e * c)
@@ -218,25 +226,29 @@ class MoEFeedForward(nnx.Module):
                 shared = jax.nn.sigmoid(self.shared_gate(x_BxLxD).astype(jnp.float32)) * shared
             y = y + shared
         if train:
-            self._record(logits, probs, one_hot, kept)
+            self._record(logits, probs, one_hot, kept, real)
         return y.astype(x_BxLxD.dtype)
 
-    def _record(self, logits_BxLxE: Array, probs_BxLxE: Array, one_hot: Array, kept: Array
-                ) -> None:
-        """Adds this call's router statistics to the layer's RouterStats. `bias_pull` is 0,
-        with the gradient f_e - 1 / E (expert e's excess share of the choices) with respect
-        to the router bias: the train step adds it to the loss when the bias trains, and the
-        optimizer steps the bias against that gradient's sign (DeepSeek-V3)."""
-        e = self.cfg.num_experts
-        load = jax.lax.stop_gradient(one_hot.astype(jnp.float32).mean((0, 1)))  # f_e [E]
-        prob = probs_BxLxE.mean((0, 1))  # P_e [E]
-        z = jnp.square(jax.nn.logsumexp(logits_BxLxE, axis=-1)).mean()
+    def _record(self, logits_BxLxE: Array, probs_BxLxE: Array, one_hot: Array, kept: Array,
+                real_BxL: Array) -> None:
+        """Adds this call's router statistics, over its real tokens, to the layer's
+        RouterStats. `bias_pull` is 0, with the gradient f_e - 1 / E (expert e's excess share
+        of the choices) with respect to the router bias: the train step adds it to the loss
+        when the bias trains, and the optimizer steps the bias against that gradient's sign
+        (DeepSeek-V3)."""
+        e, k = self.cfg.num_experts, self.cfg.num_experts_per_token
+        real = real_BxL.astype(jnp.float32)
+        tokens = jnp.maximum(real.sum(), 1.0)
+        load = jax.lax.stop_gradient(one_hot.astype(jnp.float32).sum((0, 1)) / (k * tokens))
+        prob = (probs_BxLxE * real[..., None]).sum((0, 1)) / tokens  # P_e [E]
+        z = (jnp.square(jax.nn.logsumexp(logits_BxLxE, axis=-1)) * real).sum() / tokens
+        dropped = (one_hot.sum(-1) * ~kept).sum() / (k * tokens)  # real choices not kept
         pull = jnp.float32(0.0)
         if self.router_bias is not None:
             pull = jnp.sum((load - 1.0 / e) * self.router_bias[...])
             pull = pull - jax.lax.stop_gradient(pull)
-        stats = jnp.stack([e * jnp.sum(load * prob), z, e * load.max(),
-                           (~kept).astype(jnp.float32).mean(), pull, jnp.float32(1.0)])
+        stats = jnp.stack([e * jnp.sum(load * prob), z, e * load.max(), dropped, pull,
+                           jnp.float32(1.0)])
         put_router_stats(self, stats)
 
 
