@@ -169,6 +169,11 @@ def base_config() -> ml_collections.ConfigDict:
     m.moe_routed_scale = 1.0
     m.moe_balance_loss_weight = 0.01  # x the load-balancing loss (Switch: 1 when balanced)
     m.moe_z_loss_weight = 0.001  # x the router z-loss (ST-MoE)
+    # multi-token prediction (DeepSeek-V3; llmjax/models/mtp.py), causal_lm only: this many
+    # extra modules, module k predicting the token k + 2 ahead; training adds mtp_loss_weight x
+    # their mean cross-entropy (train/mtp_loss). Generation and exports leave them out
+    m.mtp_depth = 0
+    m.mtp_loss_weight = 0.3
     # multi-head latent attention (DeepSeek-V2/V3; llmjax/models/latent_attention.py), rotary
     # positions only: keys and values come from a per-token latent of kv_lora_rank dims (what
     # decoding caches, with the qk_rope_head_dim rotary key dims), each head's queries and keys

@@ -157,7 +157,7 @@ _RANGES = {
                      "model.moe_balance_loss_weight", "model.moe_z_loss_weight",
                      "model.kv_lora_rank", "model.q_lora_rank", "model.rope_mscale_all_dim",
                      "model.moe_first_dense", "model.moe_groups", "model.moe_group_top_k",
-                     "model.moe_bias_update_rate"),
+                     "model.moe_bias_update_rate", "model.mtp_depth", "model.mtp_loss_weight"),
                     _NON_NEGATIVE),
     **dict.fromkeys(("optimizer.b1", "optimizer.b2", "model.dropout_rate",
                      "model.attention_dropout_rate", "data.validation_fraction",
@@ -415,6 +415,10 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"{m.moe_every} mixes dense and mixture blocks: set model.moe_every=1 or "
            "model.scan_layers=False")
     _check_routing(m)
+    _check(not m.mtp_depth or (m.arch == "decoder" and config.objective == "causal_lm"),
+           f"model.mtp_depth={m.mtp_depth} adds multi-token prediction to causal language "
+           f"modelling: it needs model.arch=decoder and objective=causal_lm, not "
+           f"{m.arch!r} / {config.objective!r}")
     _check(m.attention_impl in ("einsum", "xla", "cudnn"),
            f"model.attention_impl={m.attention_impl!r}: use einsum, xla or cudnn")
     _check(m.attention_impl == "einsum" or m.attention_dropout_rate == 0.0,

@@ -32,6 +32,10 @@ CASES = {
         "seq_len": 64, "batch_size": 4, "model.position_embedding": "rotary",
         "model.kv_lora_rank": 64, "model.q_lora_rank": 96, "model.qk_rope_head_dim": 16,
         "model.v_head_dim": 48}),
+    # two multi-token-prediction depths: a block and an output projection each
+    "decoder_mtp": lambda tmp: tiny_config(**WIDE, **{
+        "seq_len": 64, "batch_size": 4, "model.position_embedding": "rotary",
+        "model.mtp_depth": 2}),
     "decoder_tied": lambda tmp: tiny_config(**WIDE, seq_len=64, batch_size=4),
     "mlm": lambda tmp: tiny_config(**WIDE, **{"model.arch": "encoder", "objective": "mlm",
                                               "seq_len": 64, "batch_size": 4}),
@@ -40,7 +44,8 @@ CASES = {
         "objective": "seq2seq", "data.source": "generated:reverse", "seq_len": 32,
         "target_seq_len": 32, "batch_size": 4}),
 }
-DEFAULT = ("decoder_untied", "mlm_nsp", "encoder_decoder", "decoder_seq2seq", "decoder_latent")
+DEFAULT = ("decoder_untied", "mlm_nsp", "encoder_decoder", "decoder_seq2seq", "decoder_latent",
+           "decoder_mtp")
 
 
 @pytest.mark.parametrize("case", [c if c in DEFAULT else pytest.param(c, marks=pytest.mark.slow)
@@ -55,7 +60,8 @@ def test_step_flops_match_xlas_count_of_the_gradient(case, tmp_path):
 
     def loss(p):
         sums = objective.loss(nnx.merge(graphdef, p), batch, None)
-        return sum(sums[t][0] / sums[t][1] for t in terms)
+        extra = [sums["mtp_loss"]] if "mtp_loss" in sums else []  # what training adds
+        return sum(sums[t][0] / sums[t][1] for t in terms) + sum(s / c for s, c in extra)
 
     analysis = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
     xla = (analysis if isinstance(analysis, dict) else analysis[0])["flops"]

@@ -274,6 +274,10 @@ def export_params(config: ml_collections.ConfigDict, params: nnx.State,
         raise ConfigError(f"this run cannot be written as a Hugging Face {family.MODEL_TYPE} "
                           f"model: {'; '.join(problems)}")
     flat = {k: np.asarray(v, np.float32) for k, v in _flat(params).items()}
+    if config.model.mtp_depth:  # training-only modules: the export predicts the next token
+        logging.info("the multi-token-prediction modules (mtp/) are training-only and are not "
+                     "exported")
+        flat = {k: v for k, v in flat.items() if not k.startswith("mtp/")}
     if config.lora.rank:  # Hugging Face models have no adapters: fold them into the kernels
         from llmjax.models import lora
 
@@ -369,7 +373,7 @@ def _check_export_target(out: epath.Path) -> None:
 _KEPT_MODEL_KEYS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
                     "num_classes", "remat", "scan_layers", "logits_chunks", "attention_impl",
                     "float32_matmul_outputs", "moe_capacity_factor", "moe_balance_loss_weight",
-                    "moe_z_loss_weight", "moe_bias_update_rate")
+                    "moe_z_loss_weight", "moe_bias_update_rate", "mtp_depth", "mtp_loss_weight")
 
 
 def apply_hf_model_config(config: ml_collections.ConfigDict) -> None:
@@ -386,9 +390,11 @@ def apply_hf_model_config(config: ml_collections.ConfigDict) -> None:
 
 
 def hf_initial_params(config: ml_collections.ConfigDict, params: nnx.State,
-                      fresh: tuple[str, ...] = ()) -> nnx.State:
+                      fresh: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+                      ) -> nnx.State:
     """`params` filled from the `init.hf_path` folder: the shared body always; heads the run
-    has (and the checkpoint too) restored, other checkpoint heads dropped, `fresh` heads new."""
+    has (and the checkpoint too) restored, other checkpoint heads dropped, `fresh` heads new,
+    `optional` modules (multi-token prediction) new where the folder has none."""
     hf_config, tensors = read_folder(config.init.hf_path)
     family = family_of(hf_config)
     named, used = family.import_tensors(hf_config, tensors, config)
@@ -397,5 +403,6 @@ def hf_initial_params(config: ml_collections.ConfigDict, params: nnx.State,
     named = {k: v for k, v in named.items()
              if k.split("/")[0] in present or k.split("/")[0] not in family.HEADS}
     named = {k: v for k, v in named.items() if k.split("/")[0] not in fresh}
+    fresh = fresh + tuple(m for m in optional if not any(k.startswith(m + "/") for k in named))
     return fill_params(params, named, fresh=fresh + tuple(
         h for h in family.HEADS if not any(k.startswith(h + "/") for k in named)))

@@ -84,6 +84,7 @@ class ModelConfig:
     moe_groups: int = 0  # experts in groups; a token picks its moe_group_top_k best groups first
     moe_group_top_k: int = 0
     moe_routed_scale: float = 1.0  # the chosen experts' weights x this (routed_scaling_factor)
+    mtp_depth: int = 0  # decoder: multi-token prediction modules (DeepSeek-V3; models/mtp.py)
     kv_lora_rank: int = 0  # multi-head latent attention's key/value latent (DeepSeek); 0: off
     q_lora_rank: int = 0  # latent attention: the queries' low-rank bottleneck; 0: full rank
     qk_rope_head_dim: int = 64  # latent attention: rotary dims per head beside head_dim's

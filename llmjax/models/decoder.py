@@ -13,6 +13,7 @@ from llmjax.models.config import ModelConfig
 from llmjax.models.heads import ClassifierHead
 from llmjax.models.layers import Dense, Embed, Norm, dropout, fold, sinusoidal
 from llmjax.models.moe import is_moe_layer
+from llmjax.models.mtp import MTPModule, shifted
 
 Array = jax.Array
 
@@ -43,6 +44,9 @@ class Decoder(nnx.Module):
         # no bias: Hugging Face's decoders score classes with one bias-free `score` matrix
         self.classifier = (ClassifierHead(cfg, num_classes, rngs=rngs, use_bias=False)
                            if "classifier" in heads else None)
+        # last, so the rest draws the same initial values with or without them
+        self.mtp = (nnx.List([MTPModule(cfg, k, rngs=rngs) for k in range(cfg.mtp_depth)])
+                    if cfg.mtp_depth and "lm" in heads else None)
 
     def _embed(self, tokens_BxL: Array, positions_BxL: Array, rng: Array | None) -> Array:
         x = self.embed(tokens_BxL)
@@ -96,9 +100,9 @@ class Decoder(nnx.Module):
                                          query_offset=query_offset,
                                          window=self.cfg.attention_window)
 
-    def hidden_states(self, tokens_BxL: Array, *, positions: Array | None = None,
-                      segment_ids: Array | None = None, rng: Array | None = None) -> Array:
-        """Last layer's output [B, L, D] (after the final norm for pre-norm models)."""
+    def _stack(self, tokens_BxL: Array, positions: Array | None, segment_ids: Array | None,
+               rng: Array | None) -> tuple[Array, Array, Array]:
+        """(the last block's output [B, L, D] before the final norm, positions, full mask)."""
         seg = jnp.ones_like(tokens_BxL) if segment_ids is None else segment_ids
         pos = segment_positions(seg) if positions is None else positions
         mask, window_mask = self._masks(seg, seg, self.cfg.causal)
@@ -106,7 +110,26 @@ class Decoder(nnx.Module):
         bias = self._bias(pos, pos)
         x = apply_blocks(self.layers, x, mask, pos, cfg=self.cfg, rng=rng, bias=bias,
                          window_mask=window_mask)
-        return self._final(x)
+        return x, pos, mask
+
+    def hidden_states(self, tokens_BxL: Array, *, positions: Array | None = None,
+                      segment_ids: Array | None = None, rng: Array | None = None) -> Array:
+        """Last layer's output [B, L, D] (after the final norm for pre-norm models)."""
+        return self._final(self._stack(tokens_BxL, positions, segment_ids, rng)[0])
+
+    def multi_token_states(self, tokens_BxL: Array, next_tokens_BxL: Array, *,
+                           segment_ids: Array | None = None, rng: Array | None = None
+                           ) -> tuple[Array, list[Array]]:
+        """(hidden_states, [each multi-token-prediction depth's normed states [B, L, D]]):
+        depth k (from 0) at position i has read tokens up to t_{i+k+1} and predicts
+        t_{i+k+2}; `next_tokens` [B, L] holds t_{i+1} at i (a causal-LM batch's targets)."""
+        x, pos, mask = self._stack(tokens_BxL, None, segment_ids, rng)
+        depths, h = [], x
+        for k, module in enumerate(self.mtp or []):
+            h, normed = module(h, shifted(next_tokens_BxL, k), self.embed, mask, pos,
+                               fold(rng, len(self.layers) + 1 + k))
+            depths.append(normed)
+        return self._final(x), depths
 
     def classify(self, tokens_BxL: Array, *, segment_ids: Array, rng: Array | None = None,
                  token_types: Array | None = None) -> Array:

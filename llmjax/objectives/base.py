@@ -35,6 +35,8 @@ class Regularizers:
     # router biases (model.moe_router_bias) trained by DeepSeek-V3's balancing: the loss adds
     # the routers' bias_pull (0, whose gradient is each expert's excess load)
     moe_bias_update: bool = False
+    # multi-token prediction (model.mtp_depth): + this times the objective's mtp_loss
+    mtp_loss: float = 0.0
 
 
 NO_REGULARIZERS = Regularizers()

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from llmjax.data import packing
 from llmjax.data.sources import read_documents
 from llmjax.data.tokenizers import Tokenizer
+from llmjax.models.mtp import shifted
 from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers
 from llmjax.objectives.lm_loss import token_sums
 
@@ -18,6 +20,8 @@ from llmjax.objectives.lm_loss import token_sums
 class CausalLM:
     name = "causal_lm"
     chunks_logits = True  # its loss honours model.logits_chunks (lm_loss.token_sums)
+    # restored from init.workdir / init.hf_path when the source has them, else new
+    optional_modules = ("mtp",)
 
     def model_kwargs(self, config: ml_collections.ConfigDict) -> dict:
         return {}
@@ -43,11 +47,36 @@ class CausalLM:
 
     def loss(self, model, batch: dict[str, jax.Array], rng: jax.Array | None,
              regularizers: Regularizers = NO_REGULARIZERS) -> MetricSums:
-        hidden = model.hidden_states(batch["inputs"], segment_ids=batch["segment_ids"], rng=rng)
-        weights = batch["weights"]
-        loss_sum, correct = token_sums(model, hidden, batch["targets"], weights, regularizers)
+        seg, targets, weights = batch["segment_ids"], batch["targets"], batch["weights"]
+        if getattr(model, "mtp", None):
+            hidden, depths = model.multi_token_states(batch["inputs"], targets, segment_ids=seg,
+                                                      rng=rng)
+        else:
+            hidden = model.hidden_states(batch["inputs"], segment_ids=seg, rng=rng)
+            depths = []
+        loss_sum, correct = token_sums(model, hidden, targets, weights, regularizers)
         count = weights.sum()
-        return {"loss": (loss_sum, count), "token_accuracy": (correct, count)}
+        sums = {"loss": (loss_sum, count), "token_accuracy": (correct, count)}
+        if depths:
+            sums["mtp_loss"] = self._mtp_sums(model, depths, batch, regularizers)
+        return sums
+
+    def _mtp_sums(self, model, depths: list[jax.Array], batch: dict[str, jax.Array],
+                  regularizers: Regularizers) -> tuple[jax.Array, jax.Array]:
+        """(the multi-token-prediction depths' cross-entropy sums, their weights), each
+        averaged over the depths: depth k (from 1) at position i predicts targets[i + k],
+        weighted as the next-token loss weights it there, when both positions are in one
+        document. Their ratio is DeepSeek-V3's L_MTP (train/mtp_loss); the train step adds
+        the sum over the next-token loss's weight, so that any split of the batch adds the
+        same."""
+        seg, targets, weights = batch["segment_ids"], batch["targets"], batch["weights"]
+        total = count = jnp.float32(0.0)
+        for k, hidden in enumerate(depths, start=1):
+            depth_weights = shifted(weights, k) * (shifted(seg, k) == seg)
+            total = total + token_sums(model, hidden, shifted(targets, k), depth_weights,
+                                       regularizers)[0]
+            count = count + depth_weights.sum()
+        return total / len(depths), count / len(depths)
 
     def loss_floor(self, config: ml_collections.ConfigDict, tokenizer,
                    eval_batches: list[dict[str, np.ndarray]]) -> float | None:

@@ -59,9 +59,11 @@ def flops_per_example(cfg: ModelConfig, params, seq_len: int,
     output = sizes.pop("lm_head", 0) + sizes.pop("mlm_head", 0)
     if vocab_positions and "lm_head" not in params:  # tied: the token table projects
         output += cfg.vocab_size * cfg.emb_dim
+    output *= 1 + cfg.mtp_depth  # each multi-token-prediction depth projects once more
     body = sum(sizes.values())
     head_dims = cfg.query_key_dim + cfg.value_dim
-    attention = 6 * cfg.num_layers * cfg.num_heads * head_dims * seq_len**2
+    blocks = cfg.num_layers + cfg.mtp_depth
+    attention = 6 * blocks * cfg.num_heads * head_dims * seq_len**2
     return 6.0 * (body * seq_len + output * vocab_positions + pooled) + attention
 
 

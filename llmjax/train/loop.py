@@ -189,7 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                         regularizers=Regularizers(config.label_smoothing, config.z_loss,
                                                  config.model.moe_balance_loss_weight,
                                                  config.model.moe_z_loss_weight,
-                                                 moe_bias_update=bias_rate > 0),
+                                                 moe_bias_update=bias_rate > 0,
+                                                 mtp_loss=config.model.mtp_loss_weight),
                         trainable=trainable,
                         gradient_allreduce=config.parallel.gradient_allreduce)
     logging.info("parallel: %s", parallel.describe())

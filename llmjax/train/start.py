@@ -114,7 +114,8 @@ def _restored_params(config: ml_collections.ConfigDict, params: nnx.State) -> nn
 
         logging.info("initialised parameters from the Hugging Face folder %s",
                      config.init.hf_path)
-        return hf_initial_params(config, params, getattr(objective, "fresh_modules", ()))
+        return hf_initial_params(config, params, getattr(objective, "fresh_modules", ()),
+                                 getattr(objective, "optional_modules", ()))
     if not config.init.workdir:
         return params
     try:

@@ -125,6 +125,8 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
         # Each term's sum over this micro-batch / that term's weight over the global batch:
         # summing over micro-batches and devices gives exactly sum_t mean_t.
         loss = sum(sums[t][0] * scale[t] for t in terms)
+        if "mtp_loss" in sums:  # per the main loss's weight, like it (objectives/causal_lm.py)
+            loss = loss + regularizers.mtp_loss * sums["mtp_loss"][0] * scale[next(iter(terms))]
         stats = moe.take_router_stats(model)
         if stats is None:
             return loss, sums
