@@ -150,3 +150,46 @@ def test_the_deepseek_style_gpt_config_exports_as_deepseek_v3(arg, tmp_path):
     with torch.no_grad():
         expected = theirs(torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(model(jnp.asarray(ids)), expected, atol=1e-4)
+
+
+def test_deepseek_v3_multi_token_prediction_layers_import_as_mtp_modules(tmp_path):
+    """A folder with V3's MTP layer (model.layers.3: enorm, hnorm, eh_proj, a decoder layer,
+    shared_head) imports it as mtp/0 for causal language modelling; the model's logits stay
+    transformers' (which runs without it), and the export leaves it out."""
+    from safetensors.numpy import load_file, save_file
+
+    model_class, hf_config = FAMILIES["deepseek_v3"]()
+    folder, hf_model, _ = imported(tmp_path, model_class, hf_config)
+    tensors = load_file(folder / "model.safetensors")
+    rng = np.random.RandomState(0)
+    extra = {k.replace("model.layers.2.", "model.layers.3."): v for k, v in tensors.items()
+             if k.startswith("model.layers.2.")}  # a mixture layer, as V3's MTP block is
+    extra.update({f"model.layers.3.{name}": rng.rand(*shape).astype(np.float32)
+                  for name, shape in (("enorm.weight", (32,)), ("hnorm.weight", (32,)),
+                                      ("eh_proj.weight", (32, 64)),
+                                      ("shared_head.norm.weight", (32,)),
+                                      ("shared_head.head.weight", (300, 32)),
+                                      ("embed_tokens.weight", (300, 32)))})
+    save_file({**tensors, **extra}, folder / "model.safetensors", metadata={"format": "pt"})
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()),
+                                       "num_nextn_predict_layers": 1}))
+    convert.import_to_workdir(folder, tmp_path / "mtp_run")
+    run = llmjax.load(tmp_path / "mtp_run")
+    assert run.config.model.mtp_depth == 1
+    mtp = run.model.mtp[0]
+    np.testing.assert_array_equal(mtp.proj.kernel[...], extra["model.layers.3.eh_proj.weight"].T)
+    np.testing.assert_array_equal(mtp.output_norm.scale[...],
+                                  extra["model.layers.3.shared_head.norm.weight"])
+    np.testing.assert_array_equal(  # the block: layer 2's tensors, copied
+        mtp.block.mlp.router[...], np.asarray(run.model.layers[2].mlp.router[...]))
+    assert_same_causal_lm(run.model, hf_model)
+    hf_out, exported = convert.export_params(run.config, nnx_params(run))
+    assert hf_out["num_nextn_predict_layers"] == 0
+    assert not any(k.startswith("model.layers.3.") for k in exported)
+
+
+def nnx_params(run):
+    from flax import nnx
+
+    return nnx.state(run.model, nnx.Param)

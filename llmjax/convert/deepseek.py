@@ -20,7 +20,9 @@ ignores norm_topk_prob). V3 routes by sigmoid scores, chosen through `e_score_co
 (model.moe_router_bias) among the topk_group best groups by their best two experts' sum,
 rescaled with norm_topk_prob. YaRN's mscale_all_dim scales the attention logits
 (model.rope_mscale_all_dim). V3's multi-token-prediction layers (model.layers.N and on, past
-num_hidden_layers) are read and left out: llmjax predicts the next token only. FP8 checkpoints
+num_hidden_layers: enorm, hnorm, eh_proj, a decoder layer, shared_head.norm) import as
+llmjax's (models/mtp.py, model.mtp_depth) for causal language modelling; exports leave them
+out, as transformers' DeepSeek-V3 runs without them. FP8 checkpoints
 (DeepSeek's own release: weights with weight_scale_inv) are refused: dequantize them first.
 """
 
@@ -71,6 +73,11 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     scaling = llama._rope(hf)[1] or {}
     if m.rope_scaling == "yarn":
         m.rope_mscale_all_dim = float(scaling.get("mscale_all_dim") or 0.0)
+    # V3's multi-token-prediction layers, kept where the run models language
+    mtp = [k for k in range(hf.get("num_nextn_predict_layers") or 0)
+           if f"model.layers.{m.num_layers + k}.eh_proj.weight" in tensors]
+    if config.objective == "causal_lm":
+        m.mtp_depth = len(mtp)
     experts = hf.get("n_routed_experts") or hf.get("num_experts") or 0
     first_dense = hf.get("first_k_dense_replace") or 0
     if not experts or first_dense >= m.num_layers:
@@ -100,8 +107,9 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
 
 
 def _import_attention(get: TensorReader, m: ml_collections.ConfigDict, i: int,
-                      interleaved: bool) -> dict[str, np.ndarray]:
-    p, q = f"layers.{i}.self_attn.", f"layers/{i}/attention/"
+                      interleaved: bool, ours: str) -> dict[str, np.ndarray]:
+    """Layer i's attention under llmjax prefix `ours` ('layers/0/')."""
+    p, q = f"layers.{i}.self_attn.", f"{ours}attention/"
     d, h, n, rope = m.emb_dim, m.num_heads, m.head_dim, m.qk_rope_head_dim
     r, v = m.kv_lora_rank, m.v_head_dim
     order = _halves(rope) if interleaved else np.arange(rope)
@@ -151,32 +159,48 @@ def _export_attention(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict,
 def import_tensors(hf: dict, tensors: dict[str, np.ndarray], config: ml_collections.ConfigDict
                    ) -> tuple[dict[str, np.ndarray], set[str]]:
     """({llmjax parameter name: array}, the HF names used)."""
-    from llmjax.models.config import ModelConfig
-    from llmjax.models.moe import is_moe_layer
 
     m = config.model
-    cfg = ModelConfig.from_config(m)
     get = TensorReader(tensors, "model.")
     out = llama.import_ends(get, m)
     for i in range(m.num_layers):
-        p, q = f"layers.{i}.", f"layers/{i}/"
-        out.update(_import_attention(get, m, i, _interleaved(hf)))
-        out[q + "attention_norm/scale"] = get(p + "input_layernorm.weight")
-        out[q + "mlp_norm/scale"] = get(p + "post_attention_layernorm.weight")
-        if not is_moe_layer(cfg, i):
-            out.update(llama.import_gated_mlp(get, p + "mlp.", q + "mlp/"))
-            continue
-        block = p + "mlp."
-        out.update(mixtral.import_mixture(get, m, q + "mlp/", block, _EXPERT_NAMES))
-        if m.moe_router_bias:
-            out[q + "mlp/router_bias"] = get(block + "gate.e_score_correction_bias")
-        if m.moe_shared_mlp_dim:
-            out.update(llama.import_gated_mlp(get, block + "shared_experts.", q + "mlp/shared/"))
-    # multi-token-prediction layers past the last: read, not imported
+        out.update(_import_block(get, hf, m, i, f"layers/{i}/"))
+    for k in range(m.mtp_depth):  # DeepSeek-V3's MTP layers follow the last one
+        p, q = f"layers.{m.num_layers + k}.", f"mtp/{k}/"
+        if p + "eh_proj.weight" not in get:  # none in the folder: the run's start new
+            break
+        out.update(_import_block(get, hf, m, m.num_layers + k, q + "block/"))
+        out[q + "embed_norm/scale"] = get(p + "enorm.weight")
+        out[q + "hidden_norm/scale"] = get(p + "hnorm.weight")
+        out[q + "proj/kernel"] = get(p + "eh_proj.weight").T  # [2D, D]: embedding, then states
+        out[q + "output_norm/scale"] = get(p + "shared_head.norm.weight")
+    # the rest of any layer past the last (V3 keeps copies of the token table and output
+    # head there; MTP layers when the run predicts the next token only): read, not imported
     past = re.compile(r"model\.layers\.(\d+)\.")
-    mtp = {k for k in tensors
-           if (match := past.match(k)) and int(match.group(1)) >= m.num_layers}
-    return out, get.used | mtp
+    extra = {k for k in tensors
+             if (match := past.match(k)) and int(match.group(1)) >= m.num_layers}
+    return out, get.used | extra
+
+
+def _import_block(get: TensorReader, hf: dict, m: ml_collections.ConfigDict, i: int, ours: str
+                  ) -> dict[str, np.ndarray]:
+    """Decoder layer i (a mixture from first_k_dense_replace on) under llmjax prefix `ours`."""
+    from llmjax.models.config import ModelConfig
+    from llmjax.models.moe import is_moe_layer
+
+    p = f"layers.{i}."
+    out = _import_attention(get, m, i, _interleaved(hf), ours)
+    out[ours + "attention_norm/scale"] = get(p + "input_layernorm.weight")
+    out[ours + "mlp_norm/scale"] = get(p + "post_attention_layernorm.weight")
+    if not is_moe_layer(ModelConfig.from_config(m), i):
+        return {**out, **llama.import_gated_mlp(get, p + "mlp.", ours + "mlp/")}
+    block = p + "mlp."
+    out.update(mixtral.import_mixture(get, m, ours + "mlp/", block, _EXPERT_NAMES))
+    if m.moe_router_bias:
+        out[ours + "mlp/router_bias"] = get(block + "gate.e_score_correction_bias")
+    if m.moe_shared_mlp_dim:
+        out.update(llama.import_gated_mlp(get, block + "shared_experts.", ours + "mlp/shared/"))
+    return out
 
 
 def inexpressible(config: ml_collections.ConfigDict) -> list[str]:
