@@ -74,8 +74,8 @@ def test_the_module_is_deepseeks_attention_head_by_head(q_lora):
     x = np.random.RandomState(0).randn(7, D)
     seg = jnp.ones((1, 7), jnp.int32)
     mask = jnp.tril(jnp.ones((7, 7), bool))[None, None]
-    ours, _ = attention(jnp.asarray(x[None], jnp.float32), mask,
-                        positions_BxQ=jnp.arange(7)[None] * seg)
+    ours = jax.jit(lambda x: attention(x, mask, positions_BxQ=jnp.arange(7)[None] * seg)[0])(
+        jnp.asarray(x[None], jnp.float32))
     params = nnx.state(attention, nnx.Param).to_pure_dict()
     np.testing.assert_allclose(ours[0], reference(params, x, q_lora), rtol=2e-4, atol=2e-5)
 
@@ -143,6 +143,7 @@ def test_an_encoder_decoder_is_refused():
         validation.validate(c)
 
 
+@pytest.mark.slow  # decoding == the full forward: test_models' latent cases, by default
 def test_a_latent_attention_run_trains_and_generates_from_its_cache(tmp_path):
     import json
 

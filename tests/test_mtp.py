@@ -53,12 +53,17 @@ def test_mtp_loss_is_the_cross_entropy_of_tokens_further_ahead_within_documents(
     weights[0, 6] = weights[0, 12] = 0.0  # each document's last target: not predicted
     batch = {"inputs": inputs, "targets": targets, "segment_ids": seg, "weights": weights}
     batch = jax.tree.map(jnp.asarray, batch)
-    total, count = get_objective("causal_lm").loss(m, batch, None)["mtp_loss"]
-    _, depths = m.multi_token_states(batch["inputs"], batch["targets"],
-                                     segment_ids=batch["segment_ids"])
+    objective = get_objective("causal_lm")
+    total, count = jax.jit(lambda b: objective.loss(m, b, None)["mtp_loss"])(batch)
+
+    @jax.jit
+    def log_probs(b):
+        _, depths = m.multi_token_states(b["inputs"], b["targets"], segment_ids=b["segment_ids"])
+        return [jax.nn.log_softmax(m.output_logits(h)[0]) for h in depths]
+
     expected, pairs = 0.0, 0
-    for k, hidden in enumerate(depths, start=1):
-        logp = np.asarray(jax.nn.log_softmax(m.output_logits(hidden)[0]), np.float64)
+    for k, logp in enumerate(log_probs(batch), start=1):
+        logp = np.asarray(logp, np.float64)
         for i in range(seg.shape[1] - k):
             if seg[0, i] == seg[0, i + k] and weights[0, i + k]:
                 expected -= logp[i, targets[0, i + k]]
