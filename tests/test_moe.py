@@ -388,7 +388,6 @@ def test_bad_mixture_settings_say_what_to_change(overrides, message):
         validation.validate(tiny_config(**overrides))
 
 
-@pytest.mark.slow  # the DeepSeek-routed run below covers the same path by default
 def test_a_mixture_run_trains_reports_router_metrics_and_generates(tmp_path):
     from llmjax.train.loop import train_and_evaluate
 
@@ -412,6 +411,7 @@ def test_a_mixture_run_trains_reports_router_metrics_and_generates(tmp_path):
     assert isinstance(run.generate("ab", max_new_tokens=5, temperature=0.0), str)
 
 
+@pytest.mark.slow  # the rule: test_router_biases_step_against_each_experts_excess_load
 def test_a_deepseek_v3_routed_run_balances_through_its_router_biases(tmp_path):
     """The first block dense, sigmoid routing among the best of 2 groups, an ungated shared
     expert, narrower experts: each bias ends a whole number of update steps from 0, and the
