@@ -70,7 +70,7 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m.head_dim, m.qk_rope_head_dim = hf["qk_nope_head_dim"], hf["qk_rope_head_dim"]
     m.kv_lora_rank, m.q_lora_rank = hf["kv_lora_rank"], hf.get("q_lora_rank") or 0
     m.v_head_dim = hf["v_head_dim"]
-    scaling = llama._rope(hf)[1] or {}
+    scaling = llama.rope_settings(hf)[1] or {}
     if m.rope_scaling == "yarn":
         m.rope_mscale_all_dim = float(scaling.get("mscale_all_dim") or 0.0)
     # V3's multi-token-prediction layers, kept where the run models language

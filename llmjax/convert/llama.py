@@ -32,7 +32,7 @@ HEADS = ("lm_head",)  # a bare body (no head tensor): the head starts fresh
 IGNORED = (r"lm_head\.weight", r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
-def _rope(hf: dict) -> tuple[float, dict | None]:
+def rope_settings(hf: dict) -> tuple[float, dict | None]:
     """(rotary base, scaling) from transformers >= 5's `rope_parameters` or the older
     top-level `rope_theta` / `rope_scaling`."""
     params = hf.get("rope_parameters") or {}
@@ -64,7 +64,7 @@ def configure_rope(m: ml_collections.ConfigDict, hf: dict, theta: float | None =
     names it otherwise) and rope scaling (LLaMA's keys; GPT-NeoX's too)."""
     from llmjax.convert.hf import ConversionError
 
-    read_theta, scaling = _rope(hf)
+    read_theta, scaling = rope_settings(hf)
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) or "default"
     if kind not in ("default", "linear", "llama3", "yarn"):
         raise ConversionError(f"rope scaling {scaling} has no llmjax match yet (llmjax reads "
@@ -131,7 +131,7 @@ def configure(config: ml_collections.ConfigDict, hf: dict, tensors: dict, object
     m = config.model
     m.arch, config.objective = "decoder", objective or "causal_lm"
     phi3 = hf.get("model_type") == "phi3"
-    scaling = _rope(hf)[1] or {}
+    scaling = rope_settings(hf)[1] or {}
     if phi3 and scaling.get("rope_type", scaling.get("type")) in _LONGROPE:
         raise ConversionError("Phi-3's longrope rope scaling (its 128k-context models, Phi-3.5 "
                               "and Phi-4-mini) has no llmjax match yet; the 4k-context Phi-3 "

@@ -51,17 +51,6 @@ def attention_scale(cfg: ModelConfig) -> float:
     return scale
 
 
-def _kernel(dense: Dense) -> Array:
-    """A bias-free Dense's weight as it maps inputs, LoRA adapters (when added) folded in:
-    [in, out] flattened."""
-    n_in, n_out = math.prod(dense.in_shape), math.prod(dense.out_shape)
-    w = dense.kernel[...].reshape(n_in, n_out).astype(jnp.float32)
-    if dense.lora_a is not None:
-        w = w + (dense.lora_a[...].astype(jnp.float32) @ dense.lora_b[...].astype(jnp.float32)
-                 * dense.lora_scale)
-    return w
-
-
 class LatentAttention(nnx.Module):
     """Self-attention through a key/value latent; its cache is {'latent': [B, S, 1, r + p]}."""
 
@@ -157,12 +146,12 @@ class LatentAttention(nnx.Module):
         applied after mixing (decoding: per token r + p cached numbers, read once)."""
         r, h, n = self.cfg.kv_lora_rank, self.cfg.num_heads, self.cfg.head_dim
         dtype = q_nope.dtype
-        w_uk = _kernel(self.key_up).reshape(r, h, n).astype(dtype)
+        w_uk = self.key_up.weight_matrix().reshape(r, h, n).astype(dtype)
         q_latent = jnp.einsum("bqhn,rhn->bqhr", q_nope, w_uk,
                               preferred_element_type=jnp.float32).astype(dtype)
         q = jnp.concatenate([q_latent, q_rope.astype(dtype)], axis=-1) * scale
         mixed = self._attend(q, latent_BxSx1xC, latent_BxSx1xC[..., :r], mask, bias, rng)
-        w_uv = _kernel(self.value_up).reshape(r, h, -1).astype(dtype)
+        w_uv = self.value_up.weight_matrix().reshape(r, h, -1).astype(dtype)
         values = jnp.einsum("bqhr,rhv->bqhv", mixed, w_uv,
                             preferred_element_type=jnp.float32).astype(dtype)
         return self.out(values)

@@ -186,6 +186,16 @@ class Dense(nnx.Module):
         self.lora_b = nnx.data(nnx.Param(jnp.zeros((rank, n_out), dtype)))
         self.lora_scale = alpha / rank
 
+    def weight_matrix(self) -> Array:
+        """The kernel as the layer applies it, LoRA adapters folded in: float32 [in, out]
+        flattened (for code that uses the weights other than through __call__)."""
+        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        w = self.kernel[...].reshape(n_in, n_out).astype(jnp.float32)
+        if self.lora_a is not None:
+            w = w + (self.lora_a[...].astype(jnp.float32) @ self.lora_b[...].astype(jnp.float32)
+                     * self.lora_scale)
+        return w
+
     def __call__(self, x: Array, activation: Callable[[Array], Array] | None = None) -> Array:
         """The bias and `activation` apply in float32 before the cast to the compute dtype."""
         batch = x.shape[: x.ndim - len(self.in_shape)]
