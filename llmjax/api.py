@@ -10,15 +10,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from etils import epath
 from flax import nnx
 
 from llmjax import configs, validation
 from llmjax.configs import ConfigError
-from llmjax.data.tokenizers import Tokenizer, load_tokenizer
+from llmjax.data.tokenizers import Tokenizer, load_tokenizer, same_vocabulary
 from llmjax.objectives.base import cross_entropy
 from llmjax.train import checkpoint
 from llmjax.train import state as state_lib
+
+# generate's draft that is the run's own multi-token-prediction module, not another run
+MTP_DRAFT = "mtp"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Decoding:
     repetition_penalty: float
     seed: int
     beam_size: int
+    draft_tokens: int
 
     @classmethod
     def of(cls, defaults: ml_collections.ConfigDict, **given) -> Decoding:
@@ -60,6 +65,8 @@ class Run:
     tokenizer: Tokenizer
     model: nnx.Module
     step: int
+    # draft runs loaded for speculative decoding, by path
+    _drafts: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def _check_length(self, length: int) -> None:
         if length > self.config.model.max_len:
@@ -311,11 +318,17 @@ class Run:
                  temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
                  beam_size: int | None = None, *, min_p: float | None = None,
-                 repetition_penalty: float | None = None) -> str | list[str]:
+                 repetition_penalty: float | None = None, draft: str | Run | None = None,
+                 draft_tokens: int | None = None) -> str | list[str]:
         """The continuation of `prompt` (stops at <eos>); for an encoder-decoder, the output
         for `prompt` as the source (beam search when beam_size > 1). Defaults from
         config.generate. A list of prompts decodes as one batch (a decoder's left-padded) and
-        gives a list; greedy and beam outputs equal those of one prompt at a time."""
+        gives a list; greedy and beam outputs equal those of one prompt at a time.
+
+        `draft` (a Run, or a workdir / Hugging Face folder; default generate.draft_workdir):
+        a smaller decoder with the same tokenizer that proposes `draft_tokens` tokens per call
+        of this model (speculative decoding): greedy output equal to this model's alone, and
+        samples from its distribution."""
         if not hasattr(self.model, "decode"):
             raise ConfigError(f"generate needs a model that decodes; this run's model.arch is "
                              f"{self.config.model.arch!r}")
@@ -324,9 +337,15 @@ class Run:
         options = Decoding.of(self.config.generate, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed,
-                              beam_size=beam_size)
-        decode = self._transduce if self.is_seq2seq else self._continue
-        outputs = decode(prompts, options) if prompts else []
+                              beam_size=beam_size, draft_tokens=draft_tokens)
+        draft_run = self._draft_run(draft, options)
+        if self.is_seq2seq:
+            if draft_run is not None:
+                raise ConfigError("speculative decoding drafts for a decoder; this run is an "
+                                  "encoder-decoder: leave generate.draft_workdir empty")
+            outputs = self._transduce(prompts, options) if prompts else []
+        else:
+            outputs = self._continue(prompts, options, draft_run) if prompts else []
         return outputs[0] if isinstance(prompt, str) else outputs
 
     def _check_language_model(self, command: str) -> None:
@@ -339,11 +358,12 @@ class Run:
              max_new_tokens: int | None = None, temperature: float | None = None,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              beam_size: int | None = None, *, min_p: float | None = None,
-             repetition_penalty: float | None = None) -> str | list[str]:
+             repetition_penalty: float | None = None, draft: str | Run | None = None,
+             draft_tokens: int | None = None) -> str | list[str]:
         """The assistant's reply to a conversation ([{"role": ..., "content": ...}, ...]),
         laid out by the tokenizer's chat template with its generation prompt and decoded up to
         the template's end of turn; a list of conversations decodes as one batch. Sampling
-        defaults from config.generate, as `generate`'s."""
+        (and a speculative `draft`) as `generate`'s."""
         from llmjax.data.chat import chat_layout
 
         if not hasattr(self.model, "decode") or self.is_seq2seq:
@@ -357,11 +377,12 @@ class Run:
         options = Decoding.of(self.config.generate, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed,
-                              beam_size=beam_size)
+                              beam_size=beam_size, draft_tokens=draft_tokens)
+        draft_run = self._draft_run(draft, options)
         # the latest turns of a long conversation
         keep = max(self.config.model.max_len - options.max_new_tokens, 1)
         ids = [layout.chat_prompt(c, self.tokenizer)[-keep:] for c in conversations]
-        replies = self._continue_ids(ids, layout, options) if ids else []
+        replies = self._continue_ids(ids, layout, options, draft_run) if ids else []
         return replies[0] if one else replies
 
     @property
@@ -375,7 +396,38 @@ class Run:
         return self.is_seq2seq or getattr(objective, "answers_prompts",
                                           getattr(objective, "decodes", False))
 
-    def _continue(self, prompts: list[str], options: Decoding) -> list[str]:
+    def _draft_run(self, draft: str | Run | None, options: Decoding) -> Run | str | None:
+        """The draft model for speculative decoding (`draft`, else generate.draft_workdir;
+        None: decode without one), loaded once per path and checked against this run; or
+        "mtp": this run's own multi-token-prediction module."""
+        if draft is None:
+            draft = self.config.generate.draft_workdir or None
+        if draft is None:
+            return None
+        if draft == MTP_DRAFT:
+            if not getattr(self.model, "mtp", None):
+                raise ConfigError("draft=mtp drafts with the run's multi-token-prediction "
+                                  "module; this run has none (model.mtp_depth=0): train with "
+                                  "--config.model.mtp_depth=1, or give a draft run's workdir")
+            draft_run = MTP_DRAFT
+        elif isinstance(draft, Run):
+            draft_run = draft
+        else:
+            key = str(draft)
+            if key not in self._drafts:
+                self._drafts[key] = load(key)
+            draft_run = self._drafts[key]
+        if draft_run != MTP_DRAFT:
+            check_draft(self, draft_run)
+        if options.beam_size != 1 or options.repetition_penalty != 1.0:
+            raise ConfigError(f"speculative decoding samples or decodes greedily, without a "
+                              f"repetition penalty (beam_size={options.beam_size}, "
+                              f"repetition_penalty={options.repetition_penalty}): set "
+                              "beam_size=1 and repetition_penalty=1, or decode without a draft")
+        return draft_run
+
+    def _continue(self, prompts: list[str], options: Decoding,
+                  draft: Run | str | None = None) -> list[str]:
         """A decoder's continuations of left-padded prompts: <bos> + the prompt, or for a
         seq2seq decoder the prompt laid out as in its training (<bos> source <eos>)."""
         from llmjax.data.chat import PromptLayout
@@ -389,12 +441,19 @@ class Run:
             # the end of a long prompt
             keep = max(self.config.model.max_len - options.max_new_tokens, 1)
             ids = [np.concatenate([[tok.bos_id], tok.encode_array(p)])[-keep:] for p in prompts]
-        return self._continue_ids(ids, layout, options)
+        return self._continue_ids(ids, layout, options, draft)
 
-    def _continue_ids(self, ids: list[np.ndarray], layout, options: Decoding) -> list[str]:
+    def _continue_ids(self, ids: list[np.ndarray], layout, options: Decoding,
+                      draft: Run | str | None = None) -> list[str]:
         """The answers (`layout.answer` of the text up to its stop token) that continue prompt
-        ids, left-padded into one batch."""
-        from llmjax.decoding.decoder import continue_prompts
+        ids, left-padded into one batch (with a `draft` run, or "mtp", proposing tokens:
+        speculative)."""
+        from llmjax.decoding.decoder import (
+            continue_prompts,
+            self_speculate_prompts,
+            speculate_prompts,
+        )
+        from llmjax.decoding.speculative import cache_slots
 
         tok, max_new = self.tokenizer, options.max_new_tokens
         stop_id = layout.stop_id(tok)
@@ -410,11 +469,30 @@ class Run:
         if max_new <= 0:
             return [""] * len(ids)
         graphdef, params = nnx.split(self.model)
-        new = continue_prompts(graphdef, params, jnp.asarray(tokens), jnp.asarray(valid),
-                               jax.random.PRNGKey(options.seed), cache_len=total,
-                               max_new_tokens=max_new, beam_size=options.beam_size,
-                               alpha=float(self.config.generate.length_penalty),
-                               eos_id=stop_id, pad_id=tok.pad_id, **options.sampling())
+        rng = jax.random.PRNGKey(options.seed)
+        if draft is not None:
+            sampling = options.sampling()
+            del sampling["repetition_penalty"]  # 1: checked with the draft
+            k = 1 if draft == MTP_DRAFT else options.draft_tokens
+            common = {"cache_len": cache_slots(tokens.shape[1], max_new, k),
+                      "max_new_tokens": max_new, "eos_id": stop_id, "pad_id": tok.pad_id,
+                      **sampling}
+            if draft == MTP_DRAFT:
+                new, calls = self_speculate_prompts(graphdef, params, jnp.asarray(tokens),
+                                                    jnp.asarray(valid), rng, **common)
+            else:
+                draft_graphdef, draft_params = nnx.split(draft.model)
+                new, calls = speculate_prompts(
+                    graphdef, params, draft_graphdef, draft_params, jnp.asarray(tokens),
+                    jnp.asarray(valid), rng, draft_tokens=k, **common)
+            logging.info("speculative decoding: %d calls of the model for up to %d new tokens "
+                         "(%d drafts per call)", int(calls) + 1, max_new, k)
+        else:
+            new = continue_prompts(graphdef, params, jnp.asarray(tokens), jnp.asarray(valid),
+                                   rng, cache_len=total, max_new_tokens=max_new,
+                                   beam_size=options.beam_size,
+                                   alpha=float(self.config.generate.length_penalty),
+                                   eos_id=stop_id, pad_id=tok.pad_id, **options.sampling())
         return [layout.answer(tok.decode_output(row, stop_id))
                 for row in np.asarray(new)[:len(ids)]]
 
@@ -441,6 +519,25 @@ class Run:
                         bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
                         pad_id=self.tokenizer.pad_id, **options.sampling())
         return [self.tokenizer.decode_output(row) for row in np.asarray(tokens)[:len(sources)]]
+
+
+def check_draft(run: Run, draft: Run) -> None:
+    """Raises ConfigError unless `draft` can propose tokens to `run` (speculative decoding):
+    a decoder language model over the same vocabulary."""
+    model = draft.model
+    if draft.is_seq2seq or not hasattr(model, "decode") or "lm" not in model.heads:
+        raise ConfigError(f"a draft model is a decoder language model; this draft's "
+                          f"model.arch={draft.config.model.arch!r}, objective="
+                          f"{draft.config.objective!r}: draft with a causal-LM run")
+    sizes = (run.config.model.vocab_size, draft.config.model.vocab_size)
+    if sizes[0] != sizes[1] or not same_vocabulary(run.tokenizer, draft.tokenizer):
+        raise ConfigError(f"the draft model's tokenizer is not this run's (vocab_size "
+                          f"{sizes[1]} vs {sizes[0]}): a draft proposes this run's tokens; "
+                          "train it with tokenizer.path=RUN/tokenizer (this run's)")
+    if draft.config.model.max_len < run.config.model.max_len:
+        logging.warning("the draft model was trained on up to %d tokens, this run on %d: past "
+                        "them its proposals are kept less often (the output is the same)",
+                        draft.config.model.max_len, run.config.model.max_len)
 
 
 def _pad(rows: Sequence[np.ndarray], pad_value: int, left: bool = False

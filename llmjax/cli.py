@@ -41,6 +41,11 @@ flags.DEFINE_float("repetition_penalty", None, "generate: > 1 makes tokens alrea
                    "text less likely (1 = none).")
 flags.DEFINE_integer("beam_size", None, "generate: beam search width (encoder-decoder).")
 flags.DEFINE_integer("seed", None, "generate: sampling seed.")
+flags.DEFINE_string("draft", None, "generate: speculative decoding with this smaller run (a "
+                    "workdir or Hugging Face folder with the same tokenizer) as the draft model; "
+                    "mtp: the run's own multi-token-prediction module.")
+flags.DEFINE_integer("draft_tokens", None, "generate: tokens the draft proposes per call of the "
+                     "model (speculative decoding).")
 flags.DEFINE_string("text", None, "predict: the text to classify (tag; the question to "
                     "answer).")
 flags.DEFINE_string("text_pair", None, "predict: the second text of a pair task (the context "
@@ -166,7 +171,7 @@ USAGE = """llmjax: train, evaluate, sample from and convert Transformer language
 
   llmjax train    --config=configs/FILE.py[:k=v,k=v] --workdir=DIR [--config.a.b=v ...] [--stop_at_step=N]
   llmjax eval     --workdir=DIR [--step=N] [--split=NAME] [--config.data.eval_source=...]
-  llmjax generate --workdir=DIR --prompt="..." [--max_new_tokens=N --temperature=T --top_k=K --top_p=P --min_p=M --repetition_penalty=R --beam_size=B --seed=S]
+  llmjax generate --workdir=DIR --prompt="..." [--max_new_tokens=N --temperature=T --top_k=K --top_p=P --min_p=M --repetition_penalty=R --beam_size=B --seed=S] [--draft=DIR --draft_tokens=K]
   llmjax generate --workdir=DIR --messages='[{"role": "user", "content": "..."}]' (or FILE.json) [sampling flags]
   llmjax predict  --workdir=DIR --text="..." [--text_pair="..."]
   llmjax predict  --workdir=DIR --input=SOURCE --out=FILE.jsonl [--split=NAME]

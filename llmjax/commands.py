@@ -63,7 +63,7 @@ def generate(FLAGS: flags.FlagValues) -> None:
     run = api.load(FLAGS.workdir, FLAGS.step, FLAGS.config)
     sampling = {name: getattr(FLAGS, name, None) for name in (
         "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-        "seed", "beam_size")}
+        "seed", "beam_size", "draft", "draft_tokens")}
     if FLAGS.messages is not None:
         print(run.chat(_conversation(FLAGS.messages), **sampling))
         return

@@ -324,6 +324,11 @@ def base_config() -> ml_collections.ConfigDict:
     gen.seed = 0
     gen.beam_size = 1  # encoder_decoder: > 1 decodes with beam search (eval uses it too)
     gen.length_penalty = 0.6  # beam search: GNMT's alpha; 0 ranks by total log-probability
+    # speculative decoding (a decoder's sampling and greedy decoding): a smaller run with the
+    # same tokenizer (workdir or Hugging Face folder) proposes draft_tokens tokens per call of
+    # this model; the output keeps this model's distribution ("" = no draft)
+    gen.draft_workdir = ""
+    gen.draft_tokens = 4
     return c
 
 

@@ -92,10 +92,12 @@ def _check_compiler_options(config: ml_collections.ConfigDict) -> None:
 
 def check_generate_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                            beam_size: int, min_p: float = 0.0, repetition_penalty: float = 1.0,
-                           seed: int = 0) -> None:
+                           seed: int = 0, draft_tokens: int = 4) -> None:
     """Raises ConfigError for decoding options outside their range (the `generate` flags and
     the `generate.*` keys alike)."""
     del seed  # any integer
+    _check(draft_tokens >= 1, f"draft_tokens={draft_tokens} must be at least 1 (tokens the "
+                              "draft model proposes per call of the model)")
     _check(max_new_tokens >= 1, f"max_new_tokens={max_new_tokens} must be at least 1")
     _check(temperature >= 0, f"temperature={temperature} must be >= 0 (0 = greedy)")
     _check(top_k >= 0, f"top_k={top_k} must be >= 0 (0 = no top-k filter)")
@@ -327,7 +329,7 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check_compiler_options(config)
     g = config.generate
     check_generate_options(g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.beam_size,
-                           g.min_p, g.repetition_penalty)
+                           g.min_p, g.repetition_penalty, draft_tokens=g.draft_tokens)
     _check(m.remat in ("none", "full", "dots"),
            f"model.remat={m.remat!r}: use none, full or dots")
     if m.logits_chunks != 1:

@@ -232,6 +232,16 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
     raise ValueError(f"tokenizer.kind={kind!r}: use char, byte, bpe, wordpiece or sentencepiece")
 
 
+def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
+    """Do `a` and `b` give every id the same meaning (kind, size, casing, special ids, and
+    each id's text)? What two models need to share tokens (speculative decoding)."""
+    if (a.kind, a.vocab_size, a.lowercase) != (b.kind, b.vocab_size, b.lowercase):
+        return False
+    if any(getattr(a, f"{r}_id") != getattr(b, f"{r}_id") for r in SPECIAL_ROLES):
+        return False
+    return all(a.decode([i]) == b.decode([i]) for i in range(a.vocab_size))
+
+
 def load_tokenizer(directory: str | epath.Path, lowercase: bool = False) -> Tokenizer:
     """The tokenizer in `directory`: one written by Tokenizer.save, or a Hugging Face
     tokenizer (see load_hf_tokenizer; `lowercase` applies to those only)."""

@@ -24,22 +24,35 @@ from llmjax.sharding import constrain
 Array = jax.Array
 
 
+def write_slots(cache_BxS: Array, new_BxT: Array, index: Array | int) -> Array:
+    """`cache` [B, S, ...] with `new` [B, T, ...] written at slot `index` (a scalar), or at
+    each row's own slot (index [B]: speculative decoding, whose rows keep different numbers
+    of tokens)."""
+    new_BxT = new_BxT.astype(cache_BxS.dtype)
+    if jnp.ndim(index) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache_BxS, new_BxT, index, axis=1)
+    return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, axis=0))(
+        cache_BxS, new_BxT, index)
+
+
 def make_attention_mask(query_segments_BxQ: Array, key_segments_BxK: Array, *,
                         causal: bool, query_offset: Array | int = 0,
                         window: int | None = None) -> Array:
     """Boolean mask [B, 1, Q, K]: same segment, key not padding (segment 0), and key <= query
-    when causal. `query_offset` is the key index of query 0 (decoding with a cache). A causal
+    when causal. `query_offset` is the key index of query 0 (decoding with a cache; a scalar,
+    or [B] where each row has its own). A causal
     `window` keeps only the last `window` keys of each query, itself included (sliding-window
     attention, Mistral's: key > query - window); indices count tokens, since a segment's tokens
     and a cache row's slots are contiguous."""
     mask = (query_segments_BxQ[:, :, None] == key_segments_BxK[:, None, :])
     mask &= key_segments_BxK[:, None, :] != 0
     if causal:
-        q = jnp.arange(query_segments_BxQ.shape[1])[:, None] + query_offset
-        k = jnp.arange(key_segments_BxK.shape[1])[None, :]
-        mask &= (k <= q)[None]
+        offset = jnp.reshape(jnp.asarray(query_offset), (-1, 1, 1))  # [1 or B, 1, 1]
+        q = jnp.arange(query_segments_BxQ.shape[1])[None, :, None] + offset
+        k = jnp.arange(key_segments_BxK.shape[1])[None, None, :]
+        mask &= k <= q
         if window is not None:
-            mask &= (k > q - window)[None]
+            mask &= k > q - window
     return mask[:, None]
 
 
@@ -154,10 +167,8 @@ class MultiHeadAttention(nnx.Module):
             kp = positions_BxQ if kv_positions_BxK is None else kv_positions_BxK
             k = apply_rotary(k, kp, inv_freq, factor)
         if cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
-                                                    cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
-                                                    cache_index, axis=1)
+            k = write_slots(cache["k"], k, cache_index)
+            v = write_slots(cache["v"], v, cache_index)
             cache = {"k": k, "v": v}
         if cfg.scale_attention:
             q = q * ((cfg.query_scale_dim or cfg.head_dim) ** -0.5)

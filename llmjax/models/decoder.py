@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmjax.models.alibi import alibi_bias
-from llmjax.models.attention import make_attention_mask, segment_positions
+from llmjax.models.attention import make_attention_mask, segment_positions, write_slots
 from llmjax.models.blocks import TransformerBlock, apply_blocks
 from llmjax.models.config import ModelConfig
 from llmjax.models.heads import ClassifierHead
@@ -126,8 +126,8 @@ class Decoder(nnx.Module):
         x, pos, mask = self._stack(tokens_BxL, None, segment_ids, rng)
         depths, h = [], x
         for k, module in enumerate(self.mtp or []):
-            h, normed = module(h, shifted(next_tokens_BxL, k), self.embed, mask, pos,
-                               fold(rng, len(self.layers) + 1 + k))
+            h, normed, _ = module(h, shifted(next_tokens_BxL, k), self.embed, mask, pos,
+                                  fold(rng, len(self.layers) + 1 + k))
             depths.append(normed)
         return self._final(x), depths
 
@@ -149,9 +149,12 @@ class Decoder(nnx.Module):
         return self.output_logits(self.hidden_states(tokens_BxL, positions=positions,
                                                segment_ids=segment_ids, rng=rng))
 
-    def init_cache(self, batch_size: int, max_len: int | None = None) -> dict:
+    def init_cache(self, batch_size: int, max_len: int | None = None, *,
+                   mtp: bool = False) -> dict:
         """An empty KV cache for `decode`: per-layer keys/values [B, S, H_kv, K] (latent
-        attention: latents [B, S, 1, kv_lora_rank + qk_rope_head_dim]) and bookkeeping."""
+        attention: latents [B, S, 1, kv_lora_rank + qk_rope_head_dim]) and bookkeeping; with
+        `mtp`, an entry "mtp" for the first multi-token-prediction module's block
+        (`mtp_decode`)."""
         cfg = self.cfg
         s = max_len or cfg.max_len
         if cfg.kv_lora_rank:
@@ -161,33 +164,50 @@ class Decoder(nnx.Module):
             shape = (batch_size, s, cfg.kv_heads, cfg.head_dim)
             layer_cache = {"k": jnp.zeros(shape, cfg.compute_dtype),
                            "v": jnp.zeros(shape, cfg.compute_dtype)}
-        return {
+        cache = {
             "layers": [dict(layer_cache) for _ in self.layers],
-            "index": jnp.zeros((), jnp.int32),  # slots written so far
+            # slots written so far (speculative decoding makes it one per row, [B])
+            "index": jnp.zeros((), jnp.int32),
             "key_valid": jnp.zeros((batch_size, s), jnp.int32),  # 1 where a slot holds a token
             "next_position": jnp.zeros((batch_size,), jnp.int32),
         }
+        if mtp:
+            if not self.mtp:
+                raise ValueError("this decoder has no multi-token-prediction modules "
+                                 "(model.mtp_depth=0)")
+            cache["mtp"] = dict(layer_cache)
+        return cache
 
-    def decode(self, tokens_BxT: Array, cache: dict, valid_BxT: Array | None = None
-               ) -> tuple[Array, dict]:
-        """Appends T tokens to the cache and returns their logits [B, T, V]. `valid` marks real
-        tokens (0 for left padding of shorter prompts); positions count valid tokens only."""
-        valid = jnp.ones_like(tokens_BxT) if valid_BxT is None else valid_BxT.astype(jnp.int32)
-        index = cache["index"]
-        positions = cache["next_position"][:, None] + jnp.cumsum(valid, axis=1) - 1
+    def _decode_layout(self, cache: dict, valid_BxT: Array) -> tuple[Array, ...]:
+        """(positions [B, T], key_valid [B, S], mask and window mask (or None) [B, 1, T, S],
+        ALiBi bias or None) of T tokens appended to `cache` at its index."""
+        index = cache["index"]  # a scalar, or [B] (speculative decoding)
+        positions = cache["next_position"][:, None] + jnp.cumsum(valid_BxT, axis=1) - 1
         positions = jnp.maximum(positions, 0)
-        key_valid = jax.lax.dynamic_update_slice_in_dim(cache["key_valid"], valid, index, axis=1)
+        key_valid = write_slots(cache["key_valid"], valid_BxT, index)
         # Valid queries see valid keys up to themselves; padding queries see only themselves
         # (their outputs are never used), which keeps every softmax row non-empty.
-        q_seg = jnp.where(valid == 1, 1, 2)
+        q_seg = jnp.where(valid_BxT == 1, 1, 2)
         k_seg = jnp.where(key_valid == 1, 1, 2)
-        slot = jnp.arange(key_valid.shape[1])
-        is_new = (slot >= index) & (slot < index + tokens_BxT.shape[1])
-        k_seg = jnp.where((k_seg == 2) & ~is_new[None], 0, k_seg)
+        slot = jnp.arange(key_valid.shape[1])[None]
+        start = jnp.reshape(index, (-1, 1))
+        is_new = (slot >= start) & (slot < start + valid_BxT.shape[1])
+        k_seg = jnp.where((k_seg == 2) & ~is_new, 0, k_seg)
         mask, window_mask = self._masks(q_seg, k_seg, True, query_offset=index)
-        x = self._embed(tokens_BxT, positions, None)
         # a slot's position: how many valid tokens come before it in its row
         bias = self._bias(positions, jnp.maximum(jnp.cumsum(key_valid, axis=1) - 1, 0))
+        return positions, key_valid, mask, window_mask, bias
+
+    def decode(self, tokens_BxT: Array, cache: dict, valid_BxT: Array | None = None, *,
+               with_states: bool = False) -> tuple[Array, dict] | tuple[Array, Array, dict]:
+        """Appends T tokens to the cache and returns their logits [B, T, V]. `valid` marks real
+        tokens (0 for left padding of shorter prompts); positions count valid tokens only.
+        `with_states`: (logits, the last block's output [B, T, D] before the final norm,
+        cache), what `mtp_decode` reads."""
+        valid = jnp.ones_like(tokens_BxT) if valid_BxT is None else valid_BxT.astype(jnp.int32)
+        index = cache["index"]
+        positions, key_valid, mask, window_mask, bias = self._decode_layout(cache, valid)
+        x = self._embed(tokens_BxT, positions, None)
         new_layers = []
         for i, (layer, layer_cache) in enumerate(zip(self.layers, cache["layers"], strict=True)):
             windowed = self.cfg.layer_windowed(i)
@@ -196,9 +216,26 @@ class Decoder(nnx.Module):
                                    windowed=windowed)
             new_layers.append(layer_cache)
         logits = self.output_logits(self._final(x))
-        return logits, {
+        new_cache = {
+            **cache,
             "layers": new_layers,
             "index": index + tokens_BxT.shape[1],
             "key_valid": key_valid,
             "next_position": cache["next_position"] + valid.sum(axis=1),
         }
+        return (logits, x, new_cache) if with_states else (logits, new_cache)
+
+    def mtp_decode(self, states_BxTxD: Array, next_tokens_BxT: Array, cache: dict,
+                   valid_BxT: Array | None = None) -> tuple[Array, dict]:
+        """The first multi-token-prediction module over T tokens that `decode` appends to
+        `cache` (given as it was before that call): `states` are decode's `with_states`
+        output, `next_tokens` the token after each. Returns (logits [B, T, V] of the token
+        after each next token, the module's updated block cache, cache["mtp"])."""
+        valid = (jnp.ones_like(next_tokens_BxT) if valid_BxT is None
+                 else valid_BxT.astype(jnp.int32))
+        positions, _, mask, _, _ = self._decode_layout(cache, valid)
+        # as in training (multi_token_states): the full causal mask, no window or bias
+        _, normed, block_cache = self.mtp[0](states_BxTxD, next_tokens_BxT, self.embed, mask,
+                                             positions, cache=cache["mtp"],
+                                             cache_index=cache["index"])
+        return self.output_logits(normed), block_cache

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llmjax.models.attention import _mix, _scores, masked_softmax
+from llmjax.models.attention import _mix, _scores, masked_softmax, write_slots
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import (
     Dense,
@@ -111,8 +111,7 @@ class LatentAttention(nnx.Module):
         if cache is None:
             return self._expanded(q_nope, q_rope, latent, mask_Bx1xQxK, bias_BxHxQxK,
                                   scale, rng), None
-        latent = jax.lax.dynamic_update_slice_in_dim(
-            cache["latent"], latent.astype(cache["latent"].dtype), cache_index, axis=1)
+        latent = write_slots(cache["latent"], latent, cache_index)
         return (self._absorbed(q_nope, q_rope, latent, mask_Bx1xQxK, bias_BxHxQxK, scale, rng),
                 {"latent": latent})
 

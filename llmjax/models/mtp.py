@@ -9,8 +9,9 @@ t_{i+k+2}:
     logits_i = output_head(norm'(h'_i))                         Transformer block
 
 with the model's own token table and output head, under the main stack's causal mask and
-positions. Decoding and evaluation's next-token loss never run them; the objective's
-`mtp_loss` does (objectives/causal_lm.py).
+positions. The objective's `mtp_loss` trains them (objectives/causal_lm.py); evaluation's
+next-token loss never runs them, and decoding only as speculative decoding's draft
+(`Decoder.mtp_decode`, DeepSeek-V3's §5.4.3).
 """
 
 from __future__ import annotations
@@ -41,13 +42,16 @@ class MTPModule(nnx.Module):
         self.output_norm = Norm(cfg.emb_dim, cfg)
 
     def __call__(self, hidden_BxLxD: Array, next_tokens_BxL: Array, embed: Embed,
-                 mask: Array, positions_BxL: Array, rng: Array | None = None
-                 ) -> tuple[Array, Array]:
-        """(this depth's states [B, L, D] before its output norm, after it)."""
+                 mask: Array, positions_BxL: Array, rng: Array | None = None, *,
+                 cache: dict | None = None, cache_index: Array | None = None
+                 ) -> tuple[Array, Array, dict | None]:
+        """(this depth's states [B, L, D] before its output norm, after it, and its block's
+        updated KV cache when decoding with one)."""
         x = jnp.concatenate([self.embed_norm(embed(next_tokens_BxL)),
                              self.hidden_norm(hidden_BxLxD)], axis=-1)
-        h, _ = self.block(self.proj(x), mask, positions_BxL, rng=rng)
-        return h, self.output_norm(h)
+        h, cache = self.block(self.proj(x), mask, positions_BxL, rng=rng, cache=cache,
+                              cache_index=cache_index)
+        return h, self.output_norm(h), cache
 
 
 def shifted(x_BxL: Array, by: int) -> Array:
