@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import tiny_config
+from conftest import optimised, tiny_config
 from flax import nnx
 from test_cli import llmjax_cli
 
@@ -134,7 +134,7 @@ def test_finetuning_from_mlm_restores_the_encoder_and_starts_a_fresh_head(tsv, t
     assert all(jax.tree.leaves(same)), "encoder weights are restored bit-identically"
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params["classifier"],
                                             fresh["classifier"]))), "the head stays fresh"
-    train_and_evaluate(c, tmp_path / "fine")
+    train_and_evaluate(optimised(c), tmp_path / "fine")
     assert (tmp_path / "fine/tokenizer/tokenizer.json").read_text() == \
         (pre / "tokenizer/tokenizer.json").read_text()
     wrong = classify_config(tsv, **{"init.workdir": str(pre), "model.emb_dim": 48})

@@ -6,7 +6,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import run_command, tiny_config
+from conftest import optimised, run_command, tiny_config
 
 import llmjax
 from llmjax import api, commands
@@ -65,7 +65,7 @@ def test_regression_learns_scores_and_predicts_them(tmp_path, capsys):
     as `llmjax eval` reports it too) after these 150 steps."""
     c = regression_config(tmp_path, **{"num_train_steps": 150, "eval_every_steps": 150,
                                        "checkpoint_every_steps": 150, "log_every_steps": 50})
-    metrics = train_and_evaluate(c, tmp_path / "run")
+    metrics = train_and_evaluate(optimised(c), tmp_path / "run")
     assert set(metrics) == {"eval/loss", "eval/pearson", "eval/spearman"}
     assert metrics["eval/pearson"] > 0.9 and metrics["eval/loss"] < 0.25  # label variance 1.25
     assert metrics["eval/spearman"] > 0.8

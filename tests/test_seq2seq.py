@@ -8,7 +8,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import optimised, tiny_config
 from flax import nnx
 
 import llmjax
@@ -39,7 +39,7 @@ def reverse_run(tmp_path_factory):
                           "data.generated.train_documents": 5000,
                           "data.generated.eval_documents": 200, "eval_every_steps": 500,
                           "log_every_steps": 100, "checkpoint_every_steps": 500})
-    metrics = train_and_evaluate(c, workdir)
+    metrics = train_and_evaluate(optimised(c), workdir)
     return workdir, metrics
 
 
@@ -273,7 +273,7 @@ def decoder_reverse_run(tmp_path_factory):
                        "log_every_steps": 100, "checkpoint_every_steps": 500,
                        "data.extra_eval_sources": "copy=generated:copy",
                        "data.choice_eval_sources": f"mc=jsonl:{choices_file}"})
-    return workdir, train_and_evaluate(c, workdir)
+    return workdir, train_and_evaluate(optimised(c), workdir)
 
 
 def test_a_decoder_learns_source_to_target_pairs(decoder_reverse_run, capsys):

@@ -32,7 +32,8 @@ def test_greedy_verification_keeps_the_drafts_the_target_agrees_with():
     assert next_token.tolist() == [8, 6, 5]  # after all three: the target's own next token
 
 
-@pytest.mark.parametrize("filters", [{}, {"top_k": 3, "temperature": 0.7}])
+@pytest.mark.parametrize("filters", [
+    {}, pytest.param({"top_k": 3, "temperature": 0.7}, marks=pytest.mark.slow)])
 def test_sampled_verification_emits_the_targets_distribution(filters):
     """With context-free distributions p (target) and q (draft), every emitted token, the
     first and the second alike, is drawn from p (filtered as sampling filters it), whatever

@@ -7,7 +7,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_command, tiny_config
+from conftest import optimised, run_command, tiny_config
 
 import llmjax
 from llmjax.data.text_builder import DataError
@@ -148,7 +148,7 @@ def test_a_tagger_learns_entities_and_tags_new_sentences(tmp_path, capsys):
 
     train = write_jsonl(tmp_path / "train.jsonl", ner_sentences(600, 0))
     dev = write_jsonl(tmp_path / "dev.jsonl", ner_sentences(80, 1))
-    metrics = train_and_evaluate(tagger_config(train, dev), tmp_path / "run")
+    metrics = train_and_evaluate(optimised(tagger_config(train, dev)), tmp_path / "run")
     run = llmjax.load(tmp_path / "run")
     assert run.config.data.labels == "B-LOC,B-PER,I-PER,O"
     assert metrics["eval/entity_f1"] >= 0.9, metrics

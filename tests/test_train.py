@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_command, tiny_config
+from conftest import optimised, run_command, tiny_config
 from etils import epath
 
 import llmjax
@@ -356,7 +356,7 @@ def test_short_run_approaches_the_generated_loss_floor(tmp_path, capsys):
                        "model.emb_dim": 64, "model.mlp_dim": 256,
                        "model.position_embedding": "rotary",
                        "optimizer.learning_rate": 3e-3, "optimizer.weight_decay": 0.0})
-    metrics = train_and_evaluate(c, tmp_path)
+    metrics = train_and_evaluate(optimised(c), tmp_path)
     floor = metrics["eval/best_achievable_loss"]
     assert 1.5 < floor < 2.0  # far below the ~2.45 nats of letter frequencies alone
     assert metrics["eval/loss"] - floor < 0.1
