@@ -15,10 +15,15 @@ left empty: the caches need the prompt's slots, the new tokens' and one block's.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 
 from llmjax.decoding.sampling import TokensToLogits, filter_logits, sample_token
+
+if TYPE_CHECKING:
+    from llmjax.models.decoder import Decoder
 
 Array = jax.Array
 
@@ -171,7 +176,7 @@ def speculate(target: TokensToLogits, draft: TokensToLogits, prompt_BxP: Array,
     return state[1][:, :max_new_tokens], state[7]
 
 
-def self_speculate(model, prompt_BxP: Array, prompt_valid_BxP: Array, cache: dict,
+def self_speculate(model: Decoder, prompt_BxP: Array, prompt_valid_BxP: Array, cache: dict,
                    rng: Array, *, max_new_tokens: int, eos_id: int, pad_id: int = 0,
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                    min_p: float = 0.0) -> tuple[Array, Array]:
