@@ -577,9 +577,62 @@ def test_decoder_classification_from_a_llama_folder_pools_as_transformers(llama_
     with torch.no_grad():
         expected = theirs(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
     np.testing.assert_allclose(np.asarray(ours), expected.numpy(), atol=1e-4)
-    with pytest.raises(ConfigError, match="objective=classification on a decoder has no "
-                                          "Hugging Face export yet"):
-        convert.export_workdir(tmp_path / "ft", tmp_path / "hf")
+    # exported as LlamaForSequenceClassification: transformers pools before the tokenizer's pad
+    convert.export_workdir(tmp_path / "ft", tmp_path / "hf")
+    exported = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "hf").eval()
+    assert type(exported).__name__ == "LlamaForSequenceClassification"
+    assert exported.config.id2label == {0: "0", 1: "1"}  # the run's data.labels
+    # llmjax's layout ends with <eos>, this tokenizer's pad id: the folder pads with <bos>
+    tok = run.tokenizer
+    assert tok.pad_id == tok.eos_id and exported.config.pad_token_id == tok.bos_id
+    texts = [[tok.bos_id, *row[row > 2][:n - 2], tok.eos_id] for row, n in zip(
+        ids, mask.sum(1), strict=True)]
+    laid_out = np.asarray([t + [tok.bos_id] * (ids.shape[1] - len(t)) for t in texts])
+    ours = run.model.classify(jnp.asarray(laid_out), segment_ids=jnp.asarray(mask, jnp.int32))
+    with torch.no_grad():
+        logits = exported(torch.tensor(laid_out), attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_allclose(logits.numpy(), np.asarray(ours), atol=1e-4)
+    # ... and read back as a classification run with its labels
+    back = llmjax.load(tmp_path / "hf")
+    assert back.config.objective == "classification"
+    assert back.config.data.labels == run.config.data.labels
+    np.testing.assert_allclose(back.predict(["good film", "bad"])[0][1]["1"],
+                               run.predict(["good film", "bad"])[0][1]["1"], atol=1e-5)
+
+
+def test_a_gpt2_regression_run_exports_as_gpt2_for_sequence_classification(gpt2_folder,
+                                                                            tmp_path):
+    """A decoder regression run (here from a GPT-2 folder: tied embeddings, learned positions)
+    exports as GPT2ForSequenceClassification with one regression label: transformers scores
+    the state of each row's last token before the padding as run.score does."""
+    from conftest import tiny_config
+    from test_regression import write_scores_tsv
+
+    from llmjax.train.loop import train_and_evaluate
+
+    folder, _ = gpt2_folder
+    c = tiny_config(**{
+        "objective": "regression", "init.hf_path": str(folder), "data.label_column": "score",
+        "data.source": f"tsv:{write_scores_tsv(tmp_path / 'train.tsv', 64, 0)}",
+        "data.eval_source": f"tsv:{write_scores_tsv(tmp_path / 'dev.tsv', 16, 1)}",
+        "data.text_column": "sentence", "num_train_steps": 2, "seq_len": 32})
+    train_and_evaluate(c, tmp_path / "ft")
+    run = llmjax.load(tmp_path / "ft")
+    convert.export_workdir(tmp_path / "ft", tmp_path / "hf")
+    exported = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "hf").eval()
+    assert type(exported).__name__ == "GPT2ForSequenceClassification"
+    assert exported.config.problem_type == "regression" and exported.config.num_labels == 1
+    ids, mask = padded_batch([7, 12, 3], 300, seed=5)
+    ids[np.arange(3), mask.sum(1) - 1] = run.tokenizer.eos_id  # llmjax's layout: ... <eos>
+    ids = np.where(mask == 1, ids, exported.config.pad_token_id)
+    ours = run.model.classify(jnp.asarray(ids), segment_ids=jnp.asarray(mask, jnp.int32))
+    with torch.no_grad():
+        theirs = exported(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=1e-4)
+    assert llmjax.load(tmp_path / "hf").score("a fine story") == pytest.approx(
+        run.score("a fine story"), abs=1e-5)
 
 
 def test_a_bfloat16_checkpoint_sharded_over_files_imports(llama_folder, tmp_path):

@@ -200,6 +200,7 @@ def import_folder(path: str | epath.Path, objective: str | None = None
     hf_config, tensors = read_folder(path)
     family = family_of(hf_config)
     config = configs.base_config()
+    tensors, score, objective = _decoder_classifier_head(hf_config, tensors, objective)
     family.configure(config, hf_config, tensors, objective)
     try:
         named, used = family.import_tensors(hf_config, tensors, config)
@@ -207,6 +208,13 @@ def import_folder(path: str | epath.Path, objective: str | None = None
         raise ConversionError(f"{path}: the checkpoint has no tensor {e} that a "
                               f"{hf_config['model_type']} model of this config needs") from None
     check_all_used(tensors, used, family.IGNORED)
+    if score is not None and config.objective in ("classification", "regression"):
+        named["classifier/dense/kernel"] = score.T
+        if config.objective == "classification":
+            labels = hf_config.get("id2label") or {str(i): f"LABEL_{i}"
+                                                   for i in range(score.shape[0])}
+            config.data.labels = ",".join(labels[str(i)] for i in range(len(labels)))
+            config.model.num_classes = len(labels)
     _, params = nnx.split(state_lib.build_model(config))
     from llmjax.objectives import get_objective
 
@@ -263,12 +271,14 @@ def export_params(config: ml_collections.ConfigDict, params: nnx.State,
     from llmjax.objectives import get_objective
 
     family = export_family(config)
-    if config.model.arch == "decoder" and not getattr(get_objective(config.objective),
-                                                      "predicts_tokens", True):
+    objective = get_objective(config.objective)
+    classifier = (config.model.arch == "decoder"
+                  and not getattr(objective, "predicts_tokens", True))
+    if classifier and getattr(objective, "prediction", None) not in ("label", "score"):
         raise ConfigError(f"objective={config.objective} on a decoder has no Hugging Face "
-                          "export yet (llmjax writes a decoder as a causal LM; its "
-                          "ForSequenceClassification `score` layout is not written): use the "
-                          "run through llmjax (predict, eval, llmjax.load)")
+                          "export (a decoder is written as a causal LM, or with a "
+                          "classification or regression head as ForSequenceClassification): "
+                          "use the run through llmjax (predict, eval, llmjax.load)")
     problems = family.inexpressible(config)
     if problems:
         raise ConfigError(f"this run cannot be written as a Hugging Face {family.MODEL_TYPE} "
@@ -282,9 +292,58 @@ def export_params(config: ml_collections.ConfigDict, params: nnx.State,
         from llmjax.models import lora
 
         flat = lora.merge(flat, config.lora)
+    score = None
+    if classifier:  # the body as the causal LM's, then its family's `score` head
+        score = flat.pop("classifier/dense/kernel")
+        if not config.model.tie_embeddings:  # the causal LM's head, written then dropped
+            flat["lm_head/kernel"] = np.zeros((config.model.emb_dim, config.model.vocab_size),
+                                              np.float32)
     if getattr(family, "POSITIONS_AFTER_PAD", False):
-        return family.export_tensors(config, flat, pad_id=pad_id)
-    return family.export_tensors(config, flat)
+        hf_config, tensors = family.export_tensors(config, flat, pad_id=pad_id)
+    else:
+        hf_config, tensors = family.export_tensors(config, flat)
+    if score is not None:
+        hf_config, tensors = _sequence_classifier(config, hf_config, tensors, score, pad_id)
+    return hf_config, tensors
+
+
+def _sequence_classifier(config: ml_collections.ConfigDict, hf_config: dict,
+                         tensors: dict[str, np.ndarray], score_DxC: np.ndarray,
+                         pad_id: int | None) -> tuple[dict, dict[str, np.ndarray]]:
+    """A decoder's causal-LM export turned into its family's ForSequenceClassification: no
+    lm_head, `score.weight` [C, D] (no bias) on the state of each row's last token before
+    the padding, which transformers finds by `pad_token_id`."""
+    tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+    tensors["score.weight"] = score_DxC.T
+    (architecture,) = hf_config["architectures"]
+    body = re.sub(r"(ForCausalLM|LMHeadModel)$", "", architecture)
+    regression = score_DxC.shape[1] == 1 and config.objective == "regression"
+    labels = ["LABEL_0"] if regression else config.data.labels.split(",")
+    hf_config = {**hf_config, "architectures": [body + "ForSequenceClassification"],
+                 "num_labels": len(labels), "pad_token_id": pad_id,
+                 "problem_type": ("regression" if regression
+                                  else "single_label_classification"),
+                 "id2label": {str(i): name for i, name in enumerate(labels)},
+                 "label2id": {name: i for i, name in enumerate(labels)}}
+    return hf_config, tensors
+
+
+def _decoder_classifier_head(hf_config: dict, tensors: dict[str, np.ndarray],
+                             objective: str | None
+                             ) -> tuple[dict[str, np.ndarray], np.ndarray | None, str | None]:
+    """(tensors without `score.weight`, that head [C, D] or None, objective) of a decoder
+    family's ForSequenceClassification folder: classification, or regression where its
+    problem_type says so."""
+    architectures = hf_config.get("architectures") or [""]
+    if not (architectures[0].endswith("ForSequenceClassification")
+            and "score.weight" in tensors):
+        return tensors, None, objective
+    tensors = dict(tensors)
+    score = tensors.pop("score.weight")
+    if objective is None:
+        objective = ("regression" if hf_config.get("problem_type") == "regression"
+                     else "classification")
+    return tensors, score, objective
 
 
 def write_folder(out: str | epath.Path, hf_config: dict, tensors: dict[str, np.ndarray]) -> None:
@@ -331,9 +390,18 @@ def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
 
     _check_export_target(epath.Path(out))
     run = api.load(workdir, step)
-    hf_config, tensors = export_params(run.config, nnx.state(run.model, nnx.Param),
-                                       pad_id=run.tokenizer.pad_id)
     tok = run.tokenizer
+    pad_id = tok.pad_id
+    classifier = getattr(run.model, "classifier", None) is not None
+    if classifier and run.config.model.arch == "decoder" and pad_id == tok.eos_id:
+        # ForSequenceClassification pools the last token that is not the pad id, and <eos>
+        # ends every input of llmjax's layout: the folder pads with another special token
+        pad_id = next(i for i in (tok.bos_id, tok.unk_id, 0, 1)
+                      if i is not None and i != tok.eos_id)
+        logging.info("the tokenizer pads with its <eos> id; the exported classifier pads with "
+                     "id %d, so that transformers pools the <eos>", pad_id)
+    hf_config, tensors = export_params(run.config, nnx.state(run.model, nnx.Param),
+                                       pad_id=pad_id)
     for role in ("pad", "bos", "eos", "unk"):
         hf_config.setdefault(f"{role}_token_id", getattr(tok, f"{role}_id"))
     write_folder(out, hf_config, tensors)
@@ -341,8 +409,9 @@ def export_workdir(workdir: str | epath.Path, out: str | epath.Path,
     if hasattr(tok, "hf"):
         (out / "tokenizer.json").write_text(tok.hf.to_str())
         # names the special tokens, for AutoTokenizer and for importing the folder again
-        named = {f"{role}_token": tok.hf.id_to_token(i) for role in SPECIAL_ROLES
-                 if (i := getattr(tok, f"{role}_id")) is not None}
+        ids = {role: getattr(tok, f"{role}_id") for role in SPECIAL_ROLES} | {"pad": pad_id}
+        named = {f"{role}_token": tok.hf.id_to_token(i) for role, i in ids.items()
+                 if i is not None}
         chat = {"chat_template": tok.chat_template} if tok.chat_template else {}
         (out / "tokenizer_config.json").write_text(json.dumps(
             {"tokenizer_class": "PreTrainedTokenizerFast", **named, **chat}, indent=2))
