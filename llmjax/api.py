@@ -486,7 +486,7 @@ class Run:
                     graphdef, params, draft_graphdef, draft_params, jnp.asarray(tokens),
                     jnp.asarray(valid), rng, draft_tokens=k, **common)
             logging.info("speculative decoding: %d calls of the model for up to %d new tokens "
-                         "(%d drafts per call)", int(calls) + 1, max_new, k)
+                         "(K = %d drafts per call)", int(calls) + 1, max_new, k)
         else:
             new = continue_prompts(graphdef, params, jnp.asarray(tokens), jnp.asarray(valid),
                                    rng, cache_len=total, max_new_tokens=max_new,
