@@ -151,12 +151,11 @@ def main(argv):
 
 
 def _config(workdir: str):
-    """The run's saved config, with --dtype's compute dtype."""
-    from etils import epath
+    """The run's config (a workdir's or a Hugging Face folder's), with --dtype's compute
+    dtype."""
+    from llmjax import workdir_config
 
-    from llmjax import configs
-
-    config = configs.from_json((epath.Path(workdir) / "config.json").read_text())
+    config = workdir_config.get_config(workdir)
     if FLAGS.dtype:
         config.model.dtype = FLAGS.dtype
     return config

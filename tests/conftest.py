@@ -64,9 +64,9 @@ def optimised(config):
     test_short_run_approaches_the_generated_loss_floor's 400 steps, 18 -> 12 s)."""
     from llmjax import configs
 
-    eigen = config.model.dtype == "float32" and not configs.cpu_has_avx512()
-    config.parallel.compiler_options = ((configs.EIGEN_DOTS + "," if eigen else "")
-                                        + "xla_backend_optimization_level=2")
+    options = {**configs.resolve_compiler_options(config, "auto"),
+               "xla_backend_optimization_level": 2}
+    config.parallel.compiler_options = ",".join(f"{k}={v}" for k, v in options.items())
     return config
 
 

@@ -237,7 +237,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     cfg = ModelConfig.from_config(m)
     kind = "deepseek_v3" if m.moe_router == "sigmoid" or not m.num_experts else "deepseek_v2"
     expert_dim = m.moe_mlp_dim or m.mlp_dim
-    t = llama.export_ends(flat, m)
+    t = llama.export_ends(flat)
     for i in range(m.num_layers):
         p, q = f"model.layers.{i}.", f"layers/{i}/"
         t.update(_export_attention(flat, m, i))

@@ -103,7 +103,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
         for ours, theirs in (("wi", "c_fc"), ("wo", "c_proj")):
             t[p + f"mlp.{theirs}.weight"] = flat[q + f"mlp/{ours}/kernel"]
             t[p + f"mlp.{theirs}.bias"] = flat[q + f"mlp/{ours}/bias"]
-    if not m.tie_embeddings:
+    if "lm_head/kernel" in flat:  # untied (a classifier has none: its head is `score`)
         t["lm_head.weight"] = flat["lm_head/kernel"].T
     hf = {"model_type": MODEL_TYPE, "architectures": ["GPT2LMHeadModel"],
           "vocab_size": m.vocab_size, "n_positions": m.max_len, "n_embd": d,

@@ -111,7 +111,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     norm("gpt_neox.final_layer_norm", "final_norm")
     for i in range(m.num_layers):
         t.update(export_fused_block(flat, f"layers/{i}/", f"gpt_neox.layers.{i}.", "attention"))
-    if not m.tie_embeddings:
+    if "lm_head/kernel" in flat:  # untied (a classifier has none: its head is `score`)
         t["embed_out.weight"] = flat["lm_head/kernel"].T  # the name every version reads
     rope = {**llama.rope_parameters(m), "partial_rotary_factor": m.rotary_fraction}
     hf = {"model_type": MODEL_TYPE, "architectures": ["GPTNeoXForCausalLM"],

@@ -292,12 +292,8 @@ def export_params(config: ml_collections.ConfigDict, params: nnx.State,
         from llmjax.models import lora
 
         flat = lora.merge(flat, config.lora)
-    score = None
-    if classifier:  # the body as the causal LM's, then its family's `score` head
-        score = flat.pop("classifier/dense/kernel")
-        if not config.model.tie_embeddings:  # the causal LM's head, written then dropped
-            flat["lm_head/kernel"] = np.zeros((config.model.emb_dim, config.model.vocab_size),
-                                              np.float32)
+    # a classifier: the body as the causal LM's (without an lm_head), then `score`
+    score = flat.pop("classifier/dense/kernel") if classifier else None
     if getattr(family, "POSITIONS_AFTER_PAD", False):
         hf_config, tensors = family.export_tensors(config, flat, pad_id=pad_id)
     else:
@@ -313,8 +309,7 @@ def _sequence_classifier(config: ml_collections.ConfigDict, hf_config: dict,
     """A decoder's causal-LM export turned into its family's ForSequenceClassification: no
     lm_head, `score.weight` [C, D] (no bias) on the state of each row's last token before
     the padding, which transformers finds by `pad_token_id`."""
-    tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
-    tensors["score.weight"] = score_DxC.T
+    tensors = {**tensors, "score.weight": score_DxC.T}
     (architecture,) = hf_config["architectures"]
     body = re.sub(r"(ForCausalLM|LMHeadModel)$", "", architecture)
     regression = score_DxC.shape[1] == 1 and config.objective == "regression"

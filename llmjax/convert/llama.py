@@ -231,12 +231,11 @@ def import_ends(get: TensorReader, m: ml_collections.ConfigDict) -> dict[str, np
     return out
 
 
-def export_ends(flat: dict[str, np.ndarray], m: ml_collections.ConfigDict
-                ) -> dict[str, np.ndarray]:
-    """import_ends' inverse."""
+def export_ends(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """import_ends' inverse (no lm_head where the run has none: tied, or a classifier)."""
     t = {"model.embed_tokens.weight": flat["embed/embedding"],
          "model.norm.weight": flat["final_norm/scale"]}
-    if not m.tie_embeddings:
+    if "lm_head/kernel" in flat:
         t["lm_head.weight"] = flat["lm_head/kernel"].T
     return t
 
@@ -332,7 +331,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     m = config.model
     d = m.emb_dim
     head_dim = m.head_dim or d // m.num_heads
-    t = export_ends(flat, m)
+    t = export_ends(flat)
     for i in range(m.num_layers):
         p, q = f"model.layers.{i}.", f"layers/{i}/"
         t.update(export_projections(flat, m, i))

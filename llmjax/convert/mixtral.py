@@ -197,7 +197,7 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
     block_name, expert_names = _EXPERT_NAMES[kind]
     cfg = ModelConfig.from_config(m)
     expert_dim = m.moe_mlp_dim or m.mlp_dim
-    t = llama.export_ends(flat, m)
+    t = llama.export_ends(flat)
     for i in range(m.num_layers):
         p, q = f"model.layers.{i}.", f"layers/{i}/"
         t.update(llama.export_attention(flat, m, i))

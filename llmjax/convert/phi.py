@@ -101,8 +101,10 @@ def export_tensors(config: ml_collections.ConfigDict, flat: dict[str, np.ndarray
                    ) -> tuple[dict, dict[str, np.ndarray]]:
     m = config.model
     d = m.emb_dim
-    t = {"model.embed_tokens.weight": flat["embed/embedding"],
-         "lm_head.weight": flat["lm_head/kernel"].T, "lm_head.bias": flat["lm_head/bias"]}
+    t = {"model.embed_tokens.weight": flat["embed/embedding"]}
+    if "lm_head/kernel" in flat:  # a classifier has none: its head is `score`
+        t.update({"lm_head.weight": flat["lm_head/kernel"].T,
+                  "lm_head.bias": flat["lm_head/bias"]})
 
     def norm(theirs: str, ours: str) -> None:
         t.update(write_layer_norm(flat, ours, theirs))
