@@ -82,7 +82,8 @@ def test_generate_and_eval_through_the_api_and_cli(reverse_run, capsys):
     for name in ("rouge1", "rougeL", "rougeLsum"):
         assert 100 * evaluated["eval/exact_match"] <= evaluated[f"eval/{name}"] <= 100
     assert evaluated["eval/rouge2"] == 0.0  # one word has no bigram
-    assert 90 < evaluated["eval/chrf"] < 100
+    assert 90 < evaluated["eval/chrf"] <= 100
+    assert (evaluated["eval/chrf"] == 100) == (evaluated["eval/exact_match"] == 1)
     np.testing.assert_allclose(evaluated["eval/loss"], metrics["eval/loss"], rtol=1e-5)
 
 

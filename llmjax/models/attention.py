@@ -68,9 +68,9 @@ def segment_positions(segment_ids_BxL: Array) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def masked_softmax(logits_BxHxQxK: Array, mask_Bx1xQxK: Array, dtype: jnp.dtype) -> Array:
-    """Softmax over keys of the float32 logits where `mask` holds, as probabilities in `dtype`
-    [B, H, Q, K]. Masked logits become a finite minimum, not -inf, so fully masked rows
-    (padding queries) stay NaN-free.
+    """Softmax over keys (the last axis) of the float32 logits where `mask` (broadcast to
+    them) holds, as probabilities in `dtype` [B, H, Q, K]. Masked logits become a finite
+    minimum, not -inf, so fully masked rows (padding queries) stay NaN-free.
 
     The gradient is written out from the probabilities in `dtype`, p * (g - sum(g * p)), with
     masked positions' zeroed: autodiff of mask, softmax and cast reads and writes more
@@ -95,25 +95,44 @@ masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
 
 
 def _scores(q_BxQxHxK: Array, k_BxSxNxK: Array) -> Array:
-    """Attention logits [B, H, Q, S] in float32. With N < H key/value heads (grouped-query
-    attention), query head h reads key head h // (H / N), as Hugging Face's repeat_kv: the
-    G = H / N query heads of a key head are one matmul's rows, without copying the keys."""
+    """Attention logits [B, N, Q, G, S] in float32, for N key/value heads of G = H / N query
+    heads each (grouped-query attention): query head h = n * G + g reads key head n, as
+    Hugging Face's repeat_kv. A key head's G x Q queries are one matmul's rows, without copying
+    the keys; query-major, so that a query axis split over devices (context parallelism)
+    stays split in them (G-major rows would merge a whole axis with a split one)."""
     b, q_len, h, d = q_BxQxHxK.shape
     n, s = k_BxSxNxK.shape[2], k_BxSxNxK.shape[1]
-    q_BxNxGQxK = (q_BxQxHxK.reshape(b, q_len, n, h // n, d).transpose(0, 2, 3, 1, 4)
-                  .reshape(b, n, h // n * q_len, d))
-    logits = batched_matmul(q_BxNxGQxK, k_BxSxNxK.transpose(0, 2, 3, 1))
-    return logits.reshape(b, h, q_len, s)
+    q_BxNxQGxK = (q_BxQxHxK.reshape(b, q_len, n, h // n, d).transpose(0, 2, 1, 3, 4)
+                  .reshape(b, n, q_len * (h // n), d))
+    logits = batched_matmul(q_BxNxQGxK, k_BxSxNxK.transpose(0, 2, 3, 1))
+    return logits.reshape(b, n, q_len, h // n, s)
 
 
-def _mix(probs_BxHxQxS: Array, v_BxSxNxK: Array) -> Array:
+def _mix(probs_BxNxQxGxS: Array, v_BxSxNxK: Array) -> Array:
     """Attention output [B, Q, H, K]: each head's probabilities over its (grouped) values."""
-    b, h, q_len, s = probs_BxHxQxS.shape
-    n, d = v_BxSxNxK.shape[2], v_BxSxNxK.shape[3]
-    out = batched_matmul(probs_BxHxQxS.reshape(b, n, h // n * q_len, s),
+    b, n, q_len, g, s = probs_BxNxQxGxS.shape
+    d = v_BxSxNxK.shape[3]
+    out = batched_matmul(probs_BxNxQxGxS.reshape(b, n, q_len * g, s),
                          v_BxSxNxK.transpose(0, 2, 1, 3))
-    out = out.reshape(b, n, h // n, q_len, d).transpose(0, 3, 1, 2, 4)
-    return out.reshape(b, q_len, h, d).astype(probs_BxHxQxS.dtype)
+    out = out.reshape(b, n, q_len, g, d).transpose(0, 2, 1, 3, 4)
+    return out.reshape(b, q_len, n * g, d).astype(probs_BxNxQxGxS.dtype)
+
+
+def grouped_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
+                      mask_Bx1xQxS: Array, bias_BxHxQxS: Array | None, *,
+                      softcap: float | None, dropout_rate: float, rng: Array | None) -> Array:
+    """softmax(q . k [soft-capped] + bias, where `mask`) v: [B, Q, H, V] in q's dtype, with
+    N <= H key/value heads (the scores kept as `_scores` lays them out)."""
+    logits = _scores(q_BxQxHxK, k_BxSxNxK.astype(q_BxQxHxK.dtype))  # [B, N, Q, G, S]
+    n, g = logits.shape[1], logits.shape[3]
+    if softcap is not None:  # Gemma 2: bounded logits, smooth near 0
+        logits = softcap * jnp.tanh(logits / softcap)
+    if bias_BxHxQxS is not None:  # [1 or B, H, Q, S] -> [1 or B, N, Q, G, S]
+        bias = bias_BxHxQxS.reshape(bias_BxHxQxS.shape[0], n, g, *bias_BxHxQxS.shape[2:])
+        logits = logits + bias.transpose(0, 1, 3, 2, 4)
+    probs = masked_softmax(logits, mask_Bx1xQxS[:, :, :, None, :], q_BxQxHxK.dtype)
+    probs = dropout(probs, dropout_rate, rng)
+    return _mix(probs, v_BxSxNxV.astype(q_BxQxHxK.dtype))
 
 
 class MultiHeadAttention(nnx.Module):
@@ -155,8 +174,11 @@ class MultiHeadAttention(nnx.Module):
             k, v = static_kv["k"], static_kv["v"]
         else:
             k, v = self._key_values(x_BxQxD if kv_BxKxD is None else kv_BxKxD)
-        heads = ("batch", None, "heads", None)  # tensor parallelism splits heads
-        q, k, v = constrain(q, heads), constrain(k, heads), constrain(v, heads)
+        # tensor parallelism splits heads; context parallelism keeps the queries' tokens split
+        # and gathers every key and value (each query may attend to any of them)
+        heads = ("batch", None, "heads", None)
+        q = constrain(q, ("batch", "length", "heads", None))
+        k, v = constrain(k, heads), constrain(v, heads)
         if cfg.position_embedding == "rotary" and positions_BxQ is not None:
             inv_freq = rotary_frequencies(cfg)
             factor = rotary_attention_factor(cfg)
@@ -177,14 +199,10 @@ class MultiHeadAttention(nnx.Module):
                 q, k.astype(q.dtype), v.astype(q.dtype), bias=bias_BxHxQxK, mask=mask_Bx1xQxK,
                 scale=1.0, implementation=cfg.attention_impl)
             return self.out(out), cache
-        logits = _scores(q, k.astype(q.dtype))
-        if cfg.attention_softcap is not None:  # Gemma 2: bounded logits, smooth near 0
-            logits = cfg.attention_softcap * jnp.tanh(logits / cfg.attention_softcap)
-        if bias_BxHxQxK is not None:
-            logits = logits + bias_BxHxQxK
-        probs = masked_softmax(logits, mask_Bx1xQxK, q.dtype)
-        probs = dropout(probs, cfg.attention_dropout_rate, rng)
-        return self.out(_mix(probs, v.astype(q.dtype))), cache
+        out = grouped_attention(q, k, v, mask_Bx1xQxK, bias_BxHxQxK,
+                                softcap=cfg.attention_softcap,
+                                dropout_rate=cfg.attention_dropout_rate, rng=rng)
+        return self.out(out), cache
 
     def _key_values(self, kv_BxKxD: Array) -> tuple[Array, Array]:
         k = self.key(kv_BxKxD)

@@ -24,13 +24,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llmjax.models.attention import _mix, _scores, masked_softmax, write_slots
+from llmjax.models.attention import grouped_attention, write_slots
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import (
     Dense,
     Norm,
     apply_rotary,
-    dropout,
     rotary_attention_factor,
     rotary_frequencies,
 )
@@ -81,7 +80,7 @@ class LatentAttention(nnx.Module):
                  ) -> tuple[Array, Array]:
         """(q_nope [B, Q, H, n], rotated q_rope [B, Q, H, p])."""
         h = x_BxQxD if self.query_down is None else self.query_norm(self.query_down(x_BxQxD))
-        q = constrain(self.query(h), ("batch", None, "heads", None))
+        q = constrain(self.query(h), ("batch", "length", "heads", None))
         n = self.cfg.head_dim
         return q[..., :n], apply_rotary(q[..., n:], positions_BxQ, inv_freq, factor)
 
@@ -118,14 +117,8 @@ class LatentAttention(nnx.Module):
     def _attend(self, q: Array, k: Array, v: Array, mask: Array, bias: Array | None,
                 rng: Array | None) -> Array:
         """softmax(q . k + bias) v with one key head or one per query head: [B, Q, H, v]."""
-        cfg = self.cfg
-        logits = _scores(q, k.astype(q.dtype))
-        if cfg.attention_softcap is not None:
-            logits = cfg.attention_softcap * jnp.tanh(logits / cfg.attention_softcap)
-        if bias is not None:
-            logits = logits + bias
-        probs = dropout(masked_softmax(logits, mask, q.dtype), cfg.attention_dropout_rate, rng)
-        return _mix(probs, v.astype(q.dtype))
+        return grouped_attention(q, k, v, mask, bias, softcap=self.cfg.attention_softcap,
+                                 dropout_rate=self.cfg.attention_dropout_rate, rng=rng)
 
     def _expanded(self, q_nope, q_rope, latent_BxSx1xC, mask, bias, scale, rng) -> Array:
         """Keys and values made from the latent for every head (training, full passes)."""
