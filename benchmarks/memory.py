@@ -8,9 +8,11 @@ a LoRA fine-tune (adapters of rank R on `--lora_targets`, the only trained param
 state for them alone, no weight gradients for the rest); `--logits_chunks=N` the causal-LM loss
 computed N chunks of the sequence at a time (model.logits_chunks), with `--vocab_size` to see
 what the [B, L, V] logits cost; `--dtype=bfloat16` bfloat16 compute; `--meshes=data,fsdp` a
-subset of the meshes. Prints one JSON line per mesh: parameters + optimizer state per device
-(the step's donated state arguments), temporaries, and the compile time; then the fsdp=8 /
-data-only ratio of parameter + optimizer memory (ZeRO-3 divides it by the fsdp size).
+subset of the meshes (`sequence`, `fsdp_sequence`: context parallelism, each example's tokens
+split over the sequence axis, for long sequences and fewer rows than devices). Prints one JSON
+line per mesh: parameters + optimizer state per device (the step's donated state arguments),
+temporaries, and the compile time; then the fsdp=8 / data-only ratio of parameter + optimizer
+memory (ZeRO-3 divides it by the fsdp size).
 """
 
 from __future__ import annotations
@@ -37,12 +39,17 @@ flags.DEFINE_integer("vocab_size", 32768, "model.vocab_size.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (compute dtype).")
 flags.DEFINE_integer("logits_chunks", 1, "model.logits_chunks (1: the whole [B, L, V] logits).")
 flags.DEFINE_list("meshes", ["data", "fsdp", "tensor", "fsdp_tensor"],
-                  "Which meshes to compile for: data, fsdp, tensor, fsdp_tensor.")
+                  "Which meshes to compile for: data, fsdp, tensor, fsdp_tensor, "
+                  "fsdp2_tensor4, sequence, fsdp_sequence.")
 FLAGS = flags.FLAGS
 
-MESHES = {"data": ("data-only (8,1,1)", (8, 1, 1)), "fsdp": ("fsdp=8 (1,8,1)", (1, 8, 1)),
-          "tensor": ("tensor=8 (1,1,8)", (1, 1, 8)),
-          "fsdp_tensor": ("fsdp x tensor (1,4,2)", (1, 4, 2))}
+# (data, fsdp, sequence, tensor), as llmjax.sharding.MESH_AXES
+MESHES = {"data": ("data-only (8,1,1,1)", (8, 1, 1, 1)), "fsdp": ("fsdp=8 (1,8,1,1)", (1, 8, 1, 1)),
+          "tensor": ("tensor=8 (1,1,1,8)", (1, 1, 1, 8)),
+          "fsdp_tensor": ("fsdp x tensor (1,4,1,2)", (1, 4, 1, 2)),
+          "fsdp2_tensor4": ("fsdp x tensor (1,2,1,4)", (1, 2, 1, 4)),
+          "sequence": ("sequence=8 (1,1,8,1)", (1, 1, 8, 1)),
+          "fsdp_sequence": ("fsdp x sequence (1,2,4,1)", (1, 2, 4, 1))}
 
 
 def main(argv):
@@ -53,6 +60,7 @@ def main(argv):
     from llmjax import configs
     from llmjax.models import lora
     from llmjax.objectives import get_objective
+    from llmjax.sharding import MESH_AXES
     from llmjax.train import optim
     from llmjax.train import state as state_lib
     from llmjax.train.parallel import Parallel
@@ -87,7 +95,8 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--meshes: unknown {sorted(unknown)}; choose from {list(MESHES)}")
     for name, mesh in (MESHES[key] for key in FLAGS.meshes):
-        c.parallel.mesh.data, c.parallel.mesh.fsdp, c.parallel.mesh.tensor = mesh
+        for axis, size in zip(MESH_AXES, mesh, strict=True):
+            c.parallel.mesh[axis] = size
         parallel = Parallel("mesh", graphdef, objective, tx, schedule,
                             mesh_sizes=c.parallel.mesh, abstract_state=abstract,
                             trainable=trainable)
@@ -106,7 +115,7 @@ def main(argv):
                           "output_gib": round(memory.output_size_in_bytes / 2**30, 3),
                           "compile_s": round(compile_s, 1)}))
     if {"data", "fsdp"} <= set(FLAGS.meshes):
-        ratio = per_device["data-only (8,1,1)"] / per_device["fsdp=8 (1,8,1)"]
+        ratio = per_device["data-only (8,1,1,1)"] / per_device["fsdp=8 (1,8,1,1)"]
         print(json.dumps({"state_per_device_data_only_over_fsdp8": round(ratio, 2)}))
 
 

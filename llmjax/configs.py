@@ -294,6 +294,8 @@ def base_config() -> ml_collections.ConfigDict:
     p.mesh = ml_collections.ConfigDict()
     p.mesh.data = -1
     p.mesh.fsdp = 1
+    # context parallelism: each example's tokens split over this many devices (long sequences)
+    p.mesh.sequence = 1
     p.mesh.tensor = 1
     # how pmap and data-only meshes sum gradients over devices: auto | flat | per_array. flat:
     # one all-reduce of all of them concatenated; auto: flat on CPU, whose runtime exchanges

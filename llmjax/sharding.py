@@ -3,10 +3,11 @@ and activation, and the rules that map logical axes onto mesh axes.
 
 Mesh axes: `data` (batch only), `fsdp` (batch, and parameters and optimizer state split along
 their model dimension, gathered for each matmul: ZeRO-3; a mixture of experts' experts, whole
-ones per device, where the axis divides their number: expert parallelism) and `tensor` (heads,
-MLP hidden units and vocabulary split across devices: Megatron). A dimension that does not
-divide evenly by its mesh axes stays whole (replicated) rather than failing, so tiny models run
-on any mesh.
+ones per device, where the axis divides their number: expert parallelism), `sequence` (context
+parallelism: every activation split along its tokens, attention's keys and values gathered
+whole; parameters and optimizer state split as over fsdp) and `tensor` (heads, MLP hidden
+units and vocabulary split across devices: Megatron). A dimension that does not divide evenly
+by its mesh axes stays whole (replicated) rather than failing, so tiny models run on any mesh.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# outermost first: jax.make_mesh gives the last axes the closest devices, so tensor (two
+# activation all-reduces per layer) gets them, then sequence (a key/value gather per layer)
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 # Logical axis -> mesh axes. 'embed' is a parameter's model dimension; activations keep theirs
 # whole ('act_embed'), so FSDP gathers weights instead of splitting activations.
@@ -33,7 +36,12 @@ RULES: dict[str, tuple[str, ...]] = {
     # travel to them (all-to-all) instead of every expert's weights to every device. A count
     # the axis does not divide leaves the experts to shard as dense layers do.
     "expert": ("fsdp",),
-    "embed": ("fsdp",),
+    # the sequence axis's devices each hold a slice of the tokens, not of the batch; the state
+    # splits over them too (as MaxText's context axis), else each would hold all of it
+    "embed": ("fsdp", "sequence"),
+    # an activation's tokens (context parallelism); queries keep theirs split, attention's keys
+    # and values are constrained whole, so XLA gathers them along it
+    "length": ("sequence",),
     "vocab": ("tensor",),
     "heads": ("tensor",),
     "mlp": ("tensor",),
@@ -67,28 +75,28 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 
 def mesh_shape(sizes: ml_collections.ConfigDict | dict, num_devices: int) -> dict[str, int]:
     """The mesh sizes with -1 resolved for `num_devices`, without building a mesh."""
-    sizes = {axis: int(sizes[axis]) for axis in MESH_AXES}
+    sizes = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
     known = math.prod(s for s in sizes.values() if s != -1)
     return {a: (num_devices // max(known, 1) if s == -1 else s) for a, s in sizes.items()}
 
 
 def model_axes(sizes: dict[str, int]) -> dict[str, int]:
     """The resolved mesh axes beyond `data` that have more than one device: those that split
-    the model's state (fsdp, tensor); empty on a data-only mesh."""
+    the model's state (fsdp, sequence, tensor); empty on a data-only mesh."""
     return {axis: size for axis, size in sizes.items() if axis != "data" and size > 1}
 
 
 def mesh_problem(sizes: ml_collections.ConfigDict | dict, num_devices: int,
                  num_processes: int) -> str | None:
     """Why `sizes` cannot be the mesh of this run (None if it can)."""
-    sizes = {axis: int(sizes[axis]) for axis in MESH_AXES}
+    sizes = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
     if sum(s == -1 for s in sizes.values()) > 1 or any(s == 0 or s < -1
                                                        for s in sizes.values()):
         return f"parallel.mesh {sizes}: sizes must be positive, with at most one -1 (the rest)"
     resolved = mesh_shape(sizes, num_devices)
     if math.prod(resolved.values()) != num_devices:
         return (f"parallel.mesh {sizes} does not fit the {num_devices} devices: make data x "
-                f"fsdp x tensor = {num_devices}, or set one of them to -1")
+                f"fsdp x sequence x tensor = {num_devices}, or set one of them to -1")
     if (resolved["data"] * resolved["fsdp"]) % num_processes:
         return (f"parallel.mesh {resolved}: data x fsdp must be a multiple of the "
                 f"{num_processes} processes (each process feeds its own examples)")
@@ -96,7 +104,8 @@ def mesh_problem(sizes: ml_collections.ConfigDict | dict, num_devices: int,
 
 
 def make_mesh(sizes: ml_collections.ConfigDict | dict) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all devices; one size may be -1 (the rest)."""
+    """A (data, fsdp, sequence, tensor) mesh over all devices; one size may be -1 (the
+    rest)."""
     problem = mesh_problem(sizes, jax.device_count(), jax.process_count())
     if problem:
         raise ValueError(problem)

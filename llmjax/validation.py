@@ -37,6 +37,21 @@ def _check_mesh(mesh: ml_collections.ConfigDict) -> None:
     _check(problem is None, problem or "")
 
 
+def _check_sequence_axis(config: ml_collections.ConfigDict) -> None:
+    """Context parallelism splits each example's tokens evenly: a length the axis does not
+    divide would silently stay whole on every device."""
+    n = int(config.parallel.mesh.sequence)
+    if n <= 1:
+        return
+    lengths = {"seq_len": config.seq_len}
+    if config.model.arch == "encoder_decoder":
+        lengths["target_seq_len"] = config.target_seq_len
+    for key, length in lengths.items():
+        _check(length % n == 0,
+               f"{key}={length} does not split over parallel.mesh.sequence={n} devices: make "
+               f"{key} a multiple of {n}, or choose a sequence size that divides it")
+
+
 def _check_gradient_allreduce(parallel: ml_collections.ConfigDict) -> None:
     from llmjax.train.parallel import GRADIENT_ALLREDUCES
 
@@ -324,6 +339,7 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"parallel.mode={config.parallel.mode!r}: use single, pmap or mesh")
     if config.parallel.mode == "mesh":
         _check_mesh(config.parallel.mesh)
+        _check_sequence_axis(config)
     _check_gradient_allreduce(config.parallel)
     _check_cpu_devices(config.parallel.cpu_devices)
     _check_compiler_options(config)

@@ -114,11 +114,12 @@ def test_dpo_learns_a_preference(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["mesh", "pmap"])
 def test_dpo_gives_one_devices_metrics_under_pmap_and_a_mesh(tmp_path, mode):
-    """The pair axis rides along the batch axis: a (2, 2, 2) mesh (and 8-way pmap, slow: it
+    """The pair axis rides along the batch axis: a (1, 2, 2, 2) mesh (and 8-way pmap, slow: it
     has no DPO-specific code) train and evaluate as one device does."""
     c, _ = preference_setup(tmp_path, num_train_steps=5, eval_every_steps=5)
     single = train_and_evaluate(c, tmp_path / "single")
-    mesh = {"parallel.mesh.fsdp": 2, "parallel.mesh.tensor": 2} if mode == "mesh" else {}
+    mesh = ({"parallel.mesh.fsdp": 2, "parallel.mesh.sequence": 2, "parallel.mesh.tensor": 2}
+            if mode == "mesh" else {})
     other_config = apply_overrides(c.copy_and_resolve_references(),
                                    {"parallel.mode": mode, **mesh})
     other = train_and_evaluate(other_config, tmp_path / mode)

@@ -106,7 +106,7 @@ def test_training_on_a_vocabulary_splitting_mesh_equals_one_device(tmp_path):
     c, objective, batches = family_setup(tmp_path, "decoder")
     reference, _, _ = run_steps(c, objective, batches, "single")
     c.model.logits_chunks = 3  # 32 positions: chunks of 11, padded
-    losses, _, _ = run_steps(c, objective, batches, "mesh", mesh=(2, 2, 2))
+    losses, _, _ = run_steps(c, objective, batches, "mesh", mesh=(1, 2, 2, 2))
     assert len(set(reference)) == 3
     np.testing.assert_allclose(losses, reference, rtol=1e-5)
 

@@ -1,6 +1,7 @@
-"""Mesh sharding on 8 fake CPU devices: pmap and (data, fsdp, tensor) meshes give one device's
-losses for each model family, parameters and optimizer state are really split, and a
-checkpoint written on one mesh restores bit-identically on another mesh and on one device."""
+"""Mesh sharding on 8 fake CPU devices: pmap and (data, fsdp, sequence, tensor) meshes give one
+device's losses for each model family, parameters, optimizer state and a long sequence's
+activations are really split, and a checkpoint written on one mesh restores bit-identically on
+another mesh and on one device."""
 
 import re
 
@@ -24,7 +25,13 @@ FAMILIES = {
                         "data.source": "generated:reverse", "target_seq_len": 16,
                         "seq_len": 16, "model.position_embedding": "relative"},
 }
-MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2)}
+# (data, fsdp, sequence, tensor), as sharding.MESH_AXES
+MESHES = {"8x1x1x1": (8, 1, 1, 1), "2x4x1x1": (2, 4, 1, 1), "1x2x2x2": (1, 2, 2, 2)}
+
+
+def set_mesh(c, mesh: tuple[int, ...]) -> None:
+    for axis, size in zip(sharding.MESH_AXES, mesh, strict=True):
+        c.parallel.mesh[axis] = size
 
 
 def family_setup(tmp_path, family: str, **extra):
@@ -41,7 +48,7 @@ def run_steps(c, objective, batches, mode, mesh=None, compiler_options=None,
     """(losses of three steps, final device state, Parallel) under `mode`."""
     c = configs.ml_collections.ConfigDict(c.to_dict())
     if mesh:
-        c.parallel.mesh.data, c.parallel.mesh.fsdp, c.parallel.mesh.tensor = mesh
+        set_mesh(c, mesh)
     graphdef, params = nnx.split(state_lib.build_model(c))
     tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
     host_state = state_lib.init_state(params, tx, c.seed)
@@ -92,7 +99,7 @@ def test_data_parallel_sums_gradients_in_one_all_reduce_or_one_per_array(tmp_pat
     single, single_state, single_parallel = run_steps(c, objective, batches, "single")
     expected_sums = single_parallel.eval_step(single_state["params"], batches[0])
     num_arrays = len(jax.tree.leaves(single_state["params"]))
-    for mode, mesh in [("pmap", None), ("mesh", (8, 1, 1))]:
+    for mode, mesh in [("pmap", None), ("mesh", (8, 1, 1, 1))]:
         losses, state, parallel = run_steps(c, objective, batches, mode, mesh,
                                             gradient_allreduce=allreduce)
         np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=mode)
@@ -128,7 +135,7 @@ def test_decoder_layouts_on_a_tensor_parallel_mesh(tmp_path, layout):
     mesh gives one device's losses."""
     c, objective, batches = family_setup(tmp_path, "decoder", **LAYOUTS[layout])
     single, _, _ = run_steps(c, objective, batches, "single")
-    losses, _, _ = run_steps(c, objective, batches, "mesh", (2, 2, 2))
+    losses, _, _ = run_steps(c, objective, batches, "mesh", (2, 2, 1, 2))
     np.testing.assert_allclose(losses, single, atol=1e-5)
 
 
@@ -137,11 +144,68 @@ def test_grouped_query_attention_on_a_tensor_parallel_mesh(tmp_path):
     c, objective, batches = family_setup(tmp_path, "decoder", **{
         "model.num_heads": 4, "model.num_kv_heads": 2, "model.position_embedding": "rotary"})
     single, _, _ = run_steps(c, objective, batches, "single")
-    losses, state, _ = run_steps(c, objective, batches, "mesh", (2, 2, 2))
+    losses, state, _ = run_steps(c, objective, batches, "mesh", (2, 2, 1, 2))
     np.testing.assert_allclose(losses, single, atol=1e-5)
     kernel = state["params"]["layers"][0]["attention"]["key"]["kernel"][...]
     assert kernel.shape == (32, 2, 8)
     assert shard_shapes(kernel) == {(16, 1, 8)}  # fsdp x tensor
+
+
+CONTEXT_PARALLEL = {  # grouped queries, rotary positions, sliding windows on packed documents
+    "model.num_heads": 4, "model.num_kv_heads": 1, "model.position_embedding": "rotary",
+    "model.attention_window": 24, "seq_len": 64}
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, pytest.param({"model.position_embedding": "alibi", "model.attention_window": None},
+                     marks=pytest.mark.slow),
+    pytest.param({"model.kv_lora_rank": 16, "model.num_kv_heads": None},
+                 marks=pytest.mark.slow)], ids=["gqa_rotary_window", "alibi", "latent"])
+def test_context_parallel_meshes_give_one_devices_losses(tmp_path, overrides):
+    """Each example's tokens split over the sequence axis (queries split, keys and values
+    gathered): 8 ways and 4 ways beside data (beside fsdp and tensor: MESHES), as one device
+    trains."""
+    c, objective, batches = family_setup(tmp_path, "decoder",
+                                         **{**CONTEXT_PARALLEL, **overrides})
+    single, _, _ = run_steps(c, objective, batches, "single")
+    assert len(set(single)) == 3
+    for mesh in [(1, 1, 8, 1), (2, 1, 4, 1)]:
+        losses, _, _ = run_steps(c, objective, batches, "mesh", mesh)
+        np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=f"mesh {mesh}")
+
+
+def test_context_parallelism_splits_a_long_sequences_activations_and_the_state():
+    """What context parallelism is for: at 1024 tokens the attention scores dominate a step's
+    temporaries, and 8 sequence devices each hold about an eighth of them (the gathered keys
+    and values, and the parameters gathered for each matmul, whole). The state splits over
+    the axis as over fsdp. Compiled on abstract shapes: nothing runs."""
+    c = tiny_config(**{**CONTEXT_PARALLEL, "model.vocab_size": 64, "model.max_len": 1024,
+                       "seq_len": 1024, "batch_size": 2})
+    graphdef, params = state_lib.abstract_model(c)
+    objective = get_objective(c.objective)
+    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
+    abstract = jax.eval_shape(lambda p: state_lib.init_state(p, tx, 0), params)
+    dtypes = {"inputs": np.int32, "targets": np.int32, "segment_ids": np.int32,
+              "weights": np.float32}
+
+    def memory(mode, mesh=None):
+        if mesh:
+            set_mesh(c, mesh)
+        parallel = Parallel(mode, graphdef, objective, tx, schedule, mesh_sizes=c.parallel.mesh,
+                            abstract_state=abstract)
+        rows = {"sharding": parallel.batch_sharding} if mesh else {}
+        batch = {k: jax.ShapeDtypeStruct((2, 1024), d, **rows) for k, d in dtypes.items()}
+        state = parallel.abstract_for_restore(abstract)
+        return parallel._train.lower(state, batch).compile().memory_analysis()
+
+    one, split = memory("single"), memory("mesh", (1, 1, 8, 1))
+    scores = 2 * 4 * 1024 * 1024 * 4  # one float32 [B, H, L, L]
+    assert one.temp_size_in_bytes > 3 * scores
+    assert split.temp_size_in_bytes < one.temp_size_in_bytes / 4, (
+        split.temp_size_in_bytes, one.temp_size_in_bytes)
+    batch_bytes = 4 * 2 * 1024 * 4  # whole on every device: rows split over data x fsdp only
+    state = [memory.argument_size_in_bytes - batch_bytes for memory in (one, split)]
+    assert state[1] < state[0] / 4, state
 
 
 def shard_shapes(array) -> set[tuple]:
@@ -150,12 +214,12 @@ def shard_shapes(array) -> set[tuple]:
 
 def test_parameters_and_optimizer_state_are_really_sharded(tmp_path):
     c, objective, batches = family_setup(tmp_path, "decoder")
-    _, state, _ = run_steps(c, objective, batches[:1], "mesh", (2, 4, 1))
+    _, state, _ = run_steps(c, objective, batches[:1], "mesh", (2, 4, 1, 1))
     query = state["params"]["layers"][0]["attention"]["query"]["kernel"][...]
     assert query.shape == (32, 2, 16) and shard_shapes(query) == {(8, 2, 16)}  # fsdp=4 on embed
     adam_mu = state["opt_state"][1][0].mu["layers"][0]["mlp"]["wi"]["kernel"][...]
     assert shard_shapes(adam_mu) == {(8, 64)}  # optimizer state follows its parameter
-    _, state, _ = run_steps(c, objective, batches[:1], "mesh", (2, 2, 2))
+    _, state, _ = run_steps(c, objective, batches[:1], "mesh", (2, 2, 1, 2))
     layer = state["params"]["layers"][0]
     assert shard_shapes(layer["attention"]["query"]["kernel"][...]) == {(16, 1, 16)}  # + heads
     assert shard_shapes(layer["mlp"]["wi"]["kernel"][...]) == {(16, 32)}  # fsdp x tensor
@@ -179,16 +243,17 @@ def test_logical_axes_cover_every_parameter_of_every_family(tmp_path):
 
 def test_checkpoint_from_one_mesh_restores_on_another_and_on_one_device(tmp_path):
     c, objective, batches = family_setup(tmp_path, "decoder")
-    _, state, parallel = run_steps(c, objective, batches, "mesh", (2, 4, 1))
+    _, state, parallel = run_steps(c, objective, batches, "mesh", (2, 4, 1, 1))
     ckpt = checkpoint.Checkpointer(tmp_path / "run", async_save=False)
     ckpt.save(3, parallel.to_host(state), None, force=True)
     ckpt.wait()
     saved = jax.device_get(jax.tree.map(lambda x: np.asarray(x), state))
     abstract = jax.eval_shape(lambda: state)
-    for mode, mesh in [("mesh", (2, 2, 2)), ("mesh", (1, 1, 8)), ("single", None)]:
+    for mode, mesh in [("mesh", (2, 2, 1, 2)), ("mesh", (1, 2, 4, 1)), ("mesh", (1, 1, 1, 8)),
+                       ("single", None)]:
         cm = configs.ml_collections.ConfigDict(c.to_dict())
         if mesh:
-            cm.parallel.mesh.data, cm.parallel.mesh.fsdp, cm.parallel.mesh.tensor = mesh
+            set_mesh(cm, mesh)
         graphdef, _ = state_lib.abstract_model(cm)
         tx, schedule = optim.make_optimizer(cm.optimizer, cm.num_train_steps)
         other = Parallel(mode, graphdef, objective, tx, schedule, mesh_sizes=cm.parallel.mesh,

@@ -316,7 +316,7 @@ def test_pmap_and_meshes_give_one_devices_losses(tmp_path):
     c, objective, batches = family_setup(tmp_path, "decoder", **{"model.num_experts": E,
                                                                   "model.moe_capacity_factor": 1.0})
     single, _, _ = run_steps(c, objective, batches, "single")
-    for mode, mesh in (("pmap", None), ("mesh", (2, 2, 2)), ("mesh", (1, 4, 2))):
+    for mode, mesh in (("pmap", None), ("mesh", (1, 2, 2, 2)), ("mesh", (1, 4, 1, 2))):
         losses, state, parallel = run_steps(c, objective, batches, mode, mesh)
         np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=f"{mode} {mesh}")
     hlo = parallel._train.lower(state, parallel.shard_batch(batches[0])).compile().as_text()
@@ -324,9 +324,9 @@ def test_pmap_and_meshes_give_one_devices_losses(tmp_path):
 
 
 @pytest.mark.parametrize("mesh, experts, expected", [
-    ((2, 4, 1), 4, ("fsdp", None, None)),  # one whole expert per fsdp device
-    ((1, 4, 2), 8, ("fsdp", None, "tensor")),  # two each, hidden units split over tensor
-    ((1, 4, 2), 6, (None, "fsdp", "tensor")),  # 4 does not divide 6: as a dense layer
+    ((2, 4, 1, 1), 4, ("fsdp", None, None)),  # one whole expert per fsdp device
+    ((1, 4, 1, 2), 8, ("fsdp", None, "tensor")),  # two each, hidden units split over tensor
+    ((1, 4, 1, 2), 6, (None, "fsdp", "tensor")),  # 4 does not divide 6: as a dense layer
 ])
 def test_the_fsdp_axis_holds_whole_experts_where_it_divides_them(mesh, experts, expected):
     from jax.sharding import PartitionSpec

@@ -118,6 +118,13 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"parallel.mode": "mesh", "parallel.mesh.data": 3}, "does not fit the 8 devices"),
     ({"parallel.mode": "mesh", "parallel.mesh.data": -1, "parallel.mesh.fsdp": -1},
      "at most one -1"),
+    ({"parallel.mode": "mesh", "parallel.mesh.sequence": 3}, "make data x fsdp x sequence x "
+     "tensor = 8"),
+    ({"parallel.mode": "mesh", "parallel.mesh.sequence": 4, "seq_len": 30},
+     "seq_len=30 does not split over parallel.mesh.sequence=4 devices"),
+    ({"parallel.mode": "mesh", "parallel.mesh.sequence": 4, "model.arch": "encoder_decoder",
+      "objective": "seq2seq", "seq_len": 32, "target_seq_len": 18},
+     "target_seq_len=18 does not split over parallel.mesh.sequence=4"),
     ({"parallel.gradient_allreduce": "tree"}, "use auto, flat or per_array"),
     ({"parallel.mode": "mesh", "parallel.mesh.fsdp": 2, "parallel.gradient_allreduce": "flat"},
      "parallel.mesh has fsdp=2, whose gradients are sharded"),

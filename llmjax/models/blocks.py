@@ -65,8 +65,9 @@ class TransformerBlock(nnx.Module):
         output `memory` (or its precomputed `memory_kv`) under `memory_mask` [B, 1, L, S].
         `windowed`: this layer's attention is windowed (its rotary base; the mask is given)."""
 
-        # the residual stream: batch split over data x fsdp, model dimension whole
-        x_BxLxD = constrain(x_BxLxD, ("batch", None, None))
+        # the residual stream: batch split over data x fsdp, tokens over sequence, model
+        # dimension whole
+        x_BxLxD = constrain(x_BxLxD, ("batch", "length", None))
 
         def attend(h):
             return self.attention(h, mask, positions_BxQ=positions_BxL, cache=cache,

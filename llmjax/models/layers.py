@@ -299,7 +299,7 @@ class FeedForward(nnx.Module):
         h = self.wi(x_BxLxD, self.activation)
         if self.wg is not None:
             h = h * self.wg(x_BxLxD)
-        h = constrain(h, ("batch", None, "mlp"))
+        h = constrain(h, ("batch", "length", "mlp"))
         return self.wo(dropout(h, self.dropout_rate, rng))
 
 
@@ -323,7 +323,8 @@ class Embed(nnx.Module):
         logits = matmul(x_BxLxD.reshape(-1, table.shape[1]), table.T,
                         result_dtype=self.result_dtype)
         logits = logits.reshape(*x_BxLxD.shape[:-1], table.shape[0]).astype(jnp.float32)
-        return constrain(logits, ("batch",) + (None,) * (logits.ndim - 2) + ("vocab",))
+        return constrain(logits, ("batch", "length")[:logits.ndim - 1]
+                         + (None,) * (logits.ndim - 3) + ("vocab",))
 
 
 def sinusoidal(positions_BxL: Array, dim: int) -> Array:

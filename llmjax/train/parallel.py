@@ -2,9 +2,10 @@
 
 - `single`: jax.jit on one device;
 - `pmap`:   jax.pmap data parallelism over all local devices (state replicated, batch split);
-- `mesh`:   jax.jit over a (data, fsdp, tensor) Mesh of all devices of all processes, with the
-            state sharded by llmjax/sharding.py's rules and each process feeding its own part
-            of the global batch. A mesh with data axes only (fsdp = tensor = 1) whose gradients
+- `mesh`:   jax.jit over a (data, fsdp, sequence, tensor) Mesh of all devices of all
+            processes, with the state and activations sharded by llmjax/sharding.py's rules
+            and each process feeding its own part of the global batch. A mesh with data axes
+            only (fsdp = sequence = tensor = 1) whose gradients
             are summed in one flat all-reduce runs the step per batch shard under
             jax.shard_map, which places that all-reduce itself (GSPMD would reduce each
             gradient array).
