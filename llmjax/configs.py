@@ -255,6 +255,14 @@ def base_config() -> ml_collections.ConfigDict:
     i.hf_path = config_dict.placeholder(str)
     i.step = config_dict.placeholder(int)  # None: the latest checkpoint of init.workdir
 
+    # knowledge distillation (causal_lm): a trained decoder (workdir or Hugging Face folder,
+    # same tokenizer; the run takes its tokenizer) whose next-token distributions the model
+    # learns: per token (1 - alpha) CE + alpha T^2 KL(teacher^T || model^T) at temperature T
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher_workdir = ""  # "" = no distillation
+    c.distill.alpha = 0.5  # 1: the teacher's distributions alone, no data tokens
+    c.distill.temperature = 1.0
+
     c.dpo = ml_collections.ConfigDict()
     c.dpo.beta = 0.1  # objective=dpo: strength of the pull towards the reference model
     c.dpo.loss = "sigmoid"  # sigmoid (DPO) | hinge (SLiC) | ipo (IPO)

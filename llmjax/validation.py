@@ -269,6 +269,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.objective in OBJECTIVES_BY_ARCH[m.arch],
            f"objective={config.objective!r} does not fit model.arch={m.arch!r}: use one of "
            f"{OBJECTIVES_BY_ARCH[m.arch]}")
+    from llmjax.train import teacher
+
+    teacher.check_config(config)
     _check(config.objective != "regression" or not (config.label_smoothing or config.z_loss),
            "label_smoothing and z_loss regularise cross-entropy losses; objective=regression "
            "is squared error: set them to 0")

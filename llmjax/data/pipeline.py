@@ -68,7 +68,8 @@ def extra_eval_sets(config: ml_collections.ConfigDict) -> list[tuple[str, str, s
 
 def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tuple[Tokenizer, str]:
     """(tokenizer, where it came from): the run's own saved one, else the fine-tuning source's,
-    else `tokenizer.path`, else a new one trained on the start of the training split."""
+    else the distillation teacher's, else `tokenizer.path`, else a new one trained on the
+    start of the training split."""
     candidates = []
     if workdir:
         candidates.append(epath.Path(workdir) / "tokenizer")
@@ -85,6 +86,10 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None) -> tup
 
         return (load_hf_tokenizer(config.init.hf_path, config.tokenizer.lowercase),
                 config.init.hf_path)
+    if config.distill.teacher_workdir:
+        from llmjax.train.teacher import teacher_tokenizer
+
+        return teacher_tokenizer(config), f"the teacher's, {config.distill.teacher_workdir}"
     if config.tokenizer.path:
         return (load_tokenizer(config.tokenizer.path, config.tokenizer.lowercase),
                 config.tokenizer.path)

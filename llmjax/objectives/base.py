@@ -37,6 +37,10 @@ class Regularizers:
     moe_bias_update: bool = False
     # multi-token prediction (model.mtp_depth): + this times the objective's mtp_loss
     mtp_loss: float = 0.0
+    # knowledge distillation (distill.*; objectives/distillation.py), where the step passes
+    # the teacher's logits: the token loss becomes (1 - alpha) CE + alpha T^2 KL at T
+    distill_alpha: float = 0.5
+    distill_temperature: float = 1.0
 
 
 NO_REGULARIZERS = Regularizers()

@@ -13,6 +13,7 @@ from llmjax.data import packing
 from llmjax.data.sources import read_documents
 from llmjax.data.tokenizers import Tokenizer
 from llmjax.models.mtp import shifted
+from llmjax.objectives import distillation
 from llmjax.objectives.base import NO_REGULARIZERS, MetricSums, Regularizers
 from llmjax.objectives.lm_loss import token_sums
 
@@ -54,12 +55,23 @@ class CausalLM:
         else:
             hidden = model.hidden_states(batch["inputs"], segment_ids=seg, rng=rng)
             depths = []
-        loss_sum, correct = token_sums(model, hidden, targets, weights, regularizers)
         count = weights.sum()
-        sums = {"loss": (loss_sum, count), "token_accuracy": (correct, count)}
+        if "teacher_logits" in batch:  # training with distill.teacher_workdir
+            loss_sum, correct, kl = distillation.distillation_sums(
+                model.output_logits(hidden), batch["teacher_logits"], targets, weights,
+                regularizers)
+            sums = {"loss": (loss_sum, count), "token_accuracy": (correct, count),
+                    "distill_kl": (kl, count)}
+        else:
+            loss_sum, correct = token_sums(model, hidden, targets, weights, regularizers)
+            sums = {"loss": (loss_sum, count), "token_accuracy": (correct, count)}
         if depths:
             sums["mtp_loss"] = self._mtp_sums(model, depths, batch, regularizers)
         return sums
+
+    def teacher_logits(self, teacher, batch: dict[str, jax.Array]) -> jax.Array:
+        """A distillation teacher's logits for a batch (what `loss` reads as teacher_logits)."""
+        return distillation.teacher_logits(teacher, batch)
 
     def _mtp_sums(self, model, depths: list[jax.Array], batch: dict[str, jax.Array],
                   regularizers: Regularizers) -> tuple[jax.Array, jax.Array]:

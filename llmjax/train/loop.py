@@ -26,6 +26,7 @@ from llmjax.objectives.base import Regularizers
 from llmjax.train import best as best_lib
 from llmjax.train import checkpoint, faults, flops, optim
 from llmjax.train import state as state_lib
+from llmjax.train import teacher as teacher_lib
 from llmjax.train.parallel import Parallel
 from llmjax.train.profile import StepProfile
 from llmjax.train.start import (
@@ -156,6 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         best_metric = _best_metric(config, objective, evals)
         if config.lora.rank:  # lora.targets must match the model's layers (shapes only)
             state_lib.abstract_model(config)
+        distill_teacher = (teacher_lib.load_teacher(config, tokenizer)
+                           if config.distill.teacher_workdir else None)
     except Exception:
         if created and not any(workdir.iterdir()):
             workdir.rmdir()  # a run that never started leaves no empty workdir behind
@@ -190,9 +193,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                                                  config.model.moe_balance_loss_weight,
                                                  config.model.moe_z_loss_weight,
                                                  moe_bias_update=bias_rate > 0,
-                                                 mtp_loss=config.model.mtp_loss_weight),
+                                                 mtp_loss=config.model.mtp_loss_weight,
+                                                 distill_alpha=config.distill.alpha,
+                                                 distill_temperature=config.distill.temperature),
                         trainable=trainable,
-                        gradient_allreduce=config.parallel.gradient_allreduce)
+                        gradient_allreduce=config.parallel.gradient_allreduce,
+                        teacher=distill_teacher[:2] if distill_teacher else None)
     logging.info("parallel: %s", parallel.describe())
     ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints_to_keep,
                                    config.async_checkpointing)
@@ -231,6 +237,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
               else None)
     tokens_per_step, flops_per_step = flops.step_cost(config, cfg, params, vocab_positions,
                                                       length)
+    if distill_teacher:  # + the teacher's forward pass: a third of its training FLOPs
+        _, teacher_params, teacher_config = distill_teacher
+        flops_per_step += config.batch_size * flops.flops_per_example(
+            state_lib.model_config(teacher_config), teacher_params, config.seq_len) / 3
+        logging.info("distilling from %s (%s parameters): alpha=%g, temperature=%g",
+                     config.distill.teacher_workdir,
+                     f"{state_lib.count_params(teacher_params):,}", config.distill.alpha,
+                     config.distill.temperature)
     peak, peak_origin = flops.peak_flops_per_device(config.model.dtype,
                                                     config.peak_flops_per_device)
     peak_total = peak * jax.device_count() if mode != "single" else peak

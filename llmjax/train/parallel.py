@@ -67,7 +67,9 @@ class Parallel:
     """Runs train/eval steps in `mode`; moves state and batches to and from the devices.
     `abstract_state` (shapes of the train state) is needed in mesh mode, for its shardings;
     `regularizers` are the training loss's (label smoothing, z-loss); `gradient_allreduce` as
-    in the module's docstring."""
+    in the module's docstring. `teacher` (graphdef, params: host arrays) is a distillation
+    teacher, placed on the devices once (replicated, or sharded by the parameter rules on a
+    mesh) and passed to every train step beside the state."""
 
     def __init__(self, mode: str, graphdef: nnx.GraphDef, objective: Objective, optimizer,
                  schedule, accumulation_steps: int = 1, skip_nonfinite: bool = False, *,
@@ -75,7 +77,7 @@ class Parallel:
                  compiler_options: dict | None = None,
                  regularizers: Regularizers = NO_REGULARIZERS,
                  trainable: Callable[[str], bool] | None = None,
-                 gradient_allreduce: str = "auto"):
+                 gradient_allreduce: str = "auto", teacher: tuple | None = None):
         self.mode = mode
         self.num_replicas = jax.local_device_count() if mode == "pmap" else 1
         self.loss_terms = tuple(loss_terms(objective))
@@ -99,8 +101,10 @@ class Parallel:
         train = make_train_step(graphdef, objective, optimizer, schedule, accumulation_steps,
                                 axis_name=axis, skip_nonfinite=skip_nonfinite,
                                 regularizers=regularizers, trainable=trainable,
-                                flat_allreduce=flat)
+                                flat_allreduce=flat,
+                                teacher_graphdef=teacher[0] if teacher else None)
         evaluate = make_eval_step(graphdef, objective, axis_name=axis, flat_allreduce=flat)
+        self._teacher, teacher_shardings = None, ()
         if mode == "pmap":
             self._train = _with_options(jax.pmap(train, axis_name=AXIS, donate_argnums=(0,)),
                                         compiler_options)
@@ -109,19 +113,25 @@ class Parallel:
             self.state_shardings = sharding.state_shardings(abstract_state, self.mesh)
             replicated = NamedSharding(self.mesh, PartitionSpec())
             params_shardings = self.state_shardings["params"]
+            if teacher:
+                teacher_shardings = (sharding.state_shardings(teacher[1], self.mesh),)
             if self.per_shard:
-                train, evaluate = self._on_batch_shards(train), self._on_batch_shards(evaluate)
+                train = self._on_batch_shards(train, extra_args=len(teacher_shardings))
+                evaluate = self._on_batch_shards(evaluate)
             else:
                 train, evaluate = self._traced_on_mesh(train), self._traced_on_mesh(evaluate)
-            self._train = jax.jit(train, donate_argnums=(0,),
-                                  in_shardings=(self.state_shardings, self.batch_sharding),
-                                  out_shardings=(self.state_shardings, replicated),
-                                  compiler_options=compiler_options)
+            self._train = jax.jit(
+                train, donate_argnums=(0,),
+                in_shardings=(self.state_shardings, self.batch_sharding, *teacher_shardings),
+                out_shardings=(self.state_shardings, replicated),
+                compiler_options=compiler_options)
             self._eval = jax.jit(evaluate, in_shardings=(params_shardings, self.batch_sharding),
                                  out_shardings=replicated, compiler_options=compiler_options)
         else:
             self._train = jax.jit(train, donate_argnums=(0,), compiler_options=compiler_options)
             self._eval = jax.jit(evaluate, compiler_options=compiler_options)
+        if teacher:
+            self._teacher = self._place(teacher[1], *teacher_shardings)
 
     def describe(self) -> str:
         """One line for the log: mode, devices and how gradients are summed."""
@@ -136,14 +146,15 @@ class Parallel:
         how = "one flat all-reduce" if self._flat else "one all-reduce per array"
         return f"pmap over {devices}: gradients summed in {how}"
 
-    def _on_batch_shards(self, fn):
-        """fn(state_or_params, batch) run on each device's shard of the batch, with the state
+    def _on_batch_shards(self, fn, extra_args: int = 0):
+        """fn(state_or_params, batch, *extra) run on each device's shard of the batch, with the
+        state (and the `extra_args` extra arguments: a distillation teacher's parameters)
         replicated and the outputs (summed over devices inside fn) replicated. Unchecked
         (check_vma=False), as under pmap: gradients of the replicated parameters are each
         device's own until fn sums them, which the matmuls' custom gradients do not declare."""
         whole, shards = PartitionSpec(), self.batch_sharding.spec
-        return jax.shard_map(fn, mesh=self.mesh, in_specs=(whole, shards), out_specs=whole,
-                             check_vma=False)
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=(whole, shards) + (whole,) * extra_args,
+                             out_specs=whole, check_vma=False)
 
     def _traced_on_mesh(self, fn):
         def on_mesh(*args):
@@ -167,20 +178,25 @@ class Parallel:
         creating only its shards, so no device or host ever holds the whole state."""
         return jax.jit(make_state, out_shardings=self.state_shardings)()
 
+    def _place(self, host_tree: Any, shardings: Any = None) -> Any:
+        """Host arrays on the devices as this mode wants them: replicated per device (pmap),
+        each process its shards (mesh, by `shardings`), or on the one device."""
+        if self.mode == "pmap":
+            n = self.num_replicas
+            return jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))).copy(),
+                                host_tree)
+        if self.mode == "mesh":  # every process holds the whole tree; each keeps its shards
+            return jax.tree.map(
+                lambda x, s: jax.make_array_from_callback(np.shape(x), s,
+                                                          lambda index: np.asarray(x)[index]),
+                host_tree, shardings)
+        return jax.device_put(host_tree)
+
     def to_device(self, host_state: Any) -> Any:
         # device_get copies first: device_put may alias its input, and donation would then
         # delete the caller's arrays.
         host_state = jax.device_get(host_state)
-        if self.mode == "pmap":
-            n = self.num_replicas
-            return jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))).copy(),
-                                host_state)
-        if self.mode == "mesh":  # every process holds the whole state; each keeps its shards
-            return jax.tree.map(
-                lambda x, s: jax.make_array_from_callback(np.shape(x), s,
-                                                          lambda index: np.asarray(x)[index]),
-                host_state, self.state_shardings)
-        return jax.device_put(host_state)
+        return self._place(host_state, getattr(self, "state_shardings", None))
 
     def to_host(self, device_state: Any) -> Any:
         """What a checkpoint saves: unreplicated numpy (pmap, single), or the global sharded
@@ -212,6 +228,8 @@ class Parallel:
         return batch
 
     def train_step(self, state: Any, batch: dict[str, np.ndarray]) -> tuple[Any, dict]:
+        if self._teacher is not None:
+            return self._train(state, self.shard_batch(batch), self._teacher)
         return self._train(state, self.shard_batch(batch))
 
     def eval_step(self, params: Any, batch: dict[str, np.ndarray]) -> dict:

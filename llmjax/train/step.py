@@ -73,11 +73,15 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
                     skip_nonfinite: bool = False,
                     regularizers: Regularizers = NO_REGULARIZERS,
                     trainable: Callable[[str], bool] | None = None,
-                    flat_allreduce: bool = False
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """train_step(state, batch) -> (state, metrics). The batch's leading axis is split into
-    `accumulation_steps` micro-batches; gradients and metrics are summed over micro-batches
-    and devices, then divided by the total weight, so any split gives the same update.
+                    flat_allreduce: bool = False,
+                    teacher_graphdef: nnx.GraphDef | None = None
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+    """train_step(state, batch) -> (state, metrics); with a `teacher_graphdef`,
+    train_step(state, batch, teacher_params), whose teacher (frozen, dropout off) scores each
+    micro-batch for the objective's distillation loss (objectives/distillation.py). The
+    batch's leading axis is split into `accumulation_steps` micro-batches; gradients and
+    metrics are summed over micro-batches and devices, then divided by the total weight, so
+    any split gives the same update.
 
     With `skip_nonfinite`, a step whose loss or gradient norm is NaN/Inf leaves parameters and
     optimizer state as they were and reports skipped_updates=1 with weight 0 (its metrics are
@@ -115,7 +119,10 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
             leaves[i] = leaf
         return jax.tree.unflatten(treedef, leaves), sums
 
-    def loss_fn(params, batch, rng, scale):
+    def loss_fn(params, batch, rng, scale, teacher_params):
+        if teacher_graphdef is not None:
+            teacher = nnx.merge(teacher_graphdef, teacher_params)
+            batch = {**batch, "teacher_logits": objective.teacher_logits(teacher, batch)}
         if trainable is not None:
             params = jax.tree_util.tree_map_with_path(
                 lambda path, x: x if trainable(param_path_name(path)) else jax.lax.stop_gradient(x),
@@ -141,7 +148,8 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, teacher_params=None
+                   ) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
         if axis_name is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -157,11 +165,13 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
 
         def accumulate(carry, inputs):
             mb, i = inputs
-            (_, sums), grads = grad_fn(state["params"], mb, jax.random.fold_in(rng, i), scale)
+            (_, sums), grads = grad_fn(state["params"], mb, jax.random.fold_in(rng, i), scale,
+                                       teacher_params)
             return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
         first = jax.tree.map(lambda x: x[0], micro)
-        (_, sums), grads = grad_fn(state["params"], first, jax.random.fold_in(rng, 0), scale)
+        (_, sums), grads = grad_fn(state["params"], first, jax.random.fold_in(rng, 0), scale,
+                                   teacher_params)
         if accumulation_steps > 1:
             rest = jax.tree.map(lambda x: x[1:], micro)
             (grads, sums), _ = jax.lax.scan(
