@@ -208,6 +208,23 @@ def test_context_parallelism_splits_a_long_sequences_activations_and_the_state()
     assert state[1] < state[0] / 4, state
 
 
+def test_no_mesh_makes_gspmd_replicate_an_array_to_reshard_it(tmp_path, capfd):
+    """Where GSPMD cannot move an array from one sharding to another, it gathers the whole
+    array on every device and slices it ("Involuntary full rematerialization" in XLA's log):
+    a table's rows gathered while it was split along D gave D-split embeddings of the whole
+    global batch, which it replicated (and their gradient again in the backward pass). Embed
+    gathers the table's model dimension first. Compiled afresh: a cached program is not
+    partitioned again."""
+    c, objective, batches = family_setup(tmp_path, "decoder")
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        for mesh in [(2, 2, 1, 2), (1, 2, 2, 2)]:
+            run_steps(c, objective, batches[:1], "mesh", mesh)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
+    assert "Involuntary full rematerialization" not in capfd.readouterr().err
+
+
 def shard_shapes(array) -> set[tuple]:
     return {s.data.shape for s in array.addressable_shards}
 

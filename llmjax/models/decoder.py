@@ -31,7 +31,7 @@ class Decoder(nnx.Module):
         if unknown:
             raise ValueError(f"unknown decoder heads {sorted(unknown)}")
         self.cfg, self.heads = cfg, tuple(heads)
-        self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)
+        self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs, rows="vocab")
         if cfg.position_embedding == "learned":
             self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
         self.embed_norm = Norm(cfg.emb_dim, cfg) if cfg.embed_norm else None  # BLOOM

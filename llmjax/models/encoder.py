@@ -25,7 +25,7 @@ class Encoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         cfg = dataclasses.replace(cfg, causal=False)
         self.cfg = cfg
-        self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)
+        self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs, rows="vocab")
         if cfg.position_embedding == "learned":
             self.position_embed = Embed(cfg.max_len, cfg.emb_dim, cfg, rngs=rngs)
         self.token_type_embed = (Embed(cfg.num_token_types, cfg.emb_dim, cfg, rngs=rngs)

@@ -69,7 +69,7 @@ class EncoderDecoder(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs)
+        self.embed = Embed(cfg.vocab_size, cfg.emb_dim, cfg, rngs=rngs, rows="vocab")
         self.encoder = _Stack(cfg, cfg.encoder_layers, causal=False, rngs=rngs)
         self.decoder = _Stack(cfg, cfg.decoder_layers, causal=True, rngs=rngs)
         if not cfg.tie_embeddings:

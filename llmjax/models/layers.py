@@ -304,15 +304,23 @@ class FeedForward(nnx.Module):
 
 
 class Embed(nnx.Module):
-    """Token embedding table [V, D]; `attend` reuses it as the tied output projection."""
+    """Embedding table [V, D] (tokens, positions, token types); `attend` reuses a token table
+    as the tied output projection. `rows`: the rows' logical axis ('vocab' for a token table,
+    split over tensor; None: whole), as sharding.PARAM_AXES gives it."""
 
-    def __init__(self, num: int, dim: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, num: int, dim: int, cfg: ModelConfig, *, rngs: nnx.Rngs,
+                 rows: str | None = None):
         init = jax.random.normal(rngs.params(), (num, dim), jnp.float32) * _INIT_STD
         self.embedding = nnx.Param(init.astype(cfg.weight_dtype))
         self.dtype, self.result_dtype = cfg.compute_dtype, cfg.matmul_result_dtype
+        self.rows = rows
 
     def __call__(self, ids: Array) -> Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        # the table's model dimension gathered first, as FSDP gathers every weight for its
+        # matmul: gathering rows of a table split along D makes D-split rows of the whole
+        # batch, which GSPMD could only replicate to reach the batch-split activations
+        table = constrain(self.embedding[...], (self.rows, None))
+        return jnp.take(table, ids, axis=0).astype(self.dtype)
 
     def attend(self, x_BxLxD: Array) -> Array:
         """Logits [B, L, V] in float32 (a 2-D matmul, as in Dense)."""
