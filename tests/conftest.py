@@ -136,12 +136,19 @@ def shared_file(*parts: str) -> pathlib.Path:
 def pytest_collection_modifyitems(items):
     """Under `--dist loadgroup`, the tests that share a module-scoped fixture (a trained run, a
     converted checkpoint) go to one worker, so the fixture is built once instead of once per
-    worker (measured: test_cli's trained run was built twice, 12 s and 9 s)."""
+    worker (measured: test_cli's trained run was built twice, 12 s and 9 s).
+
+    Those groups are the suite's longest units of work (test_seq2seq's reversal run and its
+    tests: 50 s), and xdist hands units out in collection order: scheduled first, the short
+    tests fill in around them instead of one worker finishing a late group alone."""
+    grouped = set()
     for item in items:
         fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         shared = sorted(name for name, defs in fixtures.items() if defs[-1].scope == "module")
         if shared:
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{'+'.join(shared)}"))
+            grouped.add(item.nodeid)
+    items.sort(key=lambda item: item.nodeid not in grouped)  # stable: grouped units first
 
 
 def run_command(command: str, workdir, capsys, **flags) -> dict:

@@ -1,6 +1,6 @@
 """Knowledge distillation (distill.*): the soft loss against numpy, a student that learns the
 data from a teacher's distributions alone, the teacher's tokenizer taken over, a resumed run
-that reloads the teacher, pmap and meshes as one device, and the refusals."""
+that reloads the teacher, meshes as one device, and the refusals."""
 
 import json
 
@@ -90,6 +90,7 @@ def test_a_student_learns_the_data_from_the_teachers_distributions_alone(teacher
     assert saved["model"]["num_layers"] == 1
 
 
+@pytest.mark.slow  # the suite's time budget: the teacher loads as on a fresh start
 def test_a_distillation_run_resumes_on_its_trajectory(teacher, tmp_path):
     """The teacher is not in the checkpoint: a resumed run loads it again and continues as an
     uninterrupted run does."""
@@ -130,14 +131,19 @@ def steps_with_teacher(setup, mode, mesh=None, gradient_allreduce="auto"):
     return np.array(out)
 
 
-def test_distillation_under_pmap_and_meshes_equals_one_device(tmp_path):
+@pytest.mark.parametrize("others", [
+    [("mesh", (1, 2, 2, 2), "auto")],  # the teacher sharded by the parameter rules
+    # slow, for the suite's time budget: a data-only mesh summing in one all-reduce steps per
+    # batch shard (shard_map: the teacher whole on each); pmap replicates it
+    pytest.param([("mesh", (8, 1, 1, 1), "flat"), ("pmap", None, "auto")],
+                 marks=pytest.mark.slow)], ids=["sharded", "replicated"])
+def test_distillation_in_parallel_equals_one_device(tmp_path, others):
     from test_mesh import family_setup
 
     setup = family_setup(tmp_path, "decoder")
     single = steps_with_teacher(setup, "single")
     assert len(set(single[:, 0])) == 3
-    for mode, mesh, allreduce in [("pmap", None, "auto"), ("mesh", (8, 1, 1, 1), "flat"),
-                                  ("mesh", (1, 2, 2, 2), "auto")]:
+    for mode, mesh, allreduce in others:
         np.testing.assert_allclose(steps_with_teacher(setup, mode, mesh, allreduce), single,
                                    atol=1e-5, err_msg=f"{mode} {mesh}")
 

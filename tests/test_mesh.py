@@ -71,8 +71,9 @@ def test_pmap_and_meshes_give_one_devices_losses(tmp_path, family):
     c, objective, batches = family_setup(tmp_path, family)
     single, _, _ = run_steps(c, objective, batches, "single")
     assert len(set(single)) == 3  # training moves: three different losses
-    pmap, _, _ = run_steps(c, objective, batches, "pmap")
-    np.testing.assert_allclose(pmap, single, atol=1e-5)
+    if family != "decoder":  # the decoder's: test_data_parallel_sums_gradients_in_one_...
+        pmap, _, _ = run_steps(c, objective, batches, "pmap")
+        np.testing.assert_allclose(pmap, single, atol=1e-5)
     for name, mesh in MESHES.items():
         losses, state, _ = run_steps(c, objective, batches, "mesh", mesh)
         np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=f"mesh {name}")
@@ -162,16 +163,15 @@ CONTEXT_PARALLEL = {  # grouped queries, rotary positions, sliding windows on pa
     pytest.param({"model.kv_lora_rank": 16, "model.num_kv_heads": None},
                  marks=pytest.mark.slow)], ids=["gqa_rotary_window", "alibi", "latent"])
 def test_context_parallel_meshes_give_one_devices_losses(tmp_path, overrides):
-    """Each example's tokens split over the sequence axis (queries split, keys and values
-    gathered): 8 ways and 4 ways beside data (beside fsdp and tensor: MESHES), as one device
-    trains."""
+    """Each example's tokens split 8 ways over the sequence axis (queries split, keys and
+    values gathered: 8 tokens per device, windows across devices) train as one device does;
+    beside fsdp and tensor: MESHES."""
     c, objective, batches = family_setup(tmp_path, "decoder",
                                          **{**CONTEXT_PARALLEL, **overrides})
     single, _, _ = run_steps(c, objective, batches, "single")
     assert len(set(single)) == 3
-    for mesh in [(1, 1, 8, 1), (2, 1, 4, 1)]:
-        losses, _, _ = run_steps(c, objective, batches, "mesh", mesh)
-        np.testing.assert_allclose(losses, single, atol=1e-5, err_msg=f"mesh {mesh}")
+    losses, _, _ = run_steps(c, objective, batches, "mesh", (1, 1, 8, 1))
+    np.testing.assert_allclose(losses, single, atol=1e-5)
 
 
 def test_context_parallelism_splits_a_long_sequences_activations_and_the_state():
@@ -213,13 +213,12 @@ def test_no_mesh_makes_gspmd_replicate_an_array_to_reshard_it(tmp_path, capfd):
     array on every device and slices it ("Involuntary full rematerialization" in XLA's log):
     a table's rows gathered while it was split along D gave D-split embeddings of the whole
     global batch, which it replicated (and their gradient again in the backward pass). Embed
-    gathers the table's model dimension first. Compiled afresh: a cached program is not
-    partitioned again."""
+    gathers the table's model dimension first. Compiled afresh (a cached program is not
+    partitioned again) on a mesh with every axis but data."""
     c, objective, batches = family_setup(tmp_path, "decoder")
     jax.config.update("jax_enable_compilation_cache", False)
     try:
-        for mesh in [(2, 2, 1, 2), (1, 2, 2, 2)]:
-            run_steps(c, objective, batches[:1], "mesh", mesh)
+        run_steps(c, objective, batches[:1], "mesh", (1, 2, 2, 2))
     finally:
         jax.config.update("jax_enable_compilation_cache", True)
     assert "Involuntary full rematerialization" not in capfd.readouterr().err
