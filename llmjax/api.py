@@ -84,6 +84,13 @@ class Run:
     def is_seq2seq(self) -> bool:
         return hasattr(self.model, "encode")  # the capability: a source to encode
 
+    @property
+    def is_decoder_lm(self) -> bool:
+        """A decoder that predicts next tokens (what drafts and distillation teachers are):
+        it decodes, has no source to encode, and has a language-model head."""
+        return (not self.is_seq2seq and hasattr(self.model, "decode")
+                and "lm" in getattr(self.model, "heads", ("lm",)))
+
     def _sources(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Encoder inputs as in training: tokens + <eos> [B, S], right-padded, and segments."""
         from llmjax.objectives.seq2seq import seq2seq_arrays
@@ -524,8 +531,7 @@ class Run:
 def check_draft(run: Run, draft: Run) -> None:
     """Raises ConfigError unless `draft` can propose tokens to `run` (speculative decoding):
     a decoder language model over the same vocabulary."""
-    model = draft.model
-    if draft.is_seq2seq or not hasattr(model, "decode") or "lm" not in model.heads:
+    if not draft.is_decoder_lm:
         raise ConfigError(f"a draft model is a decoder language model; this draft's "
                           f"model.arch={draft.config.model.arch!r}, objective="
                           f"{draft.config.objective!r}: draft with a causal-LM run")

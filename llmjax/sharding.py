@@ -73,9 +73,14 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 )
 
 
+def _given_sizes(sizes: ml_collections.ConfigDict | dict) -> dict[str, int]:
+    """parallel.mesh as {axis: size}; an axis it lacks (an older config) is 1."""
+    return {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
+
+
 def mesh_shape(sizes: ml_collections.ConfigDict | dict, num_devices: int) -> dict[str, int]:
     """The mesh sizes with -1 resolved for `num_devices`, without building a mesh."""
-    sizes = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
+    sizes = _given_sizes(sizes)
     known = math.prod(s for s in sizes.values() if s != -1)
     return {a: (num_devices // max(known, 1) if s == -1 else s) for a, s in sizes.items()}
 
@@ -89,7 +94,7 @@ def model_axes(sizes: dict[str, int]) -> dict[str, int]:
 def mesh_problem(sizes: ml_collections.ConfigDict | dict, num_devices: int,
                  num_processes: int) -> str | None:
     """Why `sizes` cannot be the mesh of this run (None if it can)."""
-    sizes = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
+    sizes = _given_sizes(sizes)
     if sum(s == -1 for s in sizes.values()) > 1 or any(s == 0 or s < -1
                                                        for s in sizes.values()):
         return f"parallel.mesh {sizes}: sizes must be positive, with at most one -1 (the rest)"

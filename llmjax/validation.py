@@ -52,6 +52,27 @@ def _check_sequence_axis(config: ml_collections.ConfigDict) -> None:
                f"{key} a multiple of {n}, or choose a sequence size that divides it")
 
 
+def _check_distill(config: ml_collections.ConfigDict) -> None:
+    """Distillation (distill.*): an objective that scores a teacher's next-token logits (its
+    `teacher_logits` hook), the model's logits whole."""
+    d = config.distill
+    if not d.teacher_workdir:
+        return
+    from llmjax.objectives import OBJECTIVES
+
+    distilling = sorted(n for n, o in OBJECTIVES.items() if hasattr(o, "teacher_logits"))
+    _check(config.objective in distilling,
+           f"distill.teacher_workdir distils next-token distributions ({', '.join(distilling)}), "
+           f"not objective={config.objective!r}'s: unset distill.teacher_workdir")
+    _check(config.model.logits_chunks == 1,
+           f"distillation compares whole [B, L, V] logits with the teacher's: set "
+           f"model.logits_chunks=1 (not {config.model.logits_chunks})")
+    _check(0.0 <= d.alpha <= 1.0,
+           f"distill.alpha={d.alpha} must be in [0, 1] (the weight of the teacher's term; "
+           "1 - alpha weights the data's tokens)")
+    _check(d.temperature > 0, f"distill.temperature={d.temperature} must be > 0")
+
+
 def _check_gradient_allreduce(parallel: ml_collections.ConfigDict) -> None:
     from llmjax.train.parallel import GRADIENT_ALLREDUCES
 
@@ -269,9 +290,7 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(config.objective in OBJECTIVES_BY_ARCH[m.arch],
            f"objective={config.objective!r} does not fit model.arch={m.arch!r}: use one of "
            f"{OBJECTIVES_BY_ARCH[m.arch]}")
-    from llmjax.train import teacher
-
-    teacher.check_config(config)
+    _check_distill(config)
     _check(config.objective != "regression" or not (config.label_smoothing or config.z_loss),
            "label_smoothing and z_loss regularise cross-entropy losses; objective=regression "
            "is squared error: set them to 0")

@@ -156,7 +156,7 @@ def test_distillation_refusals(teacher, tmp_path):
         ({"model.logits_chunks": 2}, configs.ConfigError, "set model.logits_chunks=1"),
         ({"distill.alpha": 1.5}, configs.ConfigError, r"must be in \[0, 1\]"),
         ({"model.arch": "encoder", "objective": "mlm"}, configs.ConfigError,
-         "distils a decoder's next-token distributions"),
+         "distils next-token distributions"),
     ]
     for overrides, error, message in cases:
         with pytest.raises(error, match=message):

@@ -37,26 +37,6 @@ def teacher_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     return load_tokenizer(path / "tokenizer")
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """What distillation supports: a causal LM student, its logits whole."""
-    d = config.distill
-    if not d.teacher_workdir:
-        return
-    if config.objective != "causal_lm" or config.model.arch != "decoder":
-        raise ConfigError(f"distill.teacher_workdir distils a decoder's next-token "
-                          f"distributions (objective=causal_lm, model.arch=decoder), not "
-                          f"objective={config.objective!r} with model.arch="
-                          f"{config.model.arch!r}: unset distill.teacher_workdir")
-    if config.model.logits_chunks != 1:
-        raise ConfigError(f"distillation compares whole [B, L, V] logits with the teacher's: "
-                          f"set model.logits_chunks=1 (not {config.model.logits_chunks})")
-    if not 0.0 <= d.alpha <= 1.0:
-        raise ConfigError(f"distill.alpha={d.alpha} must be in [0, 1] (the weight of the "
-                          "teacher's term; 1 - alpha weights the data's tokens)")
-    if d.temperature <= 0:
-        raise ConfigError(f"distill.temperature={d.temperature} must be > 0")
-
-
 def load_teacher(config: ml_collections.ConfigDict, tokenizer: Tokenizer
                  ) -> tuple[nnx.GraphDef, nnx.State, ml_collections.ConfigDict]:
     """(graphdef, parameters, config) of the teacher: a decoder language model over the run's
@@ -65,8 +45,7 @@ def load_teacher(config: ml_collections.ConfigDict, tokenizer: Tokenizer
 
     path = _path(config)
     run = api.load(path)
-    model = run.model
-    if run.is_seq2seq or not hasattr(model, "decode") or "lm" not in model.heads:
+    if not run.is_decoder_lm:
         raise ConfigError(f"distill.teacher_workdir={path} is a model.arch="
                           f"{run.config.model.arch!r} run with objective="
                           f"{run.config.objective!r}: a teacher is a decoder language model "
@@ -80,5 +59,5 @@ def load_teacher(config: ml_collections.ConfigDict, tokenizer: Tokenizer
     if run.config.model.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"distill.teacher_workdir={path} scores {run.config.model.vocab_size} "
                           f"ids, fewer than the tokenizer's {tokenizer.vocab_size}")
-    graphdef, params = nnx.split(model)
+    graphdef, params = nnx.split(run.model)
     return graphdef, params, run.config
