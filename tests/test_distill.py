@@ -131,12 +131,12 @@ def steps_with_teacher(setup, mode, mesh=None, gradient_allreduce="auto"):
     return np.array(out)
 
 
+@pytest.mark.slow  # the suite's time budget; `make test-slow`
 @pytest.mark.parametrize("others", [
     [("mesh", (1, 2, 2, 2), "auto")],  # the teacher sharded by the parameter rules
-    # slow, for the suite's time budget: a data-only mesh summing in one all-reduce steps per
-    # batch shard (shard_map: the teacher whole on each); pmap replicates it
-    pytest.param([("mesh", (8, 1, 1, 1), "flat"), ("pmap", None, "auto")],
-                 marks=pytest.mark.slow)], ids=["sharded", "replicated"])
+    # a data-only mesh summing in one all-reduce steps per batch shard (shard_map: the teacher
+    # whole on each); pmap replicates it
+    [("mesh", (8, 1, 1, 1), "flat"), ("pmap", None, "auto")]], ids=["sharded", "replicated"])
 def test_distillation_in_parallel_equals_one_device(tmp_path, others):
     from test_mesh import family_setup
 

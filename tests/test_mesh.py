@@ -157,8 +157,11 @@ CONTEXT_PARALLEL = {  # grouped queries, rotary positions, sliding windows on pa
     "model.attention_window": 24, "seq_len": 64}
 
 
+# slow, for the suite's time budget: the default decoder trains on a sequence mesh by default
+# (MESHES' (1, 2, 2, 2)), and the GQA layout's split is checked by the memory test below
 @pytest.mark.parametrize("overrides", [
-    {}, pytest.param({"model.position_embedding": "alibi", "model.attention_window": None},
+    pytest.param({}, marks=pytest.mark.slow),
+    pytest.param({"model.position_embedding": "alibi", "model.attention_window": None},
                      marks=pytest.mark.slow),
     pytest.param({"model.kv_lora_rank": 16, "model.num_kv_heads": None},
                  marks=pytest.mark.slow)], ids=["gqa_rotary_window", "alibi", "latent"])
