@@ -9,7 +9,9 @@ state for them alone, no weight gradients for the rest); `--logits_chunks=N` the
 computed N chunks of the sequence at a time (model.logits_chunks), with `--vocab_size` to see
 what the [B, L, V] logits cost; `--dtype=bfloat16` bfloat16 compute; `--meshes=data,fsdp` a
 subset of the meshes (`sequence`, `fsdp_sequence`: context parallelism, each example's tokens
-split over the sequence axis, for long sequences and fewer rows than devices). Prints one JSON
+split over the sequence axis, for long sequences and fewer rows than devices);
+`--attention_impl=blockwise` attention over `--attention_block_size` keys at a time (no
+[L, L] scores: model.attention_impl). Prints one JSON
 line per mesh: parameters + optimizer state per device (the step's donated state arguments),
 temporaries, and the compile time; then the fsdp=8 / data-only ratio of parameter + optimizer
 memory (ZeRO-3 divides it by the fsdp size).
@@ -38,6 +40,9 @@ flags.DEFINE_string("lora_targets", "attention|mlp", "lora.targets.")
 flags.DEFINE_integer("vocab_size", 32768, "model.vocab_size.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (compute dtype).")
 flags.DEFINE_integer("logits_chunks", 1, "model.logits_chunks (1: the whole [B, L, V] logits).")
+flags.DEFINE_enum("attention_impl", "einsum", ["einsum", "blockwise"],
+                  "model.attention_impl (blockwise: keys a block at a time, no [L, L] scores).")
+flags.DEFINE_integer("attention_block_size", 512, "model.attention_block_size.")
 flags.DEFINE_list("meshes", ["data", "fsdp", "tensor", "fsdp_tensor"],
                   "Which meshes to compile for: data, fsdp, tensor, fsdp_tensor, "
                   "fsdp2_tensor4, sequence, fsdp_sequence.")
@@ -71,6 +76,8 @@ def main(argv):
     c.model.max_len, c.model.vocab_size = FLAGS.seq_len, FLAGS.vocab_size
     c.model.logits_chunks, c.model.dtype = FLAGS.logits_chunks, FLAGS.dtype
     c.model.remat, c.model.scan_layers = FLAGS.remat, FLAGS.scan_layers
+    c.model.attention_impl = FLAGS.attention_impl
+    c.model.attention_block_size = FLAGS.attention_block_size
     c.seq_len, c.batch_size = FLAGS.seq_len, FLAGS.batch_size
     c.optimizer.name = FLAGS.optimizer
     c.lora.rank, c.lora.targets = FLAGS.lora_rank, FLAGS.lora_targets
@@ -87,6 +94,7 @@ def main(argv):
     print(json.dumps({"parameters": num_params, "optimizer": c.optimizer.name,
                       "lora_rank": c.lora.rank, "vocab_size": c.model.vocab_size,
                       "logits_chunks": c.model.logits_chunks, "dtype": c.model.dtype,
+                      "attention_impl": c.model.attention_impl,
                       "state_gib": round(state_bytes / 2**30, 2),
                       "devices": jax.device_count(), "remat": c.model.remat,
                       "scan_layers": c.model.scan_layers}))

@@ -125,10 +125,13 @@ def base_config() -> ml_collections.ConfigDict:
     m.embed_norm = False  # decoder: normalise the token embeddings (BLOOM)
     m.num_token_types = 2  # encoder: segment A / B embeddings; 1 = all A (RoBERTa); 0 = none
     m.pooler_activation = "tanh"  # encoder: the pooled [CLS]'s, tanh (BERT) | relu (DistilBERT)
-    # einsum: the project's own attention (dropout on probabilities, any mask); xla or cudnn:
+    # einsum: the project's own attention (dropout on probabilities, any mask); blockwise: the
+    # same over blocks of attention_block_size keys, never holding a [Q, S] array of scores
+    # (FlashAttention's algorithm in JAX, any backend; long sequences); xla or cudnn:
     # jax.nn.dot_product_attention with that implementation (cudnn = flash attention on NVIDIA
-    # GPUs, bfloat16/float16 only); both without attention dropout
+    # GPUs, bfloat16/float16 only); blockwise, xla and cudnn without attention dropout
     m.attention_impl = "einsum"
+    m.attention_block_size = 512
     # the weight matmuls' results (dense layers, output logits) in float32; False: rounded to
     # the compute dtype as the GEMM writes them (PyTorch autocast, MaxText): half the memory
     # traffic of every activation a matmul writes, the bias, activation, norms, softmax and

@@ -276,8 +276,8 @@ def _check_latent_attention(m: ml_collections.ConfigDict) -> None:
     _check(m.num_kv_heads is None or m.num_kv_heads == m.num_heads,
            f"{name} makes keys and values for every head from its latent: leave "
            "model.num_kv_heads unset")
-    _check(m.attention_impl == "einsum", f"{name} runs the project's own attention: set "
-           f"model.attention_impl=einsum, not {m.attention_impl!r}")
+    _check(m.attention_impl in ("einsum", "blockwise"), f"{name} runs the project's own "
+           f"attention: set model.attention_impl=einsum or blockwise, not {m.attention_impl!r}")
 
 
 def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> None:
@@ -408,9 +408,10 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
                                            and m.position_embedding == "rotary"),
            f"model.local_rotary_base={m.local_rotary_base} is the rotary base of the windowed "
            "layers: set model.attention_window and model.position_embedding=rotary")
-    _check(m.attention_softcap is None or m.attention_impl == "einsum",
+    _check(m.attention_softcap is None or m.attention_impl in ("einsum", "blockwise"),
            f"model.attention_softcap: jax.nn.dot_product_attention (model.attention_impl="
-           f"{m.attention_impl!r}) has no logit soft-capping; use model.attention_impl=einsum")
+           f"{m.attention_impl!r}) has no logit soft-capping; use model.attention_impl=einsum "
+           "or blockwise")
     _check(m.logit_softcap is None or m.arch == "decoder",
            f"model.logit_softcap caps a decoder's output logits, not model.arch={m.arch!r}'s")
     _check(m.rotary_fraction == 1.0 or m.position_embedding == "rotary",
@@ -459,8 +460,11 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
            f"model.mtp_depth={m.mtp_depth} adds multi-token prediction to causal language "
            f"modelling: it needs model.arch=decoder and objective=causal_lm, not "
            f"{m.arch!r} / {config.objective!r}")
-    _check(m.attention_impl in ("einsum", "xla", "cudnn"),
-           f"model.attention_impl={m.attention_impl!r}: use einsum, xla or cudnn")
+    _check(m.attention_impl in ("einsum", "blockwise", "xla", "cudnn"),
+           f"model.attention_impl={m.attention_impl!r}: use einsum, blockwise, xla or cudnn")
+    _check(m.attention_block_size >= 1,
+           f"model.attention_block_size={m.attention_block_size} must be at least 1 (keys per "
+           "block of attention_impl=blockwise)")
     _check(m.attention_impl == "einsum" or m.attention_dropout_rate == 0.0,
            f"model.attention_impl={m.attention_impl!r} has no attention dropout: set "
            "model.attention_dropout_rate=0 or model.attention_impl=einsum")

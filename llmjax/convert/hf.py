@@ -436,8 +436,9 @@ def _check_export_target(out: epath.Path) -> None:
 # run trains and computes, not the architecture it reads.
 _KEPT_MODEL_KEYS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
                     "num_classes", "remat", "scan_layers", "logits_chunks", "attention_impl",
-                    "float32_matmul_outputs", "moe_capacity_factor", "moe_balance_loss_weight",
-                    "moe_z_loss_weight", "moe_bias_update_rate", "mtp_depth", "mtp_loss_weight")
+                    "attention_block_size", "float32_matmul_outputs", "moe_capacity_factor",
+                    "moe_balance_loss_weight", "moe_z_loss_weight", "moe_bias_update_rate",
+                    "mtp_depth", "mtp_loss_weight")
 
 
 def apply_hf_model_config(config: ml_collections.ConfigDict) -> None:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llmjax.models.blockwise_attention import blockwise_attention
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import (
     Dense,
@@ -135,6 +136,19 @@ def grouped_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
     return _mix(probs, v_BxSxNxV.astype(q_BxQxHxK.dtype))
 
 
+def attend(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array, mask_Bx1xQxS: Array,
+           bias_BxHxQxS: Array | None, cfg: ModelConfig, rng: Array | None) -> Array:
+    """The project's own attention, [B, Q, H, V]: over blocks of cfg.attention_block_size keys
+    (attention_impl=blockwise, where there is more than one block), else over all S at once."""
+    if cfg.attention_impl == "blockwise" and k_BxSxNxK.shape[1] > cfg.attention_block_size:
+        return blockwise_attention(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias_BxHxQxS,
+                                   softcap=cfg.attention_softcap,
+                                   block_size=cfg.attention_block_size)
+    return grouped_attention(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias_BxHxQxS,
+                             softcap=cfg.attention_softcap,
+                             dropout_rate=cfg.attention_dropout_rate, rng=rng)
+
+
 class MultiHeadAttention(nnx.Module):
     """Self- or cross-attention; rotary positions are applied to queries and keys when enabled.
     Keys and values have cfg.kv_heads heads (fewer than the queries' for grouped-query
@@ -194,15 +208,12 @@ class MultiHeadAttention(nnx.Module):
             cache = {"k": k, "v": v}
         if cfg.scale_attention:
             q = q * ((cfg.query_scale_dim or cfg.head_dim) ** -0.5)
-        if cfg.attention_impl != "einsum":
+        if cfg.attention_impl in ("xla", "cudnn"):
             out = jax.nn.dot_product_attention(
                 q, k.astype(q.dtype), v.astype(q.dtype), bias=bias_BxHxQxK, mask=mask_Bx1xQxK,
                 scale=1.0, implementation=cfg.attention_impl)
             return self.out(out), cache
-        out = grouped_attention(q, k, v, mask_Bx1xQxK, bias_BxHxQxK,
-                                softcap=cfg.attention_softcap,
-                                dropout_rate=cfg.attention_dropout_rate, rng=rng)
-        return self.out(out), cache
+        return self.out(attend(q, k, v, mask_Bx1xQxK, bias_BxHxQxK, cfg, rng)), cache
 
     def _key_values(self, kv_BxKxD: Array) -> tuple[Array, Array]:
         k = self.key(kv_BxKxD)

@@ -65,7 +65,9 @@ class ModelConfig:
     logits_chunks: int = 1  # LM losses: output logits made (and remade in backward) per chunk
     attention_window: int | None = None  # decoder: sliding-window attention (Mistral)
     global_attention_every: int | None = None  # every k-th layer unwindowed (Gemma 2/3)
-    attention_impl: str = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention)
+    # einsum | blockwise (models/blockwise_attention.py) | xla | cudnn (jax.nn's)
+    attention_impl: str = "einsum"
+    attention_block_size: int = 512  # blockwise: keys per block
     float32_matmul_outputs: bool = True  # False: weight matmuls write the compute dtype
     causal: bool = True
     num_token_types: int = 2  # encoder: 1 (RoBERTa) reads every token as type 0; 0: no table

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llmjax.models.attention import grouped_attention, write_slots
+from llmjax.models.attention import attend, write_slots
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import (
     Dense,
@@ -117,8 +117,7 @@ class LatentAttention(nnx.Module):
     def _attend(self, q: Array, k: Array, v: Array, mask: Array, bias: Array | None,
                 rng: Array | None) -> Array:
         """softmax(q . k + bias) v with one key head or one per query head: [B, Q, H, v]."""
-        return grouped_attention(q, k, v, mask, bias, softcap=self.cfg.attention_softcap,
-                                 dropout_rate=self.cfg.attention_dropout_rate, rng=rng)
+        return attend(q, k, v, mask, bias, self.cfg, rng)
 
     def _expanded(self, q_nope, q_rope, latent_BxSx1xC, mask, bias, scale, rng) -> Array:
         """Keys and values made from the latent for every head (training, full passes)."""
