@@ -174,6 +174,14 @@ def activation_sharding(mesh: Mesh) -> Iterator[None]:
         _ACTIVE_MESH.pop()
 
 
+def splits(logical: str) -> bool:
+    """Whether the mesh step being traced splits the logical axis over more than one device."""
+    if not _ACTIVE_MESH:
+        return False
+    mesh = _ACTIVE_MESH[-1]
+    return math.prod(mesh.shape[axis] for axis in RULES[logical]) > 1
+
+
 def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
     """x with a sharding constraint from its logical axes ('batch', 'heads', 'mlp', ...) when a
     mesh step is being traced; unchanged otherwise (one device, pmap, decoding)."""

@@ -1,7 +1,8 @@
-"""model.attention_impl=blockwise: attention over blocks of keys with an online softmax
-(FlashAttention's algorithm in JAX) computes the einsum path's function and gradients, with
-every mask, grouped-query heads, soft-capping and biases; models built on it train, decode and
-shard as the einsum path's do; and it holds a fraction of the einsum path's temporaries."""
+"""model.attention_impl=blockwise: attention over tiles of queries x keys with an online softmax
+(FlashAttention's algorithm in JAX), every query against each key block or a causal mask's lower
+triangle of tiles, computes the einsum path's function and gradients, with every mask,
+grouped-query heads, soft-capping and biases; models built on it train, decode and shard as
+the einsum path's do; and it holds a fraction of the einsum path's temporaries."""
 
 import dataclasses
 
@@ -45,16 +46,19 @@ def loss_and_grads(attention, q, k, v, bias, weights):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(q, k, v, bias)
 
 
-@pytest.mark.parametrize("softcap,window", [(None, None), (5.0, 9)])
-def test_blockwise_attention_equals_the_einsum_path_with_its_gradients(softcap, window):
+@pytest.mark.parametrize("softcap,window,tiles", [
+    (None, None, "key blocks"), (None, None, "causal tiles"), (5.0, 9, "causal tiles")])
+def test_blockwise_attention_equals_the_einsum_path_with_its_gradients(softcap, window, tiles):
     """Causal, packed and padded rows (and a sliding window), 4 query heads over 2 key heads,
-    a trained bias; 8-key blocks over 37 keys. The bias gradient is the scores' gradient."""
+    a trained bias; 8-key blocks over 37 keys, against every query at once or in the lower
+    triangle of 8 x 8 tiles. The bias gradient is the scores' gradient."""
     mask = make_attention_mask(SEG, SEG, causal=True, window=window)
     q, k, v, bias, weights = inputs(jnp.float32)
     want = loss_and_grads(lambda q, k, v, b: grouped_attention(
         q, k, v, mask, b, softcap=softcap, dropout_rate=0.0, rng=None), q, k, v, bias, weights)
     got = loss_and_grads(lambda q, k, v, b: blockwise_attention(
-        q, k, v, mask, b, softcap=softcap, block_size=8), q, k, v, bias, weights)
+        q, k, v, mask, b, softcap=softcap, block_size=8, causal=tiles == "causal tiles"),
+        q, k, v, bias, weights)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     for name, g, w in zip("qkvb", got[1], want[1], strict=True):
         np.testing.assert_allclose(g, w, atol=2e-5, err_msg=f"d{name}")

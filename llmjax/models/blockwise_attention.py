@@ -1,15 +1,20 @@
-"""Blockwise attention: softmax(q . k + bias) v computed one block of keys at a time, so that
-no [Q, S] array of scores or probabilities is ever held whole, forward or backward.
+"""Blockwise attention: softmax(q . k + bias) v computed one tile of queries x keys at a time,
+so that no [Q, S] array of scores or probabilities is ever held whole, forward or backward.
 
 The algorithm is FlashAttention's (Dao et al. 2022), written in JAX rather than as a kernel, as
 in Rabe & Staats 2021 ("Self-attention does not need O(n^2) memory"): the forward pass scans the
-key blocks keeping a running maximum m, normaliser l and weighted sum of values per query row
-(the online softmax), and saves only its output and log(l) + m; the backward pass scans the
-blocks again, recomputing each block's probabilities from them. Temporaries are
-O(Q x block_size) per head instead of the einsum path's O(Q x S), on any backend (XLA:CPU, TPU,
-GPU), with any mask, grouped-query heads, logit soft-capping and an additive bias (ALiBi, T5's
+tiles keeping a running maximum, normaliser and weighted sum of values per query row (the online
+softmax), and saves only its output and each row's log-sum-exp; the backward pass scans the
+tiles again, recomputing each one's probabilities from them. Temporaries are O(rows x
+block_size) per head instead of the einsum path's O(Q x S), on any backend (XLA:CPU, TPU, GPU),
+with any mask, grouped-query heads, logit soft-capping and an additive bias (ALiBi, T5's
 relative positions). The boolean mask [B, 1, Q, S] and a bias are still whole arrays, as the
 einsum path takes them (the mask is a byte per pair, 4 x heads times smaller than the scores).
+
+Tiles: where the caller promises a causal mask over the same positions (`causal`: decoder
+self-attention without a cache), queries come in blocks too and only the tiles on or below the
+diagonal run, about half the work. Otherwise every query is one tile row, scanned against each
+block of keys: a query axis split over devices (context parallelism) stays split.
 
 Masked scores count for nothing: a query row with every key masked (a padding query) gets a
 zero output, where the einsum path's softmax averages the values; no loss reads those rows.
@@ -22,6 +27,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 _MIN = float(jnp.finfo(jnp.float32).min)
@@ -29,23 +35,40 @@ _MIN = float(jnp.finfo(jnp.float32).min)
 
 def blockwise_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
                         mask_Bx1xQxS: Array, bias_BxHxQxS: Array | None, *,
-                        softcap: float | None, block_size: int) -> Array:
+                        softcap: float | None, block_size: int, causal: bool = False) -> Array:
     """softmax(q . k [soft-capped] + bias, where `mask`) v: [B, Q, H, V] in q's dtype, with
     N <= H key/value heads (query head h reads key head h // (H / N)), over blocks of
-    `block_size` keys (the last one padded with masked keys)."""
-    s = k_BxSxNxK.shape[1]
+    `block_size` keys (the last one padded with masked keys). `causal`: the mask never holds
+    above the diagonal and query i is key i (Q = S), so the tiles above it are skipped."""
+    queries, s = q_BxQxHxK.shape[1], k_BxSxNxK.shape[1]
+    if causal and queries != s:
+        raise ValueError(f"causal blockwise attention needs as many queries as keys, not "
+                         f"{queries} and {s}")
     blocks = math.ceil(s / block_size)
     pad = blocks * block_size - s
-    k, v = k_BxSxNxK.astype(q_BxQxHxK.dtype), v_BxSxNxV.astype(q_BxQxHxK.dtype)
+    q, k, v = q_BxQxHxK, k_BxSxNxK.astype(q_BxQxHxK.dtype), v_BxSxNxV.astype(q_BxQxHxK.dtype)
     mask = jnp.broadcast_to(mask_Bx1xQxS, (*mask_Bx1xQxS.shape[:3], s))
     bias = bias_BxHxQxS
-    if pad:  # padded keys are masked out; their bias and values are never read
+    query_pad = pad if causal else 0  # causal tiles are square: queries padded as keys are
+    if pad:  # padded keys are masked out (padded queries too); their bias is never read
         k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
         v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
-        mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, pad)))
+        q = jnp.pad(q, ((0, 0), (0, query_pad), (0, 0), (0, 0)))
+        mask = jnp.pad(mask, ((0, 0), (0, 0), (0, query_pad), (0, pad)))
         if bias is not None:
-            bias = jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (0, pad)))
-    return _attention(q_BxQxHxK, k, v, mask, bias, softcap, block_size)
+            bias = jnp.pad(bias, ((0, 0), (0, 0), (0, query_pad), (0, pad)))
+    tiles = _tiles(blocks, causal)
+    query_block = block_size if causal else queries
+    out = _attention(q, k, v, mask, bias, softcap, block_size, query_block, tiles)
+    return out[:, :queries]
+
+
+def _tiles(blocks: int, causal: bool) -> tuple[tuple[int, int], ...]:
+    """(query block, key block) pairs to compute, in scan order: the lower triangle of square
+    tiles where causal, else every key block for the one block of all queries."""
+    if causal:
+        return tuple((i, j) for i in range(blocks) for j in range(i + 1))
+    return tuple((0, j) for j in range(blocks))
 
 
 def _grouped_rows(x_BxQxHxK: Array, heads: int) -> Array:
@@ -108,34 +131,55 @@ def _where_valid(valid: Array, x_BxNxRxT: Array, other: float) -> Array:
     return jnp.where(valid, x5, other).reshape(b, n, r, t)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _attention(q, k, v, mask, bias, softcap, block_size):
-    return _forward(q, k, v, mask, bias, softcap, block_size)[0]
+def _rows_of(x: Array, i: Array, size: int, total: int, axis: int) -> Array:
+    """Block i of `size` along `axis`, or x itself when one block is all of it (a query axis
+    split over devices is then never sliced)."""
+    return x if size == total else _block(x, i, size, axis)
 
 
-def _forward(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias, softcap, block_size):
+def _set_rows(x: Array, update: Array, i: Array, size: int, axis: int) -> Array:
+    if update.shape[axis] == x.shape[axis]:
+        return update
+    return jax.lax.dynamic_update_slice_in_dim(x, update, i * size, axis=axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _attention(q, k, v, mask, bias, softcap, block_size, query_block, tiles):
+    return _forward(q, k, v, mask, bias, softcap, block_size, query_block, tiles)[0]
+
+
+def _forward(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias, softcap, block_size,
+             query_block, tiles):
     """Output [B, Q, H, V] and each row's log-sum-exp of scores [B, N, R] (float32)."""
     n, queries = k_BxSxNxK.shape[2], q_BxQxHxK.shape[1]
     q = _grouped_rows(q_BxQxHxK, n)
-    rows = q.shape[:3]
+    rows_total, rows = q.shape[2], query_block * (q.shape[2] // queries)  # R, a tile's rows
 
-    def step(carry, j):
-        row_max, row_sum, acc = carry  # [B, N, R] each; the sum of values [B, N, R, V]
-        bias_j = None if bias is None else _block(bias, j, block_size, 3)
-        scores, valid, _ = _block_scores(q, _block(k_BxSxNxK, j, block_size, 1),
-                                         _block(mask_Bx1xQxS, j, block_size, 3), bias_j, softcap)
-        new_max = jnp.maximum(row_max, _where_valid(valid, scores, _MIN).max(-1))
+    def step(carry, tile):
+        i, j = tile[0], tile[1]
+        # per row: running max and sum of exp(score - max) [B, N, R]; sum of values [.., V]
+        row_max, row_sum, acc = carry
+        q_i = _rows_of(q, i, rows, rows_total, 2)
+        mask_ij = _block(_rows_of(mask_Bx1xQxS, i, query_block, queries, 2), j, block_size, 3)
+        bias_ij = None if bias is None else _block(
+            _rows_of(bias, i, query_block, queries, 2), j, block_size, 3)
+        scores, valid, _ = _block_scores(q_i, _block(k_BxSxNxK, j, block_size, 1), mask_ij,
+                                         bias_ij, softcap)
+        old_max, old_sum, old_acc = (_rows_of(x, i, rows, rows_total, 2)
+                                     for x in (row_max, row_sum, acc))
+        new_max = jnp.maximum(old_max, _where_valid(valid, scores, _MIN).max(-1))
         p = _where_valid(valid, jnp.exp(scores - new_max[..., None]), 0.0)
-        correction = jnp.exp(row_max - new_max)  # rescales what earlier blocks summed
+        correction = jnp.exp(old_max - new_max)  # rescales what earlier tiles summed
         v_j = _block(v_BxSxNxV, j, block_size, 1).transpose(0, 2, 1, 3)
-        acc = acc * correction[..., None] + jnp.matmul(
+        new_acc = old_acc * correction[..., None] + jnp.matmul(
             p.astype(q.dtype), v_j, preferred_element_type=jnp.float32)
-        return (new_max, row_sum * correction + p.sum(-1), acc), None
+        new_sum = old_sum * correction + p.sum(-1)
+        return tuple(_set_rows(x, new, i, rows, 2) for x, new in
+                     ((row_max, new_max), (row_sum, new_sum), (acc, new_acc))), None
 
-    init = (jnp.full(rows, _MIN, jnp.float32), jnp.zeros(rows, jnp.float32),
-            jnp.zeros((*rows, v_BxSxNxV.shape[3]), jnp.float32))
-    blocks = k_BxSxNxK.shape[1] // block_size
-    (row_max, row_sum, acc), _ = jax.lax.scan(step, init, jnp.arange(blocks))
+    init = (jnp.full(q.shape[:3], _MIN, jnp.float32), jnp.zeros(q.shape[:3], jnp.float32),
+            jnp.zeros((*q.shape[:3], v_BxSxNxV.shape[3]), jnp.float32))
+    (row_max, row_sum, acc), _ = jax.lax.scan(step, init, jnp.asarray(np.array(tiles)))
     seen = row_sum > 0  # rows with at least one valid key
     row_sum = jnp.where(seen, row_sum, 1.0)
     out = acc / row_sum[..., None]
@@ -143,54 +187,67 @@ def _forward(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias, softcap, block
     return _ungrouped(out.astype(q.dtype), queries), lse
 
 
-def _attention_fwd(q, k, v, mask, bias, softcap, block_size):
-    out, lse = _forward(q, k, v, mask, bias, softcap, block_size)
+def _attention_fwd(q, k, v, mask, bias, softcap, block_size, query_block, tiles):
+    out, lse = _forward(q, k, v, mask, bias, softcap, block_size, query_block, tiles)
     return out, (q, k, v, mask, bias, out, lse)
 
 
-def _attention_bwd(softcap, block_size, residuals, d_out_BxQxHxV):
+def _attention_bwd(softcap, block_size, query_block, tiles, residuals, d_out_BxQxHxV):
     q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask, bias, out, lse = residuals
     n, queries = k_BxSxNxK.shape[2], q_BxQxHxK.shape[1]
     dtype = q_BxQxHxK.dtype
     q = _grouped_rows(q_BxQxHxK, n)
+    rows_total, rows = q.shape[2], query_block * (q.shape[2] // queries)
     d_out = _grouped_rows(d_out_BxQxHxV.astype(dtype), n)
-    # sum over values of d_out * out: the softmax gradient's row term
+    # sum over values of d_out * out: the softmax gradient's row term [B, N, R]
     delta = (d_out.astype(jnp.float32) * _grouped_rows(out, n).astype(jnp.float32)).sum(-1)
 
-    def step(carry, j):
+    def step(carry, tile):
+        i, j = tile[0], tile[1]
         dq, dk, dv, dbias = carry
+        q_i, d_out_i, lse_i, delta_i = (_rows_of(x, i, rows, rows_total, 2)
+                                        for x in (q, d_out, lse, delta))
         k_j = _block(k_BxSxNxK, j, block_size, 1)
-        bias_j = None if bias is None else _block(bias, j, block_size, 3)
-        scores, valid, capped = _block_scores(q, k_j, _block(mask, j, block_size, 3), bias_j,
-                                              softcap)
-        p = _where_valid(valid, jnp.exp(scores - lse[..., None]), 0.0)  # [B, N, R, T]
+        bias_ij = None if bias is None else _block(
+            _rows_of(bias, i, query_block, queries, 2), j, block_size, 3)
+        mask_ij = _block(_rows_of(mask, i, query_block, queries, 2), j, block_size, 3)
+        scores, valid, capped = _block_scores(q_i, k_j, mask_ij, bias_ij, softcap)
+        p = _where_valid(valid, jnp.exp(scores - lse_i[..., None]), 0.0)  # [B, N, r, T]
         v_j = _block(v_BxSxNxV, j, block_size, 1).transpose(0, 2, 1, 3)  # [B, N, T, V]
-        dv_j = jnp.matmul(p.astype(dtype).transpose(0, 1, 3, 2), d_out,
+        dv_j = jnp.matmul(p.astype(dtype).transpose(0, 1, 3, 2), d_out_i,
                           preferred_element_type=jnp.float32)
-        dp = jnp.matmul(d_out, v_j.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32)
-        ds = p * (dp - delta[..., None])  # d loss / d (scores), bias included
-        if dbias is not None:
-            db = _bias_heads(ds, queries)
+        dp = jnp.matmul(d_out_i, v_j.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32)
+        ds = p * (dp - delta_i[..., None])  # d loss / d (scores), bias included
+        if dbias is not None:  # each tile is visited once: its gradient is written, not added
+            db = _bias_heads(ds, query_block)
             if dbias.shape[0] == 1:
                 db = db.sum(0, keepdims=True)
-            dbias = jax.lax.dynamic_update_slice_in_dim(dbias, db.astype(dbias.dtype),
-                                                        j * block_size, axis=3)
+            tile_rows = _rows_of(dbias, i, query_block, queries, 2)
+            tile_rows = jax.lax.dynamic_update_slice_in_dim(
+                tile_rows, db.astype(dbias.dtype), j * block_size, axis=3)
+            dbias = _set_rows(dbias, tile_rows, i, query_block, 2)
         if capped is not None:
             ds = ds * (1.0 - capped * capped)
         ds = ds.astype(dtype)
-        dq = dq + jnp.matmul(ds, k_j.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
-        dk_j = jnp.matmul(ds.transpose(0, 1, 3, 2), q, preferred_element_type=jnp.float32)
-        dk = jax.lax.dynamic_update_slice_in_dim(
-            dk, dk_j.transpose(0, 2, 1, 3).astype(dk.dtype), j * block_size, axis=1)
-        dv = jax.lax.dynamic_update_slice_in_dim(
-            dv, dv_j.transpose(0, 2, 1, 3).astype(dv.dtype), j * block_size, axis=1)
-        return (dq, dk, dv, dbias), None
+        dq_i = _rows_of(dq, i, rows, rows_total, 2) + jnp.matmul(
+            ds, k_j.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+        dk_j = jnp.matmul(ds.transpose(0, 1, 3, 2), q_i, preferred_element_type=jnp.float32)
+        dk = _add_block(dk, dk_j.transpose(0, 2, 1, 3), j, block_size)
+        dv = _add_block(dv, dv_j.transpose(0, 2, 1, 3), j, block_size)
+        return (_set_rows(dq, dq_i, i, rows, 2), dk, dv, dbias), None
 
-    init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros_like(k_BxSxNxK),
-            jnp.zeros_like(v_BxSxNxV), None if bias is None else jnp.zeros_like(bias))
-    blocks = k_BxSxNxK.shape[1] // block_size
-    (dq, dk, dv, dbias), _ = jax.lax.scan(step, init, jnp.arange(blocks))
-    return _ungrouped(dq, queries).astype(dtype), dk, dv, None, dbias
+    init = (jnp.zeros(q.shape, jnp.float32),
+            jnp.zeros(k_BxSxNxK.shape, jnp.float32), jnp.zeros(v_BxSxNxV.shape, jnp.float32),
+            None if bias is None else jnp.zeros_like(bias))
+    (dq, dk, dv, dbias), _ = jax.lax.scan(step, init, jnp.asarray(np.array(tiles)))
+    return (_ungrouped(dq, queries).astype(dtype), dk.astype(k_BxSxNxK.dtype),
+            dv.astype(v_BxSxNxV.dtype), None, dbias)
+
+
+def _add_block(total_BxSx: Array, block_BxTx: Array, j: Array, size: int) -> Array:
+    """total with `block` added to its j-th block of `size` along axis 1."""
+    return jax.lax.dynamic_update_slice_in_dim(
+        total_BxSx, _block(total_BxSx, j, size, 1) + block_BxTx, j * size, axis=1)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -115,9 +115,9 @@ class LatentAttention(nnx.Module):
                 {"latent": latent})
 
     def _attend(self, q: Array, k: Array, v: Array, mask: Array, bias: Array | None,
-                rng: Array | None) -> Array:
+                rng: Array | None, causal_self: bool = False) -> Array:
         """softmax(q . k + bias) v with one key head or one per query head: [B, Q, H, v]."""
-        return attend(q, k, v, mask, bias, self.cfg, rng)
+        return attend(q, k, v, mask, bias, self.cfg, rng, causal_self=causal_self)
 
     def _expanded(self, q_nope, q_rope, latent_BxSx1xC, mask, bias, scale, rng) -> Array:
         """Keys and values made from the latent for every head (training, full passes)."""
@@ -130,7 +130,7 @@ class LatentAttention(nnx.Module):
         k = jnp.concatenate([k_nope, k_rope.astype(k_nope.dtype)], axis=-1)
         q = jnp.concatenate([q_nope, q_rope.astype(q_nope.dtype)], axis=-1) * scale
         v = constrain(self.value_up(c), heads)
-        return self.out(self._attend(q, k, v, mask, bias, rng))
+        return self.out(self._attend(q, k, v, mask, bias, rng, causal_self=self.cfg.causal))
 
     def _absorbed(self, q_nope, q_rope, latent_BxSx1xC, mask, bias, scale, rng) -> Array:
         """Attention over the cached latents themselves: W_uk folded into the queries, W_uv
