@@ -51,14 +51,15 @@ def loss_and_grads(attention, q, k, v, bias, weights):
 def test_blockwise_attention_equals_the_einsum_path_with_its_gradients(softcap, window, tiles):
     """Causal, packed and padded rows (and a sliding window), 4 query heads over 2 key heads,
     a trained bias; 8-key blocks over 37 keys, against every query at once or in the lower
-    triangle of 8 x 8 tiles. The bias gradient is the scores' gradient."""
+    triangle of 8 x 8 tiles (with the window: the two diagonals it reaches). The bias gradient
+    is the scores' gradient."""
     mask = make_attention_mask(SEG, SEG, causal=True, window=window)
     q, k, v, bias, weights = inputs(jnp.float32)
     want = loss_and_grads(lambda q, k, v, b: grouped_attention(
         q, k, v, mask, b, softcap=softcap, dropout_rate=0.0, rng=None), q, k, v, bias, weights)
     got = loss_and_grads(lambda q, k, v, b: blockwise_attention(
-        q, k, v, mask, b, softcap=softcap, block_size=8, causal=tiles == "causal tiles"),
-        q, k, v, bias, weights)
+        q, k, v, mask, b, softcap=softcap, block_size=8, causal=tiles == "causal tiles",
+        window=window if tiles == "causal tiles" else None), q, k, v, bias, weights)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     for name, g, w in zip("qkvb", got[1], want[1], strict=True):
         np.testing.assert_allclose(g, w, atol=2e-5, err_msg=f"d{name}")
@@ -98,9 +99,15 @@ def model_loss_and_grads(cls, cfg):
 @pytest.mark.parametrize("cls,options", [
     (EncoderDecoder, dict(position_embedding="relative")),  # a trained bias, cross-attention
     (Decoder, dict(position_embedding="alibi", attention_softcap=20.0)),
+    # windowed and global layers, each block rematerialised (the window's tiles skipped)
+    (Decoder, dict(position_embedding="rotary", attention_window=6, global_attention_every=2,
+                   remat="full")),
+    pytest.param(Decoder, dict(position_embedding="rotary", attention_window=6,
+                               scan_layers=True), marks=pytest.mark.slow),
     pytest.param(Decoder, dict(position_embedding="rotary", kv_lora_rank=16, qk_rope_head_dim=4,
-                               num_kv_heads=None), marks=pytest.mark.slow)],  # latent attention
-    ids=["encoder_decoder_relative", "decoder_alibi_softcap", "latent"])
+                               num_kv_heads=None, attention_window=6), marks=pytest.mark.slow)],
+    ids=["encoder_decoder_relative", "decoder_alibi_softcap", "windows_remat", "windows_scan",
+         "latent_window"])
 def test_models_on_blockwise_attention_compute_the_same_function(cls, options):
     cfg = dataclasses.replace(MODEL, **options)
     want_loss, want_grads = model_loss_and_grads(cls, cfg)
@@ -155,6 +162,7 @@ def test_a_long_sequences_step_holds_a_fraction_of_the_einsum_paths_temporaries(
     assert blockwise < einsum / 4
 
 
+@pytest.mark.slow  # the suite's time budget: both tilings' functions are checked above
 def test_blockwise_attention_on_a_sequence_mesh_trains_as_one_device_does(tmp_path):
     """Context parallelism's queries split 8 ways, each device scanning the gathered keys a
     block at a time (4 blocks of 16), beside the einsum path on one device: the same losses."""

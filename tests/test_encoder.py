@@ -30,7 +30,7 @@ def test_every_position_sees_every_other():
         p2["embed"]["embedding"][...] = table
         return (nnx.merge(g, p2)(toks)[0, 0] * readout).sum()
 
-    grad = jax.grad(first_output)(p["embed"]["embedding"][...])
+    grad = jax.jit(jax.grad(first_output))(p["embed"]["embedding"][...])
     used = np.abs(np.asarray(grad)).sum(-1) > 0
     assert used[np.asarray(toks[0])].all(), "position 0 depends on every token, later ones too"
 

@@ -81,7 +81,7 @@ def test_adapter_gradients_are_the_kernels_projected():
         return -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1).mean()
 
     grads = {param_path_name(k): np.asarray(g) for k, g in
-             jax.tree_util.tree_flatten_with_path(jax.grad(loss)(params))[0]}
+             jax.tree_util.tree_flatten_with_path(jax.jit(jax.grad(loss))(params))[0]}
     values = flat_params(model)
     scale = c.lora.alpha / c.lora.rank
     for layer in ("layers/0/attention/query", "layers/1/mlp/wi"):

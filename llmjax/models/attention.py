@@ -138,17 +138,18 @@ def grouped_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
 
 def attend(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array, mask_Bx1xQxS: Array,
            bias_BxHxQxS: Array | None, cfg: ModelConfig, rng: Array | None, *,
-           causal_self: bool = False) -> Array:
+           causal_self: bool = False, window: int | None = None) -> Array:
     """The project's own attention, [B, Q, H, V]: over blocks of cfg.attention_block_size keys
     (attention_impl=blockwise, where there is more than one block), else over all S at once.
     `causal_self`: a causal mask over the queries' own positions (self-attention without a
-    cache), whose tiles above the diagonal blockwise attention skips, unless the queries are
-    split over devices (context parallelism: each device's scan then reads its own queries)."""
+    cache), whose tiles above the diagonal blockwise attention skips (and, with the `window`
+    the mask applies, those wholly outside it), unless the queries are split over devices
+    (context parallelism: each device's scan then reads its own queries)."""
     if cfg.attention_impl == "blockwise" and k_BxSxNxK.shape[1] > cfg.attention_block_size:
         return blockwise_attention(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias_BxHxQxS,
                                    softcap=cfg.attention_softcap,
                                    block_size=cfg.attention_block_size,
-                                   causal=causal_self and not splits("length"))
+                                   causal=causal_self and not splits("length"), window=window)
     return grouped_attention(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias_BxHxQxS,
                              softcap=cfg.attention_softcap,
                              dropout_rate=cfg.attention_dropout_rate, rng=rng)
@@ -219,8 +220,10 @@ class MultiHeadAttention(nnx.Module):
                 scale=1.0, implementation=cfg.attention_impl)
             return self.out(out), cache
         causal_self = cfg.causal and kv_BxKxD is None and static_kv is None and cache is None
+        # a Python True (not a scanned flag) says the mask is the window's
+        window = cfg.attention_window if windowed is True else None
         return self.out(attend(q, k, v, mask_Bx1xQxK, bias_BxHxQxK, cfg, rng,
-                               causal_self=causal_self)), cache
+                               causal_self=causal_self, window=window)), cache
 
     def _key_values(self, kv_BxKxD: Array) -> tuple[Array, Array]:
         k = self.key(kv_BxKxD)

@@ -7,6 +7,8 @@ of the same input side by side (cfg.parallel_residual: GPT-NeoX, GPT-J, PaLM).""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 from flax import nnx
 
@@ -132,31 +134,38 @@ def apply_blocks(layers: nnx.List, x_BxLxD: Array, mask: Array, positions_BxL: A
     states = [nnx.state(layer) for layer in layers]
 
     def block(state, x, layer_rng, is_windowed):
-        # a traced flag (scan) picks the layer's mask and rotary base as data
-        layer_mask = mask if window_mask is None else jax.numpy.where(is_windowed, window_mask,
-                                                                      mask)
+        # a traced flag (a scan over differing layers) picks the layer's mask and rotary base
+        # as data; a Python bool lets blockwise attention skip the tiles outside the window
+        if window_mask is None or isinstance(is_windowed, bool):
+            layer_mask = window_mask if is_windowed else mask
+        else:
+            layer_mask = jax.numpy.where(is_windowed, window_mask, mask)
         layer = nnx.merge(graphdef, state)
         y, _ = layer(x, layer_mask, positions_BxL, rng=layer_rng, windowed=is_windowed,
                      **kwargs)
         stats = take_router_stats(layer) if layer_rng is not None else None
         return y, no_stats() if stats is None else stats
 
-    if cfg.remat != "none":
-        policy = (jax.checkpoint_policies.save_only_these_names(MATMUL_NAME)
-                  if cfg.remat == "dots" else None)
-        block = jax.checkpoint(block, policy=policy)
-    flags = jax.numpy.array(windowed)
+    policy = (jax.checkpoint_policies.save_only_these_names(MATMUL_NAME)
+              if cfg.remat == "dots" else None)
+
+    def rematerialised(is_windowed):  # the flag stays static, outside the checkpoint
+        f = functools.partial(block, is_windowed=is_windowed)
+        return f if cfg.remat == "none" else jax.checkpoint(f, policy=policy)
+
     if not cfg.scan_layers:
         for i, state in enumerate(states):
-            x_BxLxD, stats = block(state, x_BxLxD, fold(rng, i + 1), flags[i])
+            x_BxLxD, stats = rematerialised(windowed[i])(state, x_BxLxD, fold(rng, i + 1))
             if rng is not None and isinstance(layers[i].mlp, MoEFeedForward):
                 put_router_stats(layers[i].mlp, stats)
         return x_BxLxD
+    flags = jax.numpy.array(windowed)
+    uniform = len(set(windowed)) == 1  # every layer alike: the flag need not be data
 
     def body(x, inputs):
         state, i, is_windowed = inputs
         layer_rng = None if rng is None else jax.random.fold_in(rng, i + 1)
-        return block(state, x, layer_rng, is_windowed)
+        return rematerialised(windowed[0] if uniform else is_windowed)(state, x, layer_rng)
 
     stacked = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *states)
     x_BxLxD, stats = jax.lax.scan(body, x_BxLxD,

@@ -35,11 +35,14 @@ _MIN = float(jnp.finfo(jnp.float32).min)
 
 def blockwise_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
                         mask_Bx1xQxS: Array, bias_BxHxQxS: Array | None, *,
-                        softcap: float | None, block_size: int, causal: bool = False) -> Array:
+                        softcap: float | None, block_size: int, causal: bool = False,
+                        window: int | None = None) -> Array:
     """softmax(q . k [soft-capped] + bias, where `mask`) v: [B, Q, H, V] in q's dtype, with
     N <= H key/value heads (query head h reads key head h // (H / N)), over blocks of
     `block_size` keys (the last one padded with masked keys). `causal`: the mask never holds
-    above the diagonal and query i is key i (Q = S), so the tiles above it are skipped."""
+    above the diagonal and query i is key i (Q = S), so the tiles above it are skipped; with
+    `window`, it never holds for keys `window` or more before the query either, so the tiles
+    wholly that far below the diagonal are skipped too."""
     queries, s = q_BxQxHxK.shape[1], k_BxSxNxK.shape[1]
     if causal and queries != s:
         raise ValueError(f"causal blockwise attention needs as many queries as keys, not "
@@ -57,18 +60,21 @@ def blockwise_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
         mask = jnp.pad(mask, ((0, 0), (0, 0), (0, query_pad), (0, pad)))
         if bias is not None:
             bias = jnp.pad(bias, ((0, 0), (0, 0), (0, query_pad), (0, pad)))
-    tiles = _tiles(blocks, causal)
+    tiles = _tiles(blocks, block_size, causal, window)
     query_block = block_size if causal else queries
     out = _attention(q, k, v, mask, bias, softcap, block_size, query_block, tiles)
     return out[:, :queries]
 
 
-def _tiles(blocks: int, causal: bool) -> tuple[tuple[int, int], ...]:
+def _tiles(blocks: int, size: int, causal: bool, window: int | None
+           ) -> tuple[tuple[int, int], ...]:
     """(query block, key block) pairs to compute, in scan order: the lower triangle of square
-    tiles where causal, else every key block for the one block of all queries."""
-    if causal:
-        return tuple((i, j) for i in range(blocks) for j in range(i + 1))
-    return tuple((0, j) for j in range(blocks))
+    tiles where causal (less those whose last key is `window` or more before their first
+    query), else every key block for the one block of all queries."""
+    if not causal:
+        return tuple((0, j) for j in range(blocks))
+    return tuple((i, j) for i in range(blocks) for j in range(i + 1)
+                 if window is None or (j + 1) * size - 1 > i * size - window)
 
 
 def _grouped_rows(x_BxQxHxK: Array, heads: int) -> Array:
