@@ -24,8 +24,8 @@ fi
 RESULTS=${OUT:-/tmp}/gpu_suite.jsonl
 # float32 references at full precision (XLA may otherwise use TF32 for float32 matmuls)
 JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m pytest -q -p no:cacheprovider \
-    tests/test_attention_impl.py tests/test_models.py tests/test_encoder_decoder.py \
-    tests/test_matmul_outputs.py
+    tests/test_attention_impl.py tests/test_blockwise_attention.py tests/test_models.py \
+    tests/test_encoder_decoder.py tests/test_matmul_outputs.py
 step_time() {  # the GPT-2 124M shape in benchmarks/step_time.py, with more flags
   timeout 240 $PY benchmarks/step_time.py --config=configs/gpt.py:size="${SIZE:-base}" \
       --vocab_size=50304 --peak_size=8192 "$@" 2>&1
@@ -43,6 +43,7 @@ run() {  # dtype attention_impl batch [float32_matmul_outputs [logits_chunks]]
   run bfloat16 cudnn 64
   run bfloat16 cudnn 32
   run bfloat16 cudnn 16
+  run bfloat16 blockwise 16  # the JAX-level tiles against cuDNN's kernel: not yet on a GPU
   if [ "${ALL:-0}" = 1 ]; then  # the reference rows, measured in README (~1 minute each)
     run bfloat16 xla 16
     run bfloat16 einsum 16
