@@ -115,9 +115,9 @@ def _block_scores(q_BxNxRxK: Array, k_BxTxNxK: Array, mask_Bx1xQxT: Array,
                   bias_BxHxQxT: Array | None, softcap: float | None
                   ) -> tuple[Array, Array, Array | None]:
     """One key block's float32 scores [B, N, R, T] (R = Q * G), where they are valid
-    [B, 1 or N, Q, 1, T] (to broadcast over a 5-D view), and tanh(logits / cap) for the
-    soft-cap's gradient."""
-    n = q_BxNxRxK.shape[1]
+    ([B, 1, Q, 1, T] to broadcast over a 5-D view; [B, 1, Q, T] where G = 1), and
+    tanh(logits / cap) for the soft-cap's gradient."""
+    n, grouped = q_BxNxRxK.shape[1], q_BxNxRxK.shape[2] != mask_Bx1xQxT.shape[2]
     logits = jnp.matmul(q_BxNxRxK, k_BxTxNxK.transpose(0, 2, 3, 1),
                         preferred_element_type=jnp.float32)
     capped = None
@@ -126,11 +126,14 @@ def _block_scores(q_BxNxRxK: Array, k_BxTxNxK: Array, mask_Bx1xQxT: Array,
         logits = softcap * capped
     if bias_BxHxQxT is not None:
         logits = logits + _bias_rows(bias_BxHxQxT, n).astype(jnp.float32)
-    return logits, mask_Bx1xQxT[:, :, :, None, :], capped
+    return logits, mask_Bx1xQxT[:, :, :, None, :] if grouped else mask_Bx1xQxT, capped
 
 
 def _where_valid(valid: Array, x_BxNxRxT: Array, other: float) -> Array:
-    """x where the (5-D broadcast) mask holds, else `other`, in x's 4-D layout."""
+    """x where the mask holds, else `other`, in x's 4-D layout (without grouping, 4-D
+    throughout: XLA:CPU runs arrays with a unit axis slower, see attention.grouped_attention)."""
+    if valid.ndim == 4:
+        return jnp.where(valid, x_BxNxRxT, other)
     b, n, r, t = x_BxNxRxT.shape
     queries = valid.shape[2]
     x5 = x_BxNxRxT.reshape(b, n, queries, r // queries, t)
