@@ -129,7 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
     # same over blocks of attention_block_size keys, never holding a [Q, S] array of scores
     # (FlashAttention's algorithm in JAX, any backend; long sequences); xla or cudnn:
     # jax.nn.dot_product_attention with that implementation (cudnn = flash attention on NVIDIA
-    # GPUs, bfloat16/float16 only); blockwise, xla and cudnn without attention dropout
+    # GPUs, bfloat16/float16 only); xla and cudnn without attention dropout
     m.attention_impl = "einsum"
     m.attention_block_size = 512
     # the weight matmuls' results (dense layers, output logits) in float32; False: rounded to

@@ -465,9 +465,9 @@ def validate(config: ml_collections.ConfigDict, num_data_shards: int = 1) -> Non
     _check(m.attention_block_size >= 1,
            f"model.attention_block_size={m.attention_block_size} must be at least 1 (keys per "
            "block of attention_impl=blockwise)")
-    _check(m.attention_impl == "einsum" or m.attention_dropout_rate == 0.0,
+    _check(m.attention_impl in ("einsum", "blockwise") or m.attention_dropout_rate == 0.0,
            f"model.attention_impl={m.attention_impl!r} has no attention dropout: set "
-           "model.attention_dropout_rate=0 or model.attention_impl=einsum")
+           "model.attention_dropout_rate=0 or model.attention_impl=einsum or blockwise")
     _check(m.attention_impl != "cudnn" or m.dtype in ("bfloat16", "float16"),
            f"model.attention_impl='cudnn' runs in bfloat16 or float16, not model.dtype="
            f"{m.dtype!r}: set model.dtype=bfloat16 or model.attention_impl=xla")

@@ -1,7 +1,7 @@
 """model.attention_impl=blockwise: attention over tiles of queries x keys with an online softmax
 (FlashAttention's algorithm in JAX), every query against each key block or a causal mask's lower
 triangle of tiles, computes the einsum path's function and gradients, with every mask,
-grouped-query heads, soft-capping and biases; models built on it train, decode and shard as
+grouped-query heads, soft-capping, biases and dropout; models built on it train, decode and shard as
 the einsum path's do; and it holds a fraction of the einsum path's temporaries."""
 
 import dataclasses
@@ -14,9 +14,9 @@ from conftest import decode_in_steps, jitted, tiny_config
 from flax import nnx
 from test_mesh import family_setup, run_steps, set_mesh
 
-from llmjax.models import Decoder, EncoderDecoder, ModelConfig
+from llmjax.models import Decoder, EncoderDecoder, ModelConfig, attention
 from llmjax.models.attention import grouped_attention, make_attention_mask
-from llmjax.models.blockwise_attention import blockwise_attention
+from llmjax.models.blockwise_attention import blockwise_attention, tile_keep
 from llmjax.objectives import get_objective
 from llmjax.train import optim
 from llmjax.train import state as state_lib
@@ -66,6 +66,45 @@ def test_blockwise_attention_equals_the_einsum_path_with_its_gradients(softcap, 
     assert np.abs(np.asarray(got[1][3])).max() > 0.1  # the bias gradient is not trivially 0
 
 
+@pytest.mark.parametrize("tiles", ["key blocks", "causal tiles"])
+def test_attention_dropout_drops_each_tiles_probabilities_forward_and_backward(tiles):
+    """With a dropout key, blockwise attention computes dropout(softmax(scores)) v for the keep
+    mask its tiles draw (`tile_keep`, assembled here into a whole one): outputs and gradients
+    equal that dense computation's."""
+    rate, rng = 0.3, jax.random.PRNGKey(9)
+    mask = make_attention_mask(SEG, SEG, causal=True)
+    q, k, v, bias, weights = inputs(jnp.float32)
+    b, length, heads, kv_heads = *q.shape[:3], k.shape[2]
+    rows = 8 * (heads // kv_heads)  # a tile's rows: 8 queries x G heads, query-major
+    blocks = 5  # 37 keys (and, for causal tiles, queries) padded to 40
+    if tiles == "causal tiles":
+        keep = jnp.concatenate([jnp.concatenate([
+            tile_keep(rng, i, j, (b, kv_heads, rows, 8), rate) for j in range(blocks)], -1)
+            for i in range(blocks)], 2)
+    else:
+        keep = jnp.concatenate([tile_keep(rng, 0, j, (b, kv_heads, length * rows // 8, 8), rate)
+                                for j in range(blocks)], -1)
+    g = heads // kv_heads
+    keep = keep[:, :, :length * g, :length].reshape(b, kv_heads, length, g, length)
+
+    def dense(q, k, v, b):  # the einsum path's scores, then dropout with `keep`
+        logits = attention._scores(q, k) + b.reshape(1, kv_heads, g, length, length).transpose(
+            0, 1, 3, 2, 4)
+        probs = attention.masked_softmax(logits, mask[:, :, :, None, :], jnp.float32)
+        return attention._mix(jnp.where(keep, probs / (1 - rate), 0.0), v)
+
+    want = loss_and_grads(dense, q, k, v, bias, weights)
+    got = loss_and_grads(lambda q, k, v, b: blockwise_attention(
+        q, k, v, mask, b, softcap=None, block_size=8, causal=tiles == "causal tiles",
+        dropout_rate=rate, rng=rng), q, k, v, bias, weights)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for name, g_, w in zip("qkvb", got[1], want[1], strict=True):
+        np.testing.assert_allclose(g_, w, atol=2e-5, err_msg=f"d{name}")
+    no_dropout = loss_and_grads(lambda q, k, v, b: blockwise_attention(
+        q, k, v, mask, b, softcap=None, block_size=8), q, k, v, bias, weights)
+    assert abs(float(no_dropout[0]) - float(got[0])) > 1e-3  # the dropout did something
+
+
 def test_bfloat16_blockwise_attention_stays_within_bfloat16s_precision():
     mask = make_attention_mask(SEG, SEG, causal=False)
     q, k, v, _, _ = inputs(jnp.bfloat16)
@@ -82,16 +121,17 @@ MODEL = ModelConfig(vocab_size=40, num_layers=2, num_heads=4, num_kv_heads=2, he
 TOKENS = jnp.asarray(np.random.RandomState(0).randint(4, 40, SEG.shape), jnp.int32)
 
 
-def model_loss_and_grads(cls, cfg):
-    """Mean squared logits of the real tokens and the gradients of every parameter."""
+def model_loss_and_grads(cls, cfg, rng=None):
+    """Mean squared logits of the real tokens and the gradients of every parameter (with
+    dropout drawn from `rng`, if given)."""
     graphdef, params = nnx.split(cls(cfg, rngs=nnx.Rngs(0)))
 
     def loss(params):
         model = nnx.merge(graphdef, params)
         if cls is EncoderDecoder:  # padded sources; targets attend causally and across
-            logits = model(TOKENS, TOKENS[:, :13], segment_ids=jnp.minimum(SEG, 1))
+            logits = model(TOKENS, TOKENS[:, :13], segment_ids=jnp.minimum(SEG, 1), rng=rng)
             return (logits ** 2).mean()
-        logits = model(TOKENS, segment_ids=SEG)
+        logits = model(TOKENS, segment_ids=SEG, rng=rng)
         return (jnp.where(REAL[..., 0], logits, 0.0) ** 2).mean()
     return jax.jit(jax.value_and_grad(loss))(params)
 
@@ -115,6 +155,20 @@ def test_models_on_blockwise_attention_compute_the_same_function(cls, options):
         cls, dataclasses.replace(cfg, attention_impl="blockwise", attention_block_size=8))
     assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads, want_grads)
+
+
+def test_attention_dropout_is_drawn_again_alike_when_blocks_are_rematerialised():
+    """A decoder with attention dropout on blockwise attention: remat=full recomputes each
+    block in the backward pass, tile bits included, so its loss and gradients are the plain
+    loop's; and the dropout changes the loss."""
+    cfg = dataclasses.replace(MODEL, attention_impl="blockwise", attention_block_size=8,
+                              attention_dropout_rate=0.2, position_embedding="rotary")
+    rng = jax.random.PRNGKey(3)
+    want_loss, want_grads = model_loss_and_grads(Decoder, cfg, rng)
+    loss, grads = model_loss_and_grads(Decoder, dataclasses.replace(cfg, remat="full"), rng)
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, want_grads)
+    assert float(model_loss_and_grads(Decoder, cfg)[0]) != pytest.approx(float(loss), rel=1e-4)
 
 
 def test_decoding_over_a_cache_longer_than_a_block_gives_the_full_forwards_logits():

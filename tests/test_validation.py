@@ -135,8 +135,6 @@ def test_bad_input_is_one_clear_error_and_the_workdir_is_untouched(victim, case)
     ({"model.attention_impl": "cudnn"}, "runs in bfloat16 or float16"),
     ({"model.attention_impl": "xla", "model.attention_dropout_rate": 0.1},
      "has no attention dropout"),
-    ({"model.attention_impl": "blockwise", "model.attention_dropout_rate": 0.1},
-     "'blockwise' has no attention dropout: set model.attention_dropout_rate=0"),
     ({"model.attention_impl": "blockwise", "model.attention_block_size": 0},
      "attention_block_size=0 must be at least 1"),
     ({"model.attention_impl": "flash"}, "use einsum, blockwise, xla or cudnn"),

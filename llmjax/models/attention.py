@@ -158,7 +158,8 @@ def attend(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array, mask_Bx1xQxS: A
         return blockwise_attention(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias_BxHxQxS,
                                    softcap=cfg.attention_softcap,
                                    block_size=cfg.attention_block_size,
-                                   causal=causal_self and not splits("length"), window=window)
+                                   causal=causal_self and not splits("length"), window=window,
+                                   dropout_rate=cfg.attention_dropout_rate, rng=rng)
     return grouped_attention(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias_BxHxQxS,
                              softcap=cfg.attention_softcap,
                              dropout_rate=cfg.attention_dropout_rate, rng=rng)

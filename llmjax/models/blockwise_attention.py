@@ -16,6 +16,10 @@ self-attention without a cache), queries come in blocks too and only the tiles o
 diagonal run, about half the work. Otherwise every query is one tile row, scanned against each
 block of keys: a query axis split over devices (context parallelism) stays split.
 
+Attention dropout draws its bits per tile from the key folded with the tile's position
+(`tile_keep`), so the backward pass draws the same ones: the einsum path's distribution, other
+bits.
+
 Masked scores count for nothing: a query row with every key masked (a padding query) gets a
 zero output, where the einsum path's softmax averages the values; no loss reads those rows.
 """
@@ -36,13 +40,16 @@ _MIN = float(jnp.finfo(jnp.float32).min)
 def blockwise_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
                         mask_Bx1xQxS: Array, bias_BxHxQxS: Array | None, *,
                         softcap: float | None, block_size: int, causal: bool = False,
-                        window: int | None = None) -> Array:
+                        window: int | None = None, dropout_rate: float = 0.0,
+                        rng: Array | None = None) -> Array:
     """softmax(q . k [soft-capped] + bias, where `mask`) v: [B, Q, H, V] in q's dtype, with
     N <= H key/value heads (query head h reads key head h // (H / N)), over blocks of
     `block_size` keys (the last one padded with masked keys). `causal`: the mask never holds
     above the diagonal and query i is key i (Q = S), so the tiles above it are skipped; with
     `window`, it never holds for keys `window` or more before the query either, so the tiles
-    wholly that far below the diagonal are skipped too."""
+    wholly that far below the diagonal are skipped too. With `rng` and a `dropout_rate`, each
+    probability is dropped (the rest scaled by 1 / (1 - rate)) by bits drawn per tile
+    (`tile_keep`), the same in the backward pass."""
     queries, s = q_BxQxHxK.shape[1], k_BxSxNxK.shape[1]
     if causal and queries != s:
         raise ValueError(f"causal blockwise attention needs as many queries as keys, not "
@@ -62,8 +69,18 @@ def blockwise_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
             bias = jnp.pad(bias, ((0, 0), (0, 0), (0, query_pad), (0, pad)))
     tiles = _tiles(blocks, block_size, causal, window)
     query_block = block_size if causal else queries
-    out = _attention(q, k, v, mask, bias, softcap, block_size, query_block, tiles)
+    if rng is None or dropout_rate == 0.0:
+        rng, dropout_rate = None, 0.0
+    out = _attention(q, k, v, mask, bias, rng, softcap, block_size, query_block, tiles,
+                     dropout_rate)
     return out[:, :queries]
+
+
+def tile_keep(rng: Array, i: Array, j: Array, shape: tuple[int, ...], rate: float) -> Array:
+    """Which probabilities of tile (query block i, key block j) dropout keeps, [B, N, r, T]
+    in the scores' layout: bits of the key folded with i and j, whatever tiles run."""
+    key = jax.random.fold_in(jax.random.fold_in(rng, i), j)
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
 def _tiles(blocks: int, size: int, causal: bool, window: int | None
@@ -152,13 +169,20 @@ def _set_rows(x: Array, update: Array, i: Array, size: int, axis: int) -> Array:
     return jax.lax.dynamic_update_slice_in_dim(x, update, i * size, axis=axis)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _attention(q, k, v, mask, bias, softcap, block_size, query_block, tiles):
-    return _forward(q, k, v, mask, bias, softcap, block_size, query_block, tiles)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _attention(q, k, v, mask, bias, rng, softcap, block_size, query_block, tiles, rate):
+    return _forward(q, k, v, mask, bias, rng, softcap, block_size, query_block, tiles, rate)[0]
 
 
-def _forward(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias, softcap, block_size,
-             query_block, tiles):
+def _dropped(p: Array, rng: Array | None, i: Array, j: Array, rate: float) -> Array:
+    """A tile's probabilities after dropout (inverted: kept ones / (1 - rate))."""
+    if rng is None:
+        return p
+    return jnp.where(tile_keep(rng, i, j, p.shape, rate), p / (1.0 - rate), 0.0)
+
+
+def _forward(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias, rng, softcap, block_size,
+             query_block, tiles, rate):
     """Output [B, Q, H, V] and each row's log-sum-exp of scores [B, N, R] (float32)."""
     n, queries = k_BxSxNxK.shape[2], q_BxQxHxK.shape[1]
     q = _grouped_rows(q_BxQxHxK, n)
@@ -181,7 +205,7 @@ def _forward(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias, softcap, block
         correction = jnp.exp(old_max - new_max)  # rescales what earlier tiles summed
         v_j = _block(v_BxSxNxV, j, block_size, 1).transpose(0, 2, 1, 3)
         new_acc = old_acc * correction[..., None] + jnp.matmul(
-            p.astype(q.dtype), v_j, preferred_element_type=jnp.float32)
+            _dropped(p, rng, i, j, rate).astype(q.dtype), v_j, preferred_element_type=jnp.float32)
         new_sum = old_sum * correction + p.sum(-1)
         return tuple(_set_rows(x, new, i, rows, 2) for x, new in
                      ((row_max, new_max), (row_sum, new_sum), (acc, new_acc))), None
@@ -196,13 +220,13 @@ def _forward(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias, softcap, block
     return _ungrouped(out.astype(q.dtype), queries), lse
 
 
-def _attention_fwd(q, k, v, mask, bias, softcap, block_size, query_block, tiles):
-    out, lse = _forward(q, k, v, mask, bias, softcap, block_size, query_block, tiles)
-    return out, (q, k, v, mask, bias, out, lse)
+def _attention_fwd(q, k, v, mask, bias, rng, softcap, block_size, query_block, tiles, rate):
+    out, lse = _forward(q, k, v, mask, bias, rng, softcap, block_size, query_block, tiles, rate)
+    return out, (q, k, v, mask, bias, rng, out, lse)
 
 
-def _attention_bwd(softcap, block_size, query_block, tiles, residuals, d_out_BxQxHxV):
-    q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask, bias, out, lse = residuals
+def _attention_bwd(softcap, block_size, query_block, tiles, rate, residuals, d_out_BxQxHxV):
+    q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask, bias, rng, out, lse = residuals
     n, queries = k_BxSxNxK.shape[2], q_BxQxHxK.shape[1]
     dtype = q_BxQxHxK.dtype
     q = _grouped_rows(q_BxQxHxK, n)
@@ -223,9 +247,11 @@ def _attention_bwd(softcap, block_size, query_block, tiles, residuals, d_out_BxQ
         scores, valid, capped = _block_scores(q_i, k_j, mask_ij, bias_ij, softcap)
         p = _where_valid(valid, jnp.exp(scores - lse_i[..., None]), 0.0)  # [B, N, r, T]
         v_j = _block(v_BxSxNxV, j, block_size, 1).transpose(0, 2, 1, 3)  # [B, N, T, V]
-        dv_j = jnp.matmul(p.astype(dtype).transpose(0, 1, 3, 2), d_out_i,
-                          preferred_element_type=jnp.float32)
-        dp = jnp.matmul(d_out_i, v_j.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32)
+        dv_j = jnp.matmul(_dropped(p, rng, i, j, rate).astype(dtype).transpose(0, 1, 3, 2),
+                          d_out_i, preferred_element_type=jnp.float32)
+        # d loss / d (probabilities): through the dropout's scaled mask
+        dp = _dropped(jnp.matmul(d_out_i, v_j.transpose(0, 1, 3, 2),
+                                 preferred_element_type=jnp.float32), rng, i, j, rate)
         ds = p * (dp - delta_i[..., None])  # d loss / d (scores), bias included
         if dbias is not None:  # each tile is visited once: its gradient is written, not added
             db = _bias_heads(ds, query_block)
@@ -250,7 +276,7 @@ def _attention_bwd(softcap, block_size, query_block, tiles, residuals, d_out_BxQ
             None if bias is None else jnp.zeros_like(bias))
     (dq, dk, dv, dbias), _ = jax.lax.scan(step, init, jnp.asarray(np.array(tiles)))
     return (_ungrouped(dq, queries).astype(dtype), dk.astype(k_BxSxNxK.dtype),
-            dv.astype(v_BxSxNxV.dtype), None, dbias)
+            dv.astype(v_BxSxNxV.dtype), None, dbias, None)
 
 
 def _add_block(total_BxSx: Array, block_BxTx: Array, j: Array, size: int) -> Array:
