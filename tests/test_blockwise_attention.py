@@ -12,15 +12,11 @@ import numpy as np
 import pytest
 from conftest import decode_in_steps, jitted, tiny_config
 from flax import nnx
-from test_mesh import family_setup, run_steps, set_mesh
+from test_mesh import family_setup, run_steps, step_memory
 
 from llmjax.models import Decoder, EncoderDecoder, ModelConfig, attention
 from llmjax.models.attention import grouped_attention, make_attention_mask
 from llmjax.models.blockwise_attention import blockwise_attention, tile_keep
-from llmjax.objectives import get_objective
-from llmjax.train import optim
-from llmjax.train import state as state_lib
-from llmjax.train.parallel import Parallel
 
 # two packed documents and padding, and a full row; 37 keys: the last block of 8 is padded
 SEG = jnp.array([[1] * 20 + [2] * 10 + [0] * 7, [1] * 37])
@@ -181,25 +177,6 @@ def test_decoding_over_a_cache_longer_than_a_block_gives_the_full_forwards_logit
     want = jitted(Decoder(cfg, rngs=nnx.Rngs(0)))(TOKENS)
     got = decode_in_steps(jitted(model, "decode"), TOKENS, model.init_cache(2, 37), first=10)
     np.testing.assert_allclose(got, want, atol=2e-5)
-
-
-def step_memory(c, mesh=None):
-    """XLA's memory analysis of `c`'s train step, compiled on abstract shapes (nothing runs)."""
-    if mesh:
-        set_mesh(c, mesh)
-    graphdef, params = state_lib.abstract_model(c)
-    objective = get_objective(c.objective)
-    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
-    abstract = jax.eval_shape(lambda p: state_lib.init_state(p, tx, 0), params)
-    parallel = Parallel("mesh" if mesh else "single", graphdef, objective, tx, schedule,
-                        mesh_sizes=c.parallel.mesh, abstract_state=abstract)
-    rows = {"sharding": parallel.batch_sharding} if mesh else {}
-    dtypes = {"inputs": np.int32, "targets": np.int32, "segment_ids": np.int32,
-              "weights": np.float32}
-    batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.seq_len), d, **rows)
-             for k, d in dtypes.items()}
-    state = parallel.abstract_for_restore(abstract)
-    return parallel._train.lower(state, batch).compile().memory_analysis()
 
 
 def test_a_long_sequences_step_holds_a_fraction_of_the_einsum_paths_temporaries():

@@ -184,24 +184,7 @@ def test_context_parallelism_splits_a_long_sequences_activations_and_the_state()
     the axis as over fsdp. Compiled on abstract shapes: nothing runs."""
     c = tiny_config(**{**CONTEXT_PARALLEL, "model.vocab_size": 64, "model.max_len": 1024,
                        "seq_len": 1024, "batch_size": 2})
-    graphdef, params = state_lib.abstract_model(c)
-    objective = get_objective(c.objective)
-    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
-    abstract = jax.eval_shape(lambda p: state_lib.init_state(p, tx, 0), params)
-    dtypes = {"inputs": np.int32, "targets": np.int32, "segment_ids": np.int32,
-              "weights": np.float32}
-
-    def memory(mode, mesh=None):
-        if mesh:
-            set_mesh(c, mesh)
-        parallel = Parallel(mode, graphdef, objective, tx, schedule, mesh_sizes=c.parallel.mesh,
-                            abstract_state=abstract)
-        rows = {"sharding": parallel.batch_sharding} if mesh else {}
-        batch = {k: jax.ShapeDtypeStruct((2, 1024), d, **rows) for k, d in dtypes.items()}
-        state = parallel.abstract_for_restore(abstract)
-        return parallel._train.lower(state, batch).compile().memory_analysis()
-
-    one, split = memory("single"), memory("mesh", (1, 1, 8, 1))
+    one, split = step_memory(c), step_memory(c, (1, 1, 8, 1))
     scores = 2 * 4 * 1024 * 1024 * 4  # one float32 [B, H, L, L]
     assert one.temp_size_in_bytes > 3 * scores
     assert split.temp_size_in_bytes < one.temp_size_in_bytes / 4, (
@@ -209,6 +192,26 @@ def test_context_parallelism_splits_a_long_sequences_activations_and_the_state()
     batch_bytes = 4 * 2 * 1024 * 4  # whole on every device: rows split over data x fsdp only
     state = [memory.argument_size_in_bytes - batch_bytes for memory in (one, split)]
     assert state[1] < state[0] / 4, state
+
+
+def step_memory(c, mesh=None):
+    """XLA's memory analysis of `c`'s train step, compiled on abstract shapes (nothing runs)."""
+    if mesh:
+        set_mesh(c, mesh)
+    graphdef, params = state_lib.abstract_model(c)
+    objective = get_objective(c.objective)
+    tx, schedule = optim.make_optimizer(c.optimizer, c.num_train_steps)
+    abstract = jax.eval_shape(lambda p: state_lib.init_state(p, tx, 0), params)
+    parallel = Parallel("mesh" if mesh else "single", graphdef, objective, tx, schedule,
+                        mesh_sizes=c.parallel.mesh, abstract_state=abstract)
+    rows = {"sharding": parallel.batch_sharding} if mesh else {}
+    dtypes = {"inputs": np.int32, "targets": np.int32, "segment_ids": np.int32,
+              "weights": np.float32}
+    batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.seq_len), d, **rows)
+             for k, d in dtypes.items()}
+    state = parallel.abstract_for_restore(abstract)
+    return parallel._train.lower(state, batch).compile().memory_analysis()
+
 
 
 def test_no_mesh_makes_gspmd_replicate_an_array_to_reshard_it(tmp_path, capfd):

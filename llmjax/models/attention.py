@@ -9,7 +9,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llmjax.models.blockwise_attention import blockwise_attention
+from llmjax.models.blockwise_attention import (
+    bias_rows,
+    blockwise_attention,
+    grouped_rows,
+    ungrouped_rows,
+)
 from llmjax.models.config import ModelConfig
 from llmjax.models.layers import (
     Dense,
@@ -101,22 +106,18 @@ def _scores(q_BxQxHxK: Array, k_BxSxNxK: Array) -> Array:
     Hugging Face's repeat_kv. A key head's G x Q queries are one matmul's rows, without copying
     the keys; query-major, so that a query axis split over devices (context parallelism)
     stays split in them (G-major rows would merge a whole axis with a split one)."""
-    b, q_len, h, d = q_BxQxHxK.shape
+    b, q_len, h, _ = q_BxQxHxK.shape
     n, s = k_BxSxNxK.shape[2], k_BxSxNxK.shape[1]
-    q_BxNxQGxK = (q_BxQxHxK.reshape(b, q_len, n, h // n, d).transpose(0, 2, 1, 3, 4)
-                  .reshape(b, n, q_len * (h // n), d))
-    logits = batched_matmul(q_BxNxQGxK, k_BxSxNxK.transpose(0, 2, 3, 1))
+    logits = batched_matmul(grouped_rows(q_BxQxHxK, n), k_BxSxNxK.transpose(0, 2, 3, 1))
     return logits.reshape(b, n, q_len, h // n, s)
 
 
 def _mix(probs_BxNxQxGxS: Array, v_BxSxNxK: Array) -> Array:
     """Attention output [B, Q, H, K]: each head's probabilities over its (grouped) values."""
     b, n, q_len, g, s = probs_BxNxQxGxS.shape
-    d = v_BxSxNxK.shape[3]
     out = batched_matmul(probs_BxNxQxGxS.reshape(b, n, q_len * g, s),
                          v_BxSxNxK.transpose(0, 2, 1, 3))
-    out = out.reshape(b, n, q_len, g, d).transpose(0, 2, 1, 3, 4)
-    return out.reshape(b, q_len, n * g, d).astype(probs_BxNxQxGxS.dtype)
+    return ungrouped_rows(out, q_len).astype(probs_BxNxQxGxS.dtype)
 
 
 def grouped_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
@@ -130,11 +131,8 @@ def grouped_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
         logits = logits.reshape(b, n, q_len, s)
     if softcap is not None:  # Gemma 2: bounded logits, smooth near 0
         logits = softcap * jnp.tanh(logits / softcap)
-    if bias_BxHxQxS is not None and g == 1:
-        logits = logits + bias_BxHxQxS
-    elif bias_BxHxQxS is not None:  # [1 or B, H, Q, S] -> [1 or B, N, Q, G, S]
-        bias = bias_BxHxQxS.reshape(bias_BxHxQxS.shape[0], n, g, *bias_BxHxQxS.shape[2:])
-        logits = logits + bias.transpose(0, 1, 3, 2, 4)
+    if bias_BxHxQxS is not None:  # [1 or B, H, Q, S] -> the scores' layout
+        logits = logits + bias_rows(bias_BxHxQxS, n).reshape(-1, *logits.shape[1:])
     # without grouping, the softmax runs on 4-D arrays: XLA:CPU ran its backward pass through
     # the 5-D view's unit axis 1.7x slower (attention's forward + backward at [8, 4, 1024,
     # 1024]: 428 -> 256 ms; the whole gpt:tiny step at 1024 tokens x 8 was 1.44x slower with
@@ -147,18 +145,20 @@ def grouped_attention(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array,
 
 def attend(q_BxQxHxK: Array, k_BxSxNxK: Array, v_BxSxNxV: Array, mask_Bx1xQxS: Array,
            bias_BxHxQxS: Array | None, cfg: ModelConfig, rng: Array | None, *,
-           causal_self: bool = False, window: int | None = None) -> Array:
+           causal_self: bool = False, windowed: bool | Array = False) -> Array:
     """The project's own attention, [B, Q, H, V]: over blocks of cfg.attention_block_size keys
     (attention_impl=blockwise, where there is more than one block), else over all S at once.
     `causal_self`: a causal mask over the queries' own positions (self-attention without a
-    cache), whose tiles above the diagonal blockwise attention skips (and, with the `window`
-    the mask applies, those wholly outside it), unless the queries are split over devices
-    (context parallelism: each device's scan then reads its own queries)."""
+    cache), whose tiles above the diagonal blockwise attention skips (and, in a layer whose
+    `windowed` is a Python True rather than a scanned flag, so the mask is known to be the
+    window's, those wholly outside it), unless the queries are split over devices (context
+    parallelism: each device's scan then reads its own queries)."""
     if cfg.attention_impl == "blockwise" and k_BxSxNxK.shape[1] > cfg.attention_block_size:
         return blockwise_attention(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias_BxHxQxS,
                                    softcap=cfg.attention_softcap,
                                    block_size=cfg.attention_block_size,
-                                   causal=causal_self and not splits("length"), window=window,
+                                   causal=causal_self and not splits("length"),
+                                   window=cfg.attention_window if windowed is True else None,
                                    dropout_rate=cfg.attention_dropout_rate, rng=rng)
     return grouped_attention(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias_BxHxQxS,
                              softcap=cfg.attention_softcap,
@@ -230,10 +230,8 @@ class MultiHeadAttention(nnx.Module):
                 scale=1.0, implementation=cfg.attention_impl)
             return self.out(out), cache
         causal_self = cfg.causal and kv_BxKxD is None and static_kv is None and cache is None
-        # a Python True (not a scanned flag) says the mask is the window's
-        window = cfg.attention_window if windowed is True else None
         return self.out(attend(q, k, v, mask_Bx1xQxK, bias_BxHxQxK, cfg, rng,
-                               causal_self=causal_self, window=window)), cache
+                               causal_self=causal_self, windowed=windowed)), cache
 
     def _key_values(self, kv_BxKxD: Array) -> tuple[Array, Array]:
         k = self.key(kv_BxKxD)

@@ -94,16 +94,16 @@ def _tiles(blocks: int, size: int, causal: bool, window: int | None
                  if window is None or (j + 1) * size - 1 > i * size - window)
 
 
-def _grouped_rows(x_BxQxHxK: Array, heads: int) -> Array:
+def grouped_rows(x_BxQxHxK: Array, heads: int) -> Array:
     """[B, Q, H, K] -> [B, N, Q * G, K]: a key head's G query heads as rows, query-major (the
-    einsum path's layout, so a query axis split over devices stays split)."""
+    scores' layout in both attention paths, so a query axis split over devices stays split)."""
     b, q, h, d = x_BxQxHxK.shape
     return (x_BxQxHxK.reshape(b, q, heads, h // heads, d).transpose(0, 2, 1, 3, 4)
             .reshape(b, heads, q * (h // heads), d))
 
 
-def _ungrouped(x_BxNxRxV: Array, queries: int) -> Array:
-    """`_grouped_rows`' inverse: [B, N, Q * G, V] -> [B, Q, N * G, V]."""
+def ungrouped_rows(x_BxNxRxV: Array, queries: int) -> Array:
+    """`grouped_rows`' inverse: [B, N, Q * G, V] -> [B, Q, N * G, V]."""
     b, n, r, d = x_BxNxRxV.shape
     return (x_BxNxRxV.reshape(b, n, queries, r // queries, d).transpose(0, 2, 1, 3, 4)
             .reshape(b, queries, r // queries * n, d))
@@ -113,15 +113,15 @@ def _block(x: Array, index: Array, size: int, axis: int) -> Array:
     return jax.lax.dynamic_slice_in_dim(x, index * size, size, axis=axis)
 
 
-def _bias_rows(bias_BxHxQxT: Array, heads: int) -> Array:
-    """A bias block [1 or B, H, Q, T] in the scores' layout [1 or B, N, Q * G, T]."""
+def bias_rows(bias_BxHxQxT: Array, heads: int) -> Array:
+    """A bias [1 or B, H, Q, T] in the scores' layout [1 or B, N, Q * G, T]."""
     b, h, q, t = bias_BxHxQxT.shape
     return (bias_BxHxQxT.reshape(b, heads, h // heads, q, t).transpose(0, 1, 3, 2, 4)
             .reshape(b, heads, q * (h // heads), t))
 
 
 def _bias_heads(d_BxNxRxT: Array, queries: int) -> Array:
-    """`_bias_rows`' inverse: [B, N, Q * G, T] -> [B, H, Q, T]."""
+    """`bias_rows`' inverse: [B, N, Q * G, T] -> [B, H, Q, T]."""
     b, n, r, t = d_BxNxRxT.shape
     g = r // queries
     return d_BxNxRxT.reshape(b, n, queries, g, t).transpose(0, 1, 3, 2, 4).reshape(
@@ -142,8 +142,22 @@ def _block_scores(q_BxNxRxK: Array, k_BxTxNxK: Array, mask_Bx1xQxT: Array,
         capped = jnp.tanh(logits / softcap)
         logits = softcap * capped
     if bias_BxHxQxT is not None:
-        logits = logits + _bias_rows(bias_BxHxQxT, n).astype(jnp.float32)
+        logits = logits + bias_rows(bias_BxHxQxT, n).astype(jnp.float32)
     return logits, mask_Bx1xQxT[:, :, :, None, :] if grouped else mask_Bx1xQxT, capped
+
+
+def _tile_scores(q_BxNxRxK: Array, k_BxSxNxK: Array, mask_Bx1xQxS: Array, bias: Array | None,
+                 i: Array, j: Array, softcap: float | None, block_size: int, query_block: int,
+                 queries: int) -> tuple[Array, Array, Array, Array, Array | None]:
+    """Tile (query block i, key block j): its query rows [B, N, r, K], keys [B, T, N, K], and
+    `_block_scores`' scores, validity and soft-cap tanh."""
+    rows = query_block * (q_BxNxRxK.shape[2] // queries)
+    q_i = _rows_of(q_BxNxRxK, i, rows, q_BxNxRxK.shape[2], 2)
+    k_j = _block(k_BxSxNxK, j, block_size, 1)
+    mask_ij = _block(_rows_of(mask_Bx1xQxS, i, query_block, queries, 2), j, block_size, 3)
+    bias_ij = None if bias is None else _block(
+        _rows_of(bias, i, query_block, queries, 2), j, block_size, 3)
+    return (q_i, k_j, *_block_scores(q_i, k_j, mask_ij, bias_ij, softcap))
 
 
 def _where_valid(valid: Array, x_BxNxRxT: Array, other: float) -> Array:
@@ -185,19 +199,15 @@ def _forward(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias, rng, softcap, 
              query_block, tiles, rate):
     """Output [B, Q, H, V] and each row's log-sum-exp of scores [B, N, R] (float32)."""
     n, queries = k_BxSxNxK.shape[2], q_BxQxHxK.shape[1]
-    q = _grouped_rows(q_BxQxHxK, n)
+    q = grouped_rows(q_BxQxHxK, n)
     rows_total, rows = q.shape[2], query_block * (q.shape[2] // queries)  # R, a tile's rows
 
     def step(carry, tile):
         i, j = tile[0], tile[1]
         # per row: running max and sum of exp(score - max) [B, N, R]; sum of values [.., V]
         row_max, row_sum, acc = carry
-        q_i = _rows_of(q, i, rows, rows_total, 2)
-        mask_ij = _block(_rows_of(mask_Bx1xQxS, i, query_block, queries, 2), j, block_size, 3)
-        bias_ij = None if bias is None else _block(
-            _rows_of(bias, i, query_block, queries, 2), j, block_size, 3)
-        scores, valid, _ = _block_scores(q_i, _block(k_BxSxNxK, j, block_size, 1), mask_ij,
-                                         bias_ij, softcap)
+        _, _, scores, valid, _ = _tile_scores(q, k_BxSxNxK, mask_Bx1xQxS, bias, i, j, softcap,
+                                              block_size, query_block, queries)
         old_max, old_sum, old_acc = (_rows_of(x, i, rows, rows_total, 2)
                                      for x in (row_max, row_sum, acc))
         new_max = jnp.maximum(old_max, _where_valid(valid, scores, _MIN).max(-1))
@@ -217,7 +227,7 @@ def _forward(q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask_Bx1xQxS, bias, rng, softcap, 
     row_sum = jnp.where(seen, row_sum, 1.0)
     out = acc / row_sum[..., None]
     lse = jnp.where(seen, row_max + jnp.log(row_sum), 0.0)
-    return _ungrouped(out.astype(q.dtype), queries), lse
+    return ungrouped_rows(out.astype(q.dtype), queries), lse
 
 
 def _attention_fwd(q, k, v, mask, bias, rng, softcap, block_size, query_block, tiles, rate):
@@ -229,22 +239,19 @@ def _attention_bwd(softcap, block_size, query_block, tiles, rate, residuals, d_o
     q_BxQxHxK, k_BxSxNxK, v_BxSxNxV, mask, bias, rng, out, lse = residuals
     n, queries = k_BxSxNxK.shape[2], q_BxQxHxK.shape[1]
     dtype = q_BxQxHxK.dtype
-    q = _grouped_rows(q_BxQxHxK, n)
+    q = grouped_rows(q_BxQxHxK, n)
     rows_total, rows = q.shape[2], query_block * (q.shape[2] // queries)
-    d_out = _grouped_rows(d_out_BxQxHxV.astype(dtype), n)
+    d_out = grouped_rows(d_out_BxQxHxV.astype(dtype), n)
     # sum over values of d_out * out: the softmax gradient's row term [B, N, R]
-    delta = (d_out.astype(jnp.float32) * _grouped_rows(out, n).astype(jnp.float32)).sum(-1)
+    delta = (d_out.astype(jnp.float32) * grouped_rows(out, n).astype(jnp.float32)).sum(-1)
 
     def step(carry, tile):
         i, j = tile[0], tile[1]
         dq, dk, dv, dbias = carry
-        q_i, d_out_i, lse_i, delta_i = (_rows_of(x, i, rows, rows_total, 2)
-                                        for x in (q, d_out, lse, delta))
-        k_j = _block(k_BxSxNxK, j, block_size, 1)
-        bias_ij = None if bias is None else _block(
-            _rows_of(bias, i, query_block, queries, 2), j, block_size, 3)
-        mask_ij = _block(_rows_of(mask, i, query_block, queries, 2), j, block_size, 3)
-        scores, valid, capped = _block_scores(q_i, k_j, mask_ij, bias_ij, softcap)
+        q_i, k_j, scores, valid, capped = _tile_scores(q, k_BxSxNxK, mask, bias, i, j, softcap,
+                                                       block_size, query_block, queries)
+        d_out_i, lse_i, delta_i = (_rows_of(x, i, rows, rows_total, 2)
+                                   for x in (d_out, lse, delta))
         p = _where_valid(valid, jnp.exp(scores - lse_i[..., None]), 0.0)  # [B, N, r, T]
         v_j = _block(v_BxSxNxV, j, block_size, 1).transpose(0, 2, 1, 3)  # [B, N, T, V]
         dv_j = jnp.matmul(_dropped(p, rng, i, j, rate).astype(dtype).transpose(0, 1, 3, 2),
@@ -275,7 +282,7 @@ def _attention_bwd(softcap, block_size, query_block, tiles, rate, residuals, d_o
             jnp.zeros(k_BxSxNxK.shape, jnp.float32), jnp.zeros(v_BxSxNxV.shape, jnp.float32),
             None if bias is None else jnp.zeros_like(bias))
     (dq, dk, dv, dbias), _ = jax.lax.scan(step, init, jnp.asarray(np.array(tiles)))
-    return (_ungrouped(dq, queries).astype(dtype), dk.astype(k_BxSxNxK.dtype),
+    return (ungrouped_rows(dq, queries).astype(dtype), dk.astype(k_BxSxNxK.dtype),
             dv.astype(v_BxSxNxV.dtype), None, dbias, None)
 
 

@@ -107,23 +107,22 @@ class LatentAttention(nnx.Module):
         q_nope, q_rope = self._queries(x_BxQxD, positions_BxQ, inv_freq, factor)
         latent = self._latent(x_BxQxD, positions_BxQ, inv_freq, factor)
         scale = attention_scale(cfg)
-        if cache is None:  # a Python True (not a scanned flag) says the mask is the window's
-            window = cfg.attention_window if windowed is True else None
+        if cache is None:
             return self._expanded(q_nope, q_rope, latent, mask_Bx1xQxK, bias_BxHxQxK,
-                                  scale, rng, window), None
+                                  scale, rng, windowed), None
         latent = write_slots(cache["latent"], latent, cache_index)
         return (self._absorbed(q_nope, q_rope, latent, mask_Bx1xQxK, bias_BxHxQxK, scale, rng),
                 {"latent": latent})
 
     def _attend(self, q: Array, k: Array, v: Array, mask: Array, bias: Array | None,
-                rng: Array | None, causal_self: bool = False, window: int | None = None
+                rng: Array | None, causal_self: bool = False, windowed: bool | Array = False
                 ) -> Array:
         """softmax(q . k + bias) v with one key head or one per query head: [B, Q, H, v]."""
         return attend(q, k, v, mask, bias, self.cfg, rng, causal_self=causal_self,
-                      window=window)
+                      windowed=windowed)
 
     def _expanded(self, q_nope, q_rope, latent_BxSx1xC, mask, bias, scale, rng,
-                  window: int | None = None) -> Array:
+                  windowed: bool | Array = False) -> Array:
         """Keys and values made from the latent for every head (training, full passes)."""
         r = self.cfg.kv_lora_rank
         c = latent_BxSx1xC[:, :, 0, :r]
@@ -135,7 +134,7 @@ class LatentAttention(nnx.Module):
         q = jnp.concatenate([q_nope, q_rope.astype(q_nope.dtype)], axis=-1) * scale
         v = constrain(self.value_up(c), heads)
         return self.out(self._attend(q, k, v, mask, bias, rng, causal_self=self.cfg.causal,
-                                     window=window))
+                                     windowed=windowed))
 
     def _absorbed(self, q_nope, q_rope, latent_BxSx1xC, mask, bias, scale, rng) -> Array:
         """Attention over the cached latents themselves: W_uk folded into the queries, W_uv
